@@ -1,0 +1,6 @@
+//go:build tools
+
+// Package tools records the registry command this module builds.
+package tools
+
+import _ "github.com/distribution/distribution/v3/cmd/registry"

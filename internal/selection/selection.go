@@ -1,0 +1,209 @@
+package selection
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+)
+
+// DefaultInterval is the resolution interval of a spec that names none.
+const DefaultInterval = 5 * time.Minute
+
+// MinInterval is the shortest interval imagepin honours; the CRD refuses
+// shorter ones, and this guards objects that bypassed it.
+const MinInterval = 10 * time.Second
+
+// Selection is a compiled ImagePinSpec.
+type Selection struct {
+	labels   labels.Selector
+	kinds    []imagesv1alpha1.WorkloadKind
+	include  []*regexp.Regexp
+	exclude  []*regexp.Regexp
+	Interval time.Duration
+}
+
+// Compile checks a spec and compiles what it selects. The error names the
+// field at fault and is written for the ImagePin's author.
+func Compile(spec *imagesv1alpha1.ImagePinSpec) (*Selection, error) {
+	sel := &Selection{labels: labels.Everything(), Interval: DefaultInterval}
+
+	if spec.Selector != nil {
+		s, err := metav1.LabelSelectorAsSelector(spec.Selector)
+		if err != nil {
+			return nil, fmt.Errorf("spec.selector: %w", err)
+		}
+		sel.labels = s
+	}
+
+	kinds, err := compileKinds(spec.Kinds)
+	if err != nil {
+		return nil, err
+	}
+	sel.kinds = kinds
+
+	if spec.Images != nil {
+		if sel.include, err = compileGlobs("spec.images.include", spec.Images.Include); err != nil {
+			return nil, err
+		}
+		if sel.exclude, err = compileGlobs("spec.images.exclude", spec.Images.Exclude); err != nil {
+			return nil, err
+		}
+	}
+
+	switch spec.Mode {
+	case "", imagesv1alpha1.ModeObserve, imagesv1alpha1.ModePin, imagesv1alpha1.ModeFollow:
+	default:
+		return nil, fmt.Errorf("spec.mode: %q is not one of Observe, Pin, Follow", spec.Mode)
+	}
+
+	if spec.Interval != nil {
+		if spec.Interval.Duration < MinInterval {
+			return nil, fmt.Errorf("spec.interval: %s is shorter than the minimum of %s", spec.Interval.Duration, MinInterval)
+		}
+		sel.Interval = spec.Interval.Duration
+	}
+
+	if spec.Follow != nil && spec.Follow.MinAge != nil && spec.Follow.MinAge.Duration < 0 {
+		return nil, fmt.Errorf("spec.follow.minAge: %s is negative", spec.Follow.MinAge.Duration)
+	}
+
+	for i, o := range spec.Overrides {
+		if o.Digest == "" {
+			return nil, fmt.Errorf("spec.overrides[%d]: override for %s needs a digest", i, o.Image)
+		}
+	}
+	return sel, nil
+}
+
+func compileKinds(kinds []imagesv1alpha1.WorkloadKind) ([]imagesv1alpha1.WorkloadKind, error) {
+	if len(kinds) == 0 {
+		return imagesv1alpha1.AllWorkloadKinds, nil
+	}
+	out := make([]imagesv1alpha1.WorkloadKind, 0, len(kinds))
+	// Keep the canonical order so status and listings are stable.
+	for _, k := range imagesv1alpha1.AllWorkloadKinds {
+		if slices.Contains(kinds, k) {
+			out = append(out, k)
+		}
+	}
+	for i, k := range kinds {
+		if !slices.Contains(imagesv1alpha1.AllWorkloadKinds, k) {
+			return nil, fmt.Errorf("spec.kinds[%d]: %q is not a workload kind imagepin selects (%s)", i, k, kindList())
+		}
+	}
+	return out, nil
+}
+
+func kindList() string {
+	names := make([]string, len(imagesv1alpha1.AllWorkloadKinds))
+	for i, k := range imagesv1alpha1.AllWorkloadKinds {
+		names[i] = string(k)
+	}
+	return strings.Join(names, ", ")
+}
+
+// compileGlobs turns image globs into anchored regular expressions. In an
+// image glob "*" matches any run of characters, "/" included (so
+// "registry.example.com/*" selects nested repositories), "?" matches one
+// character and "[a-z]" a class. A pattern that does not compile is refused,
+// so that a typo is a condition on the ImagePin rather than a filter that
+// silently matches nothing.
+func compileGlobs(field string, globs []string) ([]*regexp.Regexp, error) {
+	out := make([]*regexp.Regexp, 0, len(globs))
+	for i, g := range globs {
+		re, err := globRegexp(g)
+		if err != nil {
+			return nil, fmt.Errorf("%s[%d]: %q is not a valid glob: %w", field, i, g, err)
+		}
+		out = append(out, re)
+	}
+	return out, nil
+}
+
+func globRegexp(glob string) (*regexp.Regexp, error) {
+	if glob == "" {
+		return nil, errors.New("empty pattern")
+	}
+	var b strings.Builder
+	b.WriteString("^")
+	for i := 0; i < len(glob); i++ {
+		switch c := glob[i]; c {
+		case '*':
+			b.WriteString(".*")
+		case '?':
+			b.WriteString(".")
+		case '[':
+			end := strings.IndexByte(glob[i+1:], ']')
+			if end < 0 {
+				return nil, errors.New("unterminated [ class")
+			}
+			class := glob[i+1 : i+1+end]
+			if class == "" || class == "!" || class == "^" {
+				return nil, errors.New("empty [] class")
+			}
+			if class[0] == '!' {
+				class = "^" + class[1:]
+			}
+			b.WriteString("[" + strings.ReplaceAll(class, `\`, `\\`) + "]")
+			i += end + 1
+		case ']':
+			return nil, errors.New("] without [")
+		default:
+			b.WriteString(regexp.QuoteMeta(glob[i : i+1]))
+		}
+	}
+	b.WriteString("$")
+	return regexp.Compile(b.String())
+}
+
+// Kinds returns the selected workload kinds in canonical order.
+func (s *Selection) Kinds() []imagesv1alpha1.WorkloadKind { return s.kinds }
+
+// SelectsKind reports whether workloads of kind k are selected.
+func (s *Selection) SelectsKind(k imagesv1alpha1.WorkloadKind) bool {
+	return slices.Contains(s.kinds, k)
+}
+
+// Labels returns the compiled label selector.
+func (s *Selection) Labels() labels.Selector { return s.labels }
+
+// SelectsLabels reports whether a workload with these labels is selected.
+func (s *Selection) SelectsLabels(l map[string]string) bool {
+	return s.labels.Matches(labels.Set(l))
+}
+
+// SelectsImage reports whether an image reference, as the workload names it,
+// passes the include and exclude globs. A digest is removed first, so that a
+// pinned image stays selected by the filter that selected it unpinned.
+func (s *Selection) SelectsImage(image string) bool {
+	ref := StripDigest(image)
+	if len(s.include) > 0 && !matchesAny(s.include, ref) {
+		return false
+	}
+	return !matchesAny(s.exclude, ref)
+}
+
+func matchesAny(globs []*regexp.Regexp, ref string) bool {
+	for _, g := range globs {
+		if g.MatchString(ref) {
+			return true
+		}
+	}
+	return false
+}
+
+// StripDigest removes an "@sha256:…" suffix from an image reference.
+func StripDigest(image string) string {
+	if i := strings.IndexByte(image, '@'); i >= 0 {
+		return image[:i]
+	}
+	return image
+}
