@@ -103,7 +103,7 @@ type ImagePinSpec struct {
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s')",message="interval must be at least 10s"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self) >= duration('10s')",message="interval must be at least 10s"
 	Interval *metav1.Duration `json:"interval,omitempty"`
 
 	// follow tunes mode Follow.
@@ -167,7 +167,7 @@ type FollowSpec struct {
 }
 
 // ImageOverride pins one image to one digest.
-// +kubebuilder:validation:XValidation:rule="has(self.digest) && self.digest != ''",messageExpression="'override for ' + self.image + ' needs a digest (sha256:...) to pin it to'"
+// +kubebuilder:validation:XValidation:rule="has(self.digest)",messageExpression="'override for ' + self.image + ' needs a digest (sha256:...) to pin it to'"
 type ImageOverride struct {
 	// image is the reference as workloads name it, without a digest, for
 	// example registry.example.com/team/app:v1.

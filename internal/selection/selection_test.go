@@ -1,0 +1,136 @@
+package selection
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+)
+
+func TestCompileRefusesWhatItCannotHonour(t *testing.T) {
+	tests := []struct {
+		name    string
+		spec    imagesv1alpha1.ImagePinSpec
+		wantErr string // substring; empty means valid
+	}{
+		{name: "empty spec selects everything", spec: imagesv1alpha1.ImagePinSpec{}},
+		{
+			name: "bad selector operator",
+			spec: imagesv1alpha1.ImagePinSpec{Selector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "app", Operator: "Near"}}}},
+			wantErr: "spec.selector:",
+		},
+		{
+			name:    "bad label value",
+			spec:    imagesv1alpha1.ImagePinSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "not a value"}}},
+			wantErr: "spec.selector:",
+		},
+		{name: "unknown kind", spec: imagesv1alpha1.ImagePinSpec{Kinds: []imagesv1alpha1.WorkloadKind{"Deployment", "Pod"}}, wantErr: `spec.kinds[1]: "Pod"`},
+		{name: "unterminated class", spec: imagesv1alpha1.ImagePinSpec{Images: &imagesv1alpha1.ImageFilter{Include: []string{"reg.io/[abc"}}}, wantErr: `spec.images.include[0]: "reg.io/[abc" is not a valid glob`},
+		{name: "stray bracket in exclude", spec: imagesv1alpha1.ImagePinSpec{Images: &imagesv1alpha1.ImageFilter{Exclude: []string{"ok/*", "x]"}}}, wantErr: "spec.images.exclude[1]"},
+		{name: "empty glob", spec: imagesv1alpha1.ImagePinSpec{Images: &imagesv1alpha1.ImageFilter{Include: []string{""}}}, wantErr: "empty pattern"},
+		{name: "unknown mode", spec: imagesv1alpha1.ImagePinSpec{Mode: "Pinned"}, wantErr: `spec.mode: "Pinned"`},
+		{name: "interval too short", spec: imagesv1alpha1.ImagePinSpec{Interval: &metav1.Duration{Duration: time.Second}}, wantErr: "spec.interval: 1s is shorter than the minimum of 10s"},
+		{name: "negative minAge", spec: imagesv1alpha1.ImagePinSpec{Follow: &imagesv1alpha1.FollowSpec{MinAge: &metav1.Duration{Duration: -time.Second}}}, wantErr: "spec.follow.minAge"},
+		{name: "override without digest", spec: imagesv1alpha1.ImagePinSpec{Overrides: []imagesv1alpha1.ImageOverride{{Image: "reg.io/app:v1"}}}, wantErr: "spec.overrides[0]: override for reg.io/app:v1 needs a digest"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sel, err := Compile(&tt.spec)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Compile: unexpected error %v", err)
+				}
+				if sel == nil {
+					t.Fatal("Compile returned neither a selection nor an error")
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Compile accepted a spec it should refuse with %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %q does not say %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestCompileDefaults(t *testing.T) {
+	sel, err := Compile(&imagesv1alpha1.ImagePinSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel.Interval != DefaultInterval {
+		t.Errorf("interval = %s, want %s", sel.Interval, DefaultInterval)
+	}
+	if got := sel.Kinds(); len(got) != len(imagesv1alpha1.AllWorkloadKinds) {
+		t.Errorf("kinds = %v, want all five", got)
+	}
+	if !sel.SelectsLabels(map[string]string{"anything": "goes"}) || !sel.SelectsLabels(nil) {
+		t.Error("an empty selector must select every workload")
+	}
+}
+
+func TestKindsKeepCanonicalOrder(t *testing.T) {
+	sel, err := Compile(&imagesv1alpha1.ImagePinSpec{Kinds: []imagesv1alpha1.WorkloadKind{"CronJob", "Deployment"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := sel.Kinds()
+	if len(got) != 2 || got[0] != imagesv1alpha1.KindDeployment || got[1] != imagesv1alpha1.KindCronJob {
+		t.Fatalf("kinds = %v, want [Deployment CronJob]", got)
+	}
+	if sel.SelectsKind(imagesv1alpha1.KindJob) {
+		t.Error("Job selected although spec.kinds leaves it out")
+	}
+}
+
+func TestSelectsImage(t *testing.T) {
+	tests := []struct {
+		name             string
+		include, exclude []string
+		image            string
+		want             bool
+	}{
+		{name: "no filter selects all", image: "nginx:1.27", want: true},
+		{name: "star crosses slashes", include: []string{"myregistry.mycompany.com/*"}, image: "myregistry.mycompany.com/demo/myimage:v1", want: true},
+		{name: "other registry not included", include: []string{"myregistry.mycompany.com/*"}, image: "docker.io/library/nginx:1.27", want: false},
+		{name: "prefix is not a match", include: []string{"myregistry.mycompany.com/*"}, image: "evil.com/myregistry.mycompany.com/x:v1", want: false},
+		{name: "exclude wins", include: []string{"reg.io/*"}, exclude: []string{"*/sidecars/*"}, image: "reg.io/team/sidecars/envoy:v1", want: false},
+		{name: "exclude only", exclude: []string{"*/sidecars/*"}, image: "reg.io/team/app:v1", want: true},
+		{name: "digest removed before matching", include: []string{"reg.io/app:v1"}, image: "reg.io/app:v1@sha256:" + strings.Repeat("a", 64), want: true},
+		{name: "dots are literal", include: []string{"reg.io/app:v1.2"}, image: "reg.io/app:v1x2", want: false},
+		{name: "question mark is one character", include: []string{"reg.io/app:v?"}, image: "reg.io/app:v7", want: true},
+		{name: "class", include: []string{"reg.io/app:v[0-9]"}, image: "reg.io/app:vx", want: false},
+		{name: "negated class", include: []string{"reg.io/app:v[!0-9]"}, image: "reg.io/app:vx", want: true},
+		{name: "port in registry", include: []string{"localhost:5000/*"}, image: "localhost:5000/demo/app:v1", want: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sel, err := Compile(&imagesv1alpha1.ImagePinSpec{Images: &imagesv1alpha1.ImageFilter{Include: tt.include, Exclude: tt.exclude}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := sel.SelectsImage(tt.image); got != tt.want {
+				t.Errorf("SelectsImage(%q) with include %v exclude %v = %v, want %v", tt.image, tt.include, tt.exclude, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestStripDigest(t *testing.T) {
+	d := "sha256:" + strings.Repeat("0", 64)
+	for in, want := range map[string]string{
+		"reg.io/app:v1@" + d:         "reg.io/app:v1",
+		"reg.io/app@" + d:            "reg.io/app",
+		"localhost:5000/app:v1":      "localhost:5000/app:v1",
+		"localhost:5000/app:v1@" + d: "localhost:5000/app:v1",
+	} {
+		if got := StripDigest(in); got != want {
+			t.Errorf("StripDigest(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
