@@ -430,7 +430,3 @@ type ImagePinList struct {
 	// items are the ImagePins.
 	Items []ImagePin `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&ImagePin{}, &ImagePinList{})
-}

@@ -18,8 +18,8 @@ func TestCompileRefusesWhatItCannotHonour(t *testing.T) {
 	}{
 		{name: "empty spec selects everything", spec: imagesv1alpha1.ImagePinSpec{}},
 		{
-			name: "bad selector operator",
-			spec: imagesv1alpha1.ImagePinSpec{Selector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "app", Operator: "Near"}}}},
+			name:    "bad selector operator",
+			spec:    imagesv1alpha1.ImagePinSpec{Selector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "app", Operator: "Near"}}}},
 			wantErr: "spec.selector:",
 		},
 		{

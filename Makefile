@@ -1,0 +1,152 @@
+# imagepin — `make help` lists the targets.
+#
+# Every tool and every part of the control plane is built from the Go module
+# proxy at a pinned version into bin/, once, and reused: nothing is
+# downloaded as a prebuilt binary. A binary is rebuilt when the go.mod that
+# pins it changes.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Pinned versions. Kubernetes and etcd are pinned by hack/tools/*/go.mod;
+# K8S_VERSION must match hack/tools/kubernetes/go.mod and
+# internal/testenv.KubernetesVersion.
+K8S_VERSION            ?= v1.37.2
+CONTROLLER_GEN_VERSION ?= v0.23.0
+GOLANGCI_LINT_VERSION  ?= v2.15.0
+REGISTRY_VERSION       ?= v3.1.2
+CRANE_VERSION          ?= v0.22.1
+
+ROOT      := $(abspath .)
+BIN       := $(ROOT)/bin
+K8S_DIR   := $(BIN)/k8s/$(K8S_VERSION)
+GO        ?= go
+
+CONTROLLER_GEN := $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
+GOLANGCI_LINT  := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+REGISTRY       := $(BIN)/registry-$(REGISTRY_VERSION)
+CRANE          := $(BIN)/crane-$(CRANE_VERSION)
+KUBE_APISERVER := $(K8S_DIR)/kube-apiserver
+KUBE_CM        := $(K8S_DIR)/kube-controller-manager
+KUBECTL        := $(K8S_DIR)/kubectl
+ETCD           := $(K8S_DIR)/etcd
+
+# The build stamps the control plane with its version, as Kubernetes' own
+# release build does, so that `kubectl version` and skew checks see it.
+K8S_MINOR   := $(word 2,$(subst ., ,$(K8S_VERSION)))
+K8S_LDFLAGS := -s -w \
+	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=1 \
+	-X k8s.io/component-base/version.gitMinor=$(K8S_MINOR) \
+	-X k8s.io/component-base/version.gitTreeState=clean \
+	-X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/client-go/pkg/version.gitMajor=1 \
+	-X k8s.io/client-go/pkg/version.gitMinor=$(K8S_MINOR) \
+	-X k8s.io/client-go/pkg/version.gitTreeState=clean
+
+TEST_FLAGS ?= -race -count=1
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## Generate the CRD, RBAC role and webhook configuration from markers.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd webhook paths="./..." \
+		output:crd:artifacts:config=config/crd/bases \
+		output:rbac:artifacts:config=config/rbac \
+		output:webhook:artifacts:config=config/webhook
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## Generate DeepCopy methods from markers.
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths="./..."
+
+.PHONY: fmt
+fmt: ## Run gofmt on the code.
+	gofmt -l -w $$(find . -name '*.go' -not -path './bin/*' -not -path './tmp/*')
+
+.PHONY: vet
+vet: ## Run go vet.
+	$(GO) vet ./...
+
+.PHONY: lint
+lint: $(GOLANGCI_LINT) ## Run golangci-lint.
+	$(GOLANGCI_LINT) run ./...
+
+.PHONY: verify
+verify: manifests generate fmt ## Fail if generated or formatted files differ from what is committed.
+	@git diff --exit-code -- . || { echo "generated or formatted files are out of date: run make manifests generate fmt and commit"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- api config)" || { git status --porcelain -- api config; echo "untracked generated files"; exit 1; }
+
+.PHONY: test
+test: manifests generate fmt vet control-plane ## Run every test: unit, and integration against the real API server.
+	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) test $(TEST_FLAGS) ./...
+
+.PHONY: test-unit
+test-unit: ## Run the tests that need no control plane.
+	$(GO) test $(TEST_FLAGS) $$($(GO) list -f '{{.ImportPath}} {{join .TestImports " "}} {{join .XTestImports " "}}' ./... | grep -v 'internal/testenv' | awk '{print $$1}')
+
+##@ Build
+
+.PHONY: build
+build: manifests generate fmt vet ## Build the imagepin binary into bin/imagepin.
+	$(GO) build -o $(BIN)/imagepin .
+
+.PHONY: run
+run: manifests generate ## Run the manager against the cluster of $KUBECONFIG (webhooks off).
+	ENABLE_WEBHOOKS=false $(GO) run . --kubeconfig "$${KUBECONFIG:-$$HOME/.kube/config}"
+
+.PHONY: demo
+demo: build control-plane ## Start a local control plane, run imagepin on it, show an ImagePin; clean up.
+	$(GO) build -o $(BIN)/localcluster ./hack/localcluster
+	K8S_DIR=$(K8S_DIR) hack/demo.sh
+
+.PHONY: docker-build
+docker-build: ## Build the container image (needs a Docker engine; none runs on the dev machines).
+	docker build -t imagepin:dev .
+
+##@ Tools and the control plane (built from the Go module proxy into bin/)
+
+.PHONY: control-plane
+control-plane: $(KUBE_APISERVER) $(KUBE_CM) $(KUBECTL) $(ETCD) ## Build etcd, kube-apiserver, kube-controller-manager and kubectl.
+
+.PHONY: tools
+tools: control-plane $(CONTROLLER_GEN) $(GOLANGCI_LINT) $(REGISTRY) $(CRANE) ## Build every pinned tool.
+
+$(KUBE_APISERVER): hack/tools/kubernetes/go.mod
+	cd hack/tools/kubernetes && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/kube-apiserver
+
+$(KUBE_CM): hack/tools/kubernetes/go.mod
+	cd hack/tools/kubernetes && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/kube-controller-manager
+
+$(KUBECTL): hack/tools/kubernetes/go.mod
+	cd hack/tools/kubernetes && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/kubectl
+
+$(ETCD): hack/tools/etcd/go.mod
+	cd hack/tools/etcd && $(GO) build -trimpath -ldflags "-s -w" -o $@ .
+
+$(REGISTRY): hack/tools/registry/go.mod
+	cd hack/tools/registry && $(GO) build -trimpath -ldflags "-s -w" -o $@ github.com/distribution/distribution/v3/cmd/registry
+
+# Tools whose modules carry no replace directives install straight from the
+# module proxy; GOBIN is a scratch directory so that the versioned name is
+# the only one in bin/.
+define go-install
+	@mkdir -p $(BIN)/.gobin
+	GOBIN=$(BIN)/.gobin $(GO) install $(1)@$(2)
+	mv $(BIN)/.gobin/$(notdir $(1)) $@
+endef
+
+$(CONTROLLER_GEN):
+	$(call go-install,sigs.k8s.io/controller-tools/cmd/controller-gen,$(CONTROLLER_GEN_VERSION))
+
+$(GOLANGCI_LINT):
+	$(call go-install,github.com/golangci/golangci-lint/v2/cmd/golangci-lint,$(GOLANGCI_LINT_VERSION))
+
+$(CRANE):
+	$(call go-install,github.com/google/go-containerregistry/cmd/crane,$(CRANE_VERSION))
