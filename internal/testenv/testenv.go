@@ -71,6 +71,21 @@ func Start() (*Env, error) {
 	return &Env{env: env, Config: cfg, Scheme: scheme}, nil
 }
 
+// Kubeconfig writes a kubeconfig for a cluster admin into dir and returns
+// its path, for tests that drive kubectl.
+func (e *Env) Kubeconfig(dir string) (string, error) {
+	admin, err := e.env.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return "", fmt.Errorf("add admin user: %w", err)
+	}
+	raw, err := admin.KubeConfig()
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "kubeconfig")
+	return path, os.WriteFile(path, raw, 0o600)
+}
+
 // Stop stops the control plane.
 func (e *Env) Stop() error {
 	if e == nil || e.env == nil {

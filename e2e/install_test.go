@@ -1,0 +1,124 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/imagepin/imagepin/internal/testenv"
+)
+
+var (
+	env        *testenv.Env
+	kubeconfig string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	var err error
+	if env, err = testenv.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = env.Stop() }()
+	dir, err := os.MkdirTemp("", "imagepin-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	if kubeconfig, err = env.Kubeconfig(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// kubectl runs the kubectl from bin/ against the test cluster.
+func kubectl(t *testing.T, stdin []byte, args ...string) string {
+	t.Helper()
+	bin := filepath.Join(testenv.AssetsDir(), "kubectl")
+	cmd := exec.Command(bin, append([]string{"--kubeconfig", kubeconfig}, args...)...)
+	cmd.Dir = testenv.RepoRoot()
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String()
+}
+
+// config/default installs on a real API server as `kubectl apply -k` does,
+// and grants the manager's service account what the manager reads and
+// writes, and no more.
+func TestInstallFromConfigDefault(t *testing.T) {
+	manifests := kubectl(t, nil, "kustomize", "config/default")
+	kubectl(t, []byte(manifests), "apply", "--server-side", "-f", "-")
+
+	for _, obj := range []string{
+		"crd/imagepins.images.imagepin.dev",
+		"namespace/imagepin-system",
+		"clusterrole/imagepin-manager-role",
+		"-n imagepin-system deployment/imagepin-controller-manager",
+		"-n imagepin-system role/imagepin-leader-election-role",
+	} {
+		kubectl(t, nil, append([]string{"get", "-o", "name"}, strings.Fields(obj)...)...)
+	}
+
+	sa := "system:serviceaccount:imagepin-system:imagepin-controller-manager"
+	tests := []struct {
+		verb, resource, namespace string
+		want                      bool
+	}{
+		{"list", "imagepins.images.imagepin.dev", "", true},
+		{"watch", "deployments.apps", "", true},
+		{"list", "cronjobs.batch", "", true},
+		{"patch", "imagepins.images.imagepin.dev --subresource=status", "", true},
+		{"create", "leases.coordination.k8s.io", "imagepin-system", true},
+		// Nothing it does not use.
+		{"update", "deployments.apps", "", false},
+		{"delete", "imagepins.images.imagepin.dev", "", false},
+		{"get", "secrets", "", false},
+		{"update", "imagepins.images.imagepin.dev", "", false},
+		{"create", "leases.coordination.k8s.io", "default", false},
+	}
+	for _, tt := range tests {
+		args := append([]string{"auth", "can-i", tt.verb}, strings.Fields(tt.resource)...)
+		args = append(args, "--as", sa)
+		if tt.namespace != "" {
+			args = append(args, "-n", tt.namespace)
+		} else {
+			args = append(args, "--all-namespaces")
+		}
+		got := canI(t, args)
+		if got != tt.want {
+			t.Errorf("service account can %s %s (namespace %q): %v, want %v", tt.verb, tt.resource, tt.namespace, got, tt.want)
+		}
+	}
+}
+
+// canI runs `kubectl auth can-i`, which exits 1 for "no".
+func canI(t *testing.T, args []string) bool {
+	t.Helper()
+	bin := filepath.Join(testenv.AssetsDir(), "kubectl")
+	out, err := exec.Command(bin, append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+	answer := strings.TrimSpace(string(out))
+	switch {
+	case err == nil && answer == "yes":
+		return true
+	case answer == "no" || strings.HasPrefix(answer, "no\n") || strings.HasPrefix(answer, "no -"):
+		return false
+	}
+	t.Fatalf("kubectl %s: %v: %s", strings.Join(args, " "), err, answer)
+	return false
+}
