@@ -1,0 +1,469 @@
+package registry
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
+	"k8s.io/utils/clock"
+)
+
+// Defaults of Options, and of the manager's flags.
+const (
+	DefaultQPS      = 10
+	DefaultBurst    = 20
+	DefaultTimeout  = 10 * time.Second
+	DefaultMaxStale = 24 * time.Hour
+)
+
+// maxPlatformEntries bounds the cache of index children; a digest's
+// children never change, so entries are dropped only to bound memory.
+const maxPlatformEntries = 10000
+
+// Options configure a Resolver.
+type Options struct {
+	// QPS and Burst are the request budget of each registry host.
+	QPS   float64
+	Burst int
+	// Timeout is the deadline of one resolution, HEAD and retries included.
+	Timeout time.Duration
+	// MaxStale is how long after its last confirmation a digest is still
+	// served, with the error, when its registry fails; 0 never serves one.
+	MaxStale time.Duration
+	// InsecureRegistries are hosts ("host" or "host:port") reached over
+	// plain HTTP or TLS without verification.
+	InsecureRegistries []string
+	// CAFile adds PEM certificates to the system roots for verifying
+	// registries (SSL_CERT_FILE is honoured as well).
+	CAFile string
+	// UserAgent is sent with every request.
+	UserAgent string
+	// Clock drives TTLs, staleness and Retry-After; tests inject a fake.
+	Clock clock.Clock
+	// Metrics, if nil, are created unregistered.
+	Metrics *Metrics
+}
+
+// Request asks what a tag points to.
+type Request struct {
+	// Image is the reference as a workload names it. A digest on it is
+	// ignored: the tag is resolved. A reference without a tag means :latest.
+	Image string
+	// Keychain supplies credentials; nil is anonymous.
+	Keychain authn.Keychain
+	// TTL is how long a resolution is reused: the ImagePin's interval.
+	TTL time.Duration
+	// Timeout, if shorter than the resolver's, bounds this caller's wait;
+	// the resolution itself goes on and fills the cache.
+	Timeout time.Duration
+}
+
+// Result is what a tag points to.
+type Result struct {
+	// Digest is what a kubelet would pull: the index digest of a
+	// multi-arch image.
+	Digest string
+	// Platforms are the digests of an index's platform manifests; empty
+	// for a single-platform image.
+	Platforms []string
+	// ResolvedAt is when the registry last confirmed Digest.
+	ResolvedAt time.Time
+	// Stale is true when Digest is the last good answer, served because
+	// the registry failed; Resolve then also returns the error.
+	Stale bool
+}
+
+// Resolver resolves tags to digests. It is safe for concurrent use, and one
+// is shared by everything in a process.
+type Resolver struct {
+	opts      Options
+	clock     clock.Clock
+	metrics   *Metrics
+	transport http.RoundTripper
+	insecure  map[string]bool
+
+	group singleflight.Group
+
+	mu        sync.Mutex
+	cache     map[string]*entry
+	pullers   map[string]*remote.Puller
+	platforms map[string][]string
+}
+
+// entry is the cache's memory of one tag under one credential.
+type entry struct {
+	digest     string
+	resolvedAt time.Time // last success
+	checkedAt  time.Time // last attempt
+	err        error     // of the last attempt
+}
+
+// New returns a Resolver.
+func New(o Options) (*Resolver, error) {
+	if o.QPS <= 0 {
+		o.QPS = DefaultQPS
+	}
+	if o.Burst <= 0 {
+		o.Burst = DefaultBurst
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	if o.UserAgent == "" {
+		o.UserAgent = "imagepin"
+	}
+	secure, insecure, err := baseTransports(o.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	hosts := map[string]bool{}
+	for _, h := range o.InsecureRegistries {
+		hosts[strings.TrimSpace(h)] = true
+	}
+	return &Resolver{
+		opts:     o,
+		clock:    o.Clock,
+		metrics:  o.Metrics,
+		insecure: hosts,
+		transport: &politeTransport{
+			secure: secure, insecure: insecure, insecureHosts: hosts,
+			qps: rate.Limit(o.QPS), burst: o.Burst,
+			clock: o.Clock, metrics: o.Metrics,
+			hosts: map[string]*hostState{},
+		},
+		cache:     map[string]*entry{},
+		pullers:   map[string]*remote.Puller{},
+		platforms: map[string][]string{},
+	}, nil
+}
+
+// Resolve returns what req.Image's tag points to. With a fresh cache entry
+// it sends nothing; concurrent callers for one tag and credential share one
+// request. When the registry fails, the error says why, and if a digest was
+// confirmed within MaxStale it is returned too, marked Stale.
+func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
+	tag, err := r.parseTag(req.Image)
+	if err != nil {
+		return Result{}, err
+	}
+	auth, id, err := credentialFor(ctx, req.Keychain, tag.Context())
+	if err != nil {
+		return Result{}, fmt.Errorf("credentials for %s: %w", tag.Context().RegistryStr(), err)
+	}
+	key := tag.Context().Name() + ":" + tag.TagStr() + "|" + id
+
+	if res, ok, err := r.fromCache(key, req.TTL); ok {
+		r.metrics.CacheResults.WithLabelValues(resultHit).Inc()
+		return res, err
+	}
+
+	ran := false
+	ch := r.group.DoChan(key, func() (any, error) {
+		ran = true
+		return r.fetch(tag, auth, id, key)
+	})
+	wait := r.opts.Timeout
+	if req.Timeout > 0 && req.Timeout < wait {
+		wait = req.Timeout
+	}
+	// A caller's deadline is real time, whatever clock drives the cache.
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case out := <-ch:
+		res := out.Val.(Result)
+		r.countResult(ran, res, out.Err)
+		return res, out.Err
+	case <-ctx.Done():
+		return r.staleOnly(key), fmt.Errorf("resolve %s: %w", tag, ctx.Err())
+	case <-timer.C:
+		return r.staleOnly(key), fmt.Errorf("resolve %s: no answer from %s within %s", tag, tag.RegistryStr(), wait)
+	}
+}
+
+func (r *Resolver) countResult(ran bool, res Result, err error) {
+	switch {
+	case !ran:
+		r.metrics.CacheResults.WithLabelValues(resultCoalesced).Inc()
+	case err != nil && res.Stale:
+		r.metrics.CacheResults.WithLabelValues(resultStale).Inc()
+	case err != nil:
+		r.metrics.CacheResults.WithLabelValues(resultError).Inc()
+	default:
+		r.metrics.CacheResults.WithLabelValues(resultMiss).Inc()
+	}
+}
+
+// parseTag reads the tag of an image reference, dropping a digest.
+func (r *Resolver) parseTag(image string) (name.Tag, error) {
+	ref := image
+	if i := strings.IndexByte(ref, '@'); i >= 0 {
+		ref = ref[:i]
+	}
+	var opts []name.Option
+	if host := registryHost(ref); r.insecure[host] {
+		opts = append(opts, name.Insecure)
+	}
+	tag, err := name.NewTag(ref, opts...)
+	if err != nil {
+		return name.Tag{}, fmt.Errorf("%q is not an image reference with a tag: %w", image, err)
+	}
+	return tag, nil
+}
+
+// registryHost returns the registry part of a reference as written, or ""
+// when it names none (Docker Hub).
+func registryHost(ref string) string {
+	i := strings.IndexByte(ref, '/')
+	if i < 0 {
+		return ""
+	}
+	first := ref[:i]
+	if strings.ContainsAny(first, ".:") || first == "localhost" {
+		return first
+	}
+	return ""
+}
+
+// fromCache answers from a fresh entry: a success, or a failure still
+// within its TTL (a failing registry is asked once per TTL, not per caller).
+func (r *Resolver) fromCache(key string, ttl time.Duration) (res Result, ok bool, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.cache[key]
+	if e == nil || r.clock.Since(e.checkedAt) >= ttl {
+		return Result{}, false, nil
+	}
+	return r.resultOf(e), true, e.err
+}
+
+// staleOnly returns the last good answer for key, if still servable.
+func (r *Resolver) staleOnly(key string) Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.cache[key]; e != nil && e.digest != "" && r.servable(e) {
+		res := r.resultOf(e)
+		res.Stale = true
+		return res
+	}
+	return Result{}
+}
+
+// resultOf turns an entry into a Result; r.mu is held.
+func (r *Resolver) resultOf(e *entry) Result {
+	if e.err != nil && (e.digest == "" || !r.servable(e)) {
+		return Result{}
+	}
+	return Result{
+		Digest:     e.digest,
+		Platforms:  r.platforms[e.digest],
+		ResolvedAt: e.resolvedAt,
+		Stale:      e.err != nil,
+	}
+}
+
+func (r *Resolver) servable(e *entry) bool {
+	return r.opts.MaxStale > 0 && r.clock.Since(e.resolvedAt) <= r.opts.MaxStale
+}
+
+// fetch asks the registry; it runs once per key at a time. Its deadline is
+// the resolver's, not a caller's, so that a caller giving up early does not
+// waste the request for the others.
+func (r *Resolver) fetch(tag name.Tag, auth authn.Authenticator, id, key string) (Result, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+	defer cancel()
+
+	digest, err := r.resolveDigest(ctx, tag, auth, id)
+	now := r.clock.Now()
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.cache[key]
+	if e == nil {
+		e = &entry{}
+		r.cache[key] = e
+	}
+	e.checkedAt = now
+	if err != nil {
+		e.err = explain(tag, err)
+		return r.resultOf(e), e.err
+	}
+	e.digest, e.resolvedAt, e.err = digest, now, nil
+	return r.resultOf(e), nil
+}
+
+// resolveDigest HEADs the tag and, for an index seen for the first time,
+// GETs it once by digest to learn its platforms.
+func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, auth authn.Authenticator, id string) (string, error) {
+	p, err := r.puller(tag.Context().Registry, auth, id)
+	if err != nil {
+		return "", err
+	}
+	desc, err := p.Head(ctx, tag)
+	if err != nil && headNotAnswered(err) {
+		// The registry does not answer HEAD properly: GET the manifest
+		// instead; its digest is computed from the body.
+		r.metrics.ManifestGets.WithLabelValues(tag.RegistryStr(), "fallback").Inc()
+		d, gerr := p.Get(ctx, tag)
+		if gerr != nil {
+			return "", fmt.Errorf("HEAD not answered properly (%w), and GET failed: %w", err, gerr)
+		}
+		desc, err = &d.Descriptor, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	digest := desc.Digest.String()
+	if desc.MediaType.IsIndex() && !r.knowsPlatforms(digest) {
+		if err := r.learnPlatforms(ctx, p, tag.Context().Digest(digest)); err != nil {
+			return "", err
+		}
+	}
+	return digest, nil
+}
+
+func (r *Resolver) knowsPlatforms(digest string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.platforms[digest]
+	return ok
+}
+
+// learnPlatforms GETs an index by digest (the body is verified against it)
+// and remembers its children for good: a digest's content never changes.
+func (r *Resolver) learnPlatforms(ctx context.Context, p *remote.Puller, ref name.Digest) error {
+	r.metrics.ManifestGets.WithLabelValues(ref.RegistryStr(), "index").Inc()
+	d, err := p.Get(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("read index %s: %w", ref.DigestStr(), err)
+	}
+	idx, err := v1.ParseIndexManifest(strings.NewReader(string(d.Manifest)))
+	if err != nil {
+		return fmt.Errorf("parse index %s: %w", ref.DigestStr(), err)
+	}
+	children := make([]string, 0, len(idx.Manifests))
+	for _, m := range idx.Manifests {
+		children = append(children, m.Digest.String())
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.platforms) >= maxPlatformEntries {
+		for k := range r.platforms { // drop an arbitrary entry; it is refetched if needed
+			delete(r.platforms, k)
+			break
+		}
+	}
+	r.platforms[ref.DigestStr()] = children
+	return nil
+}
+
+// puller returns the authenticated transport for one registry and
+// credential, made once and reused, so that a resolution costs one request
+// instead of a ping, a token and a HEAD.
+func (r *Resolver) puller(reg name.Registry, auth authn.Authenticator, id string) (*remote.Puller, error) {
+	key := reg.Name() + "|" + id
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p, ok := r.pullers[key]; ok {
+		return p, nil
+	}
+	p, err := remote.NewPuller(
+		remote.WithAuth(auth),
+		remote.WithTransport(r.transport),
+		remote.WithUserAgent(r.opts.UserAgent),
+		// 429 is not retried here: the transport honours Retry-After.
+		remote.WithRetryStatusCodes(http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout),
+		remote.WithRetryBackoff(remote.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.5, Steps: 3}),
+	)
+	if err != nil {
+		return nil, err
+	}
+	r.pullers[key] = p
+	return p, nil
+}
+
+// headNotAnswered reports whether a HEAD failed in a way a GET can work
+// around: the method refused, or a response without a usable digest.
+// go-containerregistry reports the latter only as text.
+func headNotAnswered(err error) bool {
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		return terr.StatusCode == http.StatusMethodNotAllowed || terr.StatusCode == http.StatusNotImplemented
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "did not include Docker-Content-Digest") ||
+		strings.Contains(msg, "did not include Content-Type") ||
+		strings.Contains(msg, "did not include Content-Length") ||
+		strings.Contains(msg, "cannot parse hash") ||
+		strings.Contains(msg, "unsupported hash")
+}
+
+// explain turns a registry failure into a sentence for a condition message.
+func explain(tag name.Tag, err error) error {
+	var rl *RateLimitedError
+	if errors.As(err, &rl) {
+		return fmt.Errorf("resolve %s: %w", tag, err)
+	}
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		switch terr.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return fmt.Errorf("resolve %s: authentication failed for registry %s (check the pull secret): %w", tag, tag.RegistryStr(), err)
+		case http.StatusNotFound:
+			return fmt.Errorf("resolve %s: tag %q not found in %s: %w", tag, tag.TagStr(), tag.Context().Name(), err)
+		case http.StatusTooManyRequests:
+			return fmt.Errorf("resolve %s: registry %s is rate limiting imagepin: %w", tag, tag.RegistryStr(), err)
+		}
+		for _, d := range terr.Errors {
+			if d.Code == transport.ManifestUnknownErrorCode || d.Code == transport.NameUnknownErrorCode {
+				return fmt.Errorf("resolve %s: tag %q not found in %s: %w", tag, tag.TagStr(), tag.Context().Name(), err)
+			}
+		}
+	}
+	return fmt.Errorf("resolve %s: %w", tag, err)
+}
+
+// credentialFor resolves the keychain for a repository and names the
+// credential with an opaque identity (a hash, never the secret itself), so
+// that the cache and the transports of different credentials stay apart.
+func credentialFor(ctx context.Context, kc authn.Keychain, repo name.Repository) (authn.Authenticator, string, error) {
+	if kc == nil {
+		return authn.Anonymous, "anonymous", nil
+	}
+	auth, err := authn.Resolve(ctx, kc, repo)
+	if err != nil {
+		return nil, "", err
+	}
+	cfg, err := authn.Authorization(ctx, auth)
+	if err != nil {
+		return nil, "", err
+	}
+	if cfg == nil || *cfg == (authn.AuthConfig{}) {
+		return authn.Anonymous, "anonymous", nil
+	}
+	h := sha256.New()
+	for _, s := range []string{cfg.Username, cfg.Password, cfg.Auth, cfg.IdentityToken, cfg.RegistryToken} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	return authn.FromConfig(*cfg), hex.EncodeToString(h.Sum(nil)[:12]), nil
+}

@@ -1,0 +1,169 @@
+package registry
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+	"k8s.io/utils/clock"
+)
+
+// RateLimitedError says a registry asked imagepin to wait (HTTP 429), and
+// until when no request is sent to it.
+type RateLimitedError struct {
+	Host  string
+	Until time.Time
+}
+
+func (e *RateLimitedError) Error() string {
+	return fmt.Sprintf("registry %s is rate limiting imagepin: no requests until %s", e.Host, e.Until.UTC().Format(time.RFC3339))
+}
+
+// Without Retry-After, a 429 stops requests to the registry for
+// defaultBackoff, doubling with each 429 in a row up to maxBackoff.
+const (
+	defaultBackoff = 10 * time.Second
+	maxBackoff     = 5 * time.Minute
+)
+
+// politeTransport is the RoundTripper under every registry request: it
+// keeps each registry host to its request budget, sends nothing to a host
+// that answered 429 until it said to come back, and records metrics.
+type politeTransport struct {
+	secure, insecure http.RoundTripper
+	insecureHosts    map[string]bool
+	qps              rate.Limit
+	burst            int
+	clock            clock.PassiveClock
+	metrics          *Metrics
+
+	mu    sync.Mutex
+	hosts map[string]*hostState
+}
+
+type hostState struct {
+	limiter      *rate.Limiter
+	blockedUntil time.Time
+	tooMany      int // 429s in a row
+}
+
+func (t *politeTransport) state(host string) *hostState {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, ok := t.hosts[host]
+	if !ok {
+		st = &hostState{limiter: rate.NewLimiter(t.qps, t.burst)}
+		t.hosts[host] = st
+	}
+	return st
+}
+
+func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	host := req.URL.Host
+	st := t.state(host)
+
+	t.mu.Lock()
+	until := st.blockedUntil
+	t.mu.Unlock()
+	if t.clock.Now().Before(until) {
+		return nil, &RateLimitedError{Host: host, Until: until}
+	}
+	if err := st.limiter.Wait(req.Context()); err != nil {
+		return nil, fmt.Errorf("registry %s: waiting for the request budget (--registry-qps): %w", host, err)
+	}
+
+	rt := t.secure
+	if t.insecureHosts[host] || t.insecureHosts[req.URL.Hostname()] {
+		rt = t.insecure
+	}
+	start := time.Now()
+	resp, err := rt.RoundTrip(req)
+	t.metrics.RequestDuration.WithLabelValues(host, req.Method).Observe(time.Since(start).Seconds())
+	if err != nil {
+		t.metrics.Requests.WithLabelValues(host, req.Method, "error").Inc()
+		return nil, err
+	}
+	t.metrics.Requests.WithLabelValues(host, req.Method, strconv.Itoa(resp.StatusCode)).Inc()
+	if n, ok := rateLimitRemaining(resp.Header); ok {
+		t.metrics.RateLimitRemaining.WithLabelValues(host).Set(float64(n))
+	}
+
+	t.mu.Lock()
+	if resp.StatusCode == http.StatusTooManyRequests {
+		st.tooMany++
+		st.blockedUntil = t.clock.Now().Add(retryAfter(resp.Header, t.clock.Now(), st.tooMany))
+	} else {
+		st.tooMany = 0
+	}
+	t.mu.Unlock()
+	return resp, nil
+}
+
+// retryAfter reads Retry-After (seconds or an HTTP date); without one it
+// backs off exponentially with the number of 429s in a row.
+func retryAfter(h http.Header, now time.Time, inARow int) time.Duration {
+	if v := strings.TrimSpace(h.Get("Retry-After")); v != "" {
+		if secs, err := strconv.Atoi(v); err == nil && secs >= 0 {
+			return min(time.Duration(secs)*time.Second, maxBackoff)
+		}
+		if at, err := http.ParseTime(v); err == nil {
+			return min(max(at.Sub(now), 0), maxBackoff)
+		}
+	}
+	d := defaultBackoff
+	for i := 1; i < inARow && d < maxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, maxBackoff)
+}
+
+// rateLimitRemaining reads the remaining requests a registry reports, as
+// Docker Hub does: "ratelimit-remaining: 76;w=21600".
+func rateLimitRemaining(h http.Header) (int, bool) {
+	v := h.Get("RateLimit-Remaining")
+	if v == "" {
+		return 0, false
+	}
+	if i := strings.IndexByte(v, ';'); i >= 0 {
+		v = v[:i]
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	return n, err == nil
+}
+
+// baseTransports returns the transport for verified TLS (system roots, plus
+// caFile if given) and the one for --insecure-registry hosts.
+func baseTransports(caFile string) (secure, insecure *http.Transport, err error) {
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read registry CA file: %w", err)
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, nil, fmt.Errorf("registry CA file %s holds no PEM certificate", caFile)
+		}
+	}
+	secure = newHTTPTransport()
+	secure.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	insecure = newHTTPTransport()
+	insecure.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // only for hosts named by --insecure-registry
+	return secure, insecure, nil
+}
+
+func newHTTPTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 16
+	t.ResponseHeaderTimeout = 30 * time.Second
+	return t
+}
