@@ -84,8 +84,12 @@ verify: manifests generate fmt ## Fail if generated or formatted files differ fr
 	@test -z "$$(git status --porcelain --untracked-files=all -- api config)" || { git status --porcelain -- api config; echo "untracked generated files"; exit 1; }
 
 .PHONY: test
-test: manifests generate fmt vet control-plane ## Run every test: unit, and integration against the real API server.
+test: manifests generate fmt vet control-plane $(REGISTRY) ## Run every test: unit, and integration against the real API server and registry.
 	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) test $(TEST_FLAGS) ./...
+
+.PHONY: bench
+bench: control-plane $(REGISTRY) ## Run the benchmarks and print their figures.
+	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) test -run '^$$' -bench . -benchmem ./...
 
 .PHONY: test-unit
 test-unit: ## Run the tests that need no control plane.

@@ -32,11 +32,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/controllers"
+	"github.com/imagepin/imagepin/internal/registry"
 )
 
 // leaderElectionID names the Lease the managers of one installation share.
@@ -58,7 +60,14 @@ type options struct {
 	webhookCertDir          string
 	webhookPort             int
 	enableWebhooks          bool
+	registry                registry.Options
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func run(args []string) error {
 	var o options
@@ -70,6 +79,12 @@ func run(args []string) error {
 	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader-election Lease; defaults to the pod's namespace in a cluster")
 	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "", "directory holding the webhook's tls.crt and tls.key; defaults to <tmp>/k8s-webhook-server/serving-certs")
 	fs.IntVar(&o.webhookPort, "webhook-port", webhook.DefaultPort, "port the admission webhook server listens on")
+	fs.Float64Var(&o.registry.QPS, "registry-qps", registry.DefaultQPS, "requests per second imagepin sends to each registry host")
+	fs.IntVar(&o.registry.Burst, "registry-burst", registry.DefaultBurst, "requests imagepin may send to one registry host in a burst")
+	fs.DurationVar(&o.registry.Timeout, "registry-timeout", registry.DefaultTimeout, "deadline of one tag resolution, retries included")
+	fs.DurationVar(&o.registry.MaxStale, "registry-max-stale", registry.DefaultMaxStale, "how long after its last confirmation a digest is still reported when its registry fails; 0 never")
+	fs.Var((*stringList)(&o.registry.InsecureRegistries), "insecure-registry", "registry host (host or host:port) reached over plain HTTP or TLS without verification; repeatable")
+	fs.StringVar(&o.registry.CAFile, "registry-ca-file", "", "PEM file of CA certificates trusted for registries, added to the system roots (SSL_CERT_FILE also works)")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -117,6 +132,14 @@ func runManager(o options) error {
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
+	}
+
+	o.registry.Metrics = registry.NewMetrics(ctrlmetrics.Registry)
+	o.registry.UserAgent = "imagepin"
+	// The resolver is built here so that its flags are checked at start;
+	// the controller resolves tags through it from the Observe issue on.
+	if _, err := registry.New(o.registry); err != nil {
+		return fmt.Errorf("registry resolver: %w", err)
 	}
 
 	if err := (&controllers.ImagePinReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {

@@ -29,7 +29,7 @@ import (
 // httptest, wrapped by a handler that counts manifest requests by method
 // and can be told to misbehave.
 type testRegistry struct {
-	t    *testing.T
+	t    testing.TB
 	srv  *httptest.Server
 	host string
 
@@ -39,7 +39,7 @@ type testRegistry struct {
 	intercept func(w http.ResponseWriter, r *http.Request) bool
 }
 
-func newTestRegistry(t *testing.T) *testRegistry {
+func newTestRegistry(t testing.TB) *testRegistry {
 	t.Helper()
 	tr := &testRegistry{t: t, requests: map[string]int{}}
 	inner := ggcrregistry.New(ggcrregistry.Logger(nullLogger()))
@@ -152,7 +152,7 @@ type fixture struct {
 	resolver *Resolver
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{reg: newTestRegistry(t), clock: clocktesting.NewFakeClock(time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)), metrics: NewMetrics(nil)}
 	o := Options{

@@ -1,0 +1,241 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// RegistryVersion is the distribution registry `make` builds into
+// bin/registry-<version>; keep it in step with the Makefile.
+const RegistryVersion = "v3.1.2"
+
+// Registry is a running distribution registry with htpasswd auth and TLS
+// from a CA made for it.
+type Registry struct {
+	// Host is "127.0.0.1:<port>".
+	Host string
+	// User and Password are the one account htpasswd knows.
+	User, Password string
+	// CAFile is the PEM CA that signed the registry's certificate.
+	CAFile string
+	// CAPool holds that CA, for clients.
+	CAPool *x509.CertPool
+
+	cmd  *exec.Cmd
+	dir  string
+	done chan error
+}
+
+// StartRegistry starts bin/registry-<version> in a temporary directory. A
+// missing binary is an error, never a skip: `make test` builds it.
+func StartRegistry() (*Registry, error) {
+	bin := filepath.Join(RepoRoot(), "bin", "registry-"+RegistryVersion)
+	if p := os.Getenv("IMAGEPIN_REGISTRY"); p != "" {
+		bin = p
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("distribution registry not found at %s (run `make test`, which builds it): %w", bin, err)
+	}
+	dir, err := os.MkdirTemp("", "imagepin-registry-")
+	if err != nil {
+		return nil, err
+	}
+	r := &Registry{dir: dir, User: "imagepin", Password: "s3cret-" + randomHex(8)}
+	if err := r.writeConfig(); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	log, err := os.Create(filepath.Join(dir, "registry.log"))
+	if err != nil {
+		return nil, err
+	}
+	r.cmd = exec.Command(bin, "serve", filepath.Join(dir, "config.yml"))
+	r.cmd.Stdout, r.cmd.Stderr = log, log
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := r.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start registry: %w", err)
+	}
+	r.done = make(chan error, 1)
+	go func() { r.done <- r.cmd.Wait() }()
+	if err := r.waitReady(); err != nil {
+		out, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
+		_ = r.Stop()
+		return nil, fmt.Errorf("%w\nregistry log:\n%s", err, out)
+	}
+	return r, nil
+}
+
+func (r *Registry) writeConfig() error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	r.Host = fmt.Sprintf("127.0.0.1:%d", port)
+	caPEM, certPEM, keyPEM, err := makeCerts()
+	if err != nil {
+		return err
+	}
+	r.CAFile = filepath.Join(r.dir, "ca.pem")
+	r.CAPool = x509.NewCertPool()
+	r.CAPool.AppendCertsFromPEM(caPEM)
+	hash, err := bcrypt.GenerateFromPassword([]byte(r.Password), bcrypt.MinCost)
+	if err != nil {
+		return err
+	}
+	files := map[string][]byte{
+		"ca.pem":   caPEM,
+		"cert.pem": certPEM,
+		"key.pem":  keyPEM,
+		"htpasswd": []byte(r.User + ":" + string(hash) + "\n"),
+		"config.yml": fmt.Appendf(nil, `version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %[1]s/data
+  delete:
+    enabled: true
+http:
+  addr: %[2]s
+  secret: imagepin-test-secret
+  tls:
+    certificate: %[1]s/cert.pem
+    key: %[1]s/key.pem
+auth:
+  htpasswd:
+    realm: imagepin-test
+    path: %[1]s/htpasswd
+`, r.dir, r.Host),
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(r.dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitReady polls /v2/ until the registry asks for credentials.
+func (r *Registry) waitReady() error {
+	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: r.CAPool, MinVersion: tls.VersionTLS12}}}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-r.done:
+			return fmt.Errorf("registry exited: %v", err)
+		default:
+		}
+		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "https://"+r.Host+"/v2/", nil)
+		if resp, err := c.Do(req); err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return errors.New("registry did not answer on " + r.Host + " within 30s")
+}
+
+// Stop stops the registry and removes its files.
+func (r *Registry) Stop() error {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			_ = r.cmd.Process.Kill()
+			<-r.done
+		}
+	}
+	return os.RemoveAll(r.dir)
+}
+
+// DockerConfigJSON returns a .dockerconfigjson for host with user and
+// password, as `kubectl create secret docker-registry` writes it.
+func DockerConfigJSON(host, user, password string) []byte {
+	return fmt.Appendf(nil, `{"auths":{%q:{"username":%q,"password":%q}}}`, host, user, password)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// makeCerts makes a CA and a server certificate for 127.0.0.1 and
+// localhost signed by it.
+func makeCerts() (caPEM, certPEM, keyPEM []byte, err error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "imagepin test CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	enc := func(typ string, b []byte) []byte {
+		var buf bytes.Buffer
+		_ = pem.Encode(&buf, &pem.Block{Type: typ, Bytes: b})
+		return buf.Bytes()
+	}
+	return enc("CERTIFICATE", caDER), enc("CERTIFICATE", der), enc("EC PRIVATE KEY", keyDER), nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%x", b)
+}
