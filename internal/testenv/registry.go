@@ -40,9 +40,10 @@ type Registry struct {
 	// CAPool holds that CA, for clients.
 	CAPool *x509.CertPool
 
-	cmd  *exec.Cmd
-	dir  string
-	done chan error
+	cmd     *exec.Cmd
+	dir     string
+	done    chan struct{} // closed when the process has exited
+	waitErr error         // how it exited, once done is closed
 }
 
 // StartRegistry starts bin/registry-<version> in a temporary directory. A
@@ -74,8 +75,8 @@ func StartRegistry() (*Registry, error) {
 	if err := r.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start registry: %w", err)
 	}
-	r.done = make(chan error, 1)
-	go func() { r.done <- r.cmd.Wait() }()
+	r.done = make(chan struct{})
+	go func() { r.waitErr = r.cmd.Wait(); close(r.done) }()
 	if err := r.waitReady(); err != nil {
 		out, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
 		_ = r.Stop()
@@ -142,8 +143,8 @@ func (r *Registry) waitReady() error {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case err := <-r.done:
-			return fmt.Errorf("registry exited: %v", err)
+		case <-r.done:
+			return fmt.Errorf("registry exited: %w", r.waitErr)
 		default:
 		}
 		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "https://"+r.Host+"/v2/", nil)
