@@ -25,11 +25,14 @@ import (
 	"os"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -61,6 +64,7 @@ type options struct {
 	webhookPort             int
 	enableWebhooks          bool
 	registry                registry.Options
+	cloudKeychains          bool
 }
 
 // stringList is a repeatable string flag.
@@ -85,6 +89,7 @@ func run(args []string) error {
 	fs.DurationVar(&o.registry.MaxStale, "registry-max-stale", registry.DefaultMaxStale, "how long after its last confirmation a digest is still reported when its registry fails; 0 never")
 	fs.Var((*stringList)(&o.registry.InsecureRegistries), "insecure-registry", "registry host (host or host:port) reached over plain HTTP or TLS without verification; repeatable")
 	fs.StringVar(&o.registry.CAFile, "registry-ca-file", "", "PEM file of CA certificates trusted for registries, added to the system roots (SSL_CERT_FILE also works)")
+	fs.BoolVar(&o.cloudKeychains, "cloud-keychains", true, "also resolve with the manager's own ECR, Google and ACR credentials")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -124,11 +129,7 @@ func runManager(o options) error {
 			CertDir: o.webhookCertDir,
 			Port:    o.webhookPort,
 		}),
-		Cache: cache.Options{
-			// managedFields are often the largest part of an object and the
-			// controller never reads them from the cache.
-			DefaultTransform: cache.TransformStripManagedFields(),
-		},
+		Cache: cacheOptions(),
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
@@ -136,13 +137,17 @@ func runManager(o options) error {
 
 	o.registry.Metrics = registry.NewMetrics(ctrlmetrics.Registry)
 	o.registry.UserAgent = "imagepin"
-	// The resolver is built here so that its flags are checked at start;
-	// the controller resolves tags through it from the Observe issue on.
-	if _, err := registry.New(o.registry); err != nil {
+	resolver, err := registry.New(o.registry)
+	if err != nil {
 		return fmt.Errorf("registry resolver: %w", err)
 	}
 
-	if err := (&controllers.ImagePinReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+	if err := (&controllers.ImagePinReconciler{
+		Client:    mgr.GetClient(),
+		Resolver:  resolver,
+		Keychains: &registry.Keychains{Reader: mgr.GetClient(), Cloud: o.cloudKeychains},
+		Recorder:  mgr.GetEventRecorder("imagepin"),
+	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the ImagePin controller: %w", err)
 	}
 	if o.enableWebhooks {
@@ -162,4 +167,45 @@ func runManager(o options) error {
 		return fmt.Errorf("run manager: %w", err)
 	}
 	return nil
+}
+
+// cacheOptions keeps the manager's cache to what the controller reads:
+// managedFields and kubectl's last-applied annotation are stripped from
+// everything, and of Secrets only docker-config pull secrets are held, with
+// nothing but their docker config.
+func cacheOptions() cache.Options {
+	return cache.Options{
+		DefaultTransform: stripForCache,
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {
+				Field:     fields.OneTermEqualSelector("type", string(corev1.SecretTypeDockerConfigJson)),
+				Transform: keepDockerConfigOnly,
+			},
+		},
+	}
+}
+
+func stripForCache(obj any) (any, error) {
+	if o, ok := obj.(client.Object); ok {
+		o.SetManagedFields(nil)
+		if a := o.GetAnnotations(); a != nil {
+			if _, ok := a[corev1.LastAppliedConfigAnnotation]; ok {
+				delete(a, corev1.LastAppliedConfigAnnotation)
+				o.SetAnnotations(a)
+			}
+		}
+	}
+	return obj, nil
+}
+
+func keepDockerConfigOnly(obj any) (any, error) {
+	if s, ok := obj.(*corev1.Secret); ok {
+		for k := range s.Data {
+			if k != corev1.DockerConfigJsonKey {
+				delete(s.Data, k)
+			}
+		}
+		s.StringData = nil
+	}
+	return stripForCache(obj)
 }

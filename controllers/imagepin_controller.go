@@ -5,45 +5,63 @@ import (
 	"errors"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/selection"
 	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // ImagePinReconciler keeps an ImagePin's status in step with the workloads
-// it selects.
+// it selects, what their tags resolve to and what their pods run. In mode
+// Observe it never writes a workload.
 type ImagePinReconciler struct {
 	client.Client
-	// Clock stamps lastCheckTime; tests inject a fake one.
+	// Resolver is the process's shared tag resolver.
+	Resolver *registry.Resolver
+	// Keychains builds each workload's credentials from the cache.
+	Keychains *registry.Keychains
+	// Recorder emits events on transitions; nil emits none.
+	Recorder events.EventRecorder
+	// Clock stamps lastCheckTime and history; tests inject a fake one.
 	Clock clock.PassiveClock
 }
 
 // +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins,verbs=get;list;watch
 // +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins/status,verbs=get;patch
-// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets;replicasets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=batch,resources=jobs;cronjobs,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods;serviceaccounts,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile computes an ImagePin's status once and patches it once, only
 // when it changed.
 func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var pin imagesv1alpha1.ImagePin
 	if err := r.Get(ctx, req.NamespacedName, &pin); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			forgetMetrics(req.Namespace, req.Name)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 
 	status := pin.Status.DeepCopy()
 	result, err := r.reconcile(ctx, &pin, status)
+	r.emitTransitions(&pin, &pin.Status, status)
 	if perr := r.patchStatus(ctx, &pin, status); perr != nil {
 		return ctrl.Result{}, errors.Join(err, perr)
 	}
@@ -53,7 +71,8 @@ func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 // reconcile fills status for pin. An invalid or suspended spec ends with no
 // requeue (its next change triggers a reconcile); a failure to read the
 // cluster is returned for a retry with backoff; otherwise the ImagePin is
-// checked again after its interval.
+// checked again after its interval. A registry failure is not an error
+// here: it is reported in status and retried at the interval.
 func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.ImagePin, status *imagesv1alpha1.ImagePinStatus) (ctrl.Result, error) {
 	sel, err := selection.Compile(&pin.Spec)
 	if err != nil {
@@ -70,14 +89,25 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	setSelected(status, pin.Generation, r.Clock.Now(), summarize(workloads, sel))
+	obs, err := r.observe(ctx, pin, sel, workloads)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	setChecked(status, checkInput{
+		generation: pin.Generation,
+		now:        r.Clock.Now(),
+		interval:   sel.Interval,
+		obs:        obs,
+		platforms:  r.Resolver.Platforms,
+	})
+	recordMetrics(pin, status)
 	return ctrl.Result{RequeueAfter: sel.Interval}, nil
 }
 
 // patchStatus writes status with a merge patch, and nothing when it is
 // unchanged.
 func (r *ImagePinReconciler) patchStatus(ctx context.Context, pin *imagesv1alpha1.ImagePin, status *imagesv1alpha1.ImagePinStatus) error {
-	if apiequality.Semantic.DeepEqual(&pin.Status, status) {
+	if equalStatus(&pin.Status, status) {
 		return nil
 	}
 	before := pin.DeepCopy()
@@ -88,12 +118,23 @@ func (r *ImagePinReconciler) patchStatus(ctx context.Context, pin *imagesv1alpha
 	return nil
 }
 
+func equalStatus(a, b *imagesv1alpha1.ImagePinStatus) bool {
+	return apiequality.Semantic.DeepEqual(a, b)
+}
+
 // SetupWithManager registers the reconciler: it runs on every spec change of
-// an ImagePin and on every workload change that can change what an ImagePin
-// in the same namespace selects.
+// an ImagePin, on every workload change that can change what an ImagePin
+// selects or names, and on every pod change of a selected workload that
+// changes what runs where.
 func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
+	}
+	if r.Keychains == nil {
+		r.Keychains = &registry.Keychains{Reader: mgr.GetClient()}
+	}
+	if err := workload.IndexOwners(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
 	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("imagepin").
@@ -107,25 +148,79 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		if err != nil {
 			return err
 		}
-		b = b.Watches(obj, handler.EnqueueRequestsFromMapFunc(r.imagePinsInNamespace),
+		// The map function runs for the old and the new object of an
+		// update, so an ImagePin a relabelled workload leaves is told too.
+		b = b.Watches(obj, handler.EnqueueRequestsFromMapFunc(r.imagePinsSelecting(kind)),
 			builder.WithPredicates(workloadChanged))
 	}
+	b = b.Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.imagePinsOfOwner),
+		builder.WithPredicates(podRunsSomethingElse()))
 	return b.Complete(r)
 }
 
-// imagePinsInNamespace maps a workload to every ImagePin of its namespace.
-// A label change can take a workload out of a selector as well as into one,
-// and the map function sees only the new labels, so each ImagePin of the
-// namespace decides for itself.
-func (r *ImagePinReconciler) imagePinsInNamespace(ctx context.Context, obj client.Object) []reconcile.Request {
+// imagePinsSelecting maps a workload to the ImagePins of its namespace that
+// select it. The cache indexes ImagePins by namespace, so this reads only
+// that namespace's.
+func (r *ImagePinReconciler) imagePinsSelecting(kind imagesv1alpha1.WorkloadKind) handler.MapFunc {
+	return func(ctx context.Context, obj client.Object) []reconcile.Request {
+		return r.selectingPins(ctx, obj, kind)
+	}
+}
+
+// imagePinsOfOwner maps a pod to the ImagePins that select its workload.
+func (r *ImagePinReconciler) imagePinsOfOwner(ctx context.Context, obj client.Object) []reconcile.Request {
+	owner, kind, err := workload.OwningWorkload(ctx, r.Client, obj)
+	if err != nil {
+		log.FromContext(ctx).Error(err, "find the workload of a pod", "pod", client.ObjectKeyFromObject(obj))
+		return nil
+	}
+	if owner == nil {
+		return nil
+	}
+	return r.selectingPins(ctx, owner, kind)
+}
+
+func (r *ImagePinReconciler) selectingPins(ctx context.Context, obj client.Object, kind imagesv1alpha1.WorkloadKind) []reconcile.Request {
 	var pins imagesv1alpha1.ImagePinList
 	if err := r.List(ctx, &pins, client.InNamespace(obj.GetNamespace())); err != nil {
 		log.FromContext(ctx).Error(err, "list ImagePins for a workload change", "namespace", obj.GetNamespace())
 		return nil
 	}
-	reqs := make([]reconcile.Request, 0, len(pins.Items))
+	var reqs []reconcile.Request
 	for _, p := range pins.Items {
-		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}})
+		sel, err := selection.Compile(&p.Spec)
+		if err != nil {
+			continue // reported on the ImagePin itself
+		}
+		if sel.SelectsKind(kind) && sel.SelectsLabels(obj.GetLabels()) {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}})
+		}
 	}
 	return reqs
+}
+
+// podRunsSomethingElse passes pod creations and deletions, and updates
+// that change the node or an image a container runs: the inputs of drift.
+func podRunsSomethingElse() predicate.Funcs {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			oldPod, ok1 := e.ObjectOld.(*corev1.Pod)
+			newPod, ok2 := e.ObjectNew.(*corev1.Pod)
+			if !ok1 || !ok2 {
+				return true
+			}
+			return oldPod.Spec.NodeName != newPod.Spec.NodeName || imageIDs(oldPod) != imageIDs(newPod)
+		},
+	}
+}
+
+func imageIDs(p *corev1.Pod) string {
+	var s string
+	for _, cs := range p.Status.InitContainerStatuses {
+		s += cs.Name + "=" + cs.ImageID + ";"
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		s += cs.Name + "=" + cs.ImageID + ";"
+	}
+	return s
 }

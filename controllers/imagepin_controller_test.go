@@ -21,6 +21,8 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/registry/registrytest"
 	"github.com/imagepin/imagepin/internal/testenv"
 )
 
@@ -29,7 +31,20 @@ var (
 	// k8s talks to the API server directly, never through a cache, so a
 	// test sees what is stored.
 	k8s client.Client
+	// reg is the registry the tests push to; resolver resolves against it
+	// for the manager the tests run.
+	reg      *registrytest.Registry
+	resolver *registry.Resolver
+	// flaky is a registry one test takes down.
+	flaky *registrytest.Registry
+	// cached is the manager's client, reading through its cache and
+	// indexes, for reconcilers the tests call directly.
+	cached client.Client
 )
+
+// unreachable names a registry nothing listens on: its tags fail to resolve
+// at once.
+const unreachable = "127.0.0.1:1"
 
 // TestMain starts the real API server and a manager running the ImagePin
 // controller against it, as the binary does.
@@ -53,6 +68,14 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	reg, flaky = registrytest.New(), registrytest.New()
+	defer reg.Close()
+	defer flaky.Close()
+	resolver, err = registry.New(registry.Options{InsecureRegistries: []string{reg.Host, flaky.Host, unreachable}, Timeout: 3 * time.Second, MaxStale: time.Hour})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:  env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
@@ -61,7 +84,11 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if err := (&ImagePinReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+	cached = mgr.GetClient()
+	if err := (&ImagePinReconciler{
+		Client: mgr.GetClient(), Resolver: resolver,
+		Recorder: mgr.GetEventRecorder("imagepin"),
+	}).SetupWithManager(mgr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -121,7 +148,7 @@ func build(opts []podOpt) (metav1.ObjectMeta, corev1.PodSpec) {
 		o(&m, &s)
 	}
 	if len(s.Containers) == 0 {
-		s.Containers = []corev1.Container{{Name: "app", Image: "registry.example.com/app:v1"}}
+		s.Containers = []corev1.Container{{Name: "app", Image: unreachable + "/app:v1"}}
 	}
 	return m, s
 }
@@ -235,9 +262,21 @@ func readyIs(p *imagesv1alpha1.ImagePin, status metav1.ConditionStatus, reason s
 	return got, nil
 }
 
+// checked returns the ImagePin once its current generation was checked.
+func checked(p *imagesv1alpha1.ImagePin) (*imagesv1alpha1.ImagePin, error) {
+	got, err := getPin(p)
+	if err != nil {
+		return nil, err
+	}
+	if got.Status.ObservedGeneration != got.Generation || got.Status.LastCheckTime == nil {
+		return got, fmt.Errorf("generation %d not checked yet (observed %d)", got.Generation, got.Status.ObservedGeneration)
+	}
+	return got, nil
+}
+
 func workloadsAre(p *imagesv1alpha1.ImagePin, want int32) func() error {
 	return func() error {
-		got, err := readyIs(p, metav1.ConditionTrue, imagesv1alpha1.ReasonWorkloadsSelected)
+		got, err := checked(p)
 		if err != nil {
 			return err
 		}
@@ -254,10 +293,10 @@ func TestCountsTheWorkloadsTheSelectorPicks(t *testing.T) {
 	ns := namespace(t)
 	cj := cronJob(ns, "nightly", withLabels("app", "web"))
 	create(t,
-		deployment(ns, "web", withLabels("app", "web"), withImage("app", "reg.io/web:v1"), withImage("proxy", "reg.io/sidecars/envoy:1.30")),
-		deployment(ns, "web-canary", withLabels("app", "web", "track", "canary"), withImage("app", "reg.io/web:v1@sha256:"+strings.Repeat("a", 64))),
+		deployment(ns, "web", withLabels("app", "web"), withImage("app", unreachable+"/web:v1"), withImage("proxy", unreachable+"/sidecars/envoy:1.30")),
+		deployment(ns, "web-canary", withLabels("app", "web", "track", "canary"), withImage("app", unreachable+"/web:v1@sha256:"+strings.Repeat("a", 64))),
 		deployment(ns, "db", withLabels("app", "db")),
-		statefulSet(ns, "cache", withLabels("app", "web"), withInitImage("init", "reg.io/migrate:v3"), withImage("app", "reg.io/cache:v2")),
+		statefulSet(ns, "cache", withLabels("app", "web"), withInitImage("init", unreachable+"/migrate:v3"), withImage("app", unreachable+"/cache:v2")),
 		job(ns, "one-off", withLabels("app", "web")),
 		cj,
 	)
@@ -276,9 +315,9 @@ func TestCountsTheWorkloadsTheSelectorPicks(t *testing.T) {
 			return err
 		}
 		got, _ := getPin(pin)
-		// reg.io/web:v1 (twice, once pinned), envoy, migrate, cache, and the
+		// web:v1 (twice, once pinned), envoy, migrate, cache, and the
 		// default image of the Job and the CronJob.
-		want := imagesv1alpha1.Summary{Workloads: 5, Images: 5, Pinned: 1}
+		want := imagesv1alpha1.Summary{Workloads: 5, Images: 5, Pinned: 1, Drifted: 7}
 		if got.Status.Summary != want {
 			return fmt.Errorf("summary = %+v, want %+v", got.Status.Summary, want)
 		}
@@ -295,11 +334,11 @@ func TestCountsTheWorkloadsTheSelectorPicks(t *testing.T) {
 		})
 		create(t, filtered)
 		eventually(t, func() error {
-			got, err := readyIs(filtered, metav1.ConditionTrue, imagesv1alpha1.ReasonWorkloadsSelected)
+			got, err := checked(filtered)
 			if err != nil {
 				return err
 			}
-			want := imagesv1alpha1.Summary{Workloads: 2, Images: 1, Pinned: 1}
+			want := imagesv1alpha1.Summary{Workloads: 2, Images: 1, Pinned: 1, Drifted: 2}
 			if got.Status.Summary != want {
 				return fmt.Errorf("summary = %+v, want %+v", got.Status.Summary, want)
 			}
@@ -357,7 +396,7 @@ func TestInvalidSpecIsReportedAndFixable(t *testing.T) {
 	ns := namespace(t)
 	create(t, deployment(ns, "web", withLabels("app", "web")))
 	pin := imagePin(ns, "typo", func(p *imagesv1alpha1.ImagePin) {
-		p.Spec.Images = &imagesv1alpha1.ImageFilter{Include: []string{"reg.io/[web"}}
+		p.Spec.Images = &imagesv1alpha1.ImageFilter{Include: []string{unreachable + "/[web"}}
 	})
 	create(t, pin)
 	eventually(t, func() error {
@@ -366,7 +405,7 @@ func TestInvalidSpecIsReportedAndFixable(t *testing.T) {
 			return err
 		}
 		msg := meta.FindStatusCondition(got.Status.Conditions, imagesv1alpha1.ConditionReady).Message
-		if !strings.Contains(msg, `spec.images.include[0]: "reg.io/[web" is not a valid glob`) {
+		if !strings.Contains(msg, `spec.images.include[0]: "`+unreachable+`/[web" is not a valid glob`) {
 			return fmt.Errorf("message does not name the bad field: %s", msg)
 		}
 		return nil
@@ -376,7 +415,7 @@ func TestInvalidSpecIsReportedAndFixable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got.Spec.Images.Include = []string{"reg.io/*"}
+	got.Spec.Images.Include = []string{unreachable + "/*"}
 	if err := k8s.Update(context.Background(), got); err != nil {
 		t.Fatal(err)
 	}
@@ -396,7 +435,7 @@ func TestSuspendedImagePinSaysSo(t *testing.T) {
 // --- Reconcile called directly, to see what it returns and writes ---
 
 func directReconciler(now time.Time) *ImagePinReconciler {
-	return &ImagePinReconciler{Client: k8s, Clock: clocktesting.NewFakePassiveClock(now)}
+	return &ImagePinReconciler{Client: cached, Resolver: resolver, Keychains: &registry.Keychains{Reader: cached}, Clock: clocktesting.NewFakePassiveClock(now)}
 }
 
 // countingStatusWrites wraps the real client and counts every status write
@@ -421,6 +460,11 @@ func countingStatusWrites(writes *int) client.Client {
 
 func reconcileOnce(t *testing.T, r *ImagePinReconciler, p *imagesv1alpha1.ImagePin) ctrl.Result {
 	t.Helper()
+	// The reconciler reads through the manager's cache: wait until it
+	// holds the ImagePin.
+	eventually(t, func() error {
+		return r.Get(context.Background(), client.ObjectKeyFromObject(p), &imagesv1alpha1.ImagePin{})
+	})
 	res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(p)})
 	if err != nil {
 		t.Fatalf("Reconcile: %v", err)
@@ -479,7 +523,7 @@ func TestReconcileWritesNothingWhenNothingChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	var writes int
-	r := &ImagePinReconciler{Client: countingStatusWrites(&writes), Clock: clocktesting.NewFakePassiveClock(time.Now())}
+	r := &ImagePinReconciler{Client: countingStatusWrites(&writes), Resolver: resolver, Clock: clocktesting.NewFakePassiveClock(time.Now())}
 	reconcileOnce(t, r, pin)
 	reconcileOnce(t, r, pin)
 	if writes != 0 {

@@ -2,17 +2,35 @@ package controllers
 
 import (
 	"fmt"
+	"slices"
+	"sort"
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
-	"github.com/imagepin/imagepin/internal/selection"
-	"github.com/imagepin/imagepin/internal/workload"
+	"github.com/imagepin/imagepin/internal/drift"
 )
+
+// Bounds that keep an ImagePin's status far below the 1 MiB object limit
+// however many workloads match; what is left out is counted in
+// summary.omitted and said in the Ready message.
+const (
+	maxImages          = 100
+	maxWorkloadEntries = 500
+	maxHistory         = 10
+)
+
+// driftPriority orders reasons for the Drifted condition's reason: the one
+// an SRE should look at first.
+var driftPriority = []imagesv1alpha1.DriftReason{
+	imagesv1alpha1.DriftTagMoved,
+	imagesv1alpha1.DriftMixedReplicas,
+	imagesv1alpha1.DriftRolloutPending,
+	imagesv1alpha1.DriftUnresolvable,
+}
 
 // setInvalidSpec says the spec of this generation cannot be honoured. What
 // was seen before stays in status: it is still the last thing known.
@@ -39,24 +57,265 @@ func setSuspended(status *imagesv1alpha1.ImagePinStatus, generation int64) {
 	})
 }
 
-// setSelected records a successful check of generation at now.
-func setSelected(status *imagesv1alpha1.ImagePinStatus, generation int64, now time.Time, summary imagesv1alpha1.Summary) {
-	status.ObservedGeneration = generation
-	t := metav1.NewTime(now)
-	status.LastCheckTime = &t
-	status.Summary = summary
-	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
-		Type:               imagesv1alpha1.ConditionReady,
-		Status:             metav1.ConditionTrue,
-		Reason:             imagesv1alpha1.ReasonWorkloadsSelected,
-		Message:            selectedMessage(summary),
-		ObservedGeneration: generation,
-	})
+// checkInput is what setChecked needs, as plain values.
+type checkInput struct {
+	generation int64
+	now        time.Time
+	interval   time.Duration
+	obs        observation
+	platforms  drift.Platforms
 }
 
-func selectedMessage(s imagesv1alpha1.Summary) string {
-	return fmt.Sprintf("selected %d %s naming %d %s (%d pinned to a digest); tags are not resolved by this version",
-		s.Workloads, plural(int(s.Workloads), "workload"), s.Images, plural(int(s.Images), "image"), s.Pinned)
+// setChecked writes the result of a check into status: images with their
+// history and workloads, summary, Ready and Drifted. lastCheckTime moves
+// only when something else changed or an interval has passed, so that pod
+// churn does not turn into a status write per event.
+func setChecked(status *imagesv1alpha1.ImagePinStatus, in checkInput) {
+	before := status.DeepCopy()
+
+	images, summary := buildImages(status.Images, in)
+	status.Images = images
+	status.Summary = summary
+	status.ObservedGeneration = in.generation
+	setReady(status, in.generation)
+	setDrifted(status, in.generation)
+
+	last := before.LastCheckTime
+	if last == nil || in.now.Sub(last.Time) >= in.interval || !sameCheck(before, status) {
+		t := metav1.NewTime(in.now)
+		status.LastCheckTime = &t
+	}
+}
+
+// sameCheck compares two statuses but for lastCheckTime.
+func sameCheck(a, b *imagesv1alpha1.ImagePinStatus) bool {
+	x, y := a.DeepCopy(), b.DeepCopy()
+	x.LastCheckTime, y.LastCheckTime = nil, nil
+	return equalStatus(x, y)
+}
+
+// buildImages groups the observed containers by image, newest history
+// first, within the status bounds.
+func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1alpha1.ImageStatus, imagesv1alpha1.Summary) {
+	summary := imagesv1alpha1.Summary{Workloads: int32(in.obs.workloads)}
+
+	byImage := map[string][]containerObs{}
+	for _, c := range in.obs.containers {
+		byImage[c.image] = append(byImage[c.image], c)
+	}
+	names := make([]string, 0, len(byImage))
+	for n := range byImage {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	summary.Images = int32(len(names))
+
+	prevByImage := map[string]imagesv1alpha1.ImageStatus{}
+	for _, p := range prev {
+		prevByImage[p.Image] = p
+	}
+
+	var out []imagesv1alpha1.ImageStatus
+	entries := 0
+	for _, img := range names {
+		cs := byImage[img]
+		st := imageStatus(img, cs, prevByImage[img], in.now)
+		for _, c := range cs {
+			reasons := drift.Reasons(drift.Input{
+				Pinned:        c.pinned,
+				Resolved:      c.result.Digest,
+				ResolveFailed: c.hasTag && c.err != nil,
+				Running:       runningList(c.running),
+				Platforms:     in.platforms,
+			})
+			if c.pinned != "" {
+				summary.Pinned++
+			}
+			if drift.Drifted(reasons) {
+				summary.Drifted++
+			}
+			if len(out) >= maxImages || entries >= maxWorkloadEntries {
+				summary.Omitted++
+				continue
+			}
+			entries++
+			st.Workloads = append(st.Workloads, imagesv1alpha1.WorkloadImage{
+				Kind: c.kind, Name: c.workload, Container: c.container, Init: c.init,
+				PinnedDigest: imagesv1alpha1.Digest(c.pinned),
+				Running:      c.running,
+				Drift:        reasons,
+			})
+		}
+		if len(st.Workloads) > 0 {
+			sort.Slice(st.Workloads, func(i, j int) bool { return workloadLess(st.Workloads[i], st.Workloads[j]) })
+			out = append(out, st)
+		}
+	}
+	return out, summary
+}
+
+// imageStatus is the image-level part: what the tag resolves to, the
+// error, and the history carried over from the previous status.
+func imageStatus(img string, cs []containerObs, prev imagesv1alpha1.ImageStatus, now time.Time) imagesv1alpha1.ImageStatus {
+	st := imagesv1alpha1.ImageStatus{Image: img, History: prev.History}
+	var errMsg string
+	for _, c := range cs {
+		if !c.hasTag {
+			continue
+		}
+		if c.err == nil && c.result.Digest != "" {
+			st.Digest = imagesv1alpha1.Digest(c.result.Digest)
+			st.ResolvedAt = timePtr(c.result.ResolvedAt)
+			errMsg = ""
+			break
+		}
+		if errMsg == "" {
+			errMsg = describeErr(c.err)
+		}
+		if st.Digest == "" && c.result.Digest != "" { // stale, kept with the error
+			st.Digest = imagesv1alpha1.Digest(c.result.Digest)
+			st.ResolvedAt = timePtr(c.result.ResolvedAt)
+		}
+	}
+	st.Error = errMsg
+	if st.Digest == "" && st.Error != "" && prev.Digest != "" {
+		// The resolver no longer serves it (past --registry-max-stale), but
+		// status is the memory: keep the last digest seen, with the error.
+		st.Digest, st.ResolvedAt = prev.Digest, prev.ResolvedAt
+	}
+	if st.Digest != "" && (len(st.History) == 0 || st.History[0].Digest != st.Digest) {
+		st.History = append([]imagesv1alpha1.DigestRecord{{Digest: st.Digest, FirstSeen: metav1.NewTime(now)}}, st.History...)
+	}
+	if len(st.History) > maxHistory {
+		st.History = st.History[:maxHistory]
+	}
+	return st
+}
+
+func timePtr(t time.Time) *metav1.Time {
+	if t.IsZero() {
+		return nil
+	}
+	mt := metav1.NewTime(t)
+	return &mt
+}
+
+func runningList(r []imagesv1alpha1.RunningDigest) []string {
+	out := make([]string, len(r))
+	for i, d := range r {
+		out[i] = string(d.Digest)
+	}
+	return out
+}
+
+func workloadLess(a, b imagesv1alpha1.WorkloadImage) bool {
+	ka := slices.Index(imagesv1alpha1.AllWorkloadKinds, a.Kind)
+	kb := slices.Index(imagesv1alpha1.AllWorkloadKinds, b.Kind)
+	if ka != kb {
+		return ka < kb
+	}
+	if a.Name != b.Name {
+		return a.Name < b.Name
+	}
+	if a.Init != b.Init {
+		return a.Init
+	}
+	return a.Container < b.Container
+}
+
+// setReady: True when every selected tag resolved, else False naming the
+// images that did not and why.
+func setReady(status *imagesv1alpha1.ImagePinStatus, generation int64) {
+	var failed []string
+	for _, img := range status.Images {
+		if img.Error != "" {
+			failed = append(failed, img.Error)
+		}
+	}
+	c := metav1.Condition{Type: imagesv1alpha1.ConditionReady, ObservedGeneration: generation}
+	s := status.Summary
+	if len(failed) == 0 {
+		c.Status, c.Reason = metav1.ConditionTrue, imagesv1alpha1.ReasonResolved
+		c.Message = fmt.Sprintf("resolved %d %s of %d %s", s.Images, plural(int(s.Images), "image"), s.Workloads, plural(int(s.Workloads), "workload"))
+	} else {
+		c.Status, c.Reason = metav1.ConditionFalse, imagesv1alpha1.ReasonResolutionFailed
+		c.Message = fmt.Sprintf("could not resolve %d of %d %s (last digests kept): %s",
+			len(failed), s.Images, plural(int(s.Images), "image"), joinCapped(failed, 3))
+	}
+	if s.Omitted > 0 {
+		c.Message += fmt.Sprintf("; %d workload %s left out of status.images to keep the status small (counted in summary)",
+			s.Omitted, plural(int(s.Omitted), "container"))
+	}
+	meta.SetStatusCondition(&status.Conditions, c)
+}
+
+// setDrifted: True with the most urgent reason when any selected container
+// runs something other than what its tag or pin means.
+func setDrifted(status *imagesv1alpha1.ImagePinStatus, generation int64) {
+	c := metav1.Condition{Type: imagesv1alpha1.ConditionDrifted, ObservedGeneration: generation}
+	var lines []string
+	found := map[imagesv1alpha1.DriftReason]bool{}
+	driftedImages := 0
+	for _, img := range status.Images {
+		var parts []string
+		for _, w := range img.Workloads {
+			if !drift.Drifted(w.Drift) {
+				continue
+			}
+			var rs []string
+			for _, r := range w.Drift {
+				if r != imagesv1alpha1.DriftUnpinned {
+					found[r] = true
+					rs = append(rs, string(r))
+				}
+			}
+			parts = append(parts, fmt.Sprintf("%s %s/%s: %s", w.Kind, w.Name, w.Container, strings.Join(rs, ", ")))
+		}
+		if len(parts) > 0 {
+			driftedImages++
+			lines = append(lines, fmt.Sprintf("%s (%s)", img.Image, joinCapped(parts, 2)))
+		}
+	}
+	if status.Summary.Drifted == 0 {
+		c.Status, c.Reason = metav1.ConditionFalse, imagesv1alpha1.ReasonNoDrift
+		c.Message = "every selected container runs what its tag or pin means"
+		if unpinned := countUnpinned(status); unpinned > 0 {
+			c.Message += fmt.Sprintf(" (%d by tag only: Unpinned)", unpinned)
+		}
+	} else {
+		c.Status = metav1.ConditionTrue
+		for _, r := range driftPriority {
+			if found[r] {
+				c.Reason = string(r)
+				break
+			}
+		}
+		if c.Reason == "" {
+			c.Reason = string(imagesv1alpha1.DriftTagMoved) // drifted entries were all omitted
+		}
+		c.Message = fmt.Sprintf("%d of %d %s drifted: %s", driftedImages, status.Summary.Images, plural(int(status.Summary.Images), "image"), joinCapped(lines, 3))
+	}
+	meta.SetStatusCondition(&status.Conditions, c)
+}
+
+func countUnpinned(status *imagesv1alpha1.ImagePinStatus) int {
+	n := 0
+	for _, img := range status.Images {
+		for _, w := range img.Workloads {
+			if slices.Contains(w.Drift, imagesv1alpha1.DriftUnpinned) {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// joinCapped joins the first n items and says how many more there are.
+func joinCapped(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, "; ")
+	}
+	return fmt.Sprintf("%s; and %d more", strings.Join(items[:n], "; "), len(items)-n)
 }
 
 func plural(n int, word string) string {
@@ -64,35 +323,4 @@ func plural(n int, word string) string {
 		return word
 	}
 	return word + "s"
-}
-
-// summarize counts the selected workloads, the distinct image references
-// (digest removed) their selected containers name, and how many of those
-// containers name a digest.
-func summarize(workloads []workload.Workload, sel *selection.Selection) imagesv1alpha1.Summary {
-	images := map[string]struct{}{}
-	var pinned int32
-	for _, w := range workloads {
-		for _, c := range containersOf(w.Template) {
-			if !sel.SelectsImage(c.Image) {
-				continue
-			}
-			images[selection.StripDigest(c.Image)] = struct{}{}
-			if strings.Contains(c.Image, "@") {
-				pinned++
-			}
-		}
-	}
-	return imagesv1alpha1.Summary{
-		Workloads: int32(len(workloads)),
-		Images:    int32(len(images)),
-		Pinned:    pinned,
-	}
-}
-
-// containersOf lists init containers and containers of a pod spec.
-func containersOf(spec *corev1.PodSpec) []corev1.Container {
-	out := make([]corev1.Container, 0, len(spec.InitContainers)+len(spec.Containers))
-	out = append(out, spec.InitContainers...)
-	return append(out, spec.Containers...)
 }

@@ -84,11 +84,17 @@ func TestInstallFromConfigDefault(t *testing.T) {
 		{"watch", "deployments.apps", "", true},
 		{"list", "cronjobs.batch", "", true},
 		{"patch", "imagepins.images.imagepin.dev --subresource=status", "", true},
+		{"watch", "pods", "", true},
+		{"list", "replicasets.apps", "", true},
+		{"watch", "secrets", "", true},
+		{"get", "serviceaccounts", "", true},
+		{"create", "events.events.k8s.io", "", true},
 		{"create", "leases.coordination.k8s.io", "imagepin-system", true},
 		// Nothing it does not use.
 		{"update", "deployments.apps", "", false},
+		{"patch", "pods", "", false},
 		{"delete", "imagepins.images.imagepin.dev", "", false},
-		{"get", "secrets", "", false},
+		{"create", "secrets", "", false},
 		{"update", "imagepins.images.imagepin.dev", "", false},
 		{"create", "leases.coordination.k8s.io", "default", false},
 	}

@@ -218,9 +218,6 @@ const (
 const (
 	// ReasonResolved (Ready=True): every selected image resolved.
 	ReasonResolved = "Resolved"
-	// ReasonWorkloadsSelected (Ready=True): the spec is valid and the
-	// workloads it selects were listed; images are not resolved yet.
-	ReasonWorkloadsSelected = "WorkloadsSelected"
 	// ReasonInvalidSpec (Ready=False): the spec cannot be honoured; the
 	// message says which field and why. Fix the spec: nothing is retried
 	// until it changes.

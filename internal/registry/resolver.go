@@ -176,9 +176,15 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 		return res, err
 	}
 
-	ran := false
+	ran, hit := false, false
 	ch := r.group.DoChan(key, func() (any, error) {
 		ran = true
+		// A fetch may have finished between the cache check above and
+		// joining the group: look again, so it is not repeated.
+		if res, ok, err := r.fromCache(key, req.TTL); ok {
+			hit = true
+			return res, err
+		}
 		return r.fetch(tag, auth, id, key)
 	})
 	wait := r.opts.Timeout
@@ -191,7 +197,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	select {
 	case out := <-ch:
 		res := out.Val.(Result)
-		r.countResult(ran, res, out.Err)
+		r.countResult(ran, hit, res, out.Err)
 		return res, out.Err
 	case <-ctx.Done():
 		return r.staleOnly(key), fmt.Errorf("resolve %s: %w", tag, ctx.Err())
@@ -200,8 +206,10 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	}
 }
 
-func (r *Resolver) countResult(ran bool, res Result, err error) {
+func (r *Resolver) countResult(ran, hit bool, res Result, err error) {
 	switch {
+	case hit:
+		r.metrics.CacheResults.WithLabelValues(resultHit).Inc()
 	case !ran:
 		r.metrics.CacheResults.WithLabelValues(resultCoalesced).Inc()
 	case err != nil && res.Stale:
@@ -339,6 +347,14 @@ func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, auth authn.A
 		}
 	}
 	return digest, nil
+}
+
+// Platforms returns the platform manifest digests of an index the resolver
+// has seen, or nothing for any other digest. It sends no request.
+func (r *Resolver) Platforms(digest string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.platforms[digest]
 }
 
 func (r *Resolver) knowsPlatforms(digest string) bool {

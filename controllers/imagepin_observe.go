@@ -1,0 +1,193 @@
+package controllers
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	corev1 "k8s.io/api/core/v1"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/drift"
+	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/selection"
+	"github.com/imagepin/imagepin/internal/workload"
+)
+
+// maxNodesPerDigest caps the node names kept per running digest.
+const maxNodesPerDigest = 16
+
+// resolveWorkers bounds the resolutions one reconcile runs at once; the
+// resolver coalesces those of one tag.
+const resolveWorkers = 8
+
+// containerObs is what was seen of one selected container of one workload.
+type containerObs struct {
+	kind      imagesv1alpha1.WorkloadKind
+	workload  string
+	container string
+	init      bool
+	// image is the reference as the workload names it, digest removed.
+	image string
+	// pinned is the digest the spec names, if any.
+	pinned string
+	// hasTag is false for a digest-only reference: there is no tag to
+	// resolve.
+	hasTag  bool
+	running []imagesv1alpha1.RunningDigest
+
+	keychain authn.Keychain
+	result   registry.Result
+	err      error
+}
+
+// observation is everything one check saw.
+type observation struct {
+	workloads  int
+	containers []containerObs
+}
+
+// observe lists what each selected workload's containers name and run, and
+// resolves every tag through the shared resolver with the workload's
+// credentials.
+func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, workloads []workload.Workload) (observation, error) {
+	obs := observation{workloads: len(workloads)}
+	for _, w := range workloads {
+		kc, err := r.Keychains.ForPod(ctx, pin.Namespace, w.Template)
+		if err != nil {
+			return obs, err
+		}
+		pods, err := workload.Pods(ctx, r.Client, w)
+		if err != nil {
+			return obs, err
+		}
+		running := runningDigests(pods)
+		add := func(c corev1.Container, init bool) {
+			if !sel.SelectsImage(c.Image) {
+				return
+			}
+			obs.containers = append(obs.containers, containerObs{
+				kind: w.Kind, workload: w.Name(), container: c.Name, init: init,
+				image:    selection.StripDigest(c.Image),
+				pinned:   drift.DigestOfImage(c.Image),
+				hasTag:   hasTag(c.Image),
+				running:  running[c.Name],
+				keychain: kc,
+			})
+		}
+		for _, c := range w.Template.InitContainers {
+			add(c, true)
+		}
+		for _, c := range w.Template.Containers {
+			add(c, false)
+		}
+	}
+	r.resolveAll(ctx, obs.containers, sel.Interval)
+	return obs, nil
+}
+
+// resolveAll resolves the tag of every container, a few at a time.
+func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []containerObs, ttl time.Duration) {
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range resolveWorkers {
+		wg.Go(func() {
+			for i := range work {
+				c := &containers[i]
+				c.result, c.err = r.Resolver.Resolve(ctx, registry.Request{
+					Image: c.image, Keychain: c.keychain, TTL: ttl,
+				})
+			}
+		})
+	}
+	for i := range containers {
+		if containers[i].hasTag {
+			work <- i
+		}
+	}
+	close(work)
+	wg.Wait()
+}
+
+// runningDigests reads, per container name, which digests a workload's
+// pods run, with pod counts and (sorted, capped) node names, most pods
+// first. Containers whose imageID names no manifest digest are left out.
+func runningDigests(pods []corev1.Pod) map[string][]imagesv1alpha1.RunningDigest {
+	type agg struct {
+		pods  int32
+		nodes map[string]bool
+	}
+	byContainer := map[string]map[string]*agg{}
+	for _, p := range pods {
+		statuses := append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...)
+		for _, s := range statuses {
+			d, ok := drift.DigestOfImageID(s.ImageID)
+			if !ok {
+				continue
+			}
+			if byContainer[s.Name] == nil {
+				byContainer[s.Name] = map[string]*agg{}
+			}
+			a := byContainer[s.Name][d]
+			if a == nil {
+				a = &agg{nodes: map[string]bool{}}
+				byContainer[s.Name][d] = a
+			}
+			a.pods++
+			if p.Spec.NodeName != "" {
+				a.nodes[p.Spec.NodeName] = true
+			}
+		}
+	}
+	out := make(map[string][]imagesv1alpha1.RunningDigest, len(byContainer))
+	for name, digests := range byContainer {
+		list := make([]imagesv1alpha1.RunningDigest, 0, len(digests))
+		for d, a := range digests {
+			nodes := make([]string, 0, len(a.nodes))
+			for n := range a.nodes {
+				nodes = append(nodes, n)
+			}
+			sort.Strings(nodes)
+			if len(nodes) > maxNodesPerDigest {
+				nodes = nodes[:maxNodesPerDigest]
+			}
+			list = append(list, imagesv1alpha1.RunningDigest{Digest: imagesv1alpha1.Digest(d), Pods: a.pods, Nodes: nodes})
+		}
+		sort.Slice(list, func(i, j int) bool {
+			if list[i].Pods != list[j].Pods {
+				return list[i].Pods > list[j].Pods
+			}
+			return list[i].Digest < list[j].Digest
+		})
+		if len(list) > 8 {
+			list = list[:8]
+		}
+		out[name] = list
+	}
+	return out
+}
+
+// hasTag reports whether a reference names a tag (explicitly, or :latest
+// implicitly), as opposed to a digest alone.
+func hasTag(image string) bool {
+	at := strings.LastIndexByte(image, '@')
+	if at < 0 {
+		return true
+	}
+	name := image[:at]
+	return strings.LastIndexByte(name, ':') > strings.LastIndexByte(name, '/')
+}
+
+func describeErr(err error) string {
+	if err == nil {
+		return ""
+	}
+	msg := err.Error()
+	if len(msg) > 1000 {
+		msg = msg[:1000] + "…"
+	}
+	return msg
+}

@@ -1,0 +1,378 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+)
+
+// podRun is one pod as a kubelet would report it: the node it runs on and
+// the digest its container runs, in the imageID form containerd writes.
+type podRun struct {
+	node, digest string
+}
+
+// runPods creates pods owned by owner (a ReplicaSet, StatefulSet,
+// DaemonSet or Job), running image, and writes their status the way a
+// kubelet does.
+func runPods(t *testing.T, owner client.Object, apiVersion, kind, container, image string, runs ...podRun) {
+	t.Helper()
+	ctx := context.Background()
+	repo := image
+	if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
+		repo = repo[:i]
+	}
+	for i, run := range runs {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{
+				Namespace: owner.GetNamespace(), Name: fmt.Sprintf("%s-%d", owner.GetName(), i),
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: apiVersion, Kind: kind, Name: owner.GetName(), UID: owner.GetUID(), Controller: new(true)}},
+			},
+			Spec: corev1.PodSpec{NodeName: run.node, Containers: []corev1.Container{{Name: container, Image: image}}},
+		}
+		create(t, pod)
+		pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{{
+			Name: container, Image: image, ImageID: repo + "@" + run.digest, Ready: true,
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}},
+		}}}
+		if err := k8s.Status().Update(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// deploymentRunning creates a Deployment naming image, a ReplicaSet it
+// owns, and pods of that ReplicaSet running the given digests.
+func deploymentRunning(t *testing.T, ns, name, image string, runs ...podRun) *appsv1.Deployment {
+	t.Helper()
+	dep := deployment(ns, name, withLabels("app", name), withImage("app", image))
+	create(t, dep)
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: ns, Name: name + "-rs",
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: name, UID: dep.UID, Controller: new(true)}},
+		},
+		Spec: appsv1.ReplicaSetSpec{Selector: dep.Spec.Selector, Template: dep.Spec.Template},
+	}
+	create(t, rs)
+	runPods(t, rs, "apps/v1", "ReplicaSet", "app", image, runs...)
+	return dep
+}
+
+func observePin(ns, app string) *imagesv1alpha1.ImagePin {
+	return imagePin(ns, app, selecting("app", app), func(p *imagesv1alpha1.ImagePin) {
+		p.Spec.Interval = &metav1.Duration{Duration: 10 * time.Second}
+	})
+}
+
+// entryFor finds a workload container in the ImagePin's status.
+func entryFor(p *imagesv1alpha1.ImagePin, image, workloadName, container string) (*imagesv1alpha1.ImageStatus, *imagesv1alpha1.WorkloadImage, error) {
+	for i := range p.Status.Images {
+		img := &p.Status.Images[i]
+		if img.Image != image {
+			continue
+		}
+		for j := range img.Workloads {
+			if w := &img.Workloads[j]; w.Name == workloadName && w.Container == container {
+				return img, w, nil
+			}
+		}
+	}
+	return nil, nil, fmt.Errorf("no %s/%s entry for %s in %+v", workloadName, container, image, p.Status.Images)
+}
+
+func driftIs(w *imagesv1alpha1.WorkloadImage, want ...imagesv1alpha1.DriftReason) error {
+	if fmt.Sprint(w.Drift) != fmt.Sprint(want) {
+		return fmt.Errorf("drift of %s/%s = %v, want %v", w.Name, w.Container, w.Drift, want)
+	}
+	return nil
+}
+
+func conditionIs(p *imagesv1alpha1.ImagePin, typ string, status metav1.ConditionStatus, reason string) error {
+	c := meta.FindStatusCondition(p.Status.Conditions, typ)
+	if c == nil || c.Status != status || c.Reason != reason {
+		return fmt.Errorf("%s condition = %+v, want %s reason %s", typ, c, status, reason)
+	}
+	return nil
+}
+
+// The mutable-tag story: pods run digest A, the tag is pushed again to B,
+// and within one interval the ImagePin says the tag moved.
+func TestTagMovedIsSeenWithinTheInterval(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("story/app:v1")
+	a := reg.Push(t, "story/app:v1")
+	deploymentRunning(t, ns, "web", image, podRun{"node-a", a}, podRun{"node-b", a})
+	pin := observePin(ns, "web")
+	create(t, pin)
+
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		img, w, err := entryFor(got, image, "web", "app")
+		if err != nil {
+			return err
+		}
+		if string(img.Digest) != a {
+			return fmt.Errorf("digest = %s, want %s", img.Digest, a)
+		}
+		if len(w.Running) != 1 || string(w.Running[0].Digest) != a || w.Running[0].Pods != 2 || fmt.Sprint(w.Running[0].Nodes) != "[node-a node-b]" {
+			return fmt.Errorf("running = %+v, want 2 pods of %s on node-a and node-b", w.Running, a)
+		}
+		if err := conditionIs(got, imagesv1alpha1.ConditionDrifted, metav1.ConditionFalse, imagesv1alpha1.ReasonNoDrift); err != nil {
+			return err
+		}
+		return driftIs(w, imagesv1alpha1.DriftUnpinned)
+	})
+
+	b := reg.Push(t, "story/app:v1")
+	pushed := time.Now()
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		img, w, err := entryFor(got, image, "web", "app")
+		if err != nil {
+			return err
+		}
+		if err := driftIs(w, imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved); err != nil {
+			return err
+		}
+		if string(img.Digest) != b || len(img.History) != 2 || string(img.History[0].Digest) != b || string(img.History[1].Digest) != a {
+			return fmt.Errorf("digest %s, history %+v; want %s then %s", img.Digest, img.History, b, a)
+		}
+		if got.Status.Summary.Drifted != 1 {
+			return fmt.Errorf("summary.drifted = %d, want 1", got.Status.Summary.Drifted)
+		}
+		return conditionIs(got, imagesv1alpha1.ConditionDrifted, metav1.ConditionTrue, string(imagesv1alpha1.DriftTagMoved))
+	})
+	// The check that saw it ran at the interval; polling adds at most its
+	// own period on top.
+	if took := time.Since(pushed); took > 10*time.Second+5*time.Second {
+		t.Errorf("TagMoved seen %s after the push; the interval is 10s", took)
+	}
+}
+
+func TestMixedReplicasShowsBothDigestsWithPodsAndNodes(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("mixed/app:v1")
+	a := reg.Push(t, "mixed/app:v1")
+	b := reg.Push(t, "mixed/app:v1")
+	deploymentRunning(t, ns, "mixed", image, podRun{"node-a", a}, podRun{"node-b", b}, podRun{"node-c", b})
+	pin := observePin(ns, "mixed")
+	create(t, pin)
+
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		_, w, err := entryFor(got, image, "mixed", "app")
+		if err != nil {
+			return err
+		}
+		if err := driftIs(w, imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved, imagesv1alpha1.DriftMixedReplicas); err != nil {
+			return err
+		}
+		want := fmt.Sprintf("[{%s 2 [node-b node-c]} {%s 1 [node-a]}]", b, a)
+		if got := fmt.Sprint(w.Running); got != want {
+			return fmt.Errorf("running = %s, want %s", got, want)
+		}
+		return conditionIs(got, imagesv1alpha1.ConditionDrifted, metav1.ConditionTrue, string(imagesv1alpha1.DriftTagMoved))
+	})
+}
+
+func TestUnresolvableTagSaysWhy(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	reg.Push(t, "missing/app:v1")
+	image := reg.Image("missing/app:nope")
+	deploymentRunning(t, ns, "ghost", image)
+	pin := observePin(ns, "ghost")
+	create(t, pin)
+
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		img, w, err := entryFor(got, image, "ghost", "app")
+		if err != nil {
+			return err
+		}
+		if err := driftIs(w, imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftUnresolvable); err != nil {
+			return err
+		}
+		if !strings.Contains(img.Error, `tag "nope" not found`) {
+			return fmt.Errorf("error = %q, want the registry's reason", img.Error)
+		}
+		if err := conditionIs(got, imagesv1alpha1.ConditionReady, metav1.ConditionFalse, imagesv1alpha1.ReasonResolutionFailed); err != nil {
+			return err
+		}
+		if msg := meta.FindStatusCondition(got.Status.Conditions, imagesv1alpha1.ConditionReady).Message; !strings.Contains(msg, `tag "nope" not found`) {
+			return fmt.Errorf("Ready message does not say why: %s", msg)
+		}
+		return nil
+	})
+}
+
+// A registry that goes down leaves the last digest in status, with Ready
+// False saying why.
+func TestRegistryDownKeepsTheLastDigest(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := flaky.Image("flaky/app:v1")
+	a := flaky.Push(t, "flaky/app:v1")
+	deploymentRunning(t, ns, "flaky", image, podRun{"node-a", a})
+	pin := observePin(ns, "flaky")
+	create(t, pin)
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		return conditionIs(got, imagesv1alpha1.ConditionReady, metav1.ConditionTrue, imagesv1alpha1.ReasonResolved)
+	})
+
+	flaky.SetDown(true)
+	defer flaky.SetDown(false)
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		if err := conditionIs(got, imagesv1alpha1.ConditionReady, metav1.ConditionFalse, imagesv1alpha1.ReasonResolutionFailed); err != nil {
+			return err
+		}
+		img, w, err := entryFor(got, image, "flaky", "app")
+		if err != nil {
+			return err
+		}
+		if string(img.Digest) != a {
+			return fmt.Errorf("digest = %s, want the last good %s kept", img.Digest, a)
+		}
+		if !strings.Contains(img.Error, "503") && !strings.Contains(img.Error, "Service Unavailable") {
+			return fmt.Errorf("error = %q, want the registry's 503", img.Error)
+		}
+		if msg := meta.FindStatusCondition(got.Status.Conditions, imagesv1alpha1.ConditionReady).Message; !strings.Contains(msg, "last digests kept") || !strings.Contains(msg, "flaky/app:v1") {
+			return fmt.Errorf("Ready message does not say what happened: %s", msg)
+		}
+		return driftIs(w, imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftUnresolvable)
+	})
+}
+
+func TestMultiArchPlatformDigestIsNotDrift(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("multi/app:v1")
+	index, children := reg.PushIndex(t, "multi/app:v1")
+	deploymentRunning(t, ns, "multi", image, podRun{"amd64-node", children[0]}, podRun{"arm64-node", children[1]})
+	pin := observePin(ns, "multi")
+	create(t, pin)
+
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		img, w, err := entryFor(got, image, "multi", "app")
+		if err != nil {
+			return err
+		}
+		if string(img.Digest) != index {
+			return fmt.Errorf("digest = %s, want the index %s", img.Digest, index)
+		}
+		if err := driftIs(w, imagesv1alpha1.DriftUnpinned); err != nil {
+			return err
+		}
+		return conditionIs(got, imagesv1alpha1.ConditionDrifted, metav1.ConditionFalse, imagesv1alpha1.ReasonNoDrift)
+	})
+}
+
+// StatefulSets and DaemonSets own their pods; a CronJob owns Jobs that own
+// pods. Each one's running digest is read, and Observe writes none of them.
+func TestOtherKindsAndObserveWritesNothing(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("kinds/app:v1")
+	a := reg.Push(t, "kinds/app:v1")
+
+	sts := statefulSet(ns, "db", withLabels("app", "kinds"), withImage("app", image))
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "agent", Labels: map[string]string{"app": "kinds"}},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"pod": "agent"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"pod": "agent"}}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}},
+		},
+	}
+	cj := cronJob(ns, "nightly", withLabels("app", "kinds"), withImage("app", image))
+	dep := deploymentRunning(t, ns, "kinds", image, podRun{"node-a", a})
+	create(t, sts, ds, cj)
+	runPods(t, sts, "apps/v1", "StatefulSet", "app", image, podRun{"node-a", a})
+	runPods(t, ds, "apps/v1", "DaemonSet", "app", image, podRun{"node-a", a}, podRun{"node-b", a})
+	jobOfCron := job(ns, "nightly-29000000", withLabels("app", "kinds"), withImage("app", image))
+	jobOfCron.OwnerReferences = []metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "CronJob", Name: cj.Name, UID: cj.UID, Controller: new(true)}}
+	create(t, jobOfCron)
+	runPods(t, jobOfCron, "batch/v1", "Job", "app", image, podRun{"node-c", a})
+
+	versions := resourceVersions(t, dep, sts, ds, cj, jobOfCron)
+	pin := observePin(ns, "kinds")
+	create(t, pin)
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		for _, tc := range []struct {
+			name string
+			pods int32
+		}{{"kinds", 1}, {"db", 1}, {"agent", 2}, {"nightly", 1}} {
+			_, w, err := entryFor(got, image, tc.name, "app")
+			if err != nil {
+				return err
+			}
+			if len(w.Running) != 1 || string(w.Running[0].Digest) != a || w.Running[0].Pods != tc.pods {
+				return fmt.Errorf("%s %s running = %+v, want %d pods of %s", w.Kind, w.Name, w.Running, tc.pods, a)
+			}
+			if err := driftIs(w, imagesv1alpha1.DriftUnpinned); err != nil {
+				return err
+			}
+		}
+		if got.Status.Summary.Workloads != 4 {
+			return fmt.Errorf("summary.workloads = %d, want 4 (the CronJob's Job is the CronJob's)", got.Status.Summary.Workloads)
+		}
+		return nil
+	})
+	if after := resourceVersions(t, dep, sts, ds, cj, jobOfCron); !slices.Equal(versions, after) {
+		t.Fatalf("Observe wrote a workload: resourceVersions %v -> %v", versions, after)
+	}
+}
+
+func resourceVersions(t *testing.T, objs ...client.Object) []string {
+	t.Helper()
+	var out []string
+	for _, o := range objs {
+		fresh := o.DeepCopyObject().(client.Object)
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(o), fresh); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fresh.GetResourceVersion())
+	}
+	return out
+}

@@ -1,0 +1,45 @@
+package controllers
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+)
+
+// driftedContainers is imagepin_drifted_containers: per ImagePin and drift
+// reason, how many selected workload containers show it.
+var driftedContainers = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Name: "imagepin_drifted_containers",
+	Help: "Selected workload containers with a drift reason, by namespace, ImagePin and reason (Unpinned included).",
+}, []string{"namespace", "imagepin", "reason"})
+
+func init() {
+	ctrlmetrics.Registry.MustRegister(driftedContainers)
+}
+
+var allDriftReasons = []imagesv1alpha1.DriftReason{
+	imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved, imagesv1alpha1.DriftMixedReplicas,
+	imagesv1alpha1.DriftRolloutPending, imagesv1alpha1.DriftUnresolvable,
+}
+
+// recordMetrics sets the drift gauge of one ImagePin from its status (the
+// containers left out of status are not counted by reason).
+func recordMetrics(pin *imagesv1alpha1.ImagePin, status *imagesv1alpha1.ImagePinStatus) {
+	counts := map[imagesv1alpha1.DriftReason]int{}
+	for _, img := range status.Images {
+		for _, w := range img.Workloads {
+			for _, r := range w.Drift {
+				counts[r]++
+			}
+		}
+	}
+	for _, r := range allDriftReasons {
+		driftedContainers.WithLabelValues(pin.Namespace, pin.Name, string(r)).Set(float64(counts[r]))
+	}
+}
+
+// forgetMetrics drops the series of a deleted ImagePin.
+func forgetMetrics(namespace, name string) {
+	driftedContainers.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "imagepin": name})
+}
