@@ -1,0 +1,222 @@
+package controllers
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/registry"
+)
+
+// These tests build statuses from plain observations: no cluster.
+
+func dg(c string) string { return "sha256:" + strings.Repeat(c, 64) }
+
+var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+func obsOf(containers ...containerObs) observation {
+	names := map[string]bool{}
+	for _, c := range containers {
+		names[string(c.kind)+"/"+c.workload] = true
+	}
+	return observation{workloads: len(names), containers: containers}
+}
+
+func resolvedTo(image, workloadName, digest string, running ...imagesv1alpha1.RunningDigest) containerObs {
+	return containerObs{
+		kind: imagesv1alpha1.KindDeployment, workload: workloadName, container: "app",
+		image: image, hasTag: true, running: running,
+		result: registry.Result{Digest: digest, ResolvedAt: t0},
+	}
+}
+
+func runningOn(digest string, pods int32, nodes ...string) imagesv1alpha1.RunningDigest {
+	return imagesv1alpha1.RunningDigest{Digest: imagesv1alpha1.Digest(digest), Pods: pods, Nodes: nodes}
+}
+
+func check(status *imagesv1alpha1.ImagePinStatus, now time.Time, obs observation) {
+	setChecked(status, checkInput{generation: 1, now: now, interval: time.Minute, obs: obs})
+}
+
+func TestHistoryIsNewestFirstAndCapped(t *testing.T) {
+	var status imagesv1alpha1.ImagePinStatus
+	for i := range maxHistory + 5 {
+		d := dg(fmt.Sprintf("%x", i%16))
+		if i >= 16 {
+			t.Fatal("test needs distinct digests")
+		}
+		check(&status, t0.Add(time.Duration(i)*time.Minute), obsOf(resolvedTo("reg.io/app:v1", "web", d)))
+		check(&status, t0.Add(time.Duration(i)*time.Minute+time.Second), obsOf(resolvedTo("reg.io/app:v1", "web", d))) // unchanged: no new entry
+	}
+	h := status.Images[0].History
+	if len(h) != maxHistory {
+		t.Fatalf("history has %d entries, want the cap %d", len(h), maxHistory)
+	}
+	if string(h[0].Digest) != dg("e") || !h[0].FirstSeen.Time.Equal(t0.Add(14*time.Minute)) {
+		t.Fatalf("newest entry = %+v, want %s first seen at +14m", h[0], dg("e"))
+	}
+	if string(h[maxHistory-1].Digest) != dg("5") {
+		t.Fatalf("oldest kept = %s, want %s", h[maxHistory-1].Digest, dg("5"))
+	}
+}
+
+func TestStatusStaysBoundedAndSaysWhatIsLeftOut(t *testing.T) {
+	var cs []containerObs
+	for i := range 2000 {
+		cs = append(cs, resolvedTo(fmt.Sprintf("registry.example.com/team-%03d/app:v1", i%150), fmt.Sprintf("web-%04d", i), dg("a"), runningOn(dg("a"), 3, "node-a", "node-b")))
+	}
+	var status imagesv1alpha1.ImagePinStatus
+	check(&status, t0, obsOf(cs...))
+
+	entries := 0
+	for _, img := range status.Images {
+		entries += len(img.Workloads)
+	}
+	if len(status.Images) > maxImages || entries > maxWorkloadEntries {
+		t.Fatalf("%d images and %d workload entries, want at most %d and %d", len(status.Images), entries, maxImages, maxWorkloadEntries)
+	}
+	if got := int(status.Summary.Omitted); got != 2000-entries {
+		t.Fatalf("summary.omitted = %d, want %d", got, 2000-entries)
+	}
+	if status.Summary.Workloads != 2000 || status.Summary.Images != 150 {
+		t.Fatalf("summary = %+v, want every workload and image counted", status.Summary)
+	}
+	ready := meta.FindStatusCondition(status.Conditions, imagesv1alpha1.ConditionReady)
+	if !strings.Contains(ready.Message, fmt.Sprintf("%d workload containers left out of status.images", status.Summary.Omitted)) {
+		t.Fatalf("Ready message does not say what was left out: %s", ready.Message)
+	}
+	raw, err := yaml.Marshal(status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) > 256<<10 {
+		t.Fatalf("status of 2,000 workloads is %d KiB, want well under 1 MiB", len(raw)>>10)
+	}
+	t.Logf("status of 2,000 workloads naming 150 images: %d KiB", len(raw)>>10)
+}
+
+func TestConditionsSayWhatToLookAt(t *testing.T) {
+	tests := []struct {
+		name                  string
+		obs                   observation
+		ready, drifted        metav1.ConditionStatus
+		readyReason, drReason string
+		says                  []string
+	}{
+		{
+			name:  "in step",
+			obs:   obsOf(resolvedTo("reg.io/app:v1", "web", dg("a"), runningOn(dg("a"), 2, "n1"))),
+			ready: metav1.ConditionTrue, readyReason: imagesv1alpha1.ReasonResolved,
+			drifted: metav1.ConditionFalse, drReason: imagesv1alpha1.ReasonNoDrift,
+			says: []string{"resolved 1 image of 1 workload", "(1 by tag only: Unpinned)"},
+		},
+		{
+			name:  "tag moved and replicas split",
+			obs:   obsOf(resolvedTo("reg.io/app:v1", "web", dg("b"), runningOn(dg("a"), 1, "n1"), runningOn(dg("b"), 1, "n2"))),
+			ready: metav1.ConditionTrue, readyReason: imagesv1alpha1.ReasonResolved,
+			drifted: metav1.ConditionTrue, drReason: string(imagesv1alpha1.DriftTagMoved),
+			says: []string{"1 of 1 image drifted: reg.io/app:v1 (Deployment web/app: TagMoved, MixedReplicas)"},
+		},
+		{
+			name: "unresolvable",
+			obs: obsOf(containerObs{
+				kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: "reg.io/app:nope", hasTag: true,
+				err: errors.New(`resolve reg.io/app:nope: tag "nope" not found in reg.io/app`),
+			}),
+			ready: metav1.ConditionFalse, readyReason: imagesv1alpha1.ReasonResolutionFailed,
+			drifted: metav1.ConditionTrue, drReason: string(imagesv1alpha1.DriftUnresolvable),
+			says: []string{`could not resolve 1 of 1 image (last digests kept): resolve reg.io/app:nope: tag "nope" not found`},
+		},
+		{
+			name:  "digest-only reference needs no resolution",
+			obs:   obsOf(containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: "reg.io/app", pinned: dg("a"), running: []imagesv1alpha1.RunningDigest{runningOn(dg("a"), 1)}}),
+			ready: metav1.ConditionTrue, readyReason: imagesv1alpha1.ReasonResolved,
+			drifted: metav1.ConditionFalse, drReason: imagesv1alpha1.ReasonNoDrift,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var status imagesv1alpha1.ImagePinStatus
+			check(&status, t0, tt.obs)
+			ready := meta.FindStatusCondition(status.Conditions, imagesv1alpha1.ConditionReady)
+			drifted := meta.FindStatusCondition(status.Conditions, imagesv1alpha1.ConditionDrifted)
+			if ready.Status != tt.ready || ready.Reason != tt.readyReason {
+				t.Errorf("Ready = %s %s (%s), want %s %s", ready.Status, ready.Reason, ready.Message, tt.ready, tt.readyReason)
+			}
+			if drifted.Status != tt.drifted || drifted.Reason != tt.drReason {
+				t.Errorf("Drifted = %s %s (%s), want %s %s", drifted.Status, drifted.Reason, drifted.Message, tt.drifted, tt.drReason)
+			}
+			all := ready.Message + " | " + drifted.Message
+			for _, s := range tt.says {
+				if !strings.Contains(all, s) {
+					t.Errorf("messages %q do not say %q", all, s)
+				}
+			}
+		})
+	}
+}
+
+// lastCheckTime moves only when something changed or an interval passed,
+// so pod events do not each cost a status write.
+func TestLastCheckTimeMovesOnChangeOrInterval(t *testing.T) {
+	var status imagesv1alpha1.ImagePinStatus
+	obs := obsOf(resolvedTo("reg.io/app:v1", "web", dg("a")))
+	check(&status, t0, obs)
+	check(&status, t0.Add(30*time.Second), obs)
+	if !status.LastCheckTime.Time.Equal(t0) {
+		t.Fatalf("lastCheckTime moved to %s with nothing changed inside the interval", status.LastCheckTime)
+	}
+	check(&status, t0.Add(time.Minute), obs)
+	if !status.LastCheckTime.Time.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("lastCheckTime = %s, want it moved after an interval", status.LastCheckTime)
+	}
+	check(&status, t0.Add(70*time.Second), obsOf(resolvedTo("reg.io/app:v1", "web", dg("b"))))
+	if !status.LastCheckTime.Time.Equal(t0.Add(70 * time.Second)) {
+		t.Fatalf("lastCheckTime = %s, want it moved with the change", status.LastCheckTime)
+	}
+}
+
+func TestTransitionsEmitOnlyOnChange(t *testing.T) {
+	var s0, s1, s2, s3 imagesv1alpha1.ImagePinStatus
+	check(&s1, t0, obsOf(resolvedTo("reg.io/app:v1", "web", dg("a"), runningOn(dg("a"), 1))))
+	s2 = *s1.DeepCopy()
+	check(&s2, t0.Add(time.Minute), obsOf(resolvedTo("reg.io/app:v1", "web", dg("b"), runningOn(dg("a"), 1))))
+	s3 = *s2.DeepCopy()
+	check(&s3, t0.Add(2*time.Minute), obsOf(containerObs{
+		kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: "reg.io/app:v1", hasTag: true,
+		err: errors.New("registry down"), result: registry.Result{Digest: dg("b"), Stale: true},
+	}))
+	s4 := *s3.DeepCopy()
+	check(&s4, t0.Add(3*time.Minute), obsOf(resolvedTo("reg.io/app:v1", "web", dg("b"), runningOn(dg("b"), 1))))
+
+	reasons := func(before, after imagesv1alpha1.ImagePinStatus) string {
+		var out []string
+		for _, tr := range transitions(&before, &after) {
+			out = append(out, tr.kind+" "+tr.reason)
+		}
+		return fmt.Sprint(out)
+	}
+	for _, tc := range []struct {
+		name          string
+		before, after imagesv1alpha1.ImagePinStatus
+		want          string
+	}{
+		{"first check, in step", s0, s1, "[]"},
+		{"steady state", s1, s1, "[]"},
+		{"tag moved", s1, s2, "[" + corev1.EventTypeNormal + " TagMoved " + corev1.EventTypeWarning + " DriftFound]"},
+		{"registry fails", s2, s3, "[Warning ResolutionFailed]"},
+		{"recovered and rolled out", s3, s4, "[Normal ResolutionRecovered Normal DriftResolved]"},
+	} {
+		if got := reasons(tc.before, tc.after); got != tc.want {
+			t.Errorf("%s: events %s, want %s", tc.name, got, tc.want)
+		}
+	}
+}
