@@ -106,9 +106,9 @@ run: manifests generate ## Run the manager against the cluster of $KUBECONFIG (w
 	ENABLE_WEBHOOKS=false $(GO) run . --kubeconfig "$${KUBECONFIG:-$$HOME/.kube/config}"
 
 .PHONY: demo
-demo: build control-plane ## Start a local control plane, run imagepin on it, show an ImagePin; clean up.
+demo: build control-plane $(REGISTRY) $(CRANE) ## Start a local cluster and registry, run imagepin, watch a tag move; clean up.
 	$(GO) build -o $(BIN)/localcluster ./hack/localcluster
-	K8S_DIR=$(K8S_DIR) hack/demo.sh
+	K8S_DIR=$(K8S_DIR) REGISTRY_BIN=$(REGISTRY) CRANE=$(CRANE) hack/demo.sh
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine; none runs on the dev machines).
