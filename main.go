@@ -26,6 +26,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -181,6 +182,7 @@ func cacheOptions() cache.Options {
 				Field:     fields.OneTermEqualSelector("type", string(corev1.SecretTypeDockerConfigJson)),
 				Transform: keepDockerConfigOnly,
 			},
+			&corev1.Pod{}: {Transform: keepWhatDriftReads},
 		},
 	}
 }
@@ -196,6 +198,39 @@ func stripForCache(obj any) (any, error) {
 		}
 	}
 	return obj, nil
+}
+
+// keepWhatDriftReads keeps of a Pod only what drift is computed from: its
+// owner, node and the image IDs its containers report. Pods are the most
+// numerous objects in the cache.
+func keepWhatDriftReads(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return stripForCache(obj)
+	}
+	slim := &corev1.Pod{
+		TypeMeta: p.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			Labels: p.Labels, OwnerReferences: p.OwnerReferences, DeletionTimestamp: p.DeletionTimestamp,
+		},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName},
+		Status: corev1.PodStatus{Phase: p.Status.Phase},
+	}
+	slim.Status.InitContainerStatuses = slimStatuses(p.Status.InitContainerStatuses)
+	slim.Status.ContainerStatuses = slimStatuses(p.Status.ContainerStatuses)
+	return slim, nil
+}
+
+func slimStatuses(in []corev1.ContainerStatus) []corev1.ContainerStatus {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]corev1.ContainerStatus, len(in))
+	for i, s := range in {
+		out[i] = corev1.ContainerStatus{Name: s.Name, Image: s.Image, ImageID: s.ImageID}
+	}
+	return out
 }
 
 func keepDockerConfigOnly(obj any) (any, error) {
