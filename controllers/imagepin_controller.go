@@ -59,12 +59,15 @@ func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 
+	before := pin.Status.DeepCopy()
 	status := pin.Status.DeepCopy()
 	result, err := r.reconcile(ctx, &pin, status)
-	r.emitTransitions(&pin, &pin.Status, status)
 	if perr := r.patchStatus(ctx, &pin, status); perr != nil {
 		return ctrl.Result{}, errors.Join(err, perr)
 	}
+	// Events follow the status that was stored, so a failed write does
+	// not announce a transition twice.
+	r.emitTransitions(&pin, before, status)
 	return result, err
 }
 

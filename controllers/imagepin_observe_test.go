@@ -10,6 +10,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -166,6 +167,24 @@ func TestTagMovedIsSeenWithinTheInterval(t *testing.T) {
 	if took := time.Since(pushed); took > 10*time.Second+5*time.Second {
 		t.Errorf("TagMoved seen %s after the push; the interval is 10s", took)
 	}
+
+	// The transition was announced once, on the ImagePin.
+	eventually(t, func() error {
+		var evs eventsv1.EventList
+		if err := k8s.List(context.Background(), &evs, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		moved := 0
+		for _, e := range evs.Items {
+			if e.Reason == EventTagMoved && e.Regarding.Name == pin.Name && strings.Contains(e.Note, a) && strings.Contains(e.Note, b) {
+				moved++
+			}
+		}
+		if moved != 1 {
+			return fmt.Errorf("%d TagMoved events naming both digests, want 1", moved)
+		}
+		return nil
+	})
 }
 
 func TestMixedReplicasShowsBothDigestsWithPodsAndNodes(t *testing.T) {
