@@ -81,10 +81,12 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	if err != nil {
 		log.FromContext(ctx).Info("ImagePin spec cannot be honoured", "reason", err.Error())
 		setInvalidSpec(status, pin.Generation, err)
+		forgetMetrics(pin.Namespace, pin.Name)
 		return ctrl.Result{}, nil
 	}
 	if pin.Spec.Suspend {
 		setSuspended(status, pin.Generation)
+		forgetMetrics(pin.Namespace, pin.Name)
 		return ctrl.Result{}, nil
 	}
 

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -27,7 +28,7 @@ func (r *ImagePinReconciler) emitTransitions(pin *imagesv1alpha1.ImagePin, befor
 		return
 	}
 	for _, e := range transitions(before, after) {
-		r.Recorder.Eventf(pin, nil, e.kind, e.reason, "Check", "%s", e.note)
+		r.Recorder.Eventf(pin, nil, e.kind, e.reason, "Check", "%s", truncateNote(e.note))
 	}
 }
 
@@ -63,4 +64,18 @@ func transitions(before, after *imagesv1alpha1.ImagePinStatus) []transition {
 		}
 	}
 	return out
+}
+
+// maxNote is the length of an events.k8s.io note the API server accepts.
+const maxNote = 1024
+
+func truncateNote(s string) string {
+	if len(s) <= maxNote {
+		return s
+	}
+	cut := maxNote - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

@@ -122,6 +122,11 @@ func runningDigests(pods []corev1.Pod) map[string][]imagesv1alpha1.RunningDigest
 	}
 	byContainer := map[string]map[string]*agg{}
 	for _, p := range pods {
+		// A finished pod runs nothing: a CronJob's completed Jobs and an
+		// evicted pod must not count as replicas on an old digest.
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
 		statuses := append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...)
 		for _, s := range statuses {
 			d, ok := drift.DigestOfImageID(s.ImageID)

@@ -21,6 +21,9 @@ const (
 	maxImages          = 100
 	maxWorkloadEntries = 500
 	maxHistory         = 10
+	// maxStatusBytes budgets the workload entries' approximate size, as
+	// entries with many digests and nodes are far larger than average.
+	maxStatusBytes = 512 << 10
 )
 
 // driftPriority orders reasons for the Drifted condition's reason: the one
@@ -72,6 +75,9 @@ type checkInput struct {
 // churn does not turn into a status write per event.
 func setChecked(status *imagesv1alpha1.ImagePinStatus, in checkInput) {
 	before := status.DeepCopy()
+	// The API stores times to the second: compute with what it will keep,
+	// or every check would look like a change.
+	in.now = in.now.Truncate(time.Second)
 
 	images, summary := buildImages(status.Images, in)
 	status.Images = images
@@ -116,7 +122,7 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 	}
 
 	var out []imagesv1alpha1.ImageStatus
-	entries := 0
+	entries, bytes := 0, 0
 	for _, img := range names {
 		cs := byImage[img]
 		st := imageStatus(img, cs, prevByImage[img], in.now)
@@ -134,17 +140,20 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 			if drift.Drifted(reasons) {
 				summary.Drifted++
 			}
-			if len(out) >= maxImages || entries >= maxWorkloadEntries {
-				summary.Omitted++
-				continue
-			}
-			entries++
-			st.Workloads = append(st.Workloads, imagesv1alpha1.WorkloadImage{
+			entry := imagesv1alpha1.WorkloadImage{
 				Kind: c.kind, Name: c.workload, Container: c.container, Init: c.init,
 				PinnedDigest: imagesv1alpha1.Digest(c.pinned),
 				Running:      c.running,
 				Drift:        reasons,
-			})
+			}
+			size := entrySize(entry)
+			if len(out) >= maxImages || entries >= maxWorkloadEntries || bytes+size > maxStatusBytes {
+				summary.Omitted++
+				continue
+			}
+			entries++
+			bytes += size
+			st.Workloads = append(st.Workloads, entry)
 		}
 		if len(st.Workloads) > 0 {
 			sort.Slice(st.Workloads, func(i, j int) bool { return workloadLess(st.Workloads[i], st.Workloads[j]) })
@@ -192,11 +201,23 @@ func imageStatus(img string, cs []containerObs, prev imagesv1alpha1.ImageStatus,
 	return st
 }
 
+// entrySize estimates the serialized size of a workload entry.
+func entrySize(w imagesv1alpha1.WorkloadImage) int {
+	n := 160 + len(w.Kind) + len(w.Name) + len(w.Container) + len(w.PinnedDigest)
+	for _, r := range w.Running {
+		n += 100
+		for _, node := range r.Nodes {
+			n += len(node) + 4
+		}
+	}
+	return n
+}
+
 func timePtr(t time.Time) *metav1.Time {
 	if t.IsZero() {
 		return nil
 	}
-	mt := metav1.NewTime(t)
+	mt := metav1.NewTime(t.Truncate(time.Second))
 	return &mt
 }
 
@@ -291,9 +312,13 @@ func setDrifted(status *imagesv1alpha1.ImagePinStatus, generation int64) {
 			}
 		}
 		if c.Reason == "" {
-			c.Reason = string(imagesv1alpha1.DriftTagMoved) // drifted entries were all omitted
+			// Every drifted entry was left out of status.images.
+			c.Reason = string(imagesv1alpha1.DriftTagMoved)
+			c.Message = fmt.Sprintf("%d workload %s drifted, none of them in status.images (left out to keep the status small)",
+				status.Summary.Drifted, plural(int(status.Summary.Drifted), "container"))
+		} else {
+			c.Message = fmt.Sprintf("%d of %d %s drifted: %s", driftedImages, status.Summary.Images, plural(int(status.Summary.Images), "image"), joinCapped(lines, 3))
 		}
-		c.Message = fmt.Sprintf("%d of %d %s drifted: %s", driftedImages, status.Summary.Images, plural(int(status.Summary.Images), "image"), joinCapped(lines, 3))
 	}
 	meta.SetStatusCondition(&status.Conditions, c)
 }

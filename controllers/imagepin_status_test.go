@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -169,12 +170,20 @@ func TestConditionsSayWhatToLookAt(t *testing.T) {
 func TestLastCheckTimeMovesOnChangeOrInterval(t *testing.T) {
 	var status imagesv1alpha1.ImagePinStatus
 	obs := obsOf(resolvedTo("reg.io/app:v1", "web", dg("a")))
-	check(&status, t0, obs)
-	check(&status, t0.Add(30*time.Second), obs)
+	// Real clocks have nanoseconds; the API keeps seconds. The status read
+	// back must still compare equal to a fresh check.
+	obs.containers[0].result.ResolvedAt = t0.Add(123456789 * time.Nanosecond)
+	check(&status, t0.Add(987654321*time.Nanosecond), obs)
+	status = roundTrip(t, status)
+	before := status.DeepCopy()
+	check(&status, t0.Add(30*time.Second+5), obs)
+	if !equalStatus(before, &status) {
+		t.Fatalf("a check with nothing changed rewrote the status:\n%+v\n%+v", before, status)
+	}
 	if !status.LastCheckTime.Time.Equal(t0) {
 		t.Fatalf("lastCheckTime moved to %s with nothing changed inside the interval", status.LastCheckTime)
 	}
-	check(&status, t0.Add(time.Minute), obs)
+	check(&status, t0.Add(time.Minute+5), obs)
 	if !status.LastCheckTime.Time.Equal(t0.Add(time.Minute)) {
 		t.Fatalf("lastCheckTime = %s, want it moved after an interval", status.LastCheckTime)
 	}
@@ -218,5 +227,66 @@ func TestTransitionsEmitOnlyOnChange(t *testing.T) {
 		if got := reasons(tc.before, tc.after); got != tc.want {
 			t.Errorf("%s: events %s, want %s", tc.name, got, tc.want)
 		}
+	}
+}
+
+// roundTrip returns status as the API server stores and returns it.
+func roundTrip(t *testing.T, status imagesv1alpha1.ImagePinStatus) imagesv1alpha1.ImagePinStatus {
+	t.Helper()
+	raw, err := json.Marshal(status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out imagesv1alpha1.ImagePinStatus
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestFinishedPodsRunNothing(t *testing.T) {
+	pod := func(phase corev1.PodPhase, node, digest string) corev1.Pod {
+		return corev1.Pod{
+			Spec: corev1.PodSpec{NodeName: node},
+			Status: corev1.PodStatus{Phase: phase, ContainerStatuses: []corev1.ContainerStatus{
+				{Name: "app", ImageID: "reg.io/app@" + digest},
+			}},
+		}
+	}
+	got := runningDigests([]corev1.Pod{
+		pod(corev1.PodRunning, "n1", dg("b")),
+		pod(corev1.PodSucceeded, "n2", dg("a")),
+		pod(corev1.PodFailed, "n3", dg("a")),
+		pod(corev1.PodPending, "n4", dg("b")),
+	})
+	if want := fmt.Sprintf("[{%s 2 [n1 n4]}]", dg("b")); fmt.Sprint(got["app"]) != want {
+		t.Fatalf("running = %v, want %s", got["app"], want)
+	}
+}
+
+func TestStatusStaysSmallWithManyDigestsAndNodes(t *testing.T) {
+	var cs []containerObs
+	for i := range 600 {
+		var running []imagesv1alpha1.RunningDigest
+		for d := range 8 {
+			var nodes []string
+			for n := range 16 {
+				nodes = append(nodes, fmt.Sprintf("ip-10-0-%03d-%03d.eu-west-1.compute.internal", d, n))
+			}
+			running = append(running, runningOn(dg(fmt.Sprintf("%x", d)), 2, nodes...))
+		}
+		cs = append(cs, resolvedTo("reg.io/app:v1", fmt.Sprintf("web-%03d", i), dg("f"), running...))
+	}
+	var status imagesv1alpha1.ImagePinStatus
+	check(&status, t0, obsOf(cs...))
+	raw, err := json.Marshal(status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) > 768<<10 {
+		t.Fatalf("status is %d KiB, want it well under the 1 MiB object limit", len(raw)>>10)
+	}
+	if status.Summary.Omitted == 0 {
+		t.Fatal("nothing was left out, yet the status must have been cut")
 	}
 }

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // Keychains builds the credentials a workload's images are resolved with:
@@ -69,14 +70,21 @@ func (k *Keychains) ForPod(ctx context.Context, namespace string, spec *corev1.P
 			return nil, fmt.Errorf("read pull secret %s/%s: %w", namespace, n, err)
 		}
 	}
-	kc, err := kauth.NewFromPullSecrets(ctx, secrets)
-	if err != nil {
-		return nil, fmt.Errorf("pull secrets of %s: %w", namespace, err)
+	// Each secret on its own, so that one malformed secret costs only its
+	// own credentials, not every workload's resolution.
+	chain := make([]authn.Keychain, 0, len(secrets)+len(cloudKeychains))
+	for _, s := range secrets {
+		kc, err := kauth.NewFromPullSecrets(ctx, []corev1.Secret{s})
+		if err != nil {
+			log.FromContext(ctx).Info("skipping a pull secret that is not a valid docker config", "namespace", namespace, "secret", s.Name, "reason", err.Error())
+			continue
+		}
+		chain = append(chain, kc)
 	}
-	if !k.Cloud {
-		return kc, nil
+	if k.Cloud {
+		chain = append(chain, cloudKeychains...)
 	}
-	return authn.NewMultiKeychain(append([]authn.Keychain{kc}, cloudKeychains...)...), nil
+	return authn.NewMultiKeychain(chain...), nil
 }
 
 var cloudKeychains = []authn.Keychain{

@@ -33,6 +33,14 @@ const (
 // children never change, so entries are dropped only to bound memory.
 const maxPlatformEntries = 10000
 
+// Every sweepEvery fetches, cache entries nobody asked about for idleAfter
+// are dropped, so tags and credentials that went away (a rotated cloud
+// token changes the credential's identity) do not pile up.
+const (
+	sweepEvery = 256
+	idleAfter  = 48 * time.Hour
+)
+
 // Options configure a Resolver.
 type Options struct {
 	// QPS and Burst are the request budget of each registry host.
@@ -98,6 +106,7 @@ type Resolver struct {
 	group singleflight.Group
 
 	mu        sync.Mutex
+	fetches   int
 	cache     map[string]*entry
 	pullers   map[string]*remote.Puller
 	platforms map[string][]string
@@ -228,7 +237,7 @@ func (r *Resolver) parseTag(image string) (name.Tag, error) {
 		ref = ref[:i]
 	}
 	var opts []name.Option
-	if host := registryHost(ref); r.insecure[host] {
+	if host := registryHost(ref); r.insecure[host] || r.insecure[hostname(host)] {
 		opts = append(opts, name.Insecure)
 	}
 	tag, err := name.NewTag(ref, opts...)
@@ -250,6 +259,14 @@ func registryHost(ref string) string {
 		return first
 	}
 	return ""
+}
+
+// hostname drops a port from host.
+func hostname(host string) string {
+	if i := strings.LastIndexByte(host, ':'); i >= 0 {
+		return host[:i]
+	}
+	return host
 }
 
 // fromCache answers from a fresh entry: a success, or a failure still
@@ -311,12 +328,26 @@ func (r *Resolver) fetch(tag name.Tag, auth authn.Authenticator, id, key string)
 		r.cache[key] = e
 	}
 	e.checkedAt = now
+	r.fetches++
+	if r.fetches%sweepEvery == 0 {
+		r.sweepLocked(now)
+	}
 	if err != nil {
 		e.err = explain(tag, err)
 		return r.resultOf(e), e.err
 	}
 	e.digest, e.resolvedAt, e.err = digest, now, nil
 	return r.resultOf(e), nil
+}
+
+// sweepLocked drops idle cache entries; r.mu is held. An entry whose
+// digest may still be served stale is kept.
+func (r *Resolver) sweepLocked(now time.Time) {
+	for k, e := range r.cache {
+		if now.Sub(e.checkedAt) > max(idleAfter, r.opts.MaxStale) {
+			delete(r.cache, k)
+		}
+	}
 }
 
 // resolveDigest HEADs the tag and, for an index seen for the first time,
@@ -342,9 +373,9 @@ func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, auth authn.A
 	}
 	digest := desc.Digest.String()
 	if desc.MediaType.IsIndex() && !r.knowsPlatforms(digest) {
-		if err := r.learnPlatforms(ctx, p, tag.Context().Digest(digest)); err != nil {
-			return "", err
-		}
+		// The digest is known; its platforms are a bonus learned once. If
+		// the GET fails (a pull limit, say), it is tried again next time.
+		_ = r.learnPlatforms(ctx, p, tag.Context().Digest(digest))
 	}
 	return digest, nil
 }

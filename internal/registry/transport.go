@@ -27,10 +27,12 @@ func (e *RateLimitedError) Error() string {
 }
 
 // Without Retry-After, a 429 stops requests to the registry for
-// defaultBackoff, doubling with each 429 in a row up to maxBackoff.
+// defaultBackoff, doubling with each 429 in a row up to maxBackoff. A
+// Retry-After is honoured up to maxRetryAfter.
 const (
 	defaultBackoff = 10 * time.Second
 	maxBackoff     = 5 * time.Minute
+	maxRetryAfter  = time.Hour
 )
 
 // politeTransport is the RoundTripper under every registry request: it
@@ -69,14 +71,15 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	host := req.URL.Host
 	st := t.state(host)
 
-	t.mu.Lock()
-	until := st.blockedUntil
-	t.mu.Unlock()
-	if t.clock.Now().Before(until) {
-		return nil, &RateLimitedError{Host: host, Until: until}
+	if err := t.checkBlocked(host, st); err != nil {
+		return nil, err
 	}
 	if err := st.limiter.Wait(req.Context()); err != nil {
 		return nil, fmt.Errorf("registry %s: waiting for the request budget (--registry-qps): %w", host, err)
+	}
+	// A 429 may have come back while this request waited for its turn.
+	if err := t.checkBlocked(host, st); err != nil {
+		return nil, err
 	}
 
 	rt := t.secure
@@ -106,15 +109,25 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+func (t *politeTransport) checkBlocked(host string, st *hostState) error {
+	t.mu.Lock()
+	until := st.blockedUntil
+	t.mu.Unlock()
+	if t.clock.Now().Before(until) {
+		return &RateLimitedError{Host: host, Until: until}
+	}
+	return nil
+}
+
 // retryAfter reads Retry-After (seconds or an HTTP date); without one it
 // backs off exponentially with the number of 429s in a row.
 func retryAfter(h http.Header, now time.Time, inARow int) time.Duration {
 	if v := strings.TrimSpace(h.Get("Retry-After")); v != "" {
 		if secs, err := strconv.Atoi(v); err == nil && secs >= 0 {
-			return min(time.Duration(secs)*time.Second, maxBackoff)
+			return min(time.Duration(secs)*time.Second, maxRetryAfter)
 		}
 		if at, err := http.ParseTime(v); err == nil {
-			return min(max(at.Sub(now), 0), maxBackoff)
+			return min(max(at.Sub(now), 0), maxRetryAfter)
 		}
 	}
 	d := defaultBackoff

@@ -3,24 +3,20 @@ package workload
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // CacheOptions keeps the manager's cache to what the controller reads:
 // managedFields and kubectl's last-applied annotation are stripped from
-// everything, and of Secrets only docker-config pull secrets are held, with
-// nothing but their docker config.
+// everything; of Pods only what drift reads is kept; of Secrets only the
+// docker config of pull secrets (dockerconfigjson and legacy dockercfg).
 func CacheOptions() cache.Options {
 	return cache.Options{
 		DefaultTransform: stripForCache,
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}: {
-				Field:     fields.OneTermEqualSelector("type", string(corev1.SecretTypeDockerConfigJson)),
-				Transform: keepDockerConfigOnly,
-			},
-			&corev1.Pod{}: {Transform: keepWhatDriftReads},
+			&corev1.Secret{}: {Transform: keepDockerConfigOnly},
+			&corev1.Pod{}:    {Transform: keepWhatDriftReads},
 		},
 	}
 }
@@ -73,8 +69,17 @@ func slimStatuses(in []corev1.ContainerStatus) []corev1.ContainerStatus {
 
 func keepDockerConfigOnly(obj any) (any, error) {
 	if s, ok := obj.(*corev1.Secret); ok {
+		keep := ""
+		switch s.Type {
+		case corev1.SecretTypeDockerConfigJson:
+			keep = corev1.DockerConfigJsonKey
+		case corev1.SecretTypeDockercfg:
+			keep = corev1.DockerConfigKey
+		}
+		// Any other Secret is held as metadata only: its data never
+		// enters the manager's memory.
 		for k := range s.Data {
-			if k != corev1.DockerConfigJsonKey {
+			if k != keep {
 				delete(s.Data, k)
 			}
 		}

@@ -53,3 +53,29 @@ func TestCacheKeepsOfASecretOnlyItsDockerConfig(t *testing.T) {
 		t.Fatalf("secret in cache = %+v, want only its docker config", got)
 	}
 }
+
+func TestCacheHoldsNoDataOfOtherSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		typ  corev1.SecretType
+		keep string
+	}{
+		{corev1.SecretTypeOpaque, ""},
+		{corev1.SecretTypeServiceAccountToken, ""},
+		{corev1.SecretTypeDockercfg, corev1.DockerConfigKey},
+	} {
+		s := &corev1.Secret{Type: tc.typ, Data: map[string][]byte{
+			"password": []byte("x"), corev1.DockerConfigKey: []byte("{}"), "token": []byte("t"),
+		}}
+		out, err := keepDockerConfigOnly(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := out.(*corev1.Secret)
+		if tc.keep == "" && len(got.Data) != 0 {
+			t.Errorf("%s secret keeps data in the cache: %v", tc.typ, got.Data)
+		}
+		if tc.keep != "" && (len(got.Data) != 1 || got.Data[tc.keep] == nil) {
+			t.Errorf("%s secret in cache = %v, want only %s", tc.typ, got.Data, tc.keep)
+		}
+	}
+}

@@ -158,6 +158,30 @@ func TestPullSecretOfTheServiceAccountWorks(t *testing.T) {
 	}
 }
 
+// A malformed pull secret costs only itself: the workload's good secret
+// still works.
+func TestMalformedPullSecretIsSkipped(t *testing.T) {
+	ns := namespace(t)
+	// The API server checks that a dockercfg secret is JSON, not that
+	// its entries are credentials.
+	bad := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "broken"},
+		Type:       corev1.SecretTypeDockercfg,
+		Data:       map[string][]byte{corev1.DockerConfigKey: []byte(`{"127.0.0.1:1": "not an object"}`)},
+	}
+	if err := k8s.Create(context.Background(), bad); err != nil {
+		t.Fatal(err)
+	}
+	pullSecret(t, ns, "creds", reg.Host, reg.User, reg.Password)
+	res, err := resolveFor(t, newResolver(t, reg.CAFile), ns, podSpec("", "broken", "creds"), reg.Host+"/team/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Digest != digest {
+		t.Fatalf("digest = %s, want %s", res.Digest, digest)
+	}
+}
+
 func TestWrongPasswordSaysAuthenticationFailed(t *testing.T) {
 	ns := namespace(t)
 	pullSecret(t, ns, "creds", reg.Host, reg.User, "wrong")
