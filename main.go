@@ -144,6 +144,7 @@ func runManager(o options) error {
 		Resolver:  resolver,
 		Keychains: &registry.Keychains{Reader: mgr.GetClient(), Cloud: o.cloudKeychains},
 		Recorder:  mgr.GetEventRecorder("imagepin"),
+		APIReader: mgr.GetAPIReader(),
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the ImagePin controller: %w", err)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
@@ -38,12 +40,20 @@ type ImagePinReconciler struct {
 	Recorder events.EventRecorder
 	// Clock stamps lastCheckTime and history; tests inject a fake one.
 	Clock clock.PassiveClock
+	// APIReader reads live objects (the cache strips managedFields), to
+	// name the field manager that reverts imagepin's writes.
+	APIReader client.Reader
+
+	conflictMu sync.Mutex
+	conflicts  map[string]*conflictState
 }
 
 // +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins,verbs=get;list;watch
 // +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins/status,verbs=get;patch
-// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets;replicasets,verbs=get;list;watch
-// +kubebuilder:rbac:groups=batch,resources=jobs;cronjobs,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch
+// +kubebuilder:rbac:groups=batch,resources=cronjobs,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=pods;serviceaccounts,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -98,14 +108,28 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	now := r.Clock.Now()
 	setChecked(status, checkInput{
 		generation: pin.Generation,
-		now:        r.Clock.Now(),
+		now:        now,
 		interval:   sel.Interval,
 		obs:        obs,
 		platforms:  r.Resolver.Platforms,
 	})
 	recordMetrics(pin, status)
+
+	// Pin and Follow: write what the status says should run.
+	plan := planWrites(planInput{
+		mode:      pin.Spec.Mode,
+		minAge:    minAgeOf(pin),
+		overrides: overridesOf(pin),
+		now:       now,
+		obs:       obs,
+		firstSeen: firstSeenOf(status),
+		platforms: r.Resolver.Platforms,
+	})
+	blocked := r.applyWrites(ctx, pin, plan, obs)
+	setConflict(status, pin.Generation, pin.Spec.Mode, blocked)
 	return ctrl.Result{RequeueAfter: sel.Interval}, nil
 }
 
@@ -228,4 +252,31 @@ func imageIDs(p *corev1.Pod) string {
 		s += cs.Name + "=" + cs.ImageID + ";"
 	}
 	return s
+}
+
+func minAgeOf(pin *imagesv1alpha1.ImagePin) time.Duration {
+	if pin.Spec.Follow != nil && pin.Spec.Follow.MinAge != nil {
+		return pin.Spec.Follow.MinAge.Duration
+	}
+	return 0
+}
+
+func overridesOf(pin *imagesv1alpha1.ImagePin) map[string]string {
+	out := map[string]string{}
+	for _, o := range pin.Spec.Overrides {
+		out[o.Image] = string(o.Digest)
+	}
+	return out
+}
+
+// firstSeenOf returns, per image, when its current digest was first seen:
+// the newest entry of its history.
+func firstSeenOf(status *imagesv1alpha1.ImagePinStatus) map[string]time.Time {
+	out := map[string]time.Time{}
+	for _, img := range status.Images {
+		if len(img.History) > 0 && img.History[0].Digest == img.Digest {
+			out[img.Image] = img.History[0].FirstSeen.Time
+		}
+	}
+	return out
 }

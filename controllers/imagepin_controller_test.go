@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -53,6 +54,7 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
+	ctrl.SetLogger(logr.Discard())
 	var err error
 	env, err = testenv.Start()
 	if err != nil {

@@ -26,10 +26,12 @@ const resolveWorkers = 8
 
 // containerObs is what was seen of one selected container of one workload.
 type containerObs struct {
-	kind      imagesv1alpha1.WorkloadKind
-	workload  string
-	container string
-	init      bool
+	kind     imagesv1alpha1.WorkloadKind
+	workload string
+	// generation is the workload's metadata.generation as read.
+	generation int64
+	container  string
+	init       bool
 	// image is the reference as the workload names it, digest removed.
 	image string
 	// pinned is the digest the spec names, if any.
@@ -70,7 +72,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 				return
 			}
 			obs.containers = append(obs.containers, containerObs{
-				kind: w.Kind, workload: w.Name(), container: c.Name, init: init,
+				kind: w.Kind, workload: w.Name(), generation: w.Object.GetGeneration(), container: c.Name, init: init,
 				image:    selection.StripDigest(c.Image),
 				pinned:   drift.DigestOfImage(c.Image),
 				hasTag:   hasTag(c.Image),

@@ -14,8 +14,14 @@ var driftedContainers = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 	Help: "Selected workload containers with a drift reason, by namespace, ImagePin and reason (Unpinned included).",
 }, []string{"namespace", "imagepin", "reason"})
 
+// workloadWrites is imagepin_workload_writes_total.
+var workloadWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "imagepin_workload_writes_total",
+	Help: "Container images imagepin wrote into workloads, by namespace, ImagePin, workload kind and reason (Pin, Follow, Override).",
+}, []string{"namespace", "imagepin", "kind", "reason"})
+
 func init() {
-	ctrlmetrics.Registry.MustRegister(driftedContainers)
+	ctrlmetrics.Registry.MustRegister(driftedContainers, workloadWrites)
 }
 
 var allDriftReasons = []imagesv1alpha1.DriftReason{

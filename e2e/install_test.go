@@ -90,8 +90,12 @@ func TestInstallFromConfigDefault(t *testing.T) {
 		{"get", "serviceaccounts", "", true},
 		{"create", "events.events.k8s.io", "", true},
 		{"create", "leases.coordination.k8s.io", "imagepin-system", true},
+		{"patch", "deployments.apps", "", true},
+		{"patch", "cronjobs.batch", "", true},
 		// Nothing it does not use.
 		{"update", "deployments.apps", "", false},
+		{"patch", "jobs.batch", "", false},
+		{"delete", "deployments.apps", "", false},
 		{"patch", "pods", "", false},
 		{"delete", "imagepins.images.imagepin.dev", "", false},
 		{"create", "secrets", "", false},

@@ -125,3 +125,17 @@ func (r *Registry) tag(t testing.TB, repoTag string) name.Tag {
 	}
 	return ref
 }
+
+// Tag points repo:tag at an image already in repo, by digest: a re-push of
+// identical content, or a tag flipped back.
+func (r *Registry) Tag(t testing.TB, repoTag, digest string) {
+	t.Helper()
+	tag := r.tag(t, repoTag)
+	desc, err := remote.Get(tag.Context().Digest(digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Tag(tag, desc); err != nil {
+		t.Fatal(err)
+	}
+}

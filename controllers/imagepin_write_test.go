@@ -1,0 +1,87 @@
+package controllers
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/registry"
+)
+
+func TestPlanWrites(t *testing.T) {
+	const img = "reg.io/app:v1"
+	tagOnly := func(resolved string) containerObs {
+		return containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: img, hasTag: true,
+			result: registry.Result{Digest: resolved}}
+	}
+	pinnedTo := func(pinned, resolved string) containerObs {
+		c := tagOnly(resolved)
+		c.pinned = pinned
+		return c
+	}
+	failing := func(pinned string) containerObs {
+		c := pinnedTo(pinned, dg("b"))
+		c.err = errors.New("registry down")
+		c.result.Stale = true
+		return c
+	}
+	seenAgo := func(d time.Duration) map[string]time.Time { return map[string]time.Time{img: t0.Add(-d)} }
+
+	tests := []struct {
+		name      string
+		mode      imagesv1alpha1.Mode
+		c         containerObs
+		minAge    time.Duration
+		firstSeen map[string]time.Time
+		overrides map[string]string
+		want      string
+	}{
+		{name: "Observe never writes", mode: imagesv1alpha1.ModeObserve, c: tagOnly(dg("a")), want: "[]"},
+		{name: "Pin pins a tag", mode: imagesv1alpha1.ModePin, c: tagOnly(dg("a")), want: fmt.Sprintf("[Deployment/web app %s -> %s@%s (Pin)]", img, img, dg("a"))},
+		{name: "Pin holds a pinned image when the tag moves", mode: imagesv1alpha1.ModePin, c: pinnedTo(dg("a"), dg("b")), firstSeen: seenAgo(time.Hour), want: "[]"},
+		{name: "Follow moves a pinned image after minAge", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("a"), dg("b")), minAge: time.Minute, firstSeen: seenAgo(time.Minute),
+			want: fmt.Sprintf("[Deployment/web app %s@%s -> %s@%s (Follow)]", img, dg("a"), img, dg("b"))},
+		{name: "Follow waits for minAge", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("a"), dg("b")), minAge: time.Minute, firstSeen: seenAgo(59 * time.Second), want: "[]"},
+		{name: "Follow without history waits", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("a"), dg("b")), want: "[]"},
+		{name: "Follow does nothing when in step", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("a"), dg("a")), firstSeen: seenAgo(time.Hour), want: "[]"},
+		{name: "a stale digest is never written", mode: imagesv1alpha1.ModeFollow, c: failing(dg("a")), firstSeen: seenAgo(time.Hour), want: "[]"},
+		{name: "nor pinned from", mode: imagesv1alpha1.ModePin, c: failing(""), want: "[]"},
+		{name: "override rolls back", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("b"), dg("b")), overrides: map[string]string{img: dg("a")},
+			want: fmt.Sprintf("[Deployment/web app %s@%s -> %s@%s (Override)]", img, dg("b"), img, dg("a"))},
+		{name: "override already in place", mode: imagesv1alpha1.ModePin, c: pinnedTo(dg("a"), dg("b")), overrides: map[string]string{img: dg("a")}, want: "[]"},
+		{name: "digest-only reference is left alone", mode: imagesv1alpha1.ModePin, c: containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: "reg.io/app", pinned: dg("a")}, want: "[]"},
+		{name: "a Job is reported, not written", mode: imagesv1alpha1.ModePin, c: func() containerObs { c := tagOnly(dg("a")); c.kind = imagesv1alpha1.KindJob; return c }(), want: "[]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plan := planWrites(planInput{
+				mode: tt.mode, minAge: tt.minAge, overrides: tt.overrides, now: t0,
+				obs: obsOf(tt.c), firstSeen: tt.firstSeen,
+			})
+			var got []string
+			for _, w := range plan {
+				for _, iw := range w.writes {
+					got = append(got, fmt.Sprintf("%s/%s %s %s -> %s (%s)", w.kind, w.name, iw.container, iw.from, iw.to, iw.reason))
+				}
+			}
+			if fmt.Sprint(got) != tt.want {
+				t.Errorf("plan = %v\nwant   %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestOwnsAnImage(t *testing.T) {
+	raw := []byte(`{"f:spec":{"f:template":{"f:spec":{"f:containers":{"k:{\"name\":\"app\"}":{".":{},"f:image":{},"f:name":{}}}}}}}`)
+	if !ownsAnImage(raw, []imageWrite{{container: "app"}}) {
+		t.Error("the manager that set app's image was not found")
+	}
+	if ownsAnImage(raw, []imageWrite{{container: "proxy"}}) {
+		t.Error("a manager of another container's image was named")
+	}
+	if ownsAnImage([]byte(`{"f:metadata":{"f:labels":{}}}`), []imageWrite{{container: "app"}}) {
+		t.Error("a manager that owns no image was named")
+	}
+}
