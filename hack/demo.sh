@@ -2,8 +2,9 @@
 # `make demo`: start a local control plane and a registry from bin/, install
 # the ImagePin CRD, run imagepin against them, deploy an image by tag, watch
 # an ImagePin resolve it, push the tag again and watch imagepin see it move,
-# stop the registry and watch imagepin keep the last digest. Every process it
-# starts is stopped on exit, also on Ctrl-C.
+# stop the registry and watch imagepin keep the last digest, then Pin, Follow
+# and roll back by override. Every process it starts is stopped on exit, also
+# on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -154,8 +155,31 @@ start_registry
 show kubectl wait --for=condition=Ready --timeout=60s imagepin/demo
 show kubectl get ipin -o wide
 
+step "Pin: every replica on every node runs the same bits"
+show kubectl patch ipin demo --type merge -p '{"spec":{"mode":"Pin"}}'
+show kubectl wait --for=jsonpath='{.spec.template.spec.containers[0].image}'="$REG/demo/myimage:v1@$second" --timeout=30s deployment/demo
+show kubectl get deployments -o wide
+show kubectl get replicasets -l app=demo
+echo "(one new ReplicaSet: the single rollout that pinned the digest; the tag stays in the reference for people)"
+
+step "Follow: CI pushes :v1 again; imagepin rolls it out once"
+show kubectl patch ipin demo --type merge -p '{"spec":{"mode":"Follow"}}'
+third=$(push_build "build 3")
+echo "pushed $REG/demo/myimage:v1 -> $third"
+show kubectl wait --for=jsonpath='{.spec.template.spec.containers[0].image}'="$REG/demo/myimage:v1@$third" --timeout=45s deployment/demo
+show kubectl get replicasets -l app=demo
+wait_for 10 "the ImageWritten event" bash -c 'kubectl get events --field-selector reason=ImageWritten -o name | grep -q .'
+show kubectl get events --field-selector reason=ImageWritten -o custom-columns=REASON:.reason,MESSAGE:.message
+
+step "Roll back to build 1 by override, although the tag points to build 3"
+show kubectl get ipin demo -o jsonpath='{range .status.images[0].history[*]}{.firstSeen}  {.digest}{"\n"}{end}'
+show kubectl patch ipin demo --type merge -p "{\"spec\":{\"overrides\":[{\"image\":\"$REG/demo/myimage:v1\",\"digest\":\"$first\"}]}}"
+show kubectl wait --for=jsonpath='{.spec.template.spec.containers[0].image}'="$REG/demo/myimage:v1@$first" --timeout=30s deployment/demo
+show kubectl get deployments -o wide
+show kubectl get ipin -o wide
+
 step "What imagepin exports to Prometheus (a few series)"
-curl -s http://127.0.0.1:18080/metrics | grep -E '^imagepin_(registry_requests_total|registry_cache_results_total|drifted_containers)' | sort || true
+curl -s http://127.0.0.1:18080/metrics | grep -E '^imagepin_(registry_requests_total|registry_cache_results_total|drifted_containers|workload_writes_total)' | sort || true
 
 step "A spec imagepin cannot honour is refused, naming the field"
 show kubectl patch ipin demo --type merge -p '{"spec":{"interval":"1s"}}' || true
