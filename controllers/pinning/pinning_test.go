@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -425,4 +426,58 @@ func TestRevertingActorIsNotFought(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, imageIs(t, ns, "synced", "app", app+"@"+a))
+}
+
+// A CronJob is pinned in its job template; a Job, whose pod template is
+// immutable, is reported and left alone.
+func TestCronJobIsPinnedAndJobIsLeftAlone(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	app := reg.Image("batch/app:v1")
+	a := reg.Push(t, "batch/app:v1")
+	labels := map[string]string{"app": "batch"}
+	podSpec := corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: "task", Image: app}}}
+	cj := &batchv1.CronJob{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "nightly", Labels: labels},
+		Spec: batchv1.CronJobSpec{Schedule: "0 3 * * *", JobTemplate: batchv1.JobTemplateSpec{
+			Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: podSpec}},
+		}},
+	}
+	job := &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "once", Labels: labels},
+		Spec:       batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: podSpec}},
+	}
+	create(t, cj, job)
+	pin := imagePin(ns, "batch", imagesv1alpha1.ModePin)
+	create(t, pin)
+
+	eventually(t, 30*time.Second, func() error {
+		var got batchv1.CronJob
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(cj), &got); err != nil {
+			return err
+		}
+		if img := got.Spec.JobTemplate.Spec.Template.Spec.Containers[0].Image; img != app+"@"+a {
+			return fmt.Errorf("CronJob image = %s, want %s@%s", img, app, a)
+		}
+		return nil
+	})
+	checksAfter(t, pin, time.Now())
+	var got batchv1.Job
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(job), &got); err != nil {
+		t.Fatal(err)
+	}
+	if img := got.Spec.Template.Spec.Containers[0].Image; img != app {
+		t.Fatalf("the Job was written: %s", img)
+	}
+	for _, img := range getPin(t, pin).Status.Images {
+		for _, w := range img.Workloads {
+			if w.Kind == imagesv1alpha1.KindJob && w.Name == "once" {
+				if fmt.Sprint(w.Drift) != "[Unpinned]" {
+					t.Fatalf("the Job is reported with drift %v, want [Unpinned]", w.Drift)
+				}
+				return
+			}
+		}
+	}
+	t.Fatal("the Job is not reported in status")
 }
