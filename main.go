@@ -37,6 +37,7 @@ import (
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/controllers"
+	"github.com/imagepin/imagepin/internal/pinhook"
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/workload"
 )
@@ -149,14 +150,21 @@ func runManager(o options) error {
 		return fmt.Errorf("set up the ImagePin controller: %w", err)
 	}
 	if o.enableWebhooks {
-		// No admission webhook is registered yet; the server starts once one is.
-		setupLog.Info("admission webhook: none registered in this version")
+		mgr.GetWebhookServer().Register(pinhook.Path, &webhook.Admission{Handler: &pinhook.Handler{
+			Reader:    mgr.GetClient(),
+			Resolver:  resolver,
+			Keychains: &registry.Keychains{Reader: mgr.GetClient(), Cloud: o.cloudKeychains},
+		}})
 	}
 
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add health check: %w", err)
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+	ready := healthz.Ping
+	if o.enableWebhooks {
+		ready = mgr.GetWebhookServer().StartedChecker()
+	}
+	if err := mgr.AddReadyzCheck("readyz", ready); err != nil {
 		return fmt.Errorf("add readiness check: %w", err)
 	}
 

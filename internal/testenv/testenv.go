@@ -48,6 +48,14 @@ func AssetsDir() string {
 	return filepath.Join(RepoRoot(), "bin", "k8s", KubernetesVersion)
 }
 
+// Scheme returns a scheme with the built-in types and the ImagePin API.
+func Scheme() *runtime.Scheme {
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(imagesv1alpha1.AddToScheme(scheme))
+	return scheme
+}
+
 // Start starts etcd and kube-apiserver and installs the CRDs. A missing
 // binary is an error, never a skip: run `make test`, which builds them.
 func Start() (*Env, error) {
@@ -57,10 +65,7 @@ func Start() (*Env, error) {
 			return nil, fmt.Errorf("control plane binary %s not found in %s (run `make test`, which builds it): %w", bin, assets, err)
 		}
 	}
-	scheme := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(imagesv1alpha1.AddToScheme(scheme))
-
+	scheme := Scheme()
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},

@@ -1,0 +1,279 @@
+// Package pinhook is the mutating admission webhook: it pins the images of
+// workloads and bare Pods as they are applied, when an ImagePin in Pin or
+// Follow mode in their namespace selects them, with the same selection,
+// filters, overrides and resolver as the controller.
+package pinhook
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/drift"
+	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/selection"
+)
+
+// Path is where the webhook is served.
+const Path = "/mutate-imagepin"
+
+// DefaultTimeout is the most a resolution that misses the cache may take
+// inside an admission request.
+const DefaultTimeout = 2 * time.Second
+
+// +kubebuilder:webhook:path=/mutate-imagepin,mutating=true,failurePolicy=ignore,sideEffects=None,groups="";apps;batch,resources=pods;deployments;statefulsets;daemonsets;jobs;cronjobs,verbs=create;update,versions=v1,name=pin.images.imagepin.dev,admissionReviewVersions=v1,timeoutSeconds=5,reinvocationPolicy=IfNeeded
+
+// Decisions, the decision label of imagepin_admission_decisions_total.
+const (
+	decisionPinned    = "pinned"
+	decisionUnchanged = "unchanged"
+	decisionWarned    = "warned"
+	decisionRefused   = "refused"
+)
+
+var (
+	admissionLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "imagepin_admission_duration_seconds",
+		Help:    "Time to answer an admission request, by decision.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2, 5},
+	}, []string{"decision"})
+	admissionDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "imagepin_admission_decisions_total",
+		Help: "Admission requests by decision: pinned, unchanged, warned (admitted unpinned), refused.",
+	}, []string{"decision"})
+)
+
+func init() {
+	ctrlmetrics.Registry.MustRegister(admissionLatency, admissionDecisions)
+}
+
+// Handler pins images at admission.
+type Handler struct {
+	// Reader reads ImagePins (the manager's cache).
+	Reader client.Reader
+	// Resolver is the process's shared resolver.
+	Resolver *registry.Resolver
+	// Keychains builds the object's credentials.
+	Keychains *registry.Keychains
+	// Timeout bounds a resolution that misses the cache; DefaultTimeout if 0.
+	Timeout time.Duration
+}
+
+// Handle answers one admission request.
+func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.Response {
+	start := time.Now()
+	resp, decision := h.handle(ctx, req)
+	admissionLatency.WithLabelValues(decision).Observe(time.Since(start).Seconds())
+	admissionDecisions.WithLabelValues(decision).Inc()
+	return resp
+}
+
+func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.Response, string) {
+	obj, kind, err := decode(req.Kind.Kind, req.Object.Raw)
+	if err != nil {
+		return admission.Errored(http.StatusBadRequest, err), decisionUnchanged
+	}
+	if kind == "" {
+		return admission.Allowed("imagepin does not pin " + req.Kind.Kind), decisionUnchanged
+	}
+	if kind == kindPod && metav1.GetControllerOf(obj.meta()) != nil {
+		return admission.Allowed("owned by a controller, whose template is pinned"), decisionUnchanged
+	}
+	pin, sel, err := h.selectingPin(ctx, req.Namespace, kind, obj.meta().GetLabels())
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
+	}
+	if pin == nil {
+		return admission.Allowed("no ImagePin in Pin or Follow mode selects this object"), decisionUnchanged
+	}
+
+	var old map[string]string
+	if req.Operation == admissionv1.Update && len(req.OldObject.Raw) > 0 {
+		if prev, _, err := decode(req.Kind.Kind, req.OldObject.Raw); err == nil {
+			old = pinnedImages(prev.podSpec())
+		}
+	}
+	kc, err := h.Keychains.ForPod(ctx, req.Namespace, obj.podSpec())
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
+	}
+	overrides := map[string]string{}
+	for _, o := range pin.Spec.Overrides {
+		overrides[o.Image] = string(o.Digest)
+	}
+
+	var warnings, failures []string
+	changed := false
+	timeout := h.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	for _, c := range containersOf(obj.podSpec()) {
+		// Not selected, or already naming a digest (pinned: idempotent; or
+		// malformed: the API server's to refuse, not imagepin's to mend).
+		if *c.image == "" || !sel.SelectsImage(*c.image) || strings.Contains(*c.image, "@") {
+			continue
+		}
+		ref := *c.image
+		digest, ok := overrides[ref]
+		if !ok {
+			// Re-applying a manifest that names the tag keeps the digest
+			// the workload already runs: no rollout for an unchanged spec.
+			if prev, found := old[c.name]; found && selection.StripDigest(prev) == ref {
+				digest = drift.DigestOfImage(prev)
+			}
+		}
+		if digest == "" {
+			res, err := h.Resolver.Resolve(ctx, registry.Request{Image: ref, Keychain: kc, TTL: sel.Interval, Timeout: timeout})
+			if err != nil {
+				failures = append(failures, fmt.Sprintf("%s: %v", ref, err))
+				continue
+			}
+			digest = res.Digest
+		}
+		*c.image = ref + "@" + digest
+		changed = true
+	}
+	if len(failures) > 0 {
+		if pin.Spec.FailurePolicy == imagesv1alpha1.FailurePolicyFail {
+			return admission.Denied(fmt.Sprintf("ImagePin %s (failurePolicy: Fail) could not pin %s", pin.Name, strings.Join(failures, "; "))), decisionRefused
+		}
+		for _, f := range failures {
+			warnings = append(warnings, fmt.Sprintf("imagepin: admitted unpinned, %s", f))
+		}
+	}
+	if !changed {
+		resp := admission.Allowed("nothing to pin").WithWarnings(warnings...)
+		if len(warnings) > 0 {
+			return resp, decisionWarned
+		}
+		return resp, decisionUnchanged
+	}
+	mutated, err := json.Marshal(obj.object())
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
+	}
+	resp := admission.PatchResponseFromRaw(req.Object.Raw, mutated).WithWarnings(warnings...)
+	if len(warnings) > 0 {
+		return resp, decisionWarned
+	}
+	return resp, decisionPinned
+}
+
+// selectingPin returns the ImagePin in Pin or Follow mode of the namespace
+// that selects an object, the first by name when several do.
+func (h *Handler) selectingPin(ctx context.Context, namespace string, kind imagesv1alpha1.WorkloadKind, labels map[string]string) (*imagesv1alpha1.ImagePin, *selection.Selection, error) {
+	var pins imagesv1alpha1.ImagePinList
+	if err := h.Reader.List(ctx, &pins, client.InNamespace(namespace)); err != nil {
+		return nil, nil, fmt.Errorf("list ImagePins in %s: %w", namespace, err)
+	}
+	sort.Slice(pins.Items, func(i, j int) bool { return pins.Items[i].Name < pins.Items[j].Name })
+	for i := range pins.Items {
+		p := &pins.Items[i]
+		if p.Spec.Suspend || (p.Spec.Mode != imagesv1alpha1.ModePin && p.Spec.Mode != imagesv1alpha1.ModeFollow) {
+			continue
+		}
+		sel, err := selection.Compile(&p.Spec)
+		if err != nil {
+			continue
+		}
+		// A bare Pod is selected by labels when the ImagePin selects every kind.
+		kindOK := sel.SelectsKind(kind) || (kind == kindPod && len(p.Spec.Kinds) == 0)
+		if kindOK && sel.SelectsLabels(labels) {
+			return p, sel, nil
+		}
+	}
+	return nil, nil, nil
+}
+
+const kindPod imagesv1alpha1.WorkloadKind = "Pod"
+
+// object is a decoded workload or Pod.
+type object struct {
+	obj  client.Object
+	spec *corev1.PodSpec
+}
+
+func (o object) meta() client.Object      { return o.obj }
+func (o object) podSpec() *corev1.PodSpec { return o.spec }
+func (o object) object() client.Object    { return o.obj }
+
+// decode reads the objects the webhook pins; kind is empty for others.
+func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error) {
+	var o object
+	var k imagesv1alpha1.WorkloadKind
+	switch kind {
+	case "Deployment":
+		d := &appsv1.Deployment{}
+		o, k = object{d, &d.Spec.Template.Spec}, imagesv1alpha1.KindDeployment
+	case "StatefulSet":
+		d := &appsv1.StatefulSet{}
+		o, k = object{d, &d.Spec.Template.Spec}, imagesv1alpha1.KindStatefulSet
+	case "DaemonSet":
+		d := &appsv1.DaemonSet{}
+		o, k = object{d, &d.Spec.Template.Spec}, imagesv1alpha1.KindDaemonSet
+	case "Job":
+		d := &batchv1.Job{}
+		o, k = object{d, &d.Spec.Template.Spec}, imagesv1alpha1.KindJob
+	case "CronJob":
+		d := &batchv1.CronJob{}
+		o, k = object{d, &d.Spec.JobTemplate.Spec.Template.Spec}, imagesv1alpha1.KindCronJob
+	case "Pod":
+		d := &corev1.Pod{}
+		o, k = object{d, &d.Spec}, kindPod
+	default:
+		return object{}, "", nil
+	}
+	if err := json.Unmarshal(raw, o.obj); err != nil {
+		return object{}, "", fmt.Errorf("decode %s: %w", kind, err)
+	}
+	return o, k, nil
+}
+
+type containerRef struct {
+	name  string
+	image *string
+}
+
+// containersOf lists every image field of a pod spec: init, regular and
+// ephemeral containers.
+func containersOf(spec *corev1.PodSpec) []containerRef {
+	var out []containerRef
+	for i := range spec.InitContainers {
+		out = append(out, containerRef{"init:" + spec.InitContainers[i].Name, &spec.InitContainers[i].Image})
+	}
+	for i := range spec.Containers {
+		out = append(out, containerRef{spec.Containers[i].Name, &spec.Containers[i].Image})
+	}
+	for i := range spec.EphemeralContainers {
+		out = append(out, containerRef{"ephemeral:" + spec.EphemeralContainers[i].Name, &spec.EphemeralContainers[i].Image})
+	}
+	return out
+}
+
+// pinnedImages maps container names to the images of an old object that
+// carry a digest.
+func pinnedImages(spec *corev1.PodSpec) map[string]string {
+	out := map[string]string{}
+	for _, c := range containersOf(spec) {
+		if drift.DigestOfImage(*c.image) != "" {
+			out[c.name] = *c.image
+		}
+	}
+	return out
+}

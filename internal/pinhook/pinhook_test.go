@@ -1,0 +1,300 @@
+package pinhook
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/registry/registrytest"
+	"github.com/imagepin/imagepin/internal/testenv"
+)
+
+// The webhook is served by a manager and registered with envtest's real
+// API server from config/webhook, as a cluster would call it.
+
+var (
+	cfg   *rest.Config
+	k8s   client.Client
+	reg   *registrytest.Registry
+	flaky *registrytest.Registry
+	// warnings collects the admission warnings the API server relays.
+	warnings = &warningCollector{}
+)
+
+type warningCollector struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (w *warningCollector) HandleWarningHeaderWithContext(_ context.Context, _ int, _ string, msg string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.msgs = append(w.msgs, msg)
+}
+
+func (w *warningCollector) take() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := w.msgs
+	w.msgs = nil
+	return out
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	ctrl.SetLogger(logr.Discard())
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: testenv.AssetsDir(),
+		CRDDirectoryPaths:     []string{filepath.Join(testenv.RepoRoot(), "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		WebhookInstallOptions: envtest.WebhookInstallOptions{Paths: []string{filepath.Join(testenv.RepoRoot(), "config", "webhook")}},
+	}
+	s := testenv.Scheme()
+	env.Scheme = s
+	var err error
+	if cfg, err = env.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = env.Stop() }()
+	warnCfg := rest.CopyConfig(cfg)
+	warnCfg.WarningHandlerWithContext = warnings
+	if k8s, err = client.New(warnCfg, client.Options{Scheme: s}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	reg, flaky = registrytest.New(), registrytest.New()
+	defer reg.Close()
+	defer flaky.Close()
+	resolver, err := registry.New(registry.Options{InsecureRegistries: []string{reg.Host, flaky.Host}, Timeout: 5 * time.Second, MaxStale: time.Hour})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	wo := env.WebhookInstallOptions
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:  s,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Host: wo.LocalServingHost, Port: wo.LocalServingPort, CertDir: wo.LocalServingCertDir,
+		}),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	mgr.GetWebhookServer().Register(Path, &webhook.Admission{Handler: &Handler{
+		Reader: mgr.GetClient(), Resolver: resolver, Keychains: &registry.Keychains{Reader: mgr.GetClient()},
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	code := m.Run()
+	cancel()
+	if err := <-done; err != nil {
+		fmt.Fprintln(os.Stderr, "manager:", err)
+		return 1
+	}
+	return code
+}
+
+func namespace(t *testing.T) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "hook-"}}
+	if err := k8s.Create(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
+func deployment(ns, name, app string, images ...string) *appsv1.Deployment {
+	labels := map[string]string{"app": app}
+	var cs []corev1.Container
+	for i, img := range images {
+		cs = append(cs, corev1.Container{Name: fmt.Sprintf("c%d", i), Image: img})
+	}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{Containers: cs}},
+		},
+	}
+}
+
+// pinFor creates a Pin ImagePin for app=<app> and waits until the
+// webhook's cache holds it (a Deployment created before would not be
+// pinned; that is the point of the cache, not a failure).
+func pinFor(t *testing.T, ns, app string, opts ...func(*imagesv1alpha1.ImagePin)) {
+	t.Helper()
+	p := &imagesv1alpha1.ImagePin{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: app},
+		Spec: imagesv1alpha1.ImagePinSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}},
+			Mode:     imagesv1alpha1.ModePin,
+		},
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	if err := k8s.Create(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	// Probe with a dry-run until the webhook pins: its cache has the pin.
+	probe := deployment(ns, "probe", app, reg.Image("probe/app:v1"))
+	reg.Push(t, "probe/app:v1")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		d := probe.DeepCopy()
+		if err := k8s.Create(context.Background(), d, client.DryRunAll); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(d.Spec.Template.Spec.Containers[0].Image, "@sha256:") {
+			warnings.take()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the webhook never pinned a probe: is it registered and serving?")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestDeploymentIsStoredPinned(t *testing.T) {
+	ns := namespace(t)
+	digest := reg.Push(t, "web/app:v1")
+	sidecar := reg.Push(t, "web/proxy:v2")
+	pinFor(t, ns, "web")
+
+	d := deployment(ns, "web", "web", reg.Image("web/app:v1"), reg.Image("web/proxy:v2"))
+	if err := k8s.Create(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	var got appsv1.Deployment
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(d), &got); err != nil {
+		t.Fatal(err)
+	}
+	cs := got.Spec.Template.Spec.Containers
+	if cs[0].Image != reg.Image("web/app:v1")+"@"+digest || cs[1].Image != reg.Image("web/proxy:v2")+"@"+sidecar {
+		t.Fatalf("stored images %s, %s; want both pinned", cs[0].Image, cs[1].Image)
+	}
+
+	// Applying the same tag-only manifest again keeps the digest it runs,
+	// even after the tag moved: no rollout for an unchanged spec.
+	reg.Push(t, "web/app:v1")
+	got.Spec.Template.Spec.Containers[0].Image = reg.Image("web/app:v1")
+	if err := k8s.Update(context.Background(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if img := got.Spec.Template.Spec.Containers[0].Image; img != reg.Image("web/app:v1")+"@"+digest {
+		t.Fatalf("re-applied tag-only manifest stored %s, want the digest it already ran (%s)", img, digest)
+	}
+	if got.Generation != 1 {
+		t.Fatalf("generation = %d after re-applying an unchanged manifest, want 1", got.Generation)
+	}
+}
+
+func TestOutsideTheSelectorIsUntouched(t *testing.T) {
+	ns := namespace(t)
+	reg.Push(t, "other/app:v1")
+	pinFor(t, ns, "web")
+	d := deployment(ns, "other", "other", reg.Image("other/app:v1"))
+	if err := k8s.Create(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	if img := d.Spec.Template.Spec.Containers[0].Image; img != reg.Image("other/app:v1") {
+		t.Fatalf("an unselected Deployment was mutated: %s", img)
+	}
+}
+
+func TestUnresolvableTagIsAdmittedWithAWarning(t *testing.T) {
+	ns := namespace(t)
+	pinFor(t, ns, "web")
+	d := deployment(ns, "ghost", "web", reg.Image("ghost/app:nope"))
+	start := time.Now()
+	if err := k8s.Create(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("admission took %s, beyond the webhook timeout", took)
+	}
+	if img := d.Spec.Template.Spec.Containers[0].Image; img != reg.Image("ghost/app:nope") {
+		t.Fatalf("stored %s, want it admitted unpinned", img)
+	}
+	ws := strings.Join(warnings.take(), "\n")
+	if !strings.Contains(ws, "admitted unpinned") || !strings.Contains(ws, reg.Image("ghost/app:nope")) || !strings.Contains(ws, "not found") {
+		t.Fatalf("warnings %q do not name the image and the reason", ws)
+	}
+}
+
+func TestRegistryDownWithFailurePolicyFailRefuses(t *testing.T) {
+	ns := namespace(t)
+	pinFor(t, ns, "strict", func(p *imagesv1alpha1.ImagePin) { p.Spec.FailurePolicy = imagesv1alpha1.FailurePolicyFail })
+	flaky.Push(t, "strict/app:v1")
+	flaky.SetDown(true)
+	defer flaky.SetDown(false)
+	d := deployment(ns, "strict", "strict", flaky.Image("strict/app:v1"))
+	err := k8s.Create(context.Background(), d)
+	if err == nil || !strings.Contains(err.Error(), "failurePolicy: Fail") || !strings.Contains(err.Error(), flaky.Image("strict/app:v1")) {
+		t.Fatalf("want a refusal naming the policy and the image, got %v", err)
+	}
+}
+
+func TestDryRunAndOwnedPods(t *testing.T) {
+	ns := namespace(t)
+	digest := reg.Push(t, "dry/app:v1")
+	pinFor(t, ns, "dry")
+	d := deployment(ns, "dry", "dry", reg.Image("dry/app:v1"))
+	if err := k8s.Create(context.Background(), d, client.DryRunAll); err != nil {
+		t.Fatal(err)
+	}
+	if img := d.Spec.Template.Spec.Containers[0].Image; img != reg.Image("dry/app:v1")+"@"+digest {
+		t.Fatalf("dry-run returned %s, want it pinned", img)
+	}
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(d), &appsv1.Deployment{}); err == nil {
+		t.Fatal("a dry-run stored the Deployment")
+	}
+
+	// A Pod with a controller is its template's business; a bare Pod is
+	// pinned like a workload.
+	owned := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "owned", Labels: map[string]string{"app": "dry"},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "rs", UID: "u1", Controller: new(true)}}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Image("dry/app:v1")}}},
+	}
+	bare := owned.DeepCopy()
+	bare.Name, bare.OwnerReferences = "bare", nil
+	if err := k8s.Create(context.Background(), owned); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(context.Background(), bare); err != nil {
+		t.Fatal(err)
+	}
+	if img := owned.Spec.Containers[0].Image; img != reg.Image("dry/app:v1") {
+		t.Fatalf("a Pod owned by a controller was mutated: %s", img)
+	}
+	if img := bare.Spec.Containers[0].Image; img != reg.Image("dry/app:v1")+"@"+digest {
+		t.Fatalf("a bare Pod was not pinned: %s", img)
+	}
+}
