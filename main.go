@@ -16,10 +16,11 @@ limitations under the License.
 
 // Command imagepin is the imagepin operator: without a subcommand it runs
 // the manager (the ImagePin controller, metrics, health probes and, when
-// enabled, the admission webhook).
+// enabled, the admission webhook); `imagepin pin` pins manifests in CI.
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -37,6 +38,7 @@ import (
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/controllers"
+	"github.com/imagepin/imagepin/internal/cli"
 	"github.com/imagepin/imagepin/internal/pinhook"
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/workload"
@@ -46,6 +48,9 @@ import (
 const leaderElectionID = "imagepin.images.imagepin.dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "pin" {
+		os.Exit(cli.Pin(context.Background(), os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "imagepin:", err)
 		os.Exit(1)

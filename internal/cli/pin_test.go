@@ -1,0 +1,144 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/imagepin/imagepin/internal/registry/registrytest"
+)
+
+// fixture copies testdata/<name> into a temporary directory with REGISTRY
+// replaced by the test registry's host, and returns its path.
+func fixture(t *testing.T, reg *registrytest.Registry, names ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range names {
+		raw, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), bytes.ReplaceAll(raw, []byte("REGISTRY"), []byte(reg.Host)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func run(t *testing.T, reg *registrytest.Registry, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	args = append(args, "--insecure-registry", reg.Host)
+	code = Pin(context.Background(), args, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestPinKeepsCommentsAndPinsEveryContainer(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	app := reg.Push(t, "team/app:v1")
+	migrate := reg.Push(t, "team/migrate:v3")
+	dir := fixture(t, reg, "deployment.yaml")
+	heads0, gets0 := reg.ManifestRequests() // the pushes' own
+
+	code, out, errs := run(t, reg, "", "-f", filepath.Join(dir, "deployment.yaml"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{
+		"# The web tier. Comments, key order and unrelated fields survive pinning.",
+		"name: web # the web app",
+		"team: payments",
+		"image: " + reg.Host + "/team/migrate:v3@" + migrate + " # runs first",
+		"image: " + reg.Host + "/team/app:v1@" + app + "\n",
+		"image: " + reg.Host + "/team/app:v1@sha256:" + strings.Repeat("a", 64), // already pinned: kept
+		"- {name: MODE, value: prod}",
+		"image: " + reg.Host + "/team/app:v1 # not a container: left alone",
+		"        - name: app", // sequence indentation kept
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "config.kubernetes.io/") || strings.Contains(out, "internal.config.kubernetes.io") {
+		t.Errorf("output carries reader annotations:\n%s", out)
+	}
+	heads, gets := reg.ManifestRequests()
+	if heads, gets = heads-heads0, gets-gets0; heads != 2 || gets != 0 {
+		t.Errorf("registry requests: %d HEADs, %d GETs; want one HEAD per distinct tag (2)", heads, gets)
+	}
+}
+
+func TestPinListsResourceListsAndStdin(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	app := reg.Push(t, "team/app:v1")
+	migrate := reg.Push(t, "team/migrate:v3")
+	dir := fixture(t, reg, "list.yaml", "resourcelist.yaml")
+
+	code, out, errs := run(t, reg, "", "-f", filepath.Join(dir, "list.yaml"))
+	if code != 0 || !strings.Contains(out, "image: "+reg.Host+"/team/app:v1@"+app) || !strings.Contains(out, "image: "+reg.Host+"/team/migrate:v3@"+migrate) {
+		t.Fatalf("List: exit %d, stderr %s, output:\n%s", code, errs, out)
+	}
+
+	raw, err := os.ReadFile(filepath.Join(dir, "resourcelist.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs = run(t, reg, string(raw), "-f", "-")
+	if code != 0 {
+		t.Fatalf("ResourceList: exit %d: %s", code, errs)
+	}
+	if !strings.Contains(out, "kind: ResourceList") || !strings.Contains(out, "image: "+reg.Host+"/team/app:v1@"+app) {
+		t.Fatalf("ResourceList not written back as one, pinned:\n%s", out)
+	}
+}
+
+func TestCheckListsUnpinnedImagesWithFileAndLine(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	dir := fixture(t, reg, "deployment.yaml", "list.yaml")
+	code, out, _ := run(t, reg, "", "--check", "-f", dir)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1 with unpinned images", code)
+	}
+	for _, want := range []string{
+		filepath.Join(dir, "deployment.yaml") + ":14: Deployment/web container migrate: " + reg.Host + "/team/migrate:v3 is not pinned",
+		filepath.Join(dir, "deployment.yaml") + ":17: Deployment/web container app:",
+		filepath.Join(dir, "list.yaml") + ":15: CronJob/nightly container task:",
+		filepath.Join(dir, "list.yaml") + ":22: Pod/debug container shell:",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--check output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "container pinned") {
+		t.Errorf("an image with a digest was listed:\n%s", out)
+	}
+	heads, _ := reg.ManifestRequests()
+	if heads != 0 {
+		t.Errorf("--check sent %d requests to the registry, want none", heads)
+	}
+}
+
+func TestUnresolvableAndMalformedAreClearErrors(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	dir := fixture(t, reg, "unresolvable.yaml", "malformed.yaml")
+
+	code, out, errs := run(t, reg, "", "-f", filepath.Join(dir, "unresolvable.yaml"))
+	if code != 1 || out != "" {
+		t.Fatalf("unresolvable: exit %d with output %q; want 1 and nothing written", code, out)
+	}
+	if want := filepath.Join(dir, "unresolvable.yaml") + ":7: Pod/ghost container ghost:"; !strings.Contains(errs, want) || !strings.Contains(errs, `tag "nope" not found`) {
+		t.Fatalf("unresolvable: stderr %q lacks %q and the reason", errs, want)
+	}
+
+	code, _, errs = run(t, reg, "", "-f", filepath.Join(dir, "malformed.yaml"))
+	if code != 1 || !strings.Contains(errs, filepath.Join(dir, "malformed.yaml")+": not valid YAML") || !strings.Contains(errs, "line") {
+		t.Fatalf("malformed: exit %d, stderr %q; want the file and line named", code, errs)
+	}
+}
