@@ -75,6 +75,15 @@ func TestInstallFromConfigDefault(t *testing.T) {
 		kubectl(t, nil, append([]string{"get", "-o", "name"}, strings.Fields(obj)...)...)
 	}
 
+	// The overlays with the webhook build, and the one without cert-manager
+	// (whose CRDs this cluster lacks) is accepted by the API server.
+	kubectl(t, nil, "kustomize", "config/with-webhook")
+	withWebhook := kubectl(t, nil, "kustomize", "config/with-webhook-own-certs")
+	if !strings.Contains(withWebhook, "kind: MutatingWebhookConfiguration") || !strings.Contains(withWebhook, "path: /mutate-imagepin") {
+		t.Fatalf("config/with-webhook-own-certs has no webhook configuration:\n%s", withWebhook)
+	}
+	kubectl(t, []byte(withWebhook), "apply", "--server-side", "--dry-run=server", "-f", "-")
+
 	sa := "system:serviceaccount:imagepin-system:imagepin-controller-manager"
 	tests := []struct {
 		verb, resource, namespace string
