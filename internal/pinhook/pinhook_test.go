@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -78,6 +79,20 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer func() { _ = env.Stop() }()
+	// kube-controller-manager makes ReplicaSets and Pods, so that a pinned
+	// Deployment's rollout can be counted.
+	dir, err := os.MkdirTemp("", "imagepin-pinhook-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	stopKCM, err := (&testenv.Env{Env: env, Config: cfg, Scheme: s}).StartControllerManager(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer stopKCM()
 	warnCfg := rest.CopyConfig(cfg)
 	warnCfg.WarningHandlerWithContext = warnings
 	if k8s, err = client.New(warnCfg, client.Options{Scheme: s}); err != nil {
@@ -203,8 +218,14 @@ func TestDeploymentIsStoredPinned(t *testing.T) {
 	// Applying the same tag-only manifest again keeps the digest it runs,
 	// even after the tag moved: no rollout for an unchanged spec.
 	reg.Push(t, "web/app:v1")
-	got.Spec.Template.Spec.Containers[0].Image = reg.Image("web/app:v1")
-	if err := k8s.Update(context.Background(), &got); err != nil {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(d), &got); err != nil {
+			return err
+		}
+		got.Spec.Template.Spec.Containers[0].Image = reg.Image("web/app:v1")
+		return k8s.Update(context.Background(), &got)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if img := got.Spec.Template.Spec.Containers[0].Image; img != reg.Image("web/app:v1")+"@"+digest {
@@ -296,5 +317,52 @@ func TestDryRunAndOwnedPods(t *testing.T) {
 	}
 	if img := bare.Spec.Containers[0].Image; img != reg.Image("dry/app:v1")+"@"+digest {
 		t.Fatalf("a bare Pod was not pinned: %s", img)
+	}
+}
+
+// A Deployment applied through the webhook arrives pinned: one ReplicaSet,
+// whose Pods (owned by it) are not mutated again, and no second rollout.
+func TestPinnedAtAdmissionRollsOutOnce(t *testing.T) {
+	ns := namespace(t)
+	digest := reg.Push(t, "once/app:v1")
+	pinFor(t, ns, "once")
+	d := deployment(ns, "once", "once", reg.Image("once/app:v1"))
+	if err := k8s.Create(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	want := reg.Image("once/app:v1") + "@" + digest
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var rss appsv1.ReplicaSetList
+		if err := k8s.List(context.Background(), &rss, client.InNamespace(ns), client.MatchingLabels{"app": "once"}); err != nil {
+			t.Fatal(err)
+		}
+		var pods corev1.PodList
+		if err := k8s.List(context.Background(), &pods, client.InNamespace(ns), client.MatchingLabels{"app": "once"}); err != nil {
+			t.Fatal(err)
+		}
+		if len(rss.Items) == 1 && len(pods.Items) == 1 {
+			if img := rss.Items[0].Spec.Template.Spec.Containers[0].Image; img != want {
+				t.Fatalf("ReplicaSet image %s, want %s", img, want)
+			}
+			if img := pods.Items[0].Spec.Containers[0].Image; img != want {
+				t.Fatalf("Pod image %s, want %s", img, want)
+			}
+			break
+		}
+		if len(rss.Items) > 1 {
+			t.Fatalf("%d ReplicaSets, want exactly one", len(rss.Items))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d ReplicaSets and %d Pods after 30s, want 1 and 1", len(rss.Items), len(pods.Items))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var got appsv1.Deployment
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(d), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Generation != 1 {
+		t.Fatalf("generation %d, want 1: the Deployment was stored pinned, not rewritten after", got.Generation)
 	}
 }

@@ -28,7 +28,9 @@ const KubernetesVersion = "v1.37.2"
 
 // Env is a running control plane.
 type Env struct {
-	env    *envtest.Environment
+	// Env is the envtest environment; tests that configure envtest
+	// themselves (webhooks) wrap theirs here to use the helpers.
+	Env    *envtest.Environment
 	Config *rest.Config
 	Scheme *runtime.Scheme
 }
@@ -76,13 +78,13 @@ func Start() (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start envtest control plane from %s: %w", assets, err)
 	}
-	return &Env{env: env, Config: cfg, Scheme: scheme}, nil
+	return &Env{Env: env, Config: cfg, Scheme: scheme}, nil
 }
 
 // Kubeconfig writes a kubeconfig for a cluster admin into dir and returns
 // its path, for tests that drive kubectl.
 func (e *Env) Kubeconfig(dir string) (string, error) {
-	admin, err := e.env.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	admin, err := e.Env.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
 		return "", fmt.Errorf("add admin user: %w", err)
 	}
@@ -140,8 +142,8 @@ func (e *Env) StartControllerManager(dir string) (stop func(), err error) {
 
 // Stop stops the control plane.
 func (e *Env) Stop() error {
-	if e == nil || e.env == nil {
+	if e == nil || e.Env == nil {
 		return errors.New("no control plane to stop")
 	}
-	return e.env.Stop()
+	return e.Env.Stop()
 }
