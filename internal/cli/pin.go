@@ -65,6 +65,8 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	timeout := fs.Duration("registry-timeout", registry.DefaultTimeout, "deadline of one tag resolution")
 	fs.Var(&insecure, "insecure-registry", "registry host reached over plain HTTP or TLS without verification; repeatable")
 	caFile := fs.String("registry-ca-file", "", "PEM CA certificates trusted for registries")
+	qps := fs.Float64("registry-qps", 50, "requests per second sent to each registry host")
+	burst := fs.Int("registry-burst", 50, "requests one registry host may get in a burst")
 	fs.Usage = func() {
 		say(stderr, "usage: imagepin pin [-f FILE|DIR|-]... [--check]")
 		say(stderr, "Pins every container image of the manifests to repo:tag@sha256:... and writes them to stdout.")
@@ -105,7 +107,7 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 0
 	}
 
-	resolver, err := registry.New(registry.Options{InsecureRegistries: insecure, CAFile: *caFile, Timeout: *timeout})
+	resolver, err := registry.New(registry.Options{InsecureRegistries: insecure, CAFile: *caFile, Timeout: *timeout, QPS: *qps, Burst: *burst})
 	if err != nil {
 		say(stderr, "imagepin pin:", err)
 		return 1

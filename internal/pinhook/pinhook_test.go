@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -134,7 +135,7 @@ func runTests(m *testing.M) int {
 	return code
 }
 
-func namespace(t *testing.T) string {
+func namespace(t testing.TB) string {
 	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "hook-"}}
 	if err := k8s.Create(context.Background(), ns); err != nil {
@@ -161,7 +162,7 @@ func deployment(ns, name, app string, images ...string) *appsv1.Deployment {
 // pinFor creates a Pin ImagePin for app=<app> and waits until the
 // webhook's cache holds it (a Deployment created before would not be
 // pinned; that is the point of the cache, not a failure).
-func pinFor(t *testing.T, ns, app string, opts ...func(*imagesv1alpha1.ImagePin)) {
+func pinFor(t testing.TB, ns, app string, opts ...func(*imagesv1alpha1.ImagePin)) {
 	t.Helper()
 	p := &imagesv1alpha1.ImagePin{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: app},
@@ -364,5 +365,46 @@ func TestPinnedAtAdmissionRollsOutOnce(t *testing.T) {
 	}
 	if got.Generation != 1 {
 		t.Fatalf("generation %d, want 1: the Deployment was stored pinned, not rewritten after", got.Generation)
+	}
+}
+
+// BenchmarkAdmission creates Deployments through the API server with the
+// webhook, on a cache hit (one tag for all) and a miss (a new tag each
+// time), against the same without an ImagePin (the webhook answers at once),
+// and reports p50 and p99 in milliseconds.
+func BenchmarkAdmission(b *testing.B) {
+	ns := namespace(b)
+	pinFor(b, ns, "bench")
+	reg.Push(b, "bench/app:v1")
+	for _, tc := range []struct {
+		name  string
+		app   string
+		image func(i int) string
+	}{
+		{"no-imagepin", "other", func(int) string { return reg.Image("bench/app:v1") }},
+		{"cache-hit", "bench", func(int) string { return reg.Image("bench/app:v1") }},
+		{"cache-miss", "bench", func(i int) string {
+			tag := fmt.Sprintf("bench/app:miss-%d-%d", time.Now().UnixNano(), i)
+			reg.Push(b, tag)
+			return reg.Image(tag)
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var times []time.Duration
+			for i := range b.N {
+				d := deployment(ns, fmt.Sprintf("%s-%d-%d", tc.name, time.Now().UnixNano(), i), tc.app, tc.image(i))
+				start := time.Now()
+				if err := k8s.Create(context.Background(), d); err != nil {
+					b.Fatal(err)
+				}
+				times = append(times, time.Since(start))
+			}
+			sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+			pct := func(p float64) float64 {
+				return float64(times[int(p*float64(len(times)-1))].Microseconds()) / 1000
+			}
+			b.ReportMetric(pct(0.50), "p50-ms")
+			b.ReportMetric(pct(0.99), "p99-ms")
+		})
 	}
 }
