@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -151,10 +152,10 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	}
 	if len(failures) > 0 {
 		if pin.Spec.FailurePolicy == imagesv1alpha1.FailurePolicyFail {
-			return admission.Denied(fmt.Sprintf("ImagePin %s (failurePolicy: Fail) could not pin %s", pin.Name, strings.Join(failures, "; "))), decisionRefused
+			return admission.Denied(warning(fmt.Sprintf("ImagePin %s (failurePolicy: Fail) could not pin %s", pin.Name, strings.Join(failures, "; ")))), decisionRefused
 		}
 		for _, f := range failures {
-			warnings = append(warnings, fmt.Sprintf("imagepin: admitted unpinned, %s", f))
+			warnings = append(warnings, warning(fmt.Sprintf("imagepin: admitted unpinned, %s", f)))
 		}
 	}
 	if !changed {
@@ -276,4 +277,28 @@ func pinnedImages(spec *corev1.PodSpec) map[string]string {
 		}
 	}
 	return out
+}
+
+// maxWarning keeps a warning well inside what the API server relays.
+const maxWarning = 1024
+
+// warning makes a message fit an HTTP Warning header: the API server drops a
+// warning with control characters (registries end error bodies with a
+// newline), and limits their size.
+func warning(msg string) string {
+	msg = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, msg)
+	msg = strings.Join(strings.Fields(msg), " ")
+	if len(msg) > maxWarning {
+		cut := maxWarning
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut] + "…"
+	}
+	return msg
 }

@@ -408,3 +408,27 @@ func BenchmarkAdmission(b *testing.B) {
 		})
 	}
 }
+
+// The registry stopped under the default failurePolicy: admitted unpinned
+// with a warning, inside the webhook's timeout.
+func TestRegistryDownIsAdmittedWithAWarning(t *testing.T) {
+	ns := namespace(t)
+	pinFor(t, ns, "lenient")
+	flaky.Push(t, "lenient/app:v1")
+	flaky.SetDown(true)
+	defer flaky.SetDown(false)
+	d := deployment(ns, "lenient", "lenient", flaky.Image("lenient/app:v1"))
+	start := time.Now()
+	if err := k8s.Create(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("admission took %s, beyond the webhook's 5s timeout", took)
+	}
+	if img := d.Spec.Template.Spec.Containers[0].Image; img != flaky.Image("lenient/app:v1") {
+		t.Fatalf("stored %s, want it admitted unpinned", img)
+	}
+	if ws := strings.Join(warnings.take(), "\n"); !strings.Contains(ws, "admitted unpinned") || !strings.Contains(ws, flaky.Image("lenient/app:v1")) {
+		t.Fatalf("warnings %q do not name the image", ws)
+	}
+}
