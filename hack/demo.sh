@@ -102,12 +102,26 @@ step "Install the ImagePin CRD"
 show kubectl apply -f config/crd/bases
 show kubectl wait --for condition=established --timeout=30s crd/imagepins.images.imagepin.dev
 
-step "Run imagepin (the manager) against both"
-ENABLE_WEBHOOKS=false bin/imagepin --kubeconfig "$KUBECONFIG" --insecure-registry "$REG" \
+step "Run imagepin (the manager and its admission webhook) against both"
+# A CA and a serving certificate for the webhook on 127.0.0.1, and the
+# webhook configuration of config/webhook pointed at it with that CA.
+certs=$WORK/certs
+mkdir -p "$certs"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=imagepin-demo-ca" -keyout "$certs/ca.key" -out "$certs/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$certs/tls.key" -out "$certs/tls.csr" 2>/dev/null
+echo "subjectAltName=IP:127.0.0.1" >"$certs/ext"
+openssl x509 -req -in "$certs/tls.csr" -CA "$certs/ca.crt" -CAkey "$certs/ca.key" -CAcreateserial -days 1 \
+	-extfile "$certs/ext" -out "$certs/tls.crt" 2>/dev/null
+bin/imagepin --kubeconfig "$KUBECONFIG" --insecure-registry "$REG" \
+	--webhook-cert-dir "$certs" --webhook-port 19443 \
 	--metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081 >"$WORK/imagepin.log" 2>&1 &
 manager_pid=$!
 wait_for 60 "imagepin to be ready (see tmp/demo/imagepin.log)" curl -sf http://127.0.0.1:18081/readyz
-echo "imagepin is running (pid $manager_pid); its log is tmp/demo/imagepin.log"
+ca=$(base64 -w0 <"$certs/ca.crt")
+sed -e '/^    service:$/,/^      path: /c\    url: https://127.0.0.1:19443/mutate-imagepin\n    caBundle: '"$ca" \
+	config/webhook/manifests.yaml >"$WORK/webhook.yaml"
+show kubectl apply -f "$WORK/webhook.yaml"
+echo "imagepin is running (pid $manager_pid), its webhook registered; its log is tmp/demo/imagepin.log"
 
 step "Deploy an app that names its image by tag"
 show kubectl create deployment demo --image="$REG/demo/myimage:v1" --replicas=2
@@ -178,8 +192,30 @@ show kubectl wait --for=jsonpath='{.spec.template.spec.containers[0].image}'="$R
 show kubectl get deployments -o wide
 show kubectl get ipin -o wide
 
+step "Pin on deploy: a new Deployment applied through the webhook arrives pinned"
+cat >"$WORK/web2.yaml" <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: demo-web2
+  labels: {app: demo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {tier: web2}}
+  template:
+    metadata: {labels: {tier: web2}}
+    spec:
+      containers:
+      - name: myimage
+        image: $REG/demo/myimage:v1
+EOF
+show kubectl apply -f "$WORK/web2.yaml"
+show kubectl get deployment demo-web2 -o jsonpath='{.spec.template.spec.containers[0].image}{"\n"}'
+echo "(the ImagePin's override holds this image at build 1, so the new Deployment starts there too)"
+show kubectl get replicasets -l tier=web2
+
 step "What imagepin exports to Prometheus (a few series)"
-curl -s http://127.0.0.1:18080/metrics | grep -E '^imagepin_(registry_requests_total|registry_cache_results_total|drifted_containers|workload_writes_total)' | sort || true
+curl -s http://127.0.0.1:18080/metrics | grep -E '^imagepin_(registry_requests_total|registry_cache_results_total|drifted_containers|workload_writes_total|admission_decisions_total)' | sort || true
 
 step "A spec imagepin cannot honour is refused, naming the field"
 show kubectl patch ipin demo --type merge -p '{"spec":{"interval":"1s"}}' || true
