@@ -81,7 +81,7 @@ push_build() {
 }
 
 step "Start a local control plane: etcd, kube-apiserver and kube-controller-manager from bin/"
-setsid bin/localcluster --assets "$K8S_DIR" --kubeconfig-out "$KUBECONFIG" >"$WORK/localcluster.log" 2>&1 &
+setsid bin/localcluster --assets "$K8S_DIR" --dir "$WORK" >"$WORK/localcluster.log" 2>&1 &
 cluster_pid=$!
 wait_for 90 "the local control plane (see tmp/demo/localcluster.log)" grep -q '^KUBECONFIG=' "$WORK/localcluster.log"
 head -1 "$WORK/localcluster.log"
