@@ -128,6 +128,10 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 		firstSeen: firstSeenOf(status),
 		platforms: r.Resolver.Platforms,
 	})
+	plan, err = r.ownWrites(ctx, pin, plan, workloads)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	blocked := r.applyWrites(ctx, pin, plan, obs)
 	setConflict(status, pin.Generation, pin.Spec.Mode, blocked)
 	return ctrl.Result{RequeueAfter: sel.Interval}, nil
@@ -279,4 +283,50 @@ func firstSeenOf(status *imagesv1alpha1.ImagePinStatus) map[string]time.Time {
 		}
 	}
 	return out
+}
+
+// ownWrites keeps the writes to workloads this ImagePin is the writer of:
+// when several ImagePins in Pin or Follow mode select one workload, the
+// first by name writes it (as the webhook pins with the first), so that two
+// ImagePins with different overrides never take turns rolling it out.
+func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.ImagePin, plan []workloadWrite, workloads []workload.Workload) ([]workloadWrite, error) {
+	if len(plan) == 0 {
+		return plan, nil
+	}
+	var pins imagesv1alpha1.ImagePinList
+	if err := r.List(ctx, &pins, client.InNamespace(pin.Namespace)); err != nil {
+		return nil, fmt.Errorf("list ImagePins in %s: %w", pin.Namespace, err)
+	}
+	labels := map[string]map[string]string{}
+	for _, w := range workloads {
+		labels[string(w.Kind)+"/"+w.Name()] = w.Object.GetLabels()
+	}
+	out := plan[:0:0]
+	for _, w := range plan {
+		if writer := writerOf(pins.Items, w.kind, labels[string(w.kind)+"/"+w.name]); writer == pin.Name {
+			out = append(out, w)
+		} else {
+			log.FromContext(ctx).V(1).Info("workload is written by another ImagePin", "kind", w.kind, "workload", w.name, "writer", writer)
+		}
+	}
+	return out, nil
+}
+
+// writerOf names the ImagePin that writes a workload: the first by name in
+// Pin or Follow mode, not suspended, whose spec is valid and selects it.
+func writerOf(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string) string {
+	writer := ""
+	for _, p := range pins {
+		if p.Spec.Suspend || (p.Spec.Mode != imagesv1alpha1.ModePin && p.Spec.Mode != imagesv1alpha1.ModeFollow) {
+			continue
+		}
+		sel, err := selection.Compile(&p.Spec)
+		if err != nil || !sel.SelectsKind(kind) || !sel.SelectsLabels(labels) {
+			continue
+		}
+		if writer == "" || p.Name < writer {
+			writer = p.Name
+		}
+	}
+	return writer
 }

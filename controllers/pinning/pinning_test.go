@@ -481,3 +481,30 @@ func TestCronJobIsPinnedAndJobIsLeftAlone(t *testing.T) {
 	}
 	t.Fatal("the Job is not reported in status")
 }
+
+// Two ImagePins in Pin mode with different overrides select one
+// Deployment: the first by name writes it, the other leaves it, and nothing
+// takes turns rolling it out.
+func TestTwoImagePinsDoNotFight(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	app := reg.Image("two/app:v1")
+	a := reg.Push(t, "two/app:v1")
+	b := reg.Push(t, "two/app:v1")
+	create(t, deployment(ns, "shared", "app="+app))
+	first := imagePin(ns, "shared", imagesv1alpha1.ModePin, func(p *imagesv1alpha1.ImagePin) {
+		p.Name = "a-holds"
+		p.Spec.Overrides = []imagesv1alpha1.ImageOverride{{Image: app, Digest: imagesv1alpha1.Digest(a)}}
+	})
+	second := imagePin(ns, "shared", imagesv1alpha1.ModePin, func(p *imagesv1alpha1.ImagePin) {
+		p.Name = "b-other"
+		p.Spec.Overrides = []imagesv1alpha1.ImageOverride{{Image: app, Digest: imagesv1alpha1.Digest(b)}}
+	})
+	create(t, first, second)
+	eventually(t, 30*time.Second, imageIs(t, ns, "shared", "app", app+"@"+a))
+	gen := rolloutOf(t, ns, "shared").generation
+	checksAfter(t, second, time.Now())
+	if r := rolloutOf(t, ns, "shared"); r.generation != gen || r.images["app"] != app+"@"+a {
+		t.Fatalf("the ImagePins took turns: generation %d -> %d, image %s", gen, r.generation, r.images["app"])
+	}
+}
