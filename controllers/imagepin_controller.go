@@ -285,10 +285,8 @@ func firstSeenOf(status *imagesv1alpha1.ImagePinStatus) map[string]time.Time {
 	return out
 }
 
-// ownWrites keeps the writes to workloads this ImagePin is the writer of:
-// when several ImagePins in Pin or Follow mode select one workload, the
-// first by name writes it (as the webhook pins with the first), so that two
-// ImagePins with different overrides never take turns rolling it out.
+// ownWrites keeps the writes to workloads this ImagePin is the writer of
+// (selection.Writer), the rule the webhook pins by.
 func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.ImagePin, plan []workloadWrite, workloads []workload.Workload) ([]workloadWrite, error) {
 	if len(plan) == 0 {
 		return plan, nil
@@ -303,30 +301,14 @@ func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.
 	}
 	out := plan[:0:0]
 	for _, w := range plan {
-		if writer := writerOf(pins.Items, w.kind, labels[string(w.kind)+"/"+w.name]); writer == pin.Name {
+		writer, _ := selection.Writer(pins.Items, w.kind, labels[string(w.kind)+"/"+w.name])
+		if writer != nil && writer.Name == pin.Name {
 			out = append(out, w)
-		} else {
-			log.FromContext(ctx).V(1).Info("workload is written by another ImagePin", "kind", w.kind, "workload", w.name, "writer", writer)
+			continue
+		}
+		if writer != nil {
+			log.FromContext(ctx).V(1).Info("workload is written by another ImagePin", "kind", w.kind, "workload", w.name, "writer", writer.Name)
 		}
 	}
 	return out, nil
-}
-
-// writerOf names the ImagePin that writes a workload: the first by name in
-// Pin or Follow mode, not suspended, whose spec is valid and selects it.
-func writerOf(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string) string {
-	writer := ""
-	for _, p := range pins {
-		if p.Spec.Suspend || (p.Spec.Mode != imagesv1alpha1.ModePin && p.Spec.Mode != imagesv1alpha1.ModeFollow) {
-			continue
-		}
-		sel, err := selection.Compile(&p.Spec)
-		if err != nil || !sel.SelectsKind(kind) || !sel.SelectsLabels(labels) {
-			continue
-		}
-		if writer == "" || p.Name < writer {
-			writer = p.Name
-		}
-	}
-	return writer
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -140,8 +141,9 @@ type conflictState struct {
 }
 
 // applyWrites writes the planned images, skipping workloads another actor
-// keeps reverting, and returns the workloads it stopped writing.
-func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha1.ImagePin, plan []workloadWrite, obs observation) []*conflictState {
+// keeps reverting, and returns the workloads it stopped writing, each as
+// "Kind/name by <managers>".
+func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha1.ImagePin, plan []workloadWrite, obs observation) []string {
 	current := map[string]string{}
 	generations := map[string]int64{}
 	for _, c := range obs.containers {
@@ -204,19 +206,13 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 		}
 	}
 
-	var blocked []*conflictState
-	keys := make([]string, 0)
+	var blocked []string
 	for k, st := range r.conflicts {
 		if strings.HasPrefix(k, prefix) && st.blocked {
-			keys = append(keys, k)
+			blocked = append(blocked, strings.TrimPrefix(k, prefix)+" by "+st.manager)
 		}
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		st := *r.conflicts[k]
-		st.manager = strings.TrimPrefix(k, prefix) + " by " + st.manager
-		blocked = append(blocked, &st)
-	}
+	sort.Strings(blocked)
 	return blocked
 }
 
@@ -294,8 +290,8 @@ func (r *ImagePinReconciler) otherManager(ctx context.Context, namespace string,
 		if mf.Manager == FieldManager || mf.FieldsV1 == nil {
 			continue
 		}
-		if ownsAnImage(mf.FieldsV1.GetRawBytes(), w.writes) && !contains(names, mf.Manager) {
-			names = append(names, fmt.Sprintf("%q", mf.Manager))
+		if quoted := fmt.Sprintf("%q", mf.Manager); ownsAnImage(mf.FieldsV1.GetRawBytes(), w.writes) && !slices.Contains(names, quoted) {
+			names = append(names, quoted)
 		}
 	}
 	if len(names) == 0 {
@@ -332,17 +328,8 @@ func ownsAnImage(raw []byte, writes []imageWrite) bool {
 	return found
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s || x == fmt.Sprintf("%q", s) {
-			return true
-		}
-	}
-	return false
-}
-
 // setConflict records which workloads imagepin stopped writing.
-func setConflict(status *imagesv1alpha1.ImagePinStatus, generation int64, mode imagesv1alpha1.Mode, blocked []*conflictState) {
+func setConflict(status *imagesv1alpha1.ImagePinStatus, generation int64, mode imagesv1alpha1.Mode, blocked []string) {
 	if mode != imagesv1alpha1.ModePin && mode != imagesv1alpha1.ModeFollow {
 		meta.RemoveStatusCondition(&status.Conditions, imagesv1alpha1.ConditionConflict)
 		return
@@ -351,13 +338,9 @@ func setConflict(status *imagesv1alpha1.ImagePinStatus, generation int64, mode i
 	if len(blocked) == 0 {
 		c.Status, c.Reason, c.Message = metav1.ConditionFalse, imagesv1alpha1.ReasonNoConflict, "nobody sets back the images imagepin writes"
 	} else {
-		var parts []string
-		for _, b := range blocked {
-			parts = append(parts, b.manager)
-		}
 		c.Status, c.Reason = metav1.ConditionTrue, imagesv1alpha1.ReasonImageReverted
 		c.Message = fmt.Sprintf("stopped writing %s after its image was set back %d times; imagepin tries again when this ImagePin's spec changes",
-			joinCapped(parts, 3), maxReverts)
+			joinCapped(blocked, 3), maxReverts)
 	}
 	meta.SetStatusCondition(&status.Conditions, c)
 }

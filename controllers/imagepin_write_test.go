@@ -85,27 +85,3 @@ func TestOwnsAnImage(t *testing.T) {
 		t.Error("a manager that owns no image was named")
 	}
 }
-
-func TestWriterOfIsTheFirstWritingImagePinByName(t *testing.T) {
-	pin := func(name string, mode imagesv1alpha1.Mode, suspend bool) imagesv1alpha1.ImagePin {
-		p := imagesv1alpha1.ImagePin{}
-		p.Name, p.Spec.Mode, p.Spec.Suspend = name, mode, suspend
-		return p
-	}
-	labels := map[string]string{"app": "web"}
-	for _, tc := range []struct {
-		name string
-		pins []imagesv1alpha1.ImagePin
-		want string
-	}{
-		{"one", []imagesv1alpha1.ImagePin{pin("web", imagesv1alpha1.ModePin, false)}, "web"},
-		{"first by name", []imagesv1alpha1.ImagePin{pin("z", imagesv1alpha1.ModeFollow, false), pin("a", imagesv1alpha1.ModePin, false)}, "a"},
-		{"observers do not write", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModeObserve, false), pin("b", imagesv1alpha1.ModePin, false)}, "b"},
-		{"suspended ones do not write", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModePin, true), pin("b", imagesv1alpha1.ModeFollow, false)}, "b"},
-		{"nobody", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModeObserve, false)}, ""},
-	} {
-		if got := writerOf(tc.pins, imagesv1alpha1.KindDeployment, labels); got != tc.want {
-			t.Errorf("%s: writer = %q, want %q", tc.name, got, tc.want)
-		}
-	}
-}

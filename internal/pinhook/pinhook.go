@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"sort"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -92,7 +91,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	if kind == "" {
 		return admission.Allowed("imagepin does not pin " + req.Kind.Kind), decisionUnchanged
 	}
-	if kind == kindPod && metav1.GetControllerOf(obj.meta()) != nil {
+	if kind == selection.KindPod && metav1.GetControllerOf(obj.meta()) != nil {
 		return admission.Allowed("owned by a controller, whose template is pinned"), decisionUnchanged
 	}
 	pin, sel, err := h.selectingPin(ctx, req.Namespace, kind, obj.meta().GetLabels())
@@ -176,33 +175,16 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	return resp, decisionPinned
 }
 
-// selectingPin returns the ImagePin in Pin or Follow mode of the namespace
-// that selects an object, the first by name when several do.
+// selectingPin returns the ImagePin of the namespace that pins an object
+// (selection.Writer), or nil.
 func (h *Handler) selectingPin(ctx context.Context, namespace string, kind imagesv1alpha1.WorkloadKind, labels map[string]string) (*imagesv1alpha1.ImagePin, *selection.Selection, error) {
 	var pins imagesv1alpha1.ImagePinList
 	if err := h.Reader.List(ctx, &pins, client.InNamespace(namespace)); err != nil {
 		return nil, nil, fmt.Errorf("list ImagePins in %s: %w", namespace, err)
 	}
-	sort.Slice(pins.Items, func(i, j int) bool { return pins.Items[i].Name < pins.Items[j].Name })
-	for i := range pins.Items {
-		p := &pins.Items[i]
-		if p.Spec.Suspend || (p.Spec.Mode != imagesv1alpha1.ModePin && p.Spec.Mode != imagesv1alpha1.ModeFollow) {
-			continue
-		}
-		sel, err := selection.Compile(&p.Spec)
-		if err != nil {
-			continue
-		}
-		// A bare Pod is selected by labels when the ImagePin selects every kind.
-		kindOK := sel.SelectsKind(kind) || (kind == kindPod && len(p.Spec.Kinds) == 0)
-		if kindOK && sel.SelectsLabels(labels) {
-			return p, sel, nil
-		}
-	}
-	return nil, nil, nil
+	pin, sel := selection.Writer(pins.Items, kind, labels)
+	return pin, sel, nil
 }
-
-const kindPod imagesv1alpha1.WorkloadKind = "Pod"
 
 // object is a decoded workload or Pod.
 type object struct {
@@ -236,7 +218,7 @@ func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error
 		o, k = object{d, &d.Spec.JobTemplate.Spec.Template.Spec}, imagesv1alpha1.KindCronJob
 	case "Pod":
 		d := &corev1.Pod{}
-		o, k = object{d, &d.Spec}, kindPod
+		o, k = object{d, &d.Spec}, selection.KindPod
 	default:
 		return object{}, "", nil
 	}

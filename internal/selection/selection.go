@@ -207,3 +207,36 @@ func StripDigest(image string) string {
 	}
 	return image
 }
+
+// KindPod names bare Pods, which the webhook pins: an ImagePin selects them
+// by labels when it selects every workload kind.
+const KindPod imagesv1alpha1.WorkloadKind = "Pod"
+
+// Writer returns the ImagePin that writes objects of kind with labels, and
+// its compiled selection: of the ImagePins in Pin or Follow mode, not
+// suspended, whose spec is valid and selects the object, the first by name;
+// nil when there is none. The controller writes only the workloads an
+// ImagePin is the writer of and the webhook pins with the writer, so two
+// ImagePins with different overrides never take turns.
+func Writer(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string) (*imagesv1alpha1.ImagePin, *Selection) {
+	var writer *imagesv1alpha1.ImagePin
+	var writerSel *Selection
+	for i := range pins {
+		p := &pins[i]
+		if p.Spec.Suspend || (p.Spec.Mode != imagesv1alpha1.ModePin && p.Spec.Mode != imagesv1alpha1.ModeFollow) {
+			continue
+		}
+		if writer != nil && p.Name >= writer.Name {
+			continue
+		}
+		sel, err := Compile(&p.Spec)
+		if err != nil {
+			continue
+		}
+		kindOK := sel.SelectsKind(kind) || (kind == KindPod && len(p.Spec.Kinds) == 0)
+		if kindOK && sel.SelectsLabels(labels) {
+			writer, writerSel = p, sel
+		}
+	}
+	return writer, writerSel
+}
