@@ -105,10 +105,22 @@ build: manifests generate fmt vet ## Build the imagepin binary into bin/imagepin
 run: manifests generate ## Run the manager against the cluster of $KUBECONFIG (webhooks off).
 	ENABLE_WEBHOOKS=false $(GO) run . --kubeconfig "$${KUBECONFIG:-$$HOME/.kube/config}"
 
+DEV_CLUSTER_DIR ?= tmp/dev-cluster
+
+.PHONY: dev-cluster
+dev-cluster: build control-plane $(REGISTRY) ## Start the local cluster in the background: control plane, registry, 3 simulated nodes, imagepin.
+	$(GO) build -o $(BIN)/devcluster ./hack/devcluster
+	KUBEBUILDER_ASSETS=$(K8S_DIR) $(BIN)/devcluster up --detach --dir $(DEV_CLUSTER_DIR) --manager $(BIN)/imagepin
+
+.PHONY: dev-cluster-down
+dev-cluster-down: ## Stop the local cluster `make dev-cluster` started, and every process it runs.
+	$(GO) build -o $(BIN)/devcluster ./hack/devcluster
+	$(BIN)/devcluster down --dir $(DEV_CLUSTER_DIR)
+
 .PHONY: demo
-demo: build control-plane $(REGISTRY) $(CRANE) ## Start a local cluster and registry, run imagepin, watch a tag move; clean up.
-	$(GO) build -o $(BIN)/localcluster ./hack/localcluster
-	K8S_DIR=$(K8S_DIR) REGISTRY_BIN=$(REGISTRY) CRANE=$(CRANE) hack/demo.sh
+demo: build control-plane $(REGISTRY) $(CRANE) ## Replay the mutable-tag story on the local cluster, narrated; clean up.
+	$(GO) build -o $(BIN)/devcluster ./hack/devcluster
+	KUBEBUILDER_ASSETS=$(K8S_DIR) K8S_DIR=$(K8S_DIR) CRANE=$(CRANE) hack/demo.sh
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine; none runs on the dev machines).

@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"bytes"
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -12,56 +9,25 @@ import (
 	"github.com/imagepin/imagepin/internal/testenv"
 )
 
-var (
-	env        *testenv.Env
-	kubeconfig string
-)
-
-func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	var err error
-	if env, err = testenv.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer func() { _ = env.Stop() }()
-	dir, err := os.MkdirTemp("", "imagepin-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	if kubeconfig, err = env.Kubeconfig(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return m.Run()
-}
-
-// kubectl runs the kubectl from bin/ against the test cluster.
-func kubectl(t *testing.T, stdin []byte, args ...string) string {
-	t.Helper()
-	bin := filepath.Join(testenv.AssetsDir(), "kubectl")
-	cmd := exec.Command(bin, append([]string{"--kubeconfig", kubeconfig}, args...)...)
-	cmd.Dir = testenv.RepoRoot()
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-	}
-	return stdout.String()
-}
-
 // config/default installs on a real API server as `kubectl apply -k` does,
 // and grants the manager's service account what the manager reads and
 // writes, and no more.
 func TestInstallFromConfigDefault(t *testing.T) {
+	// A control plane of its own: the story's cluster runs nodes, which
+	// would try to run the manager Deployment config/default makes.
+	env, err := testenv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	kubeconfig, err := env.Kubeconfig(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectl := func(t *testing.T, stdin []byte, args ...string) string {
+		t.Helper()
+		return kubectlAt(t, kubeconfig, stdin, args...)
+	}
 	manifests := kubectl(t, nil, "kustomize", "config/default")
 	kubectl(t, []byte(manifests), "apply", "--server-side", "-f", "-")
 
@@ -119,7 +85,7 @@ func TestInstallFromConfigDefault(t *testing.T) {
 		} else {
 			args = append(args, "--all-namespaces")
 		}
-		got := canI(t, args)
+		got := canI(t, kubeconfig, args)
 		if got != tt.want {
 			t.Errorf("service account can %s %s (namespace %q): %v, want %v", tt.verb, tt.resource, tt.namespace, got, tt.want)
 		}
@@ -127,7 +93,7 @@ func TestInstallFromConfigDefault(t *testing.T) {
 }
 
 // canI runs `kubectl auth can-i`, which exits 1 for "no".
-func canI(t *testing.T, args []string) bool {
+func canI(t *testing.T, kubeconfig string, args []string) bool {
 	t.Helper()
 	bin := filepath.Join(testenv.AssetsDir(), "kubectl")
 	out, err := exec.Command(bin, append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()

@@ -39,16 +39,32 @@ type Registry struct {
 	CAFile string
 	// CAPool holds that CA, for clients.
 	CAPool *x509.CertPool
+	// Dir holds the configuration, the data and registry.log.
+	Dir string
 
-	cmd     *exec.Cmd
-	dir     string
+	bin     string
+	ownDir  bool          // Dir was made by StartRegistry and is removed by Stop
+	cmd     *exec.Cmd     // nil while down
 	done    chan struct{} // closed when the process has exited
 	waitErr error         // how it exited, once done is closed
 }
 
-// StartRegistry starts bin/registry-<version> in a temporary directory. A
-// missing binary is an error, never a skip: `make test` builds it.
-func StartRegistry() (*Registry, error) {
+// RegistryOptions say where a registry keeps its files and listens.
+type RegistryOptions struct {
+	// Dir is the directory for configuration, data and log; empty makes a
+	// temporary one that Stop removes.
+	Dir string
+	// Addr is the "127.0.0.1:<port>" to listen on; empty picks a free port.
+	Addr string
+}
+
+// StartRegistry starts bin/registry-<version> in a temporary directory on a
+// free port. A missing binary is an error, never a skip: `make test` builds
+// it.
+func StartRegistry() (*Registry, error) { return StartRegistryWith(RegistryOptions{}) }
+
+// StartRegistryWith starts the registry as o says.
+func StartRegistryWith(o RegistryOptions) (*Registry, error) {
 	bin := filepath.Join(RepoRoot(), "bin", "registry-"+RegistryVersion)
 	if p := os.Getenv("IMAGEPIN_REGISTRY"); p != "" {
 		bin = p
@@ -56,46 +72,84 @@ func StartRegistry() (*Registry, error) {
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("distribution registry not found at %s (run `make test`, which builds it): %w", bin, err)
 	}
-	dir, err := os.MkdirTemp("", "imagepin-registry-")
-	if err != nil {
+	r := &Registry{Dir: o.Dir, Host: o.Addr, bin: bin, User: "imagepin", Password: "s3cret-" + randomHex(8)}
+	if r.Dir == "" {
+		dir, err := os.MkdirTemp("", "imagepin-registry-")
+		if err != nil {
+			return nil, err
+		}
+		r.Dir, r.ownDir = dir, true
+	} else if err := os.MkdirAll(r.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	r := &Registry{dir: dir, User: "imagepin", Password: "s3cret-" + randomHex(8)}
 	if err := r.writeConfig(); err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, err
-	}
-	log, err := os.Create(filepath.Join(dir, "registry.log"))
-	if err != nil {
-		return nil, err
-	}
-	r.cmd = exec.Command(bin, "serve", filepath.Join(dir, "config.yml"))
-	r.cmd.Stdout, r.cmd.Stderr = log, log
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := r.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start registry: %w", err)
-	}
-	r.done = make(chan struct{})
-	go func() { r.waitErr = r.cmd.Wait(); close(r.done) }()
-	if err := r.waitReady(); err != nil {
-		out, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
 		_ = r.Stop()
-		return nil, fmt.Errorf("%w\nregistry log:\n%s", err, out)
+		return nil, err
+	}
+	if err := r.Up(); err != nil {
+		_ = r.Stop()
+		return nil, err
 	}
 	return r, nil
 }
 
+// Up starts the registry process if it is down, on the same address with
+// the same data and credentials, and waits until it answers.
+func (r *Registry) Up() error {
+	if r.cmd != nil {
+		return nil
+	}
+	log, err := os.OpenFile(filepath.Join(r.Dir, "registry.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(r.bin, "serve", filepath.Join(r.Dir, "config.yml"))
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		_ = log.Close()
+		return fmt.Errorf("start registry: %w", err)
+	}
+	r.cmd, r.done = cmd, make(chan struct{})
+	go func(done chan struct{}) { r.waitErr = cmd.Wait(); _ = log.Close(); close(done) }(r.done)
+	if err := r.waitReady(); err != nil {
+		out, _ := os.ReadFile(filepath.Join(r.Dir, "registry.log"))
+		_ = r.Down()
+		return fmt.Errorf("%w\nregistry log:\n%s", err, out)
+	}
+	return nil
+}
+
+// Down stops the registry process and keeps its data, address and
+// credentials, as a registry outage does; Up brings it back.
+func (r *Registry) Down() error {
+	if r.cmd == nil {
+		return nil
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		_ = r.cmd.Process.Kill()
+		<-r.done
+	}
+	r.cmd = nil
+	return nil
+}
+
 func (r *Registry) writeConfig() error {
-	port, err := freePort()
+	if r.Host == "" {
+		port, err := FreePort()
+		if err != nil {
+			return err
+		}
+		r.Host = fmt.Sprintf("127.0.0.1:%d", port)
+	}
+	caPEM, certPEM, keyPEM, err := MakeCerts("imagepin test CA")
 	if err != nil {
 		return err
 	}
-	r.Host = fmt.Sprintf("127.0.0.1:%d", port)
-	caPEM, certPEM, keyPEM, err := makeCerts()
-	if err != nil {
-		return err
-	}
-	r.CAFile = filepath.Join(r.dir, "ca.pem")
+	r.CAFile = filepath.Join(r.Dir, "ca.pem")
 	r.CAPool = x509.NewCertPool()
 	r.CAPool.AppendCertsFromPEM(caPEM)
 	hash, err := bcrypt.GenerateFromPassword([]byte(r.Password), bcrypt.MinCost)
@@ -127,10 +181,10 @@ auth:
   htpasswd:
     realm: imagepin-test
     path: %[1]s/htpasswd
-`, r.dir, r.Host),
+`, r.Dir, r.Host),
 	}
 	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(r.dir, name), data, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(r.Dir, name), data, 0o600); err != nil {
 			return err
 		}
 	}
@@ -159,18 +213,21 @@ func (r *Registry) waitReady() error {
 	return errors.New("registry did not answer on " + r.Host + " within 30s")
 }
 
-// Stop stops the registry and removes its files.
+// Transport returns an HTTP transport that trusts the registry's CA.
+func (r *Registry) Transport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = &tls.Config{RootCAs: r.CAPool, MinVersion: tls.VersionTLS12}
+	return t
+}
+
+// Stop stops the registry, and removes its files when StartRegistry made
+// the directory.
 func (r *Registry) Stop() error {
-	if r.cmd != nil && r.cmd.Process != nil {
-		_ = r.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-r.done:
-		case <-time.After(10 * time.Second):
-			_ = r.cmd.Process.Kill()
-			<-r.done
-		}
+	_ = r.Down()
+	if r.ownDir {
+		return os.RemoveAll(r.Dir)
 	}
-	return os.RemoveAll(r.dir)
+	return nil
 }
 
 // DockerConfigJSON returns a .dockerconfigjson for host with user and
@@ -179,7 +236,8 @@ func DockerConfigJSON(host, user, password string) []byte {
 	return fmt.Appendf(nil, `{"auths":{%q:{"username":%q,"password":%q}}}`, host, user, password)
 }
 
-func freePort() (int, error) {
+// FreePort returns a TCP port on 127.0.0.1 that nothing listens on.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -188,16 +246,16 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// makeCerts makes a CA and a server certificate for 127.0.0.1 and
-// localhost signed by it.
-func makeCerts() (caPEM, certPEM, keyPEM []byte, err error) {
+// MakeCerts makes a CA named caName and a serving certificate for
+// 127.0.0.1 and localhost signed by it, all PEM.
+func MakeCerts(caName string) (caPEM, certPEM, keyPEM []byte, err error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	now := time.Now()
 	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "imagepin test CA"},
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: caName},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	}

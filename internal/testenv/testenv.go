@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -99,8 +100,9 @@ func (e *Env) Kubeconfig(dir string) (string, error) {
 // StartControllerManager runs kube-controller-manager from the assets
 // directory against the control plane, with the controllers that turn
 // workloads into ReplicaSets, Jobs and Pods, so that a Deployment rolls out
-// for real. It stops with the returned function.
-func (e *Env) StartControllerManager(dir string) (stop func(), err error) {
+// for real; extra names more controllers, as --controllers spells them. It
+// stops with the returned function.
+func (e *Env) StartControllerManager(dir string, extra ...string) (stop func(), err error) {
 	kubeconfig, err := e.Kubeconfig(dir)
 	if err != nil {
 		return nil, err
@@ -117,7 +119,8 @@ func (e *Env) StartControllerManager(dir string) (stop func(), err error) {
 		"--kubeconfig="+kubeconfig,
 		"--authentication-kubeconfig="+kubeconfig,
 		"--authorization-kubeconfig="+kubeconfig,
-		"--controllers=deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,job-controller,cronjob-controller,garbage-collector-controller",
+		"--controllers="+strings.Join(append([]string{"deployment-controller", "replicaset-controller", "statefulset-controller",
+			"daemonset-controller", "job-controller", "cronjob-controller", "garbage-collector-controller"}, extra...), ","),
 		"--leader-elect=false",
 		"--secure-port=0",
 	)

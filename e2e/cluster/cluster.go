@@ -1,0 +1,484 @@
+// Package cluster starts the local cluster the end-to-end tests, `make
+// dev-cluster` and `make demo` run on, from the binaries `make` builds into
+// bin/: etcd and kube-apiserver (through envtest, with the ServiceAccount
+// admission plugin on, as in a real cluster), kube-controller-manager, the
+// distribution registry with htpasswd auth and TLS from a generated CA, the
+// node simulator (package nodesim) standing in for the scheduler and the
+// kubelets, and the imagepin manager as its own process with its admission
+// webhook registered. Stop stops every process Start started.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/imagepin/imagepin/e2e/nodesim"
+	"github.com/imagepin/imagepin/internal/testenv"
+)
+
+// PullSecret is the name of the docker-registry Secret Start puts in each
+// namespace of Options.Namespaces, and that namespace's default
+// ServiceAccount names, as a cluster admin sets up a private registry.
+const PullSecret = "regcred"
+
+// Options say how to start the cluster.
+type Options struct {
+	// Dir holds the kubeconfig, the logs, the certificates and the
+	// registry's data. It is created if missing.
+	Dir string
+	// RegistryAddr is where the registry listens ("127.0.0.1:<port>");
+	// empty picks a free port.
+	RegistryAddr string
+	// Manager is the imagepin binary; empty builds one into Dir.
+	Manager string
+	// ManagerArgs are added to the manager's flags.
+	ManagerArgs []string
+	// Namespaces get the pull secret on their default ServiceAccount;
+	// "default" when empty. They are created if missing.
+	Namespaces []string
+	// Log receives progress lines; nil discards them.
+	Log io.Writer
+}
+
+// Cluster is a running local cluster.
+type Cluster struct {
+	// Env is the control plane; Env.Config is an admin's rest config.
+	Env *testenv.Env
+	// Client is an admin client with the built-in types and ImagePin.
+	Client client.Client
+	// Kubeconfig is an admin kubeconfig file.
+	Kubeconfig string
+	// Registry is the distribution registry.
+	Registry *testenv.Registry
+	// DockerConfig is a directory holding a config.json with the
+	// registry's credentials, for crane and other push tools.
+	DockerConfig string
+	// Manager is the imagepin manager process.
+	Manager *Manager
+	// Nodes are the simulated nodes.
+	Nodes *nodesim.Simulator
+
+	opts      Options
+	log       io.Writer
+	stopKCM   func()
+	stopNodes context.CancelFunc
+	nodesDone chan error
+	webhook   webhookServing
+}
+
+// webhookServing is where the manager serves its webhook.
+type webhookServing struct {
+	certDir string
+	caPEM   []byte
+	port    int
+}
+
+// Start starts everything. On error it stops what it started.
+func Start(ctx context.Context, o Options) (c *Cluster, err error) {
+	if o.Dir == "" {
+		return nil, errors.New("cluster: Options.Dir is required")
+	}
+	if len(o.Namespaces) == 0 {
+		o.Namespaces = []string{"default"}
+	}
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	if o.Dir, err = filepath.Abs(o.Dir); err != nil {
+		return nil, err
+	}
+	c = &Cluster{opts: o, log: o.Log}
+	if c.log == nil {
+		c.log = io.Discard
+	}
+	defer func() {
+		if err != nil {
+			c.Stop()
+			c = nil
+		}
+	}()
+
+	if o.Manager == "" {
+		c.logf("building the imagepin manager")
+		if o.Manager, err = BuildManager(o.Dir); err != nil {
+			return c, err
+		}
+		c.opts.Manager = o.Manager
+	}
+
+	c.logf("starting etcd and kube-apiserver from %s", testenv.AssetsDir())
+	if err := c.startControlPlane(); err != nil {
+		return c, err
+	}
+	c.logf("starting kube-controller-manager")
+	if c.stopKCM, err = c.Env.StartControllerManager(o.Dir, "serviceaccount-controller"); err != nil {
+		return c, err
+	}
+
+	c.logf("starting the registry (htpasswd auth, TLS)")
+	if c.Registry, err = testenv.StartRegistryWith(testenv.RegistryOptions{Dir: filepath.Join(o.Dir, "registry"), Addr: o.RegistryAddr}); err != nil {
+		return c, err
+	}
+	if err := c.writeDockerConfig(); err != nil {
+		return c, err
+	}
+	for _, ns := range o.Namespaces {
+		if err := c.AddPullSecret(ctx, ns); err != nil {
+			return c, err
+		}
+	}
+
+	c.logf("starting the node simulator")
+	if err := c.startNodes(); err != nil {
+		return c, err
+	}
+
+	c.logf("starting the imagepin manager")
+	if err := c.makeWebhookCerts(); err != nil {
+		return c, err
+	}
+	if c.Manager, err = c.StartManager(ctx, "imagepin"); err != nil {
+		return c, err
+	}
+	if err := c.registerWebhook(ctx); err != nil {
+		return c, err
+	}
+	return c, c.writeEnv()
+}
+
+func (c *Cluster) logf(format string, args ...any) {
+	_, _ = fmt.Fprintf(c.log, format+"\n", args...)
+}
+
+func (c *Cluster) startControlPlane() error {
+	assets := testenv.AssetsDir()
+	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+		if _, err := os.Stat(filepath.Join(assets, bin)); err != nil {
+			return fmt.Errorf("control plane binary %s not found in %s (run `make control-plane`): %w", bin, assets, err)
+		}
+	}
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		CRDDirectoryPaths:     []string{filepath.Join(testenv.RepoRoot(), "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		Scheme:                testenv.Scheme(),
+	}
+	// envtest turns the ServiceAccount admission plugin off because it runs
+	// no controller that makes ServiceAccounts; this cluster runs one, so
+	// pods get their ServiceAccount's pull secrets as in a real cluster.
+	env.ControlPlane.GetAPIServer().Configure().Disable("disable-admission-plugins")
+	cfg, err := env.Start()
+	if err != nil {
+		return fmt.Errorf("start the control plane from %s: %w", assets, err)
+	}
+	c.Env = &testenv.Env{Env: env, Config: cfg, Scheme: env.Scheme}
+	if c.Client, err = client.New(cfg, client.Options{Scheme: env.Scheme}); err != nil {
+		return err
+	}
+	c.Kubeconfig, err = c.Env.Kubeconfig(c.opts.Dir)
+	return err
+}
+
+// writeDockerConfig writes DockerConfig/config.json, as `docker login`
+// would, and the registry's CA next to it.
+func (c *Cluster) writeDockerConfig() error {
+	c.DockerConfig = filepath.Join(c.opts.Dir, "docker")
+	if err := os.MkdirAll(c.DockerConfig, 0o700); err != nil {
+		return err
+	}
+	r := c.Registry
+	return os.WriteFile(filepath.Join(c.DockerConfig, "config.json"), testenv.DockerConfigJSON(r.Host, r.User, r.Password), 0o600)
+}
+
+// AddPullSecret creates namespace ns if missing, puts the registry's
+// credentials in it as the Secret PullSecret, and names that Secret in the
+// namespace's default ServiceAccount once kube-controller-manager has made
+// it.
+func (c *Cluster) AddPullSecret(ctx context.Context, ns string) error {
+	if err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", ns, err)
+	}
+	r := c.Registry
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: PullSecret, Namespace: ns},
+		Type:       corev1.SecretTypeDockerConfigJson,
+		Data:       map[string][]byte{corev1.DockerConfigJsonKey: testenv.DockerConfigJSON(r.Host, r.User, r.Password)},
+	}
+	if err := c.Client.Create(ctx, secret); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create pull secret in %s: %w", ns, err)
+	}
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		sa := &corev1.ServiceAccount{}
+		if err := c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "default"}, sa); err != nil {
+			return false, client.IgnoreNotFound(err)
+		}
+		for _, ref := range sa.ImagePullSecrets {
+			if ref.Name == PullSecret {
+				return true, nil
+			}
+		}
+		sa.ImagePullSecrets = append(sa.ImagePullSecrets, corev1.LocalObjectReference{Name: PullSecret})
+		if err := c.Client.Update(ctx, sa); err != nil {
+			return false, client.IgnoreAlreadyExists(ignoreConflict(err))
+		}
+		return true, nil
+	})
+}
+
+func ignoreConflict(err error) error {
+	if apierrors.IsConflict(err) {
+		return nil
+	}
+	return err
+}
+
+func (c *Cluster) startNodes() error {
+	sim, err := nodesim.New(c.Env.Config, nodesim.Options{Transport: c.Registry.Transport(), Log: logr.Discard()})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.Nodes, c.stopNodes, c.nodesDone = sim, cancel, make(chan error, 1)
+	go func() { c.nodesDone <- sim.Run(ctx) }()
+	return wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		select {
+		case err := <-c.nodesDone:
+			c.nodesDone <- err
+			return false, fmt.Errorf("node simulator stopped: %w", err)
+		default:
+		}
+		var nodes corev1.NodeList
+		err := c.Client.List(ctx, &nodes)
+		return err == nil && len(nodes.Items) >= 3, nil
+	})
+}
+
+func (c *Cluster) makeWebhookCerts() error {
+	caPEM, certPEM, keyPEM, err := testenv.MakeCerts("imagepin webhook CA")
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(c.opts.Dir, "webhook-certs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{"ca.crt": caPEM, "tls.crt": certPEM, "tls.key": keyPEM} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	port, err := testenv.FreePort()
+	if err != nil {
+		return err
+	}
+	c.webhook = webhookServing{certDir: dir, caPEM: caPEM, port: port}
+	return nil
+}
+
+// registerWebhook installs config/webhook's MutatingWebhookConfiguration,
+// pointed at the manager on 127.0.0.1 with the CA that signed its
+// certificate, and waits until the API server calls it.
+func (c *Cluster) registerWebhook(ctx context.Context) error {
+	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "webhook", "manifests.yaml"))
+	if err != nil {
+		return err
+	}
+	var cfg admissionregistrationv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict([]byte(strings.TrimPrefix(string(raw), "---\n")), &cfg); err != nil {
+		return fmt.Errorf("config/webhook/manifests.yaml: %w", err)
+	}
+	cfg.Name = "imagepin-mutating-webhook-configuration"
+	for i := range cfg.Webhooks {
+		path := "/mutate-imagepin"
+		if svc := cfg.Webhooks[i].ClientConfig.Service; svc != nil && svc.Path != nil {
+			path = *svc.Path
+		}
+		url := fmt.Sprintf("https://127.0.0.1:%d%s", c.webhook.port, path)
+		cfg.Webhooks[i].ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: c.webhook.caPEM}
+	}
+	if err := c.Client.Create(ctx, &cfg); err != nil {
+		return fmt.Errorf("register the webhook: %w", err)
+	}
+	return nil
+}
+
+// writeEnv writes Dir/env, a shell file exporting what a user of the
+// cluster needs: KUBECONFIG, REGISTRY, DOCKER_CONFIG, REGISTRY_CA and
+// IMAGEPIN_METRICS.
+func (c *Cluster) writeEnv() error {
+	env := fmt.Sprintf(`export KUBECONFIG=%q
+export REGISTRY=%q
+export DOCKER_CONFIG=%q
+export REGISTRY_CA=%q
+export IMAGEPIN_METRICS=%q
+`, c.Kubeconfig, c.Registry.Host, c.DockerConfig, c.Registry.CAFile, c.Manager.MetricsURL)
+	return os.WriteFile(filepath.Join(c.opts.Dir, "env"), []byte(env), 0o600)
+}
+
+// Stop stops every process Start started, the last started first. It is
+// safe on a partly started cluster.
+func (c *Cluster) Stop() {
+	if c == nil {
+		return
+	}
+	if c.Manager != nil {
+		c.Manager.Stop()
+	}
+	if c.stopNodes != nil {
+		c.stopNodes()
+		select {
+		case err := <-c.nodesDone:
+			if err != nil {
+				c.logf("node simulator: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			c.logf("node simulator: still stopping after 10s")
+		}
+	}
+	if c.Registry != nil {
+		_ = c.Registry.Stop()
+	}
+	if c.stopKCM != nil {
+		c.stopKCM()
+	}
+	if c.Env != nil {
+		_ = c.Env.Stop()
+	}
+}
+
+// BuildManager builds the imagepin binary into dir and returns its path.
+func BuildManager(dir string) (string, error) {
+	out := filepath.Join(dir, "imagepin")
+	cmd := exec.Command("go", "build", "-o", out, ".")
+	cmd.Dir = testenv.RepoRoot()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build imagepin: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+// Manager is one running imagepin manager process.
+type Manager struct {
+	Name string
+	// MetricsURL is its Prometheus endpoint.
+	MetricsURL string
+	// LogFile is where its output goes.
+	LogFile string
+
+	cmd  *exec.Cmd
+	done chan struct{}
+	once sync.Once
+}
+
+// StartManager starts an imagepin manager process named name (its log is
+// Dir/<name>.log), serving the webhook registered for the cluster, and
+// waits until it is ready. Only one manager serves the webhook port at a
+// time; others (HA tests) get their own with extra args.
+func (c *Cluster) StartManager(ctx context.Context, name string, extra ...string) (*Manager, error) {
+	metricsPort, err := testenv.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	probePort, err := testenv.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{
+		"--kubeconfig=" + c.Kubeconfig,
+		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
+		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort),
+		"--webhook-cert-dir=" + c.webhook.certDir,
+		fmt.Sprintf("--webhook-port=%d", c.webhook.port),
+		"--registry-ca-file=" + c.Registry.CAFile,
+		// Nothing here has a cloud identity; asking for one only waits.
+		"--cloud-keychains=false",
+	}
+	args = append(append(args, c.opts.ManagerArgs...), extra...)
+	m := &Manager{
+		Name:       name,
+		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort),
+		LogFile:    filepath.Join(c.opts.Dir, name+".log"),
+		done:       make(chan struct{}),
+	}
+	log, err := os.OpenFile(m.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	m.cmd = exec.Command(c.opts.Manager, args...)
+	m.cmd.Stdout, m.cmd.Stderr = log, log
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := m.cmd.Start(); err != nil {
+		_ = log.Close()
+		return nil, fmt.Errorf("start the imagepin manager: %w", err)
+	}
+	go func() { _ = m.cmd.Wait(); _ = log.Close(); close(m.done) }()
+
+	ready := fmt.Sprintf("http://127.0.0.1:%d/readyz", probePort)
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		select {
+		case <-m.done:
+			return false, fmt.Errorf("the imagepin manager exited; see %s", m.LogFile)
+		default:
+		}
+		return httpOK(ctx, ready), nil
+	})
+	if err != nil {
+		m.Stop()
+		return nil, err
+	}
+	return m, nil
+}
+
+// Stop stops the manager as a rollout does (SIGTERM), waiting for it.
+func (m *Manager) Stop() {
+	m.once.Do(func() {
+		_ = m.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-m.done:
+		case <-time.After(15 * time.Second):
+			_ = m.cmd.Process.Kill()
+			<-m.done
+		}
+	})
+}
+
+// Kill kills the manager without warning (SIGKILL), as a node failure does.
+func (m *Manager) Kill() {
+	m.once.Do(func() {
+		_ = m.cmd.Process.Kill()
+		<-m.done
+	})
+}
+
+func httpOK(ctx context.Context, url string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
