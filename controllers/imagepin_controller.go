@@ -48,14 +48,14 @@ type ImagePinReconciler struct {
 	conflicts  map[string]*conflictState
 }
 
-// +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins,verbs=get;list;watch
-// +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins/status,verbs=get;patch
-// +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins,verbs=list;watch
+// +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins/status,verbs=patch
+// +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch;patch
-// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=list;watch
 // +kubebuilder:rbac:groups=batch,resources=cronjobs,verbs=get;list;watch;patch
-// +kubebuilder:rbac:groups="",resources=pods;serviceaccounts,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods;serviceaccounts,verbs=list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile computes an ImagePin's status once and patches it once, only

@@ -62,7 +62,8 @@ func TestInstallFromConfigDefault(t *testing.T) {
 		{"watch", "pods", "", true},
 		{"list", "replicasets.apps", "", true},
 		{"watch", "secrets", "", true},
-		{"get", "serviceaccounts", "", true},
+		{"list", "serviceaccounts", "", true},
+		{"get", "secrets", "", false},
 		{"create", "events.events.k8s.io", "", true},
 		{"create", "leases.coordination.k8s.io", "imagepin-system", true},
 		{"patch", "deployments.apps", "", true},
@@ -76,6 +77,7 @@ func TestInstallFromConfigDefault(t *testing.T) {
 		{"create", "secrets", "", false},
 		{"update", "imagepins.images.imagepin.dev", "", false},
 		{"create", "leases.coordination.k8s.io", "default", false},
+		{"delete", "leases.coordination.k8s.io", "imagepin-system", false},
 	}
 	for _, tt := range tests {
 		args := append([]string{"auth", "can-i", tt.verb}, strings.Fields(tt.resource)...)

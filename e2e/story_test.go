@@ -44,11 +44,24 @@ func TestMutableTagStory(t *testing.T) {
 		return kubectlAt(t, local.Kubeconfig, in, append([]string{"-n", ns}, args...)...)
 	}
 
+	// The story's scheduling (the replacement pod lands on the node that
+	// never pulled :v1) assumes nodes that run nothing else.
+	poll(t, "empty nodes", 60*time.Second, func() error {
+		var pods corev1.PodList
+		if err := c.List(ctx, &pods); err != nil {
+			return err
+		}
+		if n := len(pods.Items); n > 0 {
+			return fmt.Errorf("%d pods run", n)
+		}
+		return nil
+	})
+
 	// 1. Deploy :v1 with two replicas, by tag, as most manifests do.
 	build1 := push(t, "demo/web:v1", "build 1")
 	manifest := deploymentYAML("web", image, 2)
 	kubectl(manifest, "apply", "-f", "-")
-	pods := waitPods(t, "web", func(ps []corev1.Pod) error {
+	pods := waitPods(t, ns, "web", func(ps []corev1.Pod) error {
 		return runningOn(ps, map[string]imagesv1alpha1.Digest{"node-a": build1, "node-b": build1})
 	})
 	t.Logf("step 1: %s", describe(pods))
@@ -62,7 +75,7 @@ spec:
   mode: Observe
   interval: 10s
 `, "apply", "-f", "-")
-	pin := waitPin(t, "the ImagePin to resolve :v1 to build 1", func(p *imagesv1alpha1.ImagePin) error {
+	pin := waitPin(t, ns, "the ImagePin to resolve :v1 to build 1", func(p *imagesv1alpha1.ImagePin) error {
 		if err := condition(p, imagesv1alpha1.ConditionReady, metav1.ConditionTrue); err != nil {
 			return err
 		}
@@ -72,7 +85,7 @@ spec:
 
 	// 2. CI pushes :v1 again with new content; imagepin sees the tag move.
 	build2 := push(t, "demo/web:v1", "build 2")
-	waitPin(t, "TagMoved", func(p *imagesv1alpha1.ImagePin) error {
+	waitPin(t, ns, "TagMoved", func(p *imagesv1alpha1.ImagePin) error {
 		return workloadImage(p, image, build2, []imagesv1alpha1.DriftReason{imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved})
 	})
 
@@ -82,11 +95,11 @@ spec:
 	if err := c.Delete(ctx, &onA); err != nil {
 		t.Fatal(err)
 	}
-	pods = waitPods(t, "web", func(ps []corev1.Pod) error {
+	pods = waitPods(t, ns, "web", func(ps []corev1.Pod) error {
 		return runningOn(ps, map[string]imagesv1alpha1.Digest{"node-b": build1, "node-c": build2})
 	})
 	t.Logf("step 3: %s", describe(pods))
-	pin = waitPin(t, "MixedReplicas with both digests and nodes", func(p *imagesv1alpha1.ImagePin) error {
+	pin = waitPin(t, ns, "MixedReplicas with both digests and nodes", func(p *imagesv1alpha1.ImagePin) error {
 		if err := workloadImage(p, image, build2, []imagesv1alpha1.DriftReason{imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved, imagesv1alpha1.DriftMixedReplicas}); err != nil {
 			return err
 		}
@@ -101,12 +114,12 @@ spec:
 
 	// 4. Re-applying the same manifest rolls nothing out: the spec did not
 	// change. The ImagePin says why the replicas differ.
-	before := deployment(t, "web")
+	before := deployment(t, ns, "web")
 	out := kubectl(manifest, "apply", "-f", "-")
 	if !strings.Contains(out, "unchanged") {
 		t.Errorf("re-apply: %q, want unchanged", out)
 	}
-	if after := deployment(t, "web"); after.Generation != before.Generation {
+	if after := deployment(t, ns, "web"); after.Generation != before.Generation {
 		t.Errorf("re-applying the same manifest changed the Deployment: generation %d -> %d", before.Generation, after.Generation)
 	}
 	drifted := meta.FindStatusCondition(pin.Status.Conditions, imagesv1alpha1.ConditionDrifted)
@@ -119,46 +132,46 @@ spec:
 
 	// 5. Pin: the Deployment names the tag's digest; every replica runs it.
 	kubectl("", "patch", "imagepin", "web", "--type=merge", "-p", `{"spec":{"mode":"Pin"}}`)
-	waitImage(t, "web", image+"@"+string(build2))
-	pods = waitPods(t, "web", allRun(build2, 2))
+	waitImage(t, ns, "web", image+"@"+string(build2))
+	pods = waitPods(t, ns, "web", allRun(build2, 2))
 	t.Logf("step 5: %s", describe(pods))
-	waitPin(t, "no drift once pinned", func(p *imagesv1alpha1.ImagePin) error {
+	waitPin(t, ns, "no drift once pinned", func(p *imagesv1alpha1.ImagePin) error {
 		if err := workloadImage(p, image, build2, nil); err != nil {
 			return err
 		}
 		return condition(p, imagesv1alpha1.ConditionDrifted, metav1.ConditionFalse)
 	})
-	rsPinned := replicaSets(t, "web")
+	rsPinned := replicaSets(t, ns, "web")
 
 	// 6. Follow: the tag moves once, the Deployment rolls out once.
 	kubectl("", "patch", "imagepin", "web", "--type=merge", "-p", `{"spec":{"mode":"Follow"}}`)
 	build3 := push(t, "demo/web:v1", "build 3")
-	waitImage(t, "web", image+"@"+string(build3))
-	pods = waitPods(t, "web", allRun(build3, 2))
+	waitImage(t, ns, "web", image+"@"+string(build3))
+	pods = waitPods(t, ns, "web", allRun(build3, 2))
 	t.Logf("step 6: %s", describe(pods))
-	followed := deployment(t, "web")
+	followed := deployment(t, ns, "web")
 	// One more check of the tag, with nothing new: nothing more rolls out.
-	checked := waitPin(t, "a check after the rollout", func(p *imagesv1alpha1.ImagePin) error {
+	checked := waitPin(t, ns, "a check after the rollout", func(p *imagesv1alpha1.ImagePin) error {
 		return workloadImage(p, image, build3, nil)
 	}).Status.LastCheckTime
-	waitPin(t, "the next check", func(p *imagesv1alpha1.ImagePin) error {
+	waitPin(t, ns, "the next check", func(p *imagesv1alpha1.ImagePin) error {
 		if !p.Status.LastCheckTime.After(checked.Time) {
 			return fmt.Errorf("last check %s", p.Status.LastCheckTime)
 		}
 		return nil
 	})
-	if got := replicaSets(t, "web"); got != rsPinned+1 {
+	if got := replicaSets(t, ns, "web"); got != rsPinned+1 {
 		t.Errorf("Follow made %d ReplicaSets for one tag move, want exactly 1", got-rsPinned)
 	}
-	if after := deployment(t, "web"); after.Generation != followed.Generation {
+	if after := deployment(t, ns, "web"); after.Generation != followed.Generation {
 		t.Errorf("the Deployment changed again after the Follow rollout: generation %d -> %d", followed.Generation, after.Generation)
 	}
 
 	// 7. Roll back by override to build 1, although the tag names build 3.
 	kubectl("", "patch", "imagepin", "web", "--type=merge", "-p",
 		fmt.Sprintf(`{"spec":{"overrides":[{"image":%q,"digest":%q}]}}`, image, build1))
-	waitImage(t, "web", image+"@"+string(build1))
-	pods = waitPods(t, "web", allRun(build1, 2))
+	waitImage(t, ns, "web", image+"@"+string(build1))
+	pods = waitPods(t, ns, "web", allRun(build1, 2))
 	t.Logf("step 7: %s", describe(pods))
 
 	// 8. A new Deployment applied through the webhook arrives pinned: to
@@ -166,13 +179,13 @@ spec:
 	build4 := push(t, "demo/web:v2", "build 4")
 	kubectl(deploymentYAML("web-v1", image, 1), "apply", "-f", "-")
 	kubectl(deploymentYAML("web-v2", local.Registry.Host+"/demo/web:v2", 1), "apply", "-f", "-")
-	if got := deployment(t, "web-v1").Spec.Template.Spec.Containers[0].Image; got != image+"@"+string(build1) {
+	if got := deployment(t, ns, "web-v1").Spec.Template.Spec.Containers[0].Image; got != image+"@"+string(build1) {
 		t.Errorf("web-v1 was admitted as %s, want it pinned to the override %s", got, build1)
 	}
-	if got := deployment(t, "web-v2").Spec.Template.Spec.Containers[0].Image; got != local.Registry.Host+"/demo/web:v2@"+string(build4) {
+	if got := deployment(t, ns, "web-v2").Spec.Template.Spec.Containers[0].Image; got != local.Registry.Host+"/demo/web:v2@"+string(build4) {
 		t.Errorf("web-v2 was admitted as %s, want it pinned to %s", got, build4)
 	}
-	waitPods(t, "web-v2", allRun(build4, 1))
+	waitPods(t, ns, "web-v2", allRun(build4, 1))
 
 	// 9. The registry goes down: the ImagePin keeps the last digests and
 	// says why; applies still succeed, unpinned, with a warning.
@@ -184,7 +197,7 @@ spec:
 			t.Error(err)
 		}
 	}()
-	pin = waitPin(t, "Ready=False and an error on every tag while the registry is down", func(p *imagesv1alpha1.ImagePin) error {
+	pin = waitPin(t, ns, "Ready=False and an error on every tag while the registry is down", func(p *imagesv1alpha1.ImagePin) error {
 		for _, img := range p.Status.Images {
 			if img.Error == "" {
 				return fmt.Errorf("%s has no error yet", img.Image)
@@ -209,7 +222,7 @@ spec:
 	if !strings.Contains(stderr, "Warning: imagepin: admitted unpinned") {
 		t.Errorf("apply while the registry is down: no admission warning on stderr:\n%s%s", stdout, stderr)
 	}
-	if got := deployment(t, "web-v3").Spec.Template.Spec.Containers[0].Image; got != local.Registry.Host+"/demo/web:v2" {
+	if got := deployment(t, ns, "web-v3").Spec.Template.Spec.Containers[0].Image; got != local.Registry.Host+"/demo/web:v2" {
 		t.Errorf("web-v3 admitted as %s, want it unchanged", got)
 	}
 	t.Logf("step 9: %s", strings.TrimSpace(stderr))
@@ -279,12 +292,12 @@ func poll(t *testing.T, what string, timeout time.Duration, check func() error) 
 
 // waitPods waits until the live (not terminating) pods of Deployment name
 // pass check, and returns them.
-func waitPods(t *testing.T, deploy string, check func([]corev1.Pod) error) []corev1.Pod {
+func waitPods(t *testing.T, ns, deploy string, check func([]corev1.Pod) error) []corev1.Pod {
 	t.Helper()
 	var live []corev1.Pod
 	poll(t, "the pods of "+deploy, 60*time.Second, func() error {
 		var list corev1.PodList
-		if err := local.Client.List(context.Background(), &list, client.InNamespace("default"), client.MatchingLabels{"run": deploy}); err != nil {
+		if err := local.Client.List(context.Background(), &list, client.InNamespace(ns), client.MatchingLabels{"run": deploy}); err != nil {
 			return err
 		}
 		live = live[:0]
@@ -370,21 +383,21 @@ func describe(pods []corev1.Pod) string {
 	return strings.Join(out, "; ")
 }
 
-func deployment(t *testing.T, name string) *appsv1.Deployment {
+func deployment(t *testing.T, ns, name string) *appsv1.Deployment {
 	t.Helper()
 	d := &appsv1.Deployment{}
-	if err := local.Client.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, d); err != nil {
+	if err := local.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, d); err != nil {
 		t.Fatal(err)
 	}
 	return d
 }
 
 // waitImage waits until Deployment name's template names image.
-func waitImage(t *testing.T, deploy, image string) {
+func waitImage(t *testing.T, ns, deploy, image string) {
 	t.Helper()
 	poll(t, deploy+" to name "+image, 45*time.Second, func() error {
 		d := &appsv1.Deployment{}
-		if err := local.Client.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: deploy}, d); err != nil {
+		if err := local.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: deploy}, d); err != nil {
 			return err
 		}
 		if got := d.Spec.Template.Spec.Containers[0].Image; got != image {
@@ -395,21 +408,22 @@ func waitImage(t *testing.T, deploy, image string) {
 }
 
 // replicaSets counts Deployment name's ReplicaSets: one per rollout.
-func replicaSets(t *testing.T, deploy string) int {
+func replicaSets(t *testing.T, ns, deploy string) int {
 	t.Helper()
 	var list appsv1.ReplicaSetList
-	if err := local.Client.List(context.Background(), &list, client.InNamespace("default"), client.MatchingLabels{"run": deploy}); err != nil {
+	if err := local.Client.List(context.Background(), &list, client.InNamespace(ns), client.MatchingLabels{"run": deploy}); err != nil {
 		t.Fatal(err)
 	}
 	return len(list.Items)
 }
 
-// waitPin waits until ImagePin web passes check and returns it.
-func waitPin(t *testing.T, what string, check func(*imagesv1alpha1.ImagePin) error) *imagesv1alpha1.ImagePin {
+// waitPin waits until ImagePin web of namespace ns passes check and
+// returns it.
+func waitPin(t *testing.T, ns, what string, check func(*imagesv1alpha1.ImagePin) error) *imagesv1alpha1.ImagePin {
 	t.Helper()
 	p := &imagesv1alpha1.ImagePin{}
 	poll(t, what, 45*time.Second, func() error {
-		if err := local.Client.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: "web"}, p); err != nil {
+		if err := local.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web"}, p); err != nil {
 			return err
 		}
 		return check(p)

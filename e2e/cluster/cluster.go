@@ -9,6 +9,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,7 +28,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -77,13 +80,17 @@ type Cluster struct {
 	Manager *Manager
 	// Nodes are the simulated nodes.
 	Nodes *nodesim.Simulator
+	// AuditLog is the API server's audit log of the manager's requests
+	// (JSON lines, level Metadata).
+	AuditLog string
 
-	opts      Options
-	log       io.Writer
-	stopKCM   func()
-	stopNodes context.CancelFunc
-	nodesDone chan error
-	webhook   webhookServing
+	opts              Options
+	log               io.Writer
+	managerKubeconfig string
+	stopKCM           func()
+	stopNodes         context.CancelFunc
+	nodesDone         chan error
+	webhook           webhookServing
 }
 
 // webhookServing is where the manager serves its webhook.
@@ -157,7 +164,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := c.makeWebhookCerts(); err != nil {
 		return c, err
 	}
-	if c.Manager, err = c.StartManager(ctx, "imagepin"); err != nil {
+	if c.Manager, err = c.StartManager(ctx, ManagerOptions{Name: "imagepin"}); err != nil {
 		return c, err
 	}
 	if err := c.registerWebhook(ctx); err != nil {
@@ -186,7 +193,16 @@ func (c *Cluster) startControlPlane() error {
 	// envtest turns the ServiceAccount admission plugin off because it runs
 	// no controller that makes ServiceAccounts; this cluster runs one, so
 	// pods get their ServiceAccount's pull secrets as in a real cluster.
-	env.ControlPlane.GetAPIServer().Configure().Disable("disable-admission-plugins")
+	api := env.ControlPlane.GetAPIServer()
+	api.Configure().Disable("disable-admission-plugins")
+	// An audit log of every request the manager's service account makes:
+	// the RBAC test compares it with what config/rbac grants.
+	c.AuditLog = filepath.Join(c.opts.Dir, "audit.log")
+	policy := filepath.Join(c.opts.Dir, "audit-policy.yaml")
+	if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+		return err
+	}
+	api.Configure().Set("audit-policy-file", policy).Set("audit-log-path", c.AuditLog)
 	cfg, err := env.Start()
 	if err != nil {
 		return fmt.Errorf("start the control plane from %s: %w", assets, err)
@@ -195,8 +211,64 @@ func (c *Cluster) startControlPlane() error {
 	if c.Client, err = client.New(cfg, client.Options{Scheme: env.Scheme}); err != nil {
 		return err
 	}
-	c.Kubeconfig, err = c.Env.Kubeconfig(c.opts.Dir)
-	return err
+	if c.Kubeconfig, err = c.Env.Kubeconfig(c.opts.Dir); err != nil {
+		return err
+	}
+	return c.installRBAC()
+}
+
+// ManagerNamespace and ManagerServiceAccount are where config/default
+// installs the manager, and the identity it runs as here too.
+const (
+	ManagerNamespace      = "imagepin-system"
+	ManagerServiceAccount = "imagepin-controller-manager"
+	ManagerUser           = "system:serviceaccount:" + ManagerNamespace + ":" + ManagerServiceAccount
+)
+
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  users: ["` + ManagerUser + `"]
+- level: None
+`
+
+// installRBAC applies the RBAC objects of config/default (its namespace,
+// service account, roles and bindings, exactly as a user installs them)
+// and writes a kubeconfig that authenticates as that service account, for
+// the manager: it runs with the permissions config/rbac grants, no more.
+func (c *Cluster) installRBAC() error {
+	out, err := exec.Command(filepath.Join(testenv.AssetsDir(), "kubectl"), "kustomize", filepath.Join(testenv.RepoRoot(), "config", "default")).Output()
+	if err != nil {
+		return fmt.Errorf("kubectl kustomize config/default: %w", err)
+	}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+	for {
+		var u unstructured.Unstructured
+		if err := dec.Decode(&u.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return fmt.Errorf("config/default: %w", err)
+		}
+		switch u.GetKind() {
+		case "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
+			if err := c.Client.Create(context.Background(), &u); err != nil {
+				return fmt.Errorf("install %s %s: %w", u.GetKind(), u.GetName(), err)
+			}
+		}
+	}
+	user, err := c.Env.Env.AddUser(envtest.User{Name: ManagerUser, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ManagerNamespace}}, nil)
+	if err != nil {
+		return err
+	}
+	raw, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	c.managerKubeconfig = filepath.Join(c.opts.Dir, "manager.kubeconfig")
+	return os.WriteFile(c.managerKubeconfig, raw, 0o600)
 }
 
 // writeDockerConfig writes DockerConfig/config.json, as `docker login`
@@ -390,11 +462,24 @@ type Manager struct {
 	once sync.Once
 }
 
-// StartManager starts an imagepin manager process named name (its log is
-// Dir/<name>.log), serving the webhook registered for the cluster, and
-// waits until it is ready. Only one manager serves the webhook port at a
-// time; others (HA tests) get their own with extra args.
-func (c *Cluster) StartManager(ctx context.Context, name string, extra ...string) (*Manager, error) {
+// ManagerOptions say how to run one more manager.
+type ManagerOptions struct {
+	// Name names the log file, Dir/<Name>.log.
+	Name string
+	// Args are added to the flags (after Options.ManagerArgs).
+	Args []string
+	// NoWebhook runs it with ENABLE_WEBHOOKS=false, so that several can run
+	// at once (only one can serve the registered webhook's port).
+	NoWebhook bool
+	// APIServer, if set, is the "https://host:port" the manager reaches the
+	// API server at instead (a proxy that a test can cut).
+	APIServer string
+}
+
+// StartManager starts an imagepin manager process as the manager's service
+// account, serving the webhook registered for the cluster unless
+// o.NoWebhook, and waits until it is ready.
+func (c *Cluster) StartManager(ctx context.Context, o ManagerOptions) (*Manager, error) {
 	metricsPort, err := testenv.FreePort()
 	if err != nil {
 		return nil, err
@@ -403,17 +488,35 @@ func (c *Cluster) StartManager(ctx context.Context, name string, extra ...string
 	if err != nil {
 		return nil, err
 	}
+	kubeconfig := c.managerKubeconfig
+	if o.APIServer != "" {
+		raw, err := os.ReadFile(kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		kubeconfig = filepath.Join(c.opts.Dir, o.Name+".kubeconfig")
+		from := []byte("server: " + strings.TrimSuffix(c.Env.Config.Host, "/"))
+		if !bytes.Contains(raw, from) {
+			return nil, fmt.Errorf("the manager's kubeconfig does not name %s", c.Env.Config.Host)
+		}
+		raw = bytes.ReplaceAll(raw, from, []byte("server: "+o.APIServer))
+		if err := os.WriteFile(kubeconfig, raw, 0o600); err != nil {
+			return nil, err
+		}
+	}
 	args := []string{
-		"--kubeconfig=" + c.Kubeconfig,
+		"--kubeconfig=" + kubeconfig,
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort),
 		"--webhook-cert-dir=" + c.webhook.certDir,
 		fmt.Sprintf("--webhook-port=%d", c.webhook.port),
 		"--registry-ca-file=" + c.Registry.CAFile,
+		"--leader-election-namespace=" + ManagerNamespace,
 		// Nothing here has a cloud identity; asking for one only waits.
 		"--cloud-keychains=false",
 	}
-	args = append(append(args, c.opts.ManagerArgs...), extra...)
+	args = append(append(args, c.opts.ManagerArgs...), o.Args...)
+	name := o.Name
 	m := &Manager{
 		Name:       name,
 		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort),
@@ -426,6 +529,9 @@ func (c *Cluster) StartManager(ctx context.Context, name string, extra ...string
 	}
 	m.cmd = exec.Command(c.opts.Manager, args...)
 	m.cmd.Stdout, m.cmd.Stderr = log, log
+	if o.NoWebhook {
+		m.cmd.Env = append(os.Environ(), "ENABLE_WEBHOOKS=false")
+	}
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := m.cmd.Start(); err != nil {
 		_ = log.Close()
@@ -447,6 +553,16 @@ func (c *Cluster) StartManager(ctx context.Context, name string, extra ...string
 		return nil, err
 	}
 	return m, nil
+}
+
+// Running reports whether the manager process is still running.
+func (m *Manager) Running() bool {
+	select {
+	case <-m.done:
+		return false
+	default:
+		return true
+	}
 }
 
 // Stop stops the manager as a rollout does (SIGTERM), waiting for it.
