@@ -8,4 +8,13 @@
 // registry and credential, a per-registry request budget, Retry-After
 // honoured, a deadline on every call, and the last good digest kept when a
 // registry fails.
+//
+// It trusts registries only so far: a registry outside AllowedRegistries is
+// never contacted; a HEAD's Docker-Content-Digest must be a sha256 digest or
+// the manifest is fetched and hashed instead; a manifest must hash to the
+// digest its GET advertises and to the one it was asked for by; no answer
+// is read past MaxBodyBytes (4 MiB); and credentials are taken out of
+// error messages, whatever a registry or token service echoes.
+// internal/registry/faulttest puts those faults in front of real
+// registries for the tests.
 package registry

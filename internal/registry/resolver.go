@@ -3,12 +3,19 @@ package registry
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -57,6 +64,14 @@ type Options struct {
 	// CAFile adds PEM certificates to the system roots for verifying
 	// registries (SSL_CERT_FILE is honoured as well).
 	CAFile string
+	// AllowedRegistries, if not empty, are the only registries contacted
+	// (entries "host", "host:port", "*.domain", "*.domain:port"; see
+	// AllowedRegistriesUsage). An image of any other registry fails with a
+	// *NotAllowedError before any request. The list is of registries, as
+	// image references name them: the token service an allowed registry's
+	// challenge names (auth.docker.io for Docker Hub) is part of talking to
+	// that registry, and is not checked against it.
+	AllowedRegistries []string
 	// UserAgent is sent with every request.
 	UserAgent string
 	// Clock drives TTLs, staleness and Retry-After; tests inject a fake.
@@ -102,6 +117,7 @@ type Resolver struct {
 	metrics   *Metrics
 	transport http.RoundTripper
 	insecure  map[string]bool
+	allowed   allowList
 
 	group singleflight.Group
 
@@ -140,6 +156,10 @@ func New(o Options) (*Resolver, error) {
 	if o.UserAgent == "" {
 		o.UserAgent = "imagepin"
 	}
+	allowed, err := newAllowList(o.AllowedRegistries)
+	if err != nil {
+		return nil, err
+	}
 	secure, insecure, err := baseTransports(o.CAFile)
 	if err != nil {
 		return nil, err
@@ -153,6 +173,7 @@ func New(o Options) (*Resolver, error) {
 		clock:    o.Clock,
 		metrics:  o.Metrics,
 		insecure: hosts,
+		allowed:  allowed,
 		transport: &politeTransport{
 			secure: secure, insecure: insecure, insecureHosts: hosts,
 			qps: rate.Limit(o.QPS), burst: o.Burst,
@@ -168,13 +189,17 @@ func New(o Options) (*Resolver, error) {
 // Resolve returns what req.Image's tag points to. With a fresh cache entry
 // it sends nothing; concurrent callers for one tag and credential share one
 // request. When the registry fails, the error says why, and if a digest was
-// confirmed within MaxStale it is returned too, marked Stale.
+// confirmed within MaxStale it is returned too, marked Stale. An image of a
+// registry outside AllowedRegistries fails at once, and nothing is sent.
 func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	tag, err := r.parseTag(req.Image)
 	if err != nil {
 		return Result{}, err
 	}
-	auth, id, err := credentialFor(ctx, req.Keychain, tag.Context())
+	if err := r.allowed.check(tag.RegistryStr()); err != nil {
+		return Result{}, fmt.Errorf("resolve %s: %w", tag, err)
+	}
+	auth, id, secrets, err := credentialFor(ctx, req.Keychain, tag.Context())
 	if err != nil {
 		return Result{}, fmt.Errorf("credentials for %s: %w", tag.Context().RegistryStr(), err)
 	}
@@ -194,7 +219,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 			hit = true
 			return res, err
 		}
-		return r.fetch(tag, auth, id, key)
+		return r.fetch(tag, auth, id, key, secrets)
 	})
 	wait := r.opts.Timeout
 	if req.Timeout > 0 && req.Timeout < wait {
@@ -211,7 +236,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	case <-ctx.Done():
 		return r.staleOnly(key), fmt.Errorf("resolve %s: %w", tag, ctx.Err())
 	case <-timer.C:
-		return r.staleOnly(key), fmt.Errorf("resolve %s: no answer from %s within %s", tag, tag.RegistryStr(), wait)
+		return r.staleOnly(key), fmt.Errorf("resolve %s: no answer from registry %s within %s", tag, tag.RegistryStr(), wait)
 	}
 }
 
@@ -313,7 +338,7 @@ func (r *Resolver) servable(e *entry) bool {
 // fetch asks the registry; it runs once per key at a time. Its deadline is
 // the resolver's, not a caller's, so that a caller giving up early does not
 // waste the request for the others.
-func (r *Resolver) fetch(tag name.Tag, auth authn.Authenticator, id, key string) (Result, error) {
+func (r *Resolver) fetch(tag name.Tag, auth authn.Authenticator, id, key string, secrets []string) (Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
 	defer cancel()
 
@@ -333,7 +358,7 @@ func (r *Resolver) fetch(tag name.Tag, auth authn.Authenticator, id, key string)
 		r.sweepLocked(now)
 	}
 	if err != nil {
-		e.err = explain(tag, err)
+		e.err = redact(explain(tag, err, r.opts.Timeout), secrets)
 		return r.resultOf(e), e.err
 	}
 	e.digest, e.resolvedAt, e.err = digest, now, nil
@@ -360,11 +385,12 @@ func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, auth authn.A
 	desc, err := p.Head(ctx, tag)
 	if err != nil && headNotAnswered(err) {
 		// The registry does not answer HEAD properly: GET the manifest
-		// instead; its digest is computed from the body.
+		// instead; its digest is computed from the body (and the body
+		// checked against the digest header, if the GET has a valid one).
 		r.metrics.ManifestGets.WithLabelValues(tag.RegistryStr(), "fallback").Inc()
 		d, gerr := p.Get(ctx, tag)
 		if gerr != nil {
-			return "", fmt.Errorf("HEAD not answered properly (%w), and GET failed: %w", err, gerr)
+			return "", &fallbackError{head: err, get: gerr}
 		}
 		desc, err = &d.Descriptor, nil
 	}
@@ -372,6 +398,10 @@ func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, auth authn.A
 		return "", err
 	}
 	digest := desc.Digest.String()
+	if !validDigest.MatchString(digest) {
+		// Never handed on, so never written into a workload.
+		return "", fmt.Errorf("registry %s gave %q for the tag, not a sha256 digest; not used", tag.RegistryStr(), digest)
+	}
 	if desc.MediaType.IsIndex() && !r.knowsPlatforms(digest) {
 		// The digest is known; its platforms are a bonus learned once. If
 		// the GET fails (a pull limit, say), it is tried again next time.
@@ -452,6 +482,10 @@ func (r *Resolver) puller(reg name.Registry, auth authn.Authenticator, id string
 // around: the method refused, or a response without a usable digest.
 // go-containerregistry reports the latter only as text.
 func headNotAnswered(err error) bool {
+	var malformed *MalformedDigestError
+	if errors.As(err, &malformed) {
+		return true
+	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {
 		return terr.StatusCode == http.StatusMethodNotAllowed || terr.StatusCode == http.StatusNotImplemented
@@ -464,53 +498,185 @@ func headNotAnswered(err error) bool {
 		strings.Contains(msg, "unsupported hash")
 }
 
-// explain turns a registry failure into a sentence for a condition message.
-func explain(tag name.Tag, err error) error {
-	var rl *RateLimitedError
-	if errors.As(err, &rl) {
-		return fmt.Errorf("resolve %s: %w", tag, err)
+// fallbackError is a HEAD that was not answered properly and the GET that
+// was to replace it failing too. The GET's error comes first for
+// errors.As: it says what the registry answers.
+type fallbackError struct{ head, get error }
+
+func (e *fallbackError) Error() string {
+	return fmt.Sprintf("%s (the manifest was fetched because %s)", describe(e.get), describe(e.head))
+}
+
+func (e *fallbackError) Unwrap() []error { return []error{e.get, e.head} }
+
+// describe returns the clearest text of one request's failure: the
+// resolver's own errors without the *url.Error around them.
+func describe(err error) string {
+	var (
+		malformed *MalformedDigestError
+		mismatch  *DigestMismatchError
+		tooLarge  *TooLargeError
+		limited   *RateLimitedError
+	)
+	switch {
+	case errors.As(err, &mismatch):
+		return mismatch.Error()
+	case errors.As(err, &tooLarge):
+		return tooLarge.Error()
+	case errors.As(err, &malformed):
+		return malformed.Error()
+	case errors.As(err, &limited):
+		return limited.Error()
 	}
-	var terr *transport.Error
-	if errors.As(err, &terr) {
-		switch terr.StatusCode {
-		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("resolve %s: authentication failed for registry %s (check the pull secret): %w", tag, tag.RegistryStr(), err)
-		case http.StatusNotFound:
+	return err.Error()
+}
+
+// explain turns a registry failure into a sentence for a condition
+// message: it names the registry and says what went wrong first, the
+// details after.
+func explain(tag name.Tag, err error, timeout time.Duration) error {
+	reg := tag.RegistryStr()
+	// When a GET replaced a HEAD, what the GET met decides the headline.
+	cause := err
+	var fb *fallbackError
+	if errors.As(err, &fb) {
+		cause = fb.get
+	}
+	var (
+		rl       *RateLimitedError
+		mismatch *DigestMismatchError
+		tooLarge *TooLargeError
+		bad      *MalformedDigestError
+		terr     *transport.Error
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		certErr  *tls.CertificateVerificationError
+		opErr    *net.OpError
+	)
+	switch {
+	case errors.As(cause, &rl), errors.As(cause, &mismatch), errors.As(cause, &tooLarge), errors.As(cause, &bad):
+		// The resolver's own errors say it all; the *url.Error around
+		// them only repeats the URL.
+		if fb != nil {
+			return fmt.Errorf("resolve %s: %w", tag, fb)
+		}
+		return fmt.Errorf("resolve %s: %w", tag, &redactedError{msg: describe(err), err: err})
+	case errors.As(cause, &terr):
+		return explainStatus(tag, terr, err)
+	case errors.Is(cause, context.DeadlineExceeded):
+		return fmt.Errorf("resolve %s: no answer from registry %s within %s (--registry-timeout): %w", tag, reg, timeout, err)
+	case errors.As(cause, &unknown), errors.As(cause, &hostname):
+		return fmt.Errorf("resolve %s: the TLS certificate of registry %s is not trusted (add its CA with --registry-ca-file): %w", tag, reg, err)
+	case errors.As(cause, &certErr):
+		return fmt.Errorf("resolve %s: the TLS certificate of registry %s could not be verified: %w", tag, reg, err)
+	case errors.As(cause, &opErr) && opErr.Op == "dial":
+		return fmt.Errorf("resolve %s: registry %s is unreachable: %w", tag, reg, err)
+	case errors.Is(cause, io.EOF), errors.Is(cause, io.ErrUnexpectedEOF), errors.Is(cause, syscall.ECONNRESET):
+		return fmt.Errorf("resolve %s: registry %s closed the connection without an answer: %w", tag, reg, err)
+	}
+	return fmt.Errorf("resolve %s: registry %s: %w", tag, reg, err)
+}
+
+// explainStatus explains an HTTP error status from the registry or its
+// token service; err is the whole failure, for the details.
+func explainStatus(tag name.Tag, terr *transport.Error, err error) error {
+	reg := tag.RegistryStr()
+	token := terr.Request != nil && !strings.HasPrefix(terr.Request.URL.Path, "/v2/")
+	switch terr.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return fmt.Errorf("resolve %s: authentication failed for registry %s (check the pull secret): %w", tag, reg, err)
+	case http.StatusTooManyRequests:
+		return fmt.Errorf("resolve %s: registry %s is rate limiting imagepin: %w", tag, reg, err)
+	case http.StatusNotFound:
+		if !token {
 			return fmt.Errorf("resolve %s: tag %q not found in %s: %w", tag, tag.TagStr(), tag.Context().Name(), err)
-		case http.StatusTooManyRequests:
-			return fmt.Errorf("resolve %s: registry %s is rate limiting imagepin: %w", tag, tag.RegistryStr(), err)
-		}
-		for _, d := range terr.Errors {
-			if d.Code == transport.ManifestUnknownErrorCode || d.Code == transport.NameUnknownErrorCode {
-				return fmt.Errorf("resolve %s: tag %q not found in %s: %w", tag, tag.TagStr(), tag.Context().Name(), err)
-			}
 		}
 	}
-	return fmt.Errorf("resolve %s: %w", tag, err)
+	for _, d := range terr.Errors {
+		if !token && (d.Code == transport.ManifestUnknownErrorCode || d.Code == transport.NameUnknownErrorCode) {
+			return fmt.Errorf("resolve %s: tag %q not found in %s: %w", tag, tag.TagStr(), tag.Context().Name(), err)
+		}
+	}
+	status := fmt.Sprintf("%d %s", terr.StatusCode, http.StatusText(terr.StatusCode))
+	switch {
+	case token:
+		return fmt.Errorf("resolve %s: the token service of registry %s failed (%s): %w", tag, reg, status, err)
+	case terr.StatusCode >= 500:
+		return fmt.Errorf("resolve %s: registry %s failed (%s): %w", tag, reg, status, err)
+	}
+	return fmt.Errorf("resolve %s: registry %s answered %s: %w", tag, reg, status, err)
+}
+
+// redactedError is an error whose text has had credentials taken out. Its
+// chain is kept for errors.As; only its text is shown.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// redact removes secrets from err's text: a registry or token service may
+// echo what it was sent, and the text goes into status, events and logs.
+func redact(err error, secrets []string) error {
+	msg := err.Error()
+	clean := msg
+	for _, s := range secrets {
+		clean = strings.ReplaceAll(clean, s, "<redacted>")
+	}
+	if clean == msg {
+		return err
+	}
+	return &redactedError{msg: clean, err: err}
 }
 
 // credentialFor resolves the keychain for a repository and names the
 // credential with an opaque identity (a hash, never the secret itself), so
 // that the cache and the transports of different credentials stay apart.
-func credentialFor(ctx context.Context, kc authn.Keychain, repo name.Repository) (authn.Authenticator, string, error) {
+// It also returns the secrets in the forms they travel in, for redact.
+func credentialFor(ctx context.Context, kc authn.Keychain, repo name.Repository) (authn.Authenticator, string, []string, error) {
 	if kc == nil {
-		return authn.Anonymous, "anonymous", nil
+		return authn.Anonymous, "anonymous", nil, nil
 	}
 	auth, err := authn.Resolve(ctx, kc, repo)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	cfg, err := authn.Authorization(ctx, auth)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	if cfg == nil || *cfg == (authn.AuthConfig{}) {
-		return authn.Anonymous, "anonymous", nil
+		return authn.Anonymous, "anonymous", nil, nil
 	}
 	h := sha256.New()
 	for _, s := range []string{cfg.Username, cfg.Password, cfg.Auth, cfg.IdentityToken, cfg.RegistryToken} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
-	return authn.FromConfig(*cfg), hex.EncodeToString(h.Sum(nil)[:12]), nil
+	return authn.FromConfig(*cfg), hex.EncodeToString(h.Sum(nil)[:12]), secretsOf(cfg), nil
+}
+
+// secretsOf lists the secrets of a credential as they may come back in a
+// registry's words: as given, and as a Basic Authorization carries them.
+// Usernames are not secret, and help to tell which credential failed.
+func secretsOf(cfg *authn.AuthConfig) []string {
+	var out []string
+	add := func(s string) {
+		if len(s) >= 4 {
+			out = append(out, s)
+		}
+	}
+	add(cfg.Password)
+	add(cfg.Auth)
+	add(cfg.IdentityToken)
+	add(cfg.RegistryToken)
+	if cfg.Password != "" {
+		add(base64.StdEncoding.EncodeToString([]byte(cfg.Username + ":" + cfg.Password)))
+	}
+	// The longest first, so that a secret inside another is not left
+	// half-replaced.
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
 }

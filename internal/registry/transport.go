@@ -37,7 +37,8 @@ const (
 
 // politeTransport is the RoundTripper under every registry request: it
 // keeps each registry host to its request budget, sends nothing to a host
-// that answered 429 until it said to come back, and records metrics.
+// that answered 429 until it said to come back, records metrics, and
+// guards what comes back (bounded bodies, verified manifest digests).
 type politeTransport struct {
 	secure, insecure http.RoundTripper
 	insecureHosts    map[string]bool
@@ -106,7 +107,7 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		st.tooMany = 0
 	}
 	t.mu.Unlock()
-	return resp, nil
+	return guard(host, req, resp)
 }
 
 func (t *politeTransport) checkBlocked(host string, st *hostState) error {

@@ -1,6 +1,8 @@
 // Package registrytest runs go-containerregistry's in-process registry
 // behind httptest for the tests of other packages: push images and indexes,
-// count manifest requests, take the registry down and bring it back.
+// count manifest requests, take the registry down and bring it back, and
+// route one repository's requests through a handler of the test's (a
+// faulttest.Injector in front of Backend, say).
 package registrytest
 
 import (
@@ -27,19 +29,21 @@ type Registry struct {
 	// insecure registry.
 	Host string
 
-	srv  *httptest.Server
-	down atomic.Bool
+	srv     *httptest.Server
+	backend http.Handler
+	down    atomic.Bool
 
-	mu    sync.Mutex
-	heads int
-	gets  int
+	mu     sync.Mutex
+	heads  int
+	gets   int
+	routes map[string]http.Handler // "/v2/<repo>/" → handler
 }
 
 // New starts a registry; Close stops it.
 func New() *Registry {
-	r := &Registry{}
+	r := &Registry{routes: map[string]http.Handler{}}
 	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
-	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.backend = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if r.down.Load() {
 			http.Error(w, "registry is down for the test", http.StatusServiceUnavailable)
 			return
@@ -55,9 +59,43 @@ func New() *Registry {
 			r.mu.Unlock()
 		}
 		inner.ServeHTTP(w, req)
+	})
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		var route http.Handler
+		for prefix, h := range r.routes {
+			if strings.HasPrefix(req.URL.Path, prefix) {
+				route = h
+			}
+		}
+		r.mu.Unlock()
+		if route != nil {
+			route.ServeHTTP(w, req)
+			return
+		}
+		r.backend.ServeHTTP(w, req)
 	}))
 	r.Host = strings.TrimPrefix(r.srv.URL, "http://")
 	return r
+}
+
+// Backend is the registry itself (counting, and down when SetDown says),
+// for a handler given to Route to forward to.
+func (r *Registry) Backend() http.Handler { return r.backend }
+
+// Route sends every request for repo (under /v2/<repo>/) to h instead of
+// the registry, until remove is called; the registry's other repositories
+// are untouched.
+func (r *Registry) Route(repo string, h http.Handler) (remove func()) {
+	prefix := "/v2/" + strings.Trim(repo, "/") + "/"
+	r.mu.Lock()
+	r.routes[prefix] = h
+	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		delete(r.routes, prefix)
+		r.mu.Unlock()
+	}
 }
 
 // Close stops the registry.
