@@ -18,6 +18,7 @@ import (
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/drift"
+	"github.com/imagepin/imagepin/internal/selection"
 )
 
 // FieldManager is the field manager of every workload write.
@@ -101,7 +102,13 @@ func desiredImage(c containerObs, in planInput) (imageWrite, bool) {
 		current += "@" + c.pinned
 	}
 	write := func(digest, reason string) (imageWrite, bool) {
-		to := c.image + "@" + digest
+		to, err := selection.PinnedImage(c.image, digest)
+		if err != nil {
+			// Not a reference imagepin can pin (its resolution fails and
+			// is reported as Unresolvable) or not a sha256 digest: never
+			// write a broken image.
+			return imageWrite{}, false
+		}
 		if to == current {
 			return imageWrite{}, false
 		}

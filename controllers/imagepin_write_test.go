@@ -52,6 +52,10 @@ func TestPlanWrites(t *testing.T) {
 			want: fmt.Sprintf("[Deployment/web app %s@%s -> %s@%s (Override)]", img, dg("b"), img, dg("a"))},
 		{name: "override already in place", mode: imagesv1alpha1.ModePin, c: pinnedTo(dg("a"), dg("b")), overrides: map[string]string{img: dg("a")}, want: "[]"},
 		{name: "digest-only reference is left alone", mode: imagesv1alpha1.ModePin, c: containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: "reg.io/app", pinned: dg("a")}, want: "[]"},
+		{name: "an override that is not a sha256 digest is never written", mode: imagesv1alpha1.ModePin, c: tagOnly(dg("a")), overrides: map[string]string{img: "sha256:abc"}, want: "[]"},
+		{name: "an image that is not a valid reference is never written", mode: imagesv1alpha1.ModePin, c: func() containerObs { c := tagOnly(dg("a")); c.image = "reg.io/App:v1"; return c }(), want: "[]"},
+		{name: "a registry port and an untagged image are kept as written", mode: imagesv1alpha1.ModePin, c: func() containerObs { c := tagOnly(dg("a")); c.image = "localhost:5000/team/app"; return c }(),
+			want: fmt.Sprintf("[Deployment/web app localhost:5000/team/app -> localhost:5000/team/app@%s (Pin)]", dg("a"))},
 		{name: "a Job is reported, not written", mode: imagesv1alpha1.ModePin, c: func() containerObs { c := tagOnly(dg("a")); c.kind = imagesv1alpha1.KindJob; return c }(), want: "[]"},
 	}
 	for _, tt := range tests {

@@ -13,15 +13,18 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"sigs.k8s.io/kustomize/kyaml/kio"
 	"sigs.k8s.io/kustomize/kyaml/yaml"
 
 	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/selection"
 )
 
 // podSpecPaths says where each pod-bearing kind keeps its pod spec.
@@ -54,6 +57,22 @@ type imageField struct {
 	container string
 }
 
+// where names an image field for a message: "file:line: Kind/name
+// container c".
+func (f imageField) where() string {
+	return fmt.Sprintf("%s:%d: %s container %s", f.file, f.line, printable(f.object), printable(f.container))
+}
+
+// printable returns s as it is, or quoted when it holds a control
+// character or a space, so that a value from a manifest cannot break the
+// one-line "file:line: message" format CI tools read.
+func printable(s string) string {
+	if strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsGraphic(r) || unicode.IsSpace(r) }) {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
 // Pin runs `imagepin pin` and returns its exit code.
 func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("imagepin pin", flag.ContinueOnError)
@@ -64,6 +83,8 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	check := fs.Bool("check", false, "change nothing; list every unpinned image with file and line and exit 1 if there is one")
 	timeout := fs.Duration("registry-timeout", registry.DefaultTimeout, "deadline of one tag resolution")
 	fs.Var(&insecure, "insecure-registry", "registry host reached over plain HTTP or TLS without verification; repeatable")
+	var allowed registry.AllowedRegistriesFlag
+	fs.Var(&allowed, "allowed-registries", registry.AllowedRegistriesUsage)
 	caFile := fs.String("registry-ca-file", "", "PEM CA certificates trusted for registries")
 	qps := fs.Float64("registry-qps", 50, "requests per second sent to each registry host")
 	burst := fs.Int("registry-burst", 50, "requests one registry host may get in a burst")
@@ -98,7 +119,7 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	if *check {
 		for _, f := range unpinned {
-			sayf(stdout, "%s:%d: %s container %s: %s is not pinned to a digest\n", f.file, f.line, f.object, f.container, f.node.Value)
+			sayf(stdout, "%s: %s is not pinned to a digest\n", f.where(), printable(f.node.Value))
 		}
 		if len(unpinned) > 0 {
 			sayf(stderr, "imagepin pin --check: %d unpinned %s\n", len(unpinned), plural(len(unpinned), "image"))
@@ -107,7 +128,7 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 0
 	}
 
-	resolver, err := registry.New(registry.Options{InsecureRegistries: insecure, CAFile: *caFile, Timeout: *timeout, QPS: *qps, Burst: *burst})
+	resolver, err := registry.New(registry.Options{InsecureRegistries: insecure, AllowedRegistries: allowed, CAFile: *caFile, Timeout: *timeout, QPS: *qps, Burst: *burst})
 	if err != nil {
 		say(stderr, "imagepin pin:", err)
 		return 1
@@ -118,14 +139,21 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 1
 	}
 	digests, failures := resolveAll(ctx, resolver, keychain, unpinned)
+	if len(failures) == 0 {
+		for _, f := range unpinned {
+			pinned, err := selection.PinnedImage(f.node.Value, digests[f.node.Value])
+			if err != nil {
+				failures = append(failures, fmt.Sprintf("%s: %v", f.where(), err))
+				continue
+			}
+			f.node.Value = pinned
+		}
+	}
 	if len(failures) > 0 {
 		for _, f := range failures {
 			say(stderr, "imagepin pin:", f)
 		}
 		return 1
-	}
-	for _, f := range unpinned {
-		f.node.Value = f.node.Value + "@" + digests[f.node.Value]
 	}
 	for i, in := range inputs {
 		var buf bytes.Buffer
@@ -168,7 +196,7 @@ func resolveAll(ctx context.Context, r *registry.Resolver, kc authn.Keychain, fi
 				mu.Lock()
 				if err != nil {
 					f := refs[ref][0]
-					failures = append(failures, fmt.Sprintf("%s:%d: %s container %s: %v", f.file, f.line, f.object, f.container, err))
+					failures = append(failures, fmt.Sprintf("%s: %v", f.where(), err))
 				} else {
 					digests[ref] = res.Digest
 				}

@@ -142,3 +142,42 @@ func TestUnresolvableAndMalformedAreClearErrors(t *testing.T) {
 		t.Fatalf("malformed: exit %d, stderr %q; want the file and line named", code, errs)
 	}
 }
+
+// A tag the registry resolves but the container runtimes would refuse
+// (it starts with a dash) is not written pinned: an error with the file
+// and line, and nothing on stdout.
+func TestResolvedButInvalidReferenceIsAnError(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	reg.Push(t, "team/app:-v1")
+	pod := "apiVersion: v1\nkind: Pod\nmetadata:\n  name: odd\nspec:\n  containers:\n  - name: app\n    image: " + reg.Host + "/team/app:-v1\n"
+	code, out, errs := run(t, reg, pod, "-f", "-")
+	if code != 1 || out != "" {
+		t.Fatalf("exit %d with output %q; want 1 and nothing written", code, out)
+	}
+	if !strings.Contains(errs, "<stdin>:8: Pod/odd container app:") || !strings.Contains(errs, "not a valid image reference") {
+		t.Fatalf("stderr %q does not name the place and the reason", errs)
+	}
+}
+
+// With --allowed-registries not naming the registry, nothing is sent to
+// it and the run fails saying so; naming it, the same input pins.
+func TestAllowedRegistriesLimitWhatIsContacted(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	reg.Push(t, "team/app:v1")
+	in := "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: c, image: " + reg.Image("team/app:v1") + "}\n"
+
+	heads0, gets0 := reg.ManifestRequests() // the push's own
+	code, out, errs := run(t, reg, in, "--allowed-registries", "registry.example.com")
+	if code != 1 || out != "" || !strings.Contains(errs, "is not in --allowed-registries; not contacted") {
+		t.Fatalf("disallowed: exit %d, stdout %q, stderr %q; want 1, nothing written, the reason", code, out, errs)
+	}
+	if heads, gets := reg.ManifestRequests(); heads != heads0 || gets != gets0 {
+		t.Fatalf("a disallowed registry got %d HEAD and %d GET", heads-heads0, gets-gets0)
+	}
+	code, out, errs = run(t, reg, in, "--allowed-registries", "registry.example.com,"+reg.Host)
+	if code != 0 || !strings.Contains(out, reg.Image("team/app:v1")+"@sha256:") {
+		t.Fatalf("allowed: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+}

@@ -5,15 +5,18 @@
 package pinhook
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -22,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+	kjson "sigs.k8s.io/json"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/drift"
@@ -84,6 +88,12 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 }
 
 func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.Response, string) {
+	if req.Kind.Kind == "" || req.Operation == "" {
+		return admission.Errored(http.StatusBadRequest, errors.New("not an admission request: it names no kind or no operation")), decisionUnchanged
+	}
+	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
+		return admission.Allowed("imagepin pins on create and update only"), decisionUnchanged
+	}
 	obj, kind, err := decode(req.Kind.Kind, req.Object.Raw)
 	if err != nil {
 		return admission.Errored(http.StatusBadRequest, err), decisionUnchanged
@@ -118,12 +128,12 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	}
 
 	var warnings, failures []string
-	changed := false
+	var patches []jsonpatch.JsonPatchOperation
 	timeout := h.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	for _, c := range containersOf(obj.podSpec()) {
+	for _, c := range containersOf(obj.podSpec(), obj.specPointer) {
 		// Not selected, or already naming a digest (pinned: idempotent; or
 		// malformed: the API server's to refuse, not imagepin's to mend).
 		if *c.image == "" || !sel.SelectsImage(*c.image) || strings.Contains(*c.image, "@") {
@@ -146,8 +156,15 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 			}
 			digest = res.Digest
 		}
-		*c.image = ref + "@" + digest
-		changed = true
+		pinned, err := selection.PinnedImage(ref, digest)
+		if err != nil {
+			failures = append(failures, err.Error())
+			continue
+		}
+		// Only the image is replaced, at the path it was read from:
+		// re-encoding the whole object would drop the fields this build's
+		// API types do not know (a newer API server's) and rewrite others.
+		patches = append(patches, jsonpatch.NewOperation("replace", c.pointer, pinned))
 	}
 	if len(failures) > 0 {
 		if pin.Spec.FailurePolicy == imagesv1alpha1.FailurePolicyFail {
@@ -157,18 +174,14 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 			warnings = append(warnings, warning(fmt.Sprintf("imagepin: admitted unpinned, %s", f)))
 		}
 	}
-	if !changed {
+	if len(patches) == 0 {
 		resp := admission.Allowed("nothing to pin").WithWarnings(warnings...)
 		if len(warnings) > 0 {
 			return resp, decisionWarned
 		}
 		return resp, decisionUnchanged
 	}
-	mutated, err := json.Marshal(obj.object())
-	if err != nil {
-		return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
-	}
-	resp := admission.PatchResponseFromRaw(req.Object.Raw, mutated).WithWarnings(warnings...)
+	resp := admission.Patched("", patches...).WithWarnings(warnings...)
 	if len(warnings) > 0 {
 		return resp, decisionWarned
 	}
@@ -190,40 +203,54 @@ func (h *Handler) selectingPin(ctx context.Context, namespace string, kind image
 type object struct {
 	obj  client.Object
 	spec *corev1.PodSpec
+	// specPointer is the JSON pointer of the pod spec in the object.
+	specPointer string
 }
 
 func (o object) meta() client.Object      { return o.obj }
 func (o object) podSpec() *corev1.PodSpec { return o.spec }
-func (o object) object() client.Object    { return o.obj }
 
-// decode reads the objects the webhook pins; kind is empty for others.
+// decode reads the objects the webhook pins; kind is empty for others. It
+// decodes as the API server does (field names case-sensitive) and refuses
+// duplicate fields and an object of another kind than the request's, so
+// that the paths the patch names are those of the object as sent.
 func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error) {
 	var o object
 	var k imagesv1alpha1.WorkloadKind
 	switch kind {
 	case "Deployment":
 		d := &appsv1.Deployment{}
-		o, k = object{d, &d.Spec.Template.Spec}, imagesv1alpha1.KindDeployment
+		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec"}, imagesv1alpha1.KindDeployment
 	case "StatefulSet":
 		d := &appsv1.StatefulSet{}
-		o, k = object{d, &d.Spec.Template.Spec}, imagesv1alpha1.KindStatefulSet
+		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec"}, imagesv1alpha1.KindStatefulSet
 	case "DaemonSet":
 		d := &appsv1.DaemonSet{}
-		o, k = object{d, &d.Spec.Template.Spec}, imagesv1alpha1.KindDaemonSet
+		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec"}, imagesv1alpha1.KindDaemonSet
 	case "Job":
 		d := &batchv1.Job{}
-		o, k = object{d, &d.Spec.Template.Spec}, imagesv1alpha1.KindJob
+		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec"}, imagesv1alpha1.KindJob
 	case "CronJob":
 		d := &batchv1.CronJob{}
-		o, k = object{d, &d.Spec.JobTemplate.Spec.Template.Spec}, imagesv1alpha1.KindCronJob
+		o, k = object{d, &d.Spec.JobTemplate.Spec.Template.Spec, "/spec/jobTemplate/spec/template/spec"}, imagesv1alpha1.KindCronJob
 	case "Pod":
 		d := &corev1.Pod{}
-		o, k = object{d, &d.Spec}, selection.KindPod
+		o, k = object{d, &d.Spec, "/spec"}, selection.KindPod
 	default:
 		return object{}, "", nil
 	}
-	if err := json.Unmarshal(raw, o.obj); err != nil {
+	if trimmed := bytes.TrimSpace(raw); len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
+		return object{}, "", fmt.Errorf("decode %s: the request carries no object", kind)
+	}
+	strict, err := kjson.UnmarshalStrict(raw, o.obj, kjson.DisallowDuplicateFields)
+	if err != nil {
 		return object{}, "", fmt.Errorf("decode %s: %w", kind, err)
+	}
+	if len(strict) > 0 {
+		return object{}, "", fmt.Errorf("decode %s: %w", kind, errors.Join(strict...))
+	}
+	if got := o.obj.GetObjectKind().GroupVersionKind().Kind; got != "" && got != kind {
+		return object{}, "", fmt.Errorf("decode %s: the object is a %s", kind, got)
 	}
 	return o, k, nil
 }
@@ -231,20 +258,23 @@ func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error
 type containerRef struct {
 	name  string
 	image *string
+	// pointer is the JSON pointer of the image field in the object.
+	pointer string
 }
 
 // containersOf lists every image field of a pod spec: init, regular and
-// ephemeral containers.
-func containersOf(spec *corev1.PodSpec) []containerRef {
+// ephemeral containers; specPointer is the spec's JSON pointer.
+func containersOf(spec *corev1.PodSpec, specPointer string) []containerRef {
 	var out []containerRef
+	at := func(list string, i int) string { return specPointer + "/" + list + "/" + strconv.Itoa(i) + "/image" }
 	for i := range spec.InitContainers {
-		out = append(out, containerRef{"init:" + spec.InitContainers[i].Name, &spec.InitContainers[i].Image})
+		out = append(out, containerRef{"init:" + spec.InitContainers[i].Name, &spec.InitContainers[i].Image, at("initContainers", i)})
 	}
 	for i := range spec.Containers {
-		out = append(out, containerRef{spec.Containers[i].Name, &spec.Containers[i].Image})
+		out = append(out, containerRef{spec.Containers[i].Name, &spec.Containers[i].Image, at("containers", i)})
 	}
 	for i := range spec.EphemeralContainers {
-		out = append(out, containerRef{"ephemeral:" + spec.EphemeralContainers[i].Name, &spec.EphemeralContainers[i].Image})
+		out = append(out, containerRef{"ephemeral:" + spec.EphemeralContainers[i].Name, &spec.EphemeralContainers[i].Image, at("ephemeralContainers", i)})
 	}
 	return out
 }
@@ -253,7 +283,7 @@ func containersOf(spec *corev1.PodSpec) []containerRef {
 // carry a digest.
 func pinnedImages(spec *corev1.PodSpec) map[string]string {
 	out := map[string]string{}
-	for _, c := range containersOf(spec) {
+	for _, c := range containersOf(spec, "") {
 		if drift.DigestOfImage(*c.image) != "" {
 			out[c.name] = *c.image
 		}

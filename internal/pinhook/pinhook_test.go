@@ -2,6 +2,7 @@ package pinhook
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -61,6 +62,12 @@ func (w *warningCollector) take() []string {
 }
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if w := flag.Lookup("test.fuzzworker"); w != nil && w.Value.String() == "true" {
+		// A fuzz worker (go test -fuzz) runs only the fuzz target, which
+		// calls the handler directly: no control plane per worker.
+		os.Exit(m.Run())
+	}
 	os.Exit(runTests(m))
 }
 
