@@ -134,7 +134,32 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	}
 	blocked := r.applyWrites(ctx, pin, plan, obs)
 	setConflict(status, pin.Generation, pin.Spec.Mode, blocked)
-	return ctrl.Result{RequeueAfter: sel.Interval}, nil
+	return ctrl.Result{RequeueAfter: untilNextTick(now, sel.Interval)}, nil
+}
+
+// Every ImagePin checks on one grid: the multiples of its interval (since
+// the zero time), the same in every manager. ImagePins that share a tag
+// and an interval therefore check it at the same instants, and one
+// registry request per tick serves them all: a tag that moves is seen
+// within one interval by each of them, however their reconciles are
+// phased. (Requeueing an interval after each reconcile, ImagePins out of
+// phase would reuse each other's answers up to an interval old, and see a
+// move up to two intervals late.)
+
+// tickSlack keeps a requeue clear of the tick it aims at.
+const tickSlack = 10 * time.Millisecond
+
+// untilNextTick is how long from now until the next tick of interval.
+func untilNextTick(now time.Time, interval time.Duration) time.Duration {
+	return now.Truncate(interval).Add(interval).Sub(now) + tickSlack
+}
+
+// freshness is the age a resolution may have to be reused now: it must
+// have been made since the current tick began, so that a check on a tick
+// never reuses the previous tick's answer, while every check within a tick
+// (other ImagePins, watch events) shares one.
+func freshness(now time.Time, interval time.Duration) time.Duration {
+	return now.Sub(now.Truncate(interval)) + tickSlack
 }
 
 // patchStatus writes status with a merge patch, and nothing when it is

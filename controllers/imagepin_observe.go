@@ -87,7 +87,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 			add(c, false)
 		}
 	}
-	r.resolveAll(ctx, obs.containers, sel.Interval)
+	r.resolveAll(ctx, obs.containers, freshness(r.Clock.Now(), sel.Interval))
 	return obs, nil
 }
 

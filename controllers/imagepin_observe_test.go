@@ -2,9 +2,12 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -394,4 +397,100 @@ func resourceVersions(t *testing.T, objs ...client.Object) []string {
 		out = append(out, fresh.GetResourceVersion())
 	}
 	return out
+}
+
+// ImagePins that share a tag but were created out of phase check it on one
+// grid: each sees the tag move within one interval of the push, and one
+// registry request per tick serves them all. (Checking an interval after
+// each reconcile, they reused each other's answers up to an interval old
+// and saw a move up to two intervals late.)
+func TestImagePinsOutOfPhaseEachSeeAMoveWithinTheInterval(t *testing.T) {
+	t.Parallel()
+	repo := "phase/app"
+	image := reg.Image(repo + ":v1")
+	a := reg.Push(t, repo+":v1")
+	var mu sync.Mutex
+	var heads []time.Time
+	remove := reg.Route(repo, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/manifests/") {
+			mu.Lock()
+			heads = append(heads, time.Now())
+			mu.Unlock()
+		}
+		reg.Backend().ServeHTTP(w, r)
+	}))
+	defer remove()
+	headsSince := func(since time.Time) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, h := range heads {
+			if h.After(since) {
+				n++
+			}
+		}
+		return n
+	}
+
+	var pins []*imagesv1alpha1.ImagePin
+	for i := range 3 {
+		ns := namespace(t)
+		deploymentRunning(t, ns, "web", image, podRun{"node-a", a})
+		pin := observePin(ns, "web")
+		create(t, pin)
+		pins = append(pins, pin)
+		if i < 2 {
+			time.Sleep(3300 * time.Millisecond) // out of phase by a third of the interval
+		}
+	}
+	for _, pin := range pins {
+		eventually(t, func() error {
+			got, err := checked(pin)
+			if err != nil {
+				return err
+			}
+			img, _, err := entryFor(got, image, "web", "app")
+			if err != nil {
+				return err
+			}
+			if string(img.Digest) != a {
+				return fmt.Errorf("digest %s, want %s", img.Digest, a)
+			}
+			return nil
+		})
+	}
+
+	// The worst moment: right after a tick's request.
+	start := time.Now()
+	eventually(t, func() error {
+		if headsSince(start) == 0 {
+			return errors.New("no check of the tag yet")
+		}
+		return nil
+	})
+	b := reg.Push(t, repo+":v1")
+	pushed := time.Now()
+	for _, pin := range pins {
+		eventually(t, func() error {
+			got, err := checked(pin)
+			if err != nil {
+				return err
+			}
+			img, w, err := entryFor(got, image, "web", "app")
+			if err != nil {
+				return err
+			}
+			if string(img.Digest) != b {
+				return fmt.Errorf("%s/%s shows %s, want %s", pin.Namespace, pin.Name, img.Digest, b)
+			}
+			return driftIs(w, imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved)
+		})
+	}
+	took := time.Since(pushed)
+	if took > 10*time.Second+3*time.Second {
+		t.Errorf("the last of 3 ImagePins saw the move %s after the push; the interval is 10s", took.Round(100*time.Millisecond))
+	}
+	if n := headsSince(pushed); n > 2 {
+		t.Errorf("%d HEADs of the tag in the %s until all 3 ImagePins saw the move, want one per tick", n, took.Round(time.Second))
+	}
 }
