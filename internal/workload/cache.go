@@ -1,6 +1,8 @@
 package workload
 
 import (
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -15,8 +17,14 @@ func CacheOptions() cache.Options {
 	return cache.Options{
 		DefaultTransform: stripForCache,
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}: {Transform: keepDockerConfigOnly},
-			&corev1.Pod{}:    {Transform: keepWhatDriftReads},
+			&corev1.Secret{}:      {Transform: keepDockerConfigOnly},
+			&corev1.Pod{}:         {Transform: keepWhatDriftReads},
+			&appsv1.Deployment{}:  {Transform: keepWhatSelectionReads},
+			&appsv1.StatefulSet{}: {Transform: keepWhatSelectionReads},
+			&appsv1.DaemonSet{}:   {Transform: keepWhatSelectionReads},
+			&batchv1.Job{}:        {Transform: keepWhatSelectionReads},
+			&batchv1.CronJob{}:    {Transform: keepWhatSelectionReads},
+			&appsv1.ReplicaSet{}:  {Transform: keepWhatSelectionReads},
 		},
 	}
 }
@@ -32,6 +40,64 @@ func stripForCache(obj any) (any, error) {
 		}
 	}
 	return obj, nil
+}
+
+// keepWhatSelectionReads keeps of a workload (and of a ReplicaSet, which
+// the owner walk from a pod to its workload passes) what the controller
+// reads: identity, generation, labels and owners, and of its pod template
+// the containers' names and images, the pull secrets and the service
+// account. Writes are server-side applies of the image fields alone, never
+// of a cached object, so nothing else is needed; a cached Deployment
+// shrinks from its whole spec and status to a few hundred bytes.
+func keepWhatSelectionReads(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		return &appsv1.Deployment{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta),
+			Spec: appsv1.DeploymentSpec{Template: slimTemplate(o.Spec.Template)}}, nil
+	case *appsv1.StatefulSet:
+		return &appsv1.StatefulSet{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta),
+			Spec: appsv1.StatefulSetSpec{Template: slimTemplate(o.Spec.Template)}}, nil
+	case *appsv1.DaemonSet:
+		return &appsv1.DaemonSet{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta),
+			Spec: appsv1.DaemonSetSpec{Template: slimTemplate(o.Spec.Template)}}, nil
+	case *batchv1.Job:
+		return &batchv1.Job{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta),
+			Spec: batchv1.JobSpec{Template: slimTemplate(o.Spec.Template)}}, nil
+	case *batchv1.CronJob:
+		return &batchv1.CronJob{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta),
+			Spec: batchv1.CronJobSpec{JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: slimTemplate(o.Spec.JobTemplate.Spec.Template)}}}}, nil
+	case *appsv1.ReplicaSet:
+		return &appsv1.ReplicaSet{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta)}, nil
+	}
+	return stripForCache(obj)
+}
+
+func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{
+		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Generation: m.Generation,
+		CreationTimestamp: m.CreationTimestamp, DeletionTimestamp: m.DeletionTimestamp,
+		Labels: m.Labels, OwnerReferences: m.OwnerReferences,
+	}
+}
+
+func slimTemplate(t corev1.PodTemplateSpec) corev1.PodTemplateSpec {
+	return corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+		InitContainers:     slimContainers(t.Spec.InitContainers),
+		Containers:         slimContainers(t.Spec.Containers),
+		ImagePullSecrets:   t.Spec.ImagePullSecrets,
+		ServiceAccountName: t.Spec.ServiceAccountName,
+	}}
+}
+
+func slimContainers(in []corev1.Container) []corev1.Container {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]corev1.Container, len(in))
+	for i, c := range in {
+		out[i] = corev1.Container{Name: c.Name, Image: c.Image}
+	}
+	return out
 }
 
 // keepWhatDriftReads keeps of a Pod only what drift is computed from: its

@@ -3,8 +3,12 @@ package workload
 import (
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 func TestCacheKeepsOfAPodWhatDriftReads(t *testing.T) {
@@ -77,5 +81,81 @@ func TestCacheHoldsNoDataOfOtherSecrets(t *testing.T) {
 		if tc.keep != "" && (len(got.Data) != 1 || got.Data[tc.keep] == nil) {
 			t.Errorf("%s secret in cache = %v, want only %s", tc.typ, got.Data, tc.keep)
 		}
+	}
+}
+
+func TestCacheKeepsOfAWorkloadWhatSelectionReads(t *testing.T) {
+	template := corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"run": "web"}, Annotations: map[string]string{"big": "x"}},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: "builder",
+			ImagePullSecrets:   []corev1.LocalObjectReference{{Name: "regcred"}},
+			InitContainers:     []corev1.Container{{Name: "init", Image: "reg.io/init:v1", Args: []string{"--x"}}},
+			Containers: []corev1.Container{{Name: "app", Image: "reg.io/app:v1", Env: []corev1.EnvVar{{Name: "SECRET", Value: "s"}},
+				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1")}}}},
+		},
+	}
+	meta := metav1.ObjectMeta{
+		Name: "web", Namespace: "prod", UID: "u1", ResourceVersion: "42", Generation: 7,
+		Labels:          map[string]string{"app": "web"},
+		Annotations:     map[string]string{"big": "x"},
+		OwnerReferences: []metav1.OwnerReference{{Kind: "CronJob", Name: "nightly", UID: "cj1"}},
+		ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
+	}
+	replicas := int32(3)
+	for _, obj := range []client.Object{
+		&appsv1.Deployment{ObjectMeta: meta, Spec: appsv1.DeploymentSpec{Replicas: &replicas, Template: template}, Status: appsv1.DeploymentStatus{Replicas: 3}},
+		&appsv1.StatefulSet{ObjectMeta: meta, Spec: appsv1.StatefulSetSpec{Replicas: &replicas, Template: template}},
+		&appsv1.DaemonSet{ObjectMeta: meta, Spec: appsv1.DaemonSetSpec{Template: template}},
+		&batchv1.Job{ObjectMeta: meta, Spec: batchv1.JobSpec{Template: template}},
+		&batchv1.CronJob{ObjectMeta: meta, Spec: batchv1.CronJobSpec{Schedule: "@daily", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: template}}}},
+	} {
+		out, err := keepWhatSelectionReads(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := Workload{Object: out.(client.Object)}
+		switch o := out.(type) {
+		case *appsv1.Deployment:
+			w.Template = &o.Spec.Template.Spec
+			if o.Spec.Replicas != nil || o.Status.Replicas != 0 {
+				t.Errorf("%T kept replicas", o)
+			}
+		case *appsv1.StatefulSet:
+			w.Template = &o.Spec.Template.Spec
+		case *appsv1.DaemonSet:
+			w.Template = &o.Spec.Template.Spec
+		case *batchv1.Job:
+			w.Template = &o.Spec.Template.Spec
+		case *batchv1.CronJob:
+			w.Template = &o.Spec.JobTemplate.Spec.Template.Spec
+			if o.Spec.Schedule != "" {
+				t.Errorf("%T kept its schedule", o)
+			}
+		}
+		m := w.Object
+		if m.GetName() != "web" || m.GetNamespace() != "prod" || m.GetUID() != "u1" || m.GetResourceVersion() != "42" || m.GetGeneration() != 7 ||
+			m.GetLabels()["app"] != "web" || len(m.GetOwnerReferences()) != 1 {
+			t.Errorf("%T lost its identity, generation, labels or owner: %+v", obj, m)
+		}
+		if len(m.GetAnnotations()) != 0 || len(m.GetManagedFields()) != 0 {
+			t.Errorf("%T kept annotations or managedFields", obj)
+		}
+		s := w.Template
+		if s.ServiceAccountName != "builder" || len(s.ImagePullSecrets) != 1 ||
+			len(s.InitContainers) != 1 || s.InitContainers[0].Image != "reg.io/init:v1" ||
+			len(s.Containers) != 1 || s.Containers[0].Name != "app" || s.Containers[0].Image != "reg.io/app:v1" {
+			t.Errorf("%T lost what selection and credentials read: %+v", obj, s)
+		}
+		if len(s.Containers[0].Env) != 0 || len(s.Containers[0].Resources.Limits) != 0 || len(s.InitContainers[0].Args) != 0 {
+			t.Errorf("%T kept container details nothing reads: %+v", obj, s.Containers[0])
+		}
+	}
+	rs, err := keepWhatSelectionReads(&appsv1.ReplicaSet{ObjectMeta: meta, Spec: appsv1.ReplicaSetSpec{Template: template}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := rs.(*appsv1.ReplicaSet); len(o.OwnerReferences) != 1 || len(o.Spec.Template.Spec.Containers) != 0 {
+		t.Errorf("a ReplicaSet keeps its owner and nothing of its template: %+v", o)
 	}
 }
