@@ -154,12 +154,13 @@ func untilNextTick(now time.Time, interval time.Duration) time.Duration {
 	return now.Truncate(interval).Add(interval).Sub(now) + tickSlack
 }
 
-// freshness is the age a resolution may have to be reused now: it must
-// have been made since the current tick began, so that a check on a tick
-// never reuses the previous tick's answer, while every check within a tick
-// (other ImagePins, watch events) shares one.
-func freshness(now time.Time, interval time.Duration) time.Duration {
-	return now.Sub(now.Truncate(interval)) + tickSlack
+// tickStart is when the current tick of interval began. A check reuses
+// only resolutions made since then, so that a check on a tick never
+// reuses the previous tick's answer, while every lookup within a tick
+// (other workloads naming the tag, other ImagePins, watch events) shares
+// one, however long the registry budget stretches the check.
+func tickStart(now time.Time, interval time.Duration) time.Time {
+	return now.Truncate(interval)
 }
 
 // patchStatus writes status with a merge patch, and nothing when it is

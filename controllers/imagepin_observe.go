@@ -87,12 +87,12 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 			add(c, false)
 		}
 	}
-	r.resolveAll(ctx, obs.containers, freshness(r.Clock.Now(), sel.Interval))
+	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval))
 	return obs, nil
 }
 
 // resolveAll resolves the tag of every container, a few at a time.
-func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []containerObs, ttl time.Duration) {
+func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []containerObs, freshSince time.Time) {
 	work := make(chan int)
 	var wg sync.WaitGroup
 	for range resolveWorkers {
@@ -100,7 +100,7 @@ func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []contai
 			for i := range work {
 				c := &containers[i]
 				c.result, c.err = r.Resolver.Resolve(ctx, registry.Request{
-					Image: c.image, Keychain: c.keychain, TTL: ttl,
+					Image: c.image, Keychain: c.keychain, FreshSince: freshSince,
 				})
 			}
 		})

@@ -89,6 +89,12 @@ type Request struct {
 	Keychain authn.Keychain
 	// TTL is how long a resolution is reused: the ImagePin's interval.
 	TTL time.Duration
+	// FreshSince, if set, reuses a resolution only if it was made at or
+	// after this time, instead of by age: the controller passes the start
+	// of the current tick of the ImagePin's interval, so that every lookup
+	// of one check (however long the registry budget makes it) and of
+	// every ImagePin on that tick shares one resolution.
+	FreshSince time.Time
 	// Timeout, if shorter than the resolver's, bounds this caller's wait;
 	// the resolution itself goes on and fills the cache.
 	Timeout time.Duration
@@ -205,7 +211,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	}
 	key := tag.Context().Name() + ":" + tag.TagStr() + "|" + id
 
-	if res, ok, err := r.fromCache(key, req.TTL); ok {
+	if res, ok, err := r.fromCache(key, req); ok {
 		r.metrics.CacheResults.WithLabelValues(resultHit).Inc()
 		return res, err
 	}
@@ -215,7 +221,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 		ran = true
 		// A fetch may have finished between the cache check above and
 		// joining the group: look again, so it is not repeated.
-		if res, ok, err := r.fromCache(key, req.TTL); ok {
+		if res, ok, err := r.fromCache(key, req); ok {
 			hit = true
 			return res, err
 		}
@@ -296,11 +302,18 @@ func hostname(host string) string {
 
 // fromCache answers from a fresh entry: a success, or a failure still
 // within its TTL (a failing registry is asked once per TTL, not per caller).
-func (r *Resolver) fromCache(key string, ttl time.Duration) (res Result, ok bool, err error) {
+func (r *Resolver) fromCache(key string, req Request) (res Result, ok bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.cache[key]
-	if e == nil || r.clock.Since(e.checkedAt) >= ttl {
+	if e == nil {
+		return Result{}, false, nil
+	}
+	if !req.FreshSince.IsZero() {
+		if e.checkedAt.Before(req.FreshSince) {
+			return Result{}, false, nil
+		}
+	} else if r.clock.Since(e.checkedAt) >= req.TTL {
 		return Result{}, false, nil
 	}
 	return r.resultOf(e), true, e.err

@@ -511,3 +511,38 @@ func TestRateLimitRemainingIsRecorded(t *testing.T) {
 }
 
 func nullLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// FreshSince reuses a resolution made at or after that instant, however
+// old it has grown since (a check stretched by the registry budget), and
+// none made before it (the previous tick's).
+func TestFreshSinceReusesOnlyResolutionsMadeSinceThen(t *testing.T) {
+	f := newFixture(t)
+	first := f.reg.push("team/app:v1")
+	tick := f.clock.Now()
+	resolve := func(since time.Time) string {
+		t.Helper()
+		res, err := f.resolver.Resolve(context.Background(), Request{Image: f.reg.image("team/app:v1"), FreshSince: since})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Digest
+	}
+	if got := resolve(tick); got != first {
+		t.Fatalf("digest = %s, want %s", got, first)
+	}
+	second := f.reg.push("team/app:v1")
+	f.clock.Step(8 * time.Second)
+	if got := resolve(tick); got != first {
+		t.Fatalf("a resolution made since the tick is reused however old: got %s, want %s", got, first)
+	}
+	if got := f.reg.count("HEAD manifests"); got != 0 { // counted since the push
+		t.Fatalf("HEADs later in the tick = %d, want 0", got)
+	}
+	f.clock.Step(2 * time.Second)
+	if got := resolve(tick.Add(10 * time.Second)); got != second {
+		t.Fatalf("the next tick resolves again: got %s, want %s", got, second)
+	}
+	if got := f.reg.count("HEAD manifests"); got != 1 {
+		t.Errorf("HEADs on the next tick = %d, want 1", got)
+	}
+}
