@@ -87,9 +87,12 @@ verify: manifests generate fmt ## Fail if generated or formatted files differ fr
 test: manifests generate fmt vet control-plane $(REGISTRY) ## Run every test: unit, and integration against the real API server and registry.
 	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) test $(TEST_FLAGS) ./...
 
+BENCH_FLAGS ?=
+
 .PHONY: bench
-bench: control-plane $(REGISTRY) ## Run the benchmarks and print their figures.
+bench: control-plane $(REGISTRY) ## Run the Go benchmarks, then the cluster benchmarks (hack/bench; BENCH_FLAGS): figures in tmp/bench/results.{md,json}.
 	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) test -run '^$$' -bench . -benchmem ./...
+	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) run ./hack/bench --out tmp/bench/results $(BENCH_FLAGS)
 
 .PHONY: test-unit
 test-unit: ## Run the tests that need no control plane.

@@ -1,0 +1,374 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/registry"
+)
+
+const (
+	secConvergence = "1 convergence"
+	secSteady      = "2 steady state"
+	secDetection   = "3 detection"
+	secMemory      = "4 memory"
+)
+
+// clusterBenchmarks runs 1–4: convergence, steady state, detection and
+// memory (and, with --memory-10k, memory with 10,000 Deployments), then
+// deletes what they created.
+func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
+	namespaces := make([]string, b.o.namespaces)
+	perNS := map[string]int{}
+	for i := range namespaces {
+		namespaces[i] = fmt.Sprintf("bench-%02d", i)
+		perNS[namespaces[i]] = b.o.deployments / b.o.namespaces
+		if i < b.o.deployments%b.o.namespaces {
+			perNS[namespaces[i]]++
+		}
+	}
+	// However it ends, the next benchmarks run without these.
+	defer func() {
+		if ctx.Err() != nil {
+			return
+		}
+		logf("deleting the Deployments and ImagePins of 1–4")
+		for _, ns := range namespaces {
+			if derr := b.k8s.DeleteAllOf(ctx, &imagesv1alpha1.ImagePin{}, client.InNamespace(ns)); derr != nil && err == nil {
+				err = derr
+			}
+		}
+		if derr := b.deleteDeployments(ctx, namespaces...); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	var pins []client.Object
+	for _, ns := range namespaces {
+		if err := b.namespaceWithSecret(ctx, ns); err != nil {
+			return err
+		}
+		pins = append(pins, imagePin(ns, "bench", "", imagesv1alpha1.ModeObserve, b.o.interval))
+	}
+	if err := b.createAll(ctx, pins); err != nil {
+		return err
+	}
+
+	// 4, baseline: a manager with the ImagePins and no Deployments.
+	logf("baseline: a manager with %d ImagePins and no Deployments", len(namespaces))
+	m0, err := b.startManager(ctx, managerOpts{name: "manager-baseline", extra: b.o.managerFlags})
+	if err != nil {
+		return err
+	}
+	zero := map[string]int{}
+	for _, ns := range namespaces {
+		zero[ns] = 0
+	}
+	if _, err := b.waitReady(ctx, namespaces, zero, 2*time.Minute); err != nil {
+		m0.stop()
+		return fmt.Errorf("ImagePins without Deployments never became Ready: %w", err)
+	}
+	b.baseline, err = sampleMemory(ctx, m0, 20*time.Second, 2*time.Minute, 3)
+	m0.stop()
+	if err != nil {
+		return fmt.Errorf("baseline memory: %w", err)
+	}
+	logf("baseline: %s", b.baseline)
+
+	// The Deployments, pinned to what their tags point to.
+	logf("creating %d Deployments in %d namespaces", b.o.deployments, len(namespaces))
+	if err := b.createDeployments(ctx, namespaces, perNS, 0); err != nil {
+		return err
+	}
+
+	// 1: convergence.
+	logf("convergence: starting the manager")
+	m1, err := b.startManager(ctx, managerOpts{name: "manager", extra: b.o.managerFlags})
+	if err != nil {
+		return err
+	}
+	defer m1.stop()
+	readyAt, err := b.waitReady(ctx, namespaces, perNS, 5*time.Minute+time.Duration(b.o.deployments)*10*time.Millisecond)
+	if err != nil {
+		if errors.Is(err, errDeadline) {
+			b.rep.failed(secConvergence, "manager start → every ImagePin Ready", "as fast as the request budget allows", err)
+			return nil
+		}
+		return err
+	}
+	converged := slices.MaxFunc(mapValues(readyAt), func(a, c time.Time) int { return a.Compare(c) })
+	b.reportConvergence(m1, converged)
+	if err := b.describeDeployment(ctx, namespaces[0]); err != nil {
+		return err
+	}
+
+	// 2 and 4: steady state over 3 intervals, and the manager's heap
+	// sampled meanwhile.
+	from, to := converged.Add(b.o.interval/2), converged.Add(b.o.interval*7/2)
+	logf("steady state: counting registry requests from %s to %s; sampling the manager's heap", from.Format("15:04:05"), to.Format("15:04:05"))
+	type memOut struct {
+		res *memResult
+		err error
+	}
+	memDone := make(chan memOut, 1)
+	go func() {
+		r, err := sampleMemory(ctx, m1, time.Until(to), time.Until(to)+time.Minute, 3)
+		memDone <- memOut{r, err}
+	}()
+	// A fixed window: what is counted is what happens in it.
+	if err := sleep(ctx, time.Until(to)); err != nil {
+		return err
+	}
+	b.reportSteady(from, to)
+	mem := <-memDone
+	if mem.err != nil {
+		return fmt.Errorf("memory: %w", mem.err)
+	}
+	logf("memory with %d Deployments: %s", b.o.deployments, mem.res)
+	b.reportMemory(b.o.deployments, mem.res)
+
+	// 3: detection, ImagePins in step and out of phase.
+	if err := b.detection(ctx, namespaces); err != nil {
+		return err
+	}
+	if err := b.detectionOutOfPhase(ctx, namespaces, perNS); err != nil {
+		return err
+	}
+	ms, err := m1.scrape(ctx)
+	if err != nil {
+		return err
+	}
+	b.crossCheck(ms, m1.started)
+	m1.stop()
+
+	if b.o.memory10k && b.o.memoryLarge > b.o.deployments {
+		return b.memory10k(ctx, namespaces)
+	}
+	return nil
+}
+
+// createDeployments creates, in each namespace, Deployments numbered from
+// `from` up to perNS[ns]; Deployment j names tag j mod tags, pinned to
+// the digest first pushed.
+func (b *bench) createDeployments(ctx context.Context, namespaces []string, perNS map[string]int, from int) error {
+	var objs []client.Object
+	for _, ns := range namespaces {
+		for j := from; j < perNS[ns]; j++ {
+			tag := b.tags[j%len(b.tags)]
+			name := fmt.Sprintf("app-%05d", j)
+			objs = append(objs, b.deployment(ns, name, name, b.image(tag)+"@"+b.digests[tag]))
+		}
+	}
+	return b.createAll(ctx, objs)
+}
+
+// describeDeployment records how large one benchmark Deployment is as the
+// API server returns it, without managedFields (the manager's cache strips
+// them), to put the memory figure in proportion.
+func (b *bench) describeDeployment(ctx context.Context, ns string) error {
+	var d appsv1.Deployment
+	if err := b.k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "app-00000"}, &d); err != nil {
+		return err
+	}
+	d.ManagedFields = nil
+	js, err := json.Marshal(&d)
+	if err != nil {
+		return err
+	}
+	b.rep.Parameters["deploymentJSONBytes"] = len(js)
+	return nil
+}
+
+// waitReady polls the ImagePins of namespaces every 100 ms until each is
+// Ready with want[ns] workloads, and returns when the benchmark first saw
+// each so.
+func (b *bench) waitReady(ctx context.Context, namespaces []string, want map[string]int, timeout time.Duration) (map[string]time.Time, error) {
+	readyAt := map[string]time.Time{}
+	err := poll(ctx, 100*time.Millisecond, timeout, func() (bool, error) {
+		pins, err := b.listPins(ctx, namespaces)
+		if err != nil {
+			return false, err
+		}
+		now := time.Now()
+		for _, ns := range namespaces {
+			if _, ok := readyAt[ns]; ok {
+				continue
+			}
+			if p := pins[ns]; p != nil && readyWith(p, want[ns]) {
+				readyAt[ns] = now
+			}
+		}
+		return len(readyAt) == len(namespaces), nil
+	})
+	if errors.Is(err, errDeadline) {
+		var missing []string
+		for _, ns := range namespaces {
+			if _, ok := readyAt[ns]; !ok {
+				missing = append(missing, ns)
+			}
+		}
+		return readyAt, fmt.Errorf("%w: ImagePins of %s not Ready with all their workloads after %s", err, strings.Join(missing, ", "), timeout)
+	}
+	return readyAt, err
+}
+
+func mapValues[K comparable, V any](m map[K]V) []V {
+	out := make([]V, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+// qpsAndBurst are the manager's registry budget: its defaults, or what
+// --manager-flag set.
+func (b *bench) qpsAndBurst() (float64, int) {
+	qps, burst := float64(registry.DefaultQPS), registry.DefaultBurst
+	for _, f := range b.o.managerFlags {
+		if v, ok := strings.CutPrefix(f, "--registry-qps="); ok {
+			_, _ = fmt.Sscan(v, &qps)
+		}
+		if v, ok := strings.CutPrefix(f, "--registry-burst="); ok {
+			_, _ = fmt.Sscan(v, &burst)
+		}
+	}
+	return qps, burst
+}
+
+// budgetFloor says how long requests take at least under a request budget
+// of qps after a burst.
+func budgetFloor(requests int, qps float64, burst int) string {
+	if requests <= burst {
+		return fmt.Sprintf("no floor from the request budget: %d cold requests fit its burst of %d", requests, burst)
+	}
+	return fmt.Sprintf("≥ %.1f s: %d cold requests at --registry-qps %g after a burst of %d", float64(requests-burst)/qps, requests, qps, burst)
+}
+
+func (b *bench) reportConvergence(m *managerProc, converged time.Time) {
+	secs := converged.Sub(m.started).Seconds()
+	c := count(b.proxy.between(m.started, converged.Add(time.Second)))
+	tags := float64(len(b.tags))
+	qps, burst := b.qpsAndBurst()
+	b.rep.limit(secConvergence, fmt.Sprintf("manager start → %d ImagePins Ready with %d Deployments", b.o.namespaces, b.o.deployments),
+		secs, "s", budgetFloor(c.Total, qps, burst), "")
+	b.rep.goal(secConvergence, "manifest HEADs per distinct tag", float64(c.ManifestHEADs)/tags, "/tag", "1.0", c.ManifestHEADs == len(b.tags), "")
+	b.rep.goal(secConvergence, "manifest GETs per distinct tag", float64(c.ManifestGETs)/tags, "/tag", "0", c.ManifestGETs == 0, "")
+	b.rep.goal(secConvergence, "registry requests per distinct tag, all kinds", float64(c.Total)/tags, "/tag", "1.0", c.Total <= len(b.tags),
+		fmt.Sprintf("%d pings, %d tokens", c.Pings, c.Tokens))
+	logf("convergence: %.1f s; %s", secs, c)
+	b.rep.Methods["convergence"] = fmt.Sprintf("Deployments created before the manager process starts; seconds from exec to the first 100 ms poll that sees every ImagePin Ready=True, observedGeneration current, summary.workloads = its namespace's Deployments; requests counted at the proxy over the same span (%s)", c)
+}
+
+func (b *bench) reportSteady(from, to time.Time) {
+	c := count(b.proxy.between(from, to))
+	intervals := 3.0
+	tags := float64(len(b.tags))
+	perTag := func(n int) float64 { return float64(n) / tags / intervals }
+	maxOne := 0
+	for _, n := range c.HEADsByTag {
+		maxOne = max(maxOne, n)
+	}
+	b.rep.goal(secSteady, "registry requests per distinct tag per interval, all kinds", perTag(c.Total), "/tag/interval", "1.0", perTag(c.Total) <= 1.0,
+		fmt.Sprintf("%d requests in 3 intervals of %s", c.Total, b.o.interval))
+	b.rep.goal(secSteady, "manifest HEADs per distinct tag per interval", perTag(c.ManifestHEADs), "/tag/interval", "1.0", perTag(c.ManifestHEADs) <= 1.0,
+		fmt.Sprintf("most for one tag: %d in 3 intervals", maxOne))
+	b.rep.goal(secSteady, "manifest GETs per distinct tag per interval", perTag(c.ManifestGETs), "/tag/interval", "0", c.ManifestGETs == 0, "")
+	logf("steady state: %s", c)
+	b.rep.Methods["steady"] = fmt.Sprintf("requests counted at the proxy in [all Ready + interval/2, all Ready + 3.5 intervals] (a fixed window holding three refreshes), divided by tags × 3 (%s)", c)
+}
+
+func (b *bench) reportMemory(deployments int, m *memResult) {
+	per := float64(deployments) / 1000
+	inuse := (m.HeapInuse - b.baseline.HeapInuse) / per / mib
+	live := (m.HeapLive - b.baseline.HeapLive) / per / mib
+	name := fmt.Sprintf("heap in use per 1,000 cached Deployments (%d Deployments)", deployments)
+	b.rep.goal(secMemory, name, inuse, "MiB", "≤ 3 MiB", inuse <= 3,
+		fmt.Sprintf("%.1f MiB with, %.1f MiB without; one Deployment is %v bytes of JSON", m.HeapInuse/mib, b.baseline.HeapInuse/mib, b.rep.Parameters["deploymentJSONBytes"]))
+	b.rep.info(secMemory, fmt.Sprintf("live heap per 1,000 cached Deployments (%d Deployments)", deployments), live, "MiB",
+		fmt.Sprintf("go_gc_heap_live_bytes %.1f MiB with, %.1f MiB without", m.HeapLive/mib, b.baseline.HeapLive/mib))
+	b.rep.Methods["memory"] = "the manager's /metrics scraped every 200 ms; samples taken right after a GC cycle ended (go_gc_cycles_total_gc_cycles_total moved); median heap in use (go_memstats_heap_inuse_bytes) and go_gc_heap_live_bytes of those, minus the same of a manager process with the ImagePins and no Deployments, divided by thousands of Deployments. " +
+		"Baseline: " + b.baseline.String() + ". With Deployments: " + m.String()
+}
+
+// firstHEAD returns when the proxy first saw a manifest HEAD of repoTag
+// after t.
+func (b *bench) firstHEAD(repoTag string, t time.Time) time.Time {
+	repo, tag, _ := strings.Cut(repoTag, ":")
+	for _, e := range b.proxy.since(t) {
+		if e.kind == kindManifest && e.method == "HEAD" && e.repo == repo && e.ref == tag {
+			return e.at
+		}
+	}
+	return time.Time{}
+}
+
+// crossCheck compares the manager's own count of registry requests with
+// the proxy's over the manager's life.
+func (b *bench) crossCheck(ms metrics, started time.Time) {
+	own := ms.sum("imagepin_registry_requests_total")
+	seen := count(b.proxy.since(started))
+	heads := ms.sum("imagepin_registry_requests_total", `method="HEAD"`)
+	b.rep.goal(secConvergence, "cross-check: imagepin_registry_requests_total over the manager's life vs the proxy's count",
+		own, "requests", fmt.Sprintf("= %d (proxy)", seen.Total), int(own) == seen.Total,
+		fmt.Sprintf("HEAD %d by the manager, %d manifest HEADs by the proxy", int(heads), seen.ManifestHEADs))
+}
+
+// memory10k adds Deployments up to 10,000 and measures a fresh manager's
+// heap with them.
+func (b *bench) memory10k(ctx context.Context, namespaces []string) error {
+	total := b.o.memoryLarge
+	perNS := map[string]int{}
+	have := map[string]int{}
+	for i, ns := range namespaces {
+		perNS[ns] = total / len(namespaces)
+		if i < total%len(namespaces) {
+			perNS[ns]++
+		}
+		have[ns] = b.o.deployments / len(namespaces)
+		if i < b.o.deployments%len(namespaces) {
+			have[ns]++
+		}
+	}
+	// Deployments numbered from each namespace's count up.
+	minFrom := total
+	for _, ns := range namespaces {
+		minFrom = min(minFrom, have[ns])
+	}
+	logf("memory: adding Deployments up to %d", total)
+	if err := b.createDeployments(ctx, namespaces, perNS, minFrom); err != nil {
+		return err
+	}
+	m, err := b.startManager(ctx, managerOpts{name: "manager-10k", extra: b.o.managerFlags})
+	if err != nil {
+		return err
+	}
+	defer m.stop()
+	readyAt, err := b.waitReady(ctx, namespaces, perNS, 15*time.Minute)
+	if err != nil {
+		if errors.Is(err, errDeadline) {
+			b.rep.failed(secMemory, fmt.Sprintf("heap in use per 1,000 cached Deployments (%d Deployments)", total), "≤ 3 MiB", err)
+			return nil
+		}
+		return err
+	}
+	converged := slices.MaxFunc(mapValues(readyAt), func(a, c time.Time) int { return a.Compare(c) })
+	b.rep.info(secConvergence, fmt.Sprintf("manager start → %d ImagePins Ready with %d Deployments", len(namespaces), total),
+		converged.Sub(m.started).Seconds(), "s", "")
+	res, err := sampleMemory(ctx, m, 30*time.Second, 3*time.Minute, 3)
+	if err != nil {
+		return err
+	}
+	logf("memory with %d Deployments: %s", total, res)
+	keep := b.rep.Methods["memory"]
+	b.reportMemory(total, res)
+	b.rep.Methods["memory"] = keep + fmt.Sprintf(". With %d Deployments: ", total) + res.String()
+	return nil
+}

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Metric names of the Go runtime the manager exposes (controller-runtime
+// registers the Go collector with every runtime/metrics series).
+const (
+	metricGCCycles  = "go_gc_cycles_total_gc_cycles_total"
+	metricGCCount   = "go_gc_duration_seconds_count"
+	metricHeapInuse = "go_memstats_heap_inuse_bytes"
+	metricHeapAlloc = "go_memstats_heap_alloc_bytes"
+	metricHeapLive  = "go_gc_heap_live_bytes"
+)
+
+// memResult is a manager's heap, from samples taken right after a GC.
+type memResult struct {
+	// HeapInuse, HeapAlloc and HeapLive are medians over the post-GC
+	// samples, in bytes.
+	HeapInuse, HeapAlloc, HeapLive float64
+	// GCs is how many GC cycles ended while sampling; Samples how many
+	// scrapes were taken.
+	GCs, Samples int
+	// PostGC is false when no GC ended while sampling: the figures are
+	// then the smallest seen, garbage included.
+	PostGC bool
+}
+
+func (m *memResult) String() string {
+	how := "post-GC medians"
+	if !m.PostGC {
+		how = "no GC seen: minimum of all samples"
+	}
+	return fmt.Sprintf("heap in use %.1f MiB, allocated %.1f MiB, live %.1f MiB (%s of %d scrapes, %d GCs)",
+		m.HeapInuse/mib, m.HeapAlloc/mib, m.HeapLive/mib, how, m.Samples, m.GCs)
+}
+
+const mib = 1 << 20
+
+// sampleMemory scrapes m every 200 ms for at least minDur and until minGCs
+// GC cycles have ended (at most maxDur), and returns the heap right after
+// GCs. The scrapes themselves allocate a little, so an idle manager still
+// collects now and then; what a scrape allocates is garbage by the next GC.
+func sampleMemory(ctx context.Context, m *managerProc, minDur, maxDur time.Duration, minGCs int) (*memResult, error) {
+	start := time.Now()
+	var inuse, alloc, live []float64
+	var allInuse, allAlloc, allLive []float64
+	prevGC := -1.0
+	res := &memResult{}
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ms, err := m.scrape(ctx)
+		if err != nil {
+			return nil, err
+		}
+		res.Samples++
+		gc := ms.sum(metricGCCycles)
+		if !ms.has(metricGCCycles) {
+			gc = ms.sum(metricGCCount)
+		}
+		in, al, lv := ms.sum(metricHeapInuse), ms.sum(metricHeapAlloc), ms.sum(metricHeapLive)
+		allInuse, allAlloc, allLive = append(allInuse, in), append(allAlloc, al), append(allLive, lv)
+		if prevGC >= 0 && gc > prevGC {
+			res.GCs += int(gc - prevGC)
+			inuse, alloc, live = append(inuse, in), append(alloc, al), append(live, lv)
+		}
+		prevGC = gc
+		elapsed := time.Since(start)
+		if (elapsed >= minDur && res.GCs >= minGCs) || elapsed >= maxDur {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+	if len(inuse) > 0 {
+		res.PostGC = true
+		res.HeapInuse, res.HeapAlloc, res.HeapLive = median(inuse), median(alloc), median(live)
+	} else {
+		res.HeapInuse, res.HeapAlloc, res.HeapLive = minimum(allInuse), minimum(allAlloc), minimum(allLive)
+	}
+	return res, nil
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func minimum(xs []float64) float64 {
+	m := xs[0]
+	for _, x := range xs {
+		m = min(m, x)
+	}
+	return m
+}
+
+// percentile returns the p-th percentile of durations (nearest rank, as
+// BenchmarkAdmission computes it), in milliseconds.
+func percentile(ds []time.Duration, p float64) float64 {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return float64(s[int(p*float64(len(s)-1))].Microseconds()) / 1000
+}
