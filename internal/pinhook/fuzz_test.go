@@ -353,3 +353,27 @@ func TestHandlePatchesOnlyImages(t *testing.T) {
 		})
 	}
 }
+
+// A resolver limited by --allowed-registries admits an image of another
+// registry unpinned with a warning saying so (failurePolicy: Ignore), and
+// sends it nothing.
+func TestAdmissionWarnsOfARegistryNotAllowed(t *testing.T) {
+	e := hookEnvFor(t)
+	limited, err := registry.New(registry.Options{InsecureRegistries: []string{e.reg.Host}, AllowedRegistries: []string{"registry.example.com"}, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Handler{Reader: e.h.Reader, Resolver: limited, Keychains: e.h.Keychains, Timeout: 2 * time.Second}
+	heads, gets := e.reg.ManifestRequests()
+	req := e.request("Deployment", []byte(seedObject("Deployment", `{"app":"web"}`, "REG/app:v1")), nil)
+	resp := h.Handle(context.Background(), req)
+	if !resp.Allowed || len(resp.Patches) != 0 {
+		t.Fatalf("allowed %v with %d patches; want admitted unpinned", resp.Allowed, len(resp.Patches))
+	}
+	if len(resp.Warnings) == 0 || !strings.Contains(strings.Join(resp.Warnings, "\n"), "is not in --allowed-registries; not contacted") {
+		t.Fatalf("warnings %q do not say the registry is not allowed", resp.Warnings)
+	}
+	if h2, g2 := e.reg.ManifestRequests(); h2 != heads || g2 != gets {
+		t.Fatalf("the registry not allowed got %d HEAD and %d GET", h2-heads, g2-gets)
+	}
+}
