@@ -15,20 +15,24 @@ func IsDigest(s string) bool { return digestRE.MatchString(s) }
 
 // DigestOfImageID reads the manifest digest from a container status's
 // imageID, in the forms runtimes write: "docker-pullable://repo@sha256:…"
-// (dockershim, cri-dockerd), "repo@sha256:…" (containerd, CRI-O) and a bare
-// "sha256:…". "docker://sha256:…" is Docker's local image ID, a config
-// digest rather than a manifest digest, so it yields nothing.
+// (dockershim, cri-dockerd) and "repo@sha256:…" (containerd, CRI-O). A
+// bare "sha256:…" is what containerd reports for an image it has no
+// repository digest of (one imported or loaded onto the node), and
+// "docker://sha256:…" is Docker's local image ID: both are the digest of
+// the image's config, not of a manifest, so they yield nothing rather
+// than a digest that never matches and reads as drift.
 func DigestOfImageID(imageID string) (string, bool) {
 	id := strings.TrimSpace(imageID)
 	if strings.HasPrefix(id, "docker://") {
 		return "", false
 	}
 	id = strings.TrimPrefix(id, "docker-pullable://")
-	if i := strings.LastIndexByte(id, '@'); i >= 0 {
-		id = id[i+1:]
+	i := strings.LastIndexByte(id, '@')
+	if i < 0 {
+		return "", false
 	}
-	if IsDigest(id) {
-		return id, true
+	if d := id[i+1:]; IsDigest(d) {
+		return d, true
 	}
 	return "", false
 }

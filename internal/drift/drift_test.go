@@ -30,8 +30,11 @@ func TestDigestOfImageID(t *testing.T) {
 		{"docker-pullable://registry.example.com/team/app@" + digestA, digestA},
 		{"registry.example.com/team/app@" + digestA, digestA},
 		{"localhost:5000/team/app@" + digestA, digestA},
-		{digestA, digestA},
-		{"  " + digestA + " ", digestA},
+		{"  registry.example.com/team/app@" + digestA + " ", digestA},
+		// A config digest (containerd without a repository digest): not a
+		// manifest digest, so not compared with one.
+		{digestA, ""},
+		{"  " + digestA + " ", ""},
 		{"docker://" + digestA, ""},
 		{"", ""},
 		{"registry.example.com/team/app:v1", ""},
