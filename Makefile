@@ -45,7 +45,7 @@ K8S_LDFLAGS := -s -w \
 	-X k8s.io/client-go/pkg/version.gitMinor=$(K8S_MINOR) \
 	-X k8s.io/client-go/pkg/version.gitTreeState=clean
 
-TEST_FLAGS ?= -race -count=1
+TEST_FLAGS ?= -race -count=1 -timeout 30m
 
 ##@ General
 

@@ -487,7 +487,9 @@ func TestImagePinsOutOfPhaseEachSeeAMoveWithinTheInterval(t *testing.T) {
 		})
 	}
 	took := time.Since(pushed)
-	if took > 10*time.Second+3*time.Second {
+	// The old scheduling took ~16.5 s here; the margin is for a loaded
+	// machine, where every 10 s ImagePin of the package checks on one tick.
+	if took > 10*time.Second+5*time.Second {
 		t.Errorf("the last of 3 ImagePins saw the move %s after the push; the interval is 10s", took.Round(100*time.Millisecond))
 	}
 	if n := headsSince(pushed); n > 2 {

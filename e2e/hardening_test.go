@@ -21,6 +21,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -102,21 +103,30 @@ spec:
 }
 
 // metric returns the value of the first sample of a metric whose line
-// starts with prefix on a manager's /metrics, or "" if there is none.
-func metric(m *cluster.Manager, prefix string) string {
+// starts with prefix on a manager's /metrics, or "" if there is none. A
+// manager whose /metrics does not answer fails the test: an absent sample
+// must mean absent, not unreachable.
+func metric(t *testing.T, m *cluster.Manager, prefix string) string {
+	t.Helper()
 	resp, err := http.Get(m.MetricsURL) //nolint:noctx // a test helper against 127.0.0.1
 	if err != nil {
-		return ""
+		t.Fatalf("metrics of %s: %v", m.Name, err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	value, seen := "", false
 	for sc.Scan() {
-		if line := sc.Text(); strings.HasPrefix(line, prefix) {
-			return line[strings.LastIndex(line, " ")+1:]
+		line := sc.Text()
+		seen = seen || strings.HasPrefix(line, "go_goroutines ")
+		if value == "" && strings.HasPrefix(line, prefix) {
+			value = line[strings.LastIndex(line, " ")+1:]
 		}
 	}
-	return ""
+	if err := sc.Err(); err != nil || !seen {
+		t.Fatalf("metrics of %s: unreadable (%v) or without go_goroutines", m.Name, err)
+	}
+	return value
 }
 
 const leaderMetric = `leader_election_master_status{name="imagepin.images.imagepin.dev"}`
@@ -129,7 +139,7 @@ func waitLeader(t *testing.T, managers []*cluster.Manager, gone *cluster.Manager
 		var leaders []string
 		leader = nil
 		for _, m := range managers {
-			if m != gone && metric(m, leaderMetric) == "1" {
+			if m != gone && metric(t, m, leaderMetric) == "1" {
 				leader = m
 				leaders = append(leaders, m.Name)
 			}
@@ -214,7 +224,7 @@ func TestLeaderFailoverDuringFollow(t *testing.T) {
 	if d := deployment(t, ns, "web"); d.Generation != written.Generation {
 		t.Errorf("the new leader wrote the Deployment again: generation %d -> %d", written.Generation, d.Generation)
 	}
-	if w := metric(next, "imagepin_workload_writes_total"); w != "" {
+	if w := metric(t, next, "imagepin_workload_writes_total"); w != "" {
 		t.Errorf("the new leader wrote a workload (imagepin_workload_writes_total %s); the old leader had already", w)
 	}
 }
@@ -241,12 +251,12 @@ func TestRestartWritesNothing(t *testing.T) {
 	dBefore := deployment(t, ns, "web")
 	rsBefore := replicaSets(t, ns, "web")
 
-	local.Manager.Stop()
-	m, err := local.StartManager(ctx, cluster.ManagerOptions{Name: "imagepin"})
+	replaceManager(t) // stops it; should the restart below fail, a cleanup starts one
+	m, err := local.StartManager(ctx, cluster.ManagerOptions{Name: "imagepin-restarted"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	local.Manager = m
+	t.Cleanup(m.Stop)
 	restarted := time.Now()
 	after := waitPin(t, ns, "a check by the restarted manager", func(p *imagesv1alpha1.ImagePin) error {
 		if p.Status.LastCheckTime == nil || !p.Status.LastCheckTime.After(restarted) {
@@ -265,7 +275,7 @@ func TestRestartWritesNothing(t *testing.T) {
 	if got := replicaSets(t, ns, "web"); got != rsBefore {
 		t.Errorf("ReplicaSets %d -> %d after a restart", rsBefore, got)
 	}
-	if w := metric(m, "imagepin_workload_writes_total"); w != "" {
+	if w := metric(t, m, "imagepin_workload_writes_total"); w != "" {
 		t.Errorf("the restarted manager wrote a workload (imagepin_workload_writes_total %s)", w)
 	}
 	waitPods(t, ns, "web", func(ps []corev1.Pod) error {
@@ -425,6 +435,7 @@ type auditEvent struct {
 	ResponseStatus *struct {
 		Code int `json:"code"`
 	} `json:"responseStatus"`
+	StageTimestamp time.Time `json:"stageTimestamp"`
 }
 
 // grant is one verb on one resource of one API group.
@@ -471,6 +482,12 @@ func TestRBACGrantsWhatTheManagerUses(t *testing.T) {
 	ns := "rbac"
 	useNamespace(t, ns, true)
 	replaceManager(t)
+	// Its manager creates the Lease afresh (an earlier test's may be left).
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: cluster.ManagerNamespace, Name: "imagepin.images.imagepin.dev"}}
+	if err := local.Client.Delete(ctx, lease); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	since := time.Now() // only this test's manager is audited
 	m, err := local.StartManager(ctx, cluster.ManagerOptions{Name: "imagepin-rbac", Args: []string{"--leader-elect"}})
 	if err != nil {
 		t.Fatal(err)
@@ -520,7 +537,7 @@ spec:
 	for g := range grantsIn(t, filepath.Join(testenv.RepoRoot(), "config", "rbac", "leader_election_role.yaml")) {
 		granted[g] = true
 	}
-	used, forbidden := auditedRequests(t, local.AuditLog)
+	used, forbidden := auditedRequests(t, local.AuditLog, since)
 	var made []string
 	for g := range used {
 		made = append(made, g.String())
@@ -572,9 +589,9 @@ var grantedButNotExercisedHere = func() map[grant]string {
 	return m
 }()
 
-// auditedRequests reads the manager's requests from the audit log: what
-// it made, and what it was refused.
-func auditedRequests(t *testing.T, path string) (used map[grant]bool, forbidden []string) {
+// auditedRequests reads the manager's requests since a time from the audit
+// log: what it made, and what it was refused.
+func auditedRequests(t *testing.T, path string, since time.Time) (used map[grant]bool, forbidden []string) {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -589,7 +606,7 @@ func auditedRequests(t *testing.T, path string) (used map[grant]bool, forbidden 
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			t.Fatalf("audit log: %v", err)
 		}
-		if e.User.Username != cluster.ManagerUser || e.ObjectRef == nil {
+		if e.User.Username != cluster.ManagerUser || e.ObjectRef == nil || e.StageTimestamp.Before(since) {
 			continue
 		}
 		res := e.ObjectRef.Resource
@@ -787,12 +804,13 @@ func TestManagerRidesOutAPIServerOutage(t *testing.T) {
 		return workloadImage(p, image, build1, []imagesv1alpha1.DriftReason{imagesv1alpha1.DriftUnpinned})
 	})
 
+	failedBefore := metric(t, m, `rest_client_requests_total{code="<error>"`)
 	proxy.Down()
 	// While it is cut off: the tag moves and a workload arrives.
 	build2 := push(t, "outage/web:v1", "outage build 2")
 	apply(t, ns, deploymentYAML("web-2", image, 1))
 	poll(t, "the manager to see the outage", 60*time.Second, func() error {
-		if metric(m, `rest_client_requests_total{code="<error>"`) == "" {
+		if metric(t, m, `rest_client_requests_total{code="<error>"`) == failedBefore {
 			return errors.New("no failed API request yet")
 		}
 		return nil

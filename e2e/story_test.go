@@ -89,8 +89,10 @@ spec:
 		return workloadImage(p, image, build2, []imagesv1alpha1.DriftReason{imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved})
 	})
 
-	// 3. A pod goes away; its replacement lands on a node that has never
-	// pulled :v1, pulls the new bits, and the replicas now differ.
+	// 3. node-a is drained: its pod goes, and the replacement lands on a
+	// node that has never pulled :v1, pulls the new bits, and the replicas
+	// now differ.
+	kubectlAt(t, local.Kubeconfig, nil, "cordon", "node-a")
 	onA := podOn(t, pods, "node-a")
 	if err := c.Delete(ctx, &onA); err != nil {
 		t.Fatal(err)
@@ -98,6 +100,7 @@ spec:
 	pods = waitPods(t, ns, "web", func(ps []corev1.Pod) error {
 		return runningOn(ps, map[string]imagesv1alpha1.Digest{"node-b": build1, "node-c": build2})
 	})
+	kubectlAt(t, local.Kubeconfig, nil, "uncordon", "node-a")
 	t.Logf("step 3: %s", describe(pods))
 	pin = waitPin(t, ns, "MixedReplicas with both digests and nodes", func(p *imagesv1alpha1.ImagePin) error {
 		if err := workloadImage(p, image, build2, []imagesv1alpha1.DriftReason{imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved, imagesv1alpha1.DriftMixedReplicas}); err != nil {

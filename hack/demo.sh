@@ -7,6 +7,7 @@
 # change, rolls back by override, pins at admission and rides out a registry
 # outage. Every process it starts is stopped on exit, also on Ctrl-C.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 K8S_DIR=${K8S_DIR:?set by make demo}
@@ -60,6 +61,7 @@ push_build() {
 	tar -C "$WORK/build" -cf "$WORK/layer.tar" version.txt
 	local ref
 	ref=$(SSL_CERT_FILE=$REGISTRY_CA "$CRANE" append --oci-empty-base -f "$WORK/layer.tar" -t "$REGISTRY/demo/web:$tag" 2>>"$WORK/crane.log")
+	[[ $ref == *@sha256:* ]] || { echo "push of demo/web:$tag failed; see tmp/demo/crane.log" >&2; return 1; }
 	echo "${ref##*@}"
 }
 
@@ -108,6 +110,10 @@ EOF
 step "Start the local cluster: etcd, kube-apiserver, kube-controller-manager, a registry with auth and TLS, three simulated nodes, and imagepin with its webhook"
 mkdir -p "$WORK"
 "$DEVCLUSTER" down --dir "$WORK" >/dev/null
+if [[ -f tmp/dev-cluster/devcluster.pid ]] && kill -0 "$(cat tmp/dev-cluster/devcluster.pid)" 2>/dev/null; then
+	echo "a dev cluster (make dev-cluster) is running and holds the registry's port 127.0.0.1:5055; stop it with make dev-cluster-down" >&2
+	exit 1
+fi
 "$DEVCLUSTER" up --detach --dir "$WORK" --registry-addr 127.0.0.1:5055 --manager bin/imagepin
 # shellcheck source=/dev/null
 source "$WORK/env"
@@ -165,12 +171,14 @@ show kubectl get ipin web -o jsonpath='{range .status.images[0].history[*]}{.fir
 wait_for 15 "the TagMoved event" bash -c 'kubectl get events --field-selector reason=TagMoved -o name | grep -q .'
 show kubectl get events --field-selector reason=TagMoved -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message
 
-step "A pod goes away (a node drains, a pod is evicted); its replacement lands on a node that never pulled :v1"
+step "node-a is drained for maintenance: its pod goes, and the replacement lands on a node that never pulled :v1"
 victim=$(kubectl get pods -l app=web --field-selector spec.nodeName=node-a -o jsonpath='{.items[0].metadata.name}')
+show kubectl cordon node-a
 show kubectl delete pod "$victim"
 wait_for 60 "one pod on build 1 and one on build 2" pods_split "$first" "$second"
 pods
 say "Two replicas of one Deployment, one manifest, two different builds: node-b still runs build 1, node-c pulled build 2."
+show kubectl uncordon node-a
 wait_for 30 "MixedReplicas" bash -c "kubectl get ipin web -o jsonpath='{.status.images[0].workloads[0].drift}' | grep -q MixedReplicas"
 show kubectl get ipin web -o jsonpath='{range .status.images[0].workloads[*]}{.kind}/{.name} container {.container}: drift {.drift}{"\n"}{range .running[*]}  {.pods} pod(s) on {.nodes} run {.digest}{"\n"}{end}{end}'
 

@@ -203,11 +203,14 @@ func (c *Cluster) startControlPlane() error {
 		return err
 	}
 	api.Configure().Set("audit-policy-file", policy).Set("audit-log-path", c.AuditLog)
+	// Set before starting: Start can fail after etcd and kube-apiserver
+	// run (installing the CRDs, say), and Stop must stop them then too.
+	c.Env = &testenv.Env{Env: env, Scheme: env.Scheme}
 	cfg, err := env.Start()
 	if err != nil {
 		return fmt.Errorf("start the control plane from %s: %w", assets, err)
 	}
-	c.Env = &testenv.Env{Env: env, Config: cfg, Scheme: env.Scheme}
+	c.Env.Config = cfg
 	if c.Client, err = client.New(cfg, client.Options{Scheme: env.Scheme}); err != nil {
 		return err
 	}

@@ -84,6 +84,12 @@ func up(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
+	// Registry outages are asked for with SIGUSR1/2 (registryCmd); caught
+	// from the start, so that one sent while the cluster starts does not
+	// kill this process and orphan what it started.
+	outages := make(chan os.Signal, 1)
+	signal.Notify(outages, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(outages)
 	if err := os.WriteFile(pidFile(*dir), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
 		return err
 	}
@@ -114,16 +120,13 @@ func up(args []string) error {
   source %s   # exports KUBECONFIG, REGISTRY, DOCKER_CONFIG, REGISTRY_CA
 `, c.Env.Config.Host, c.Registry.Host, c.Registry.User, c.Registry.CAFile, c.Manager.MetricsURL, c.Manager.LogFile,
 		c.Kubeconfig, envFile)
-	serveRegistrySignals(ctx, c, *dir)
+	serveRegistrySignals(ctx, c, *dir, outages)
 	return nil
 }
 
 // Outages on request: SIGUSR1 stops the registry, SIGUSR2 starts it again;
 // DIR/registry.state says which happened last.
-func serveRegistrySignals(ctx context.Context, c *cluster.Cluster, dir string) {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2)
-	defer signal.Stop(sig)
+func serveRegistrySignals(ctx context.Context, c *cluster.Cluster, dir string, sig <-chan os.Signal) {
 	state := filepath.Join(dir, "registry.state")
 	_ = os.WriteFile(state, []byte("up"), 0o600)
 	for {
@@ -245,7 +248,47 @@ func running(dir string) (int, bool) {
 	if err != nil || pid <= 0 {
 		return 0, false
 	}
-	return pid, alive(pid)
+	return pid, alive(pid) && isDevcluster(pid)
+}
+
+// isDevcluster reports whether pid runs `devcluster up`: a pid file that
+// survived a reboot or a SIGKILL may name an unrelated process by now.
+func isDevcluster(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	return len(args) >= 2 && filepath.Base(args[0]) == "devcluster" && args[1] == "up"
+}
+
+// sessionMembers lists the processes of session sid (from /proc), but sid.
+// envtest starts etcd and kube-apiserver in process groups of their own,
+// so killing the session leader's group would miss them.
+func sessionMembers(sid int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == sid {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the command (which may hold spaces), from ")":
+		// state ppid pgrp session ...
+		i := strings.LastIndexByte(string(stat), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) > 3 && f[3] == strconv.Itoa(sid) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
@@ -269,8 +312,12 @@ func down(args []string) error {
 	for i := 0; i < 600 && alive(pid); i++ {
 		time.Sleep(100 * time.Millisecond)
 	}
-	// Whatever is left in its session (it is the session's leader) goes.
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	// Whatever is left in its session (it is the session's leader, and
+	// etcd and kube-apiserver run in process groups of their own) goes.
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for _, p := range sessionMembers(pid) {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
 	_ = os.Remove(pidFile(*dir))
 	fmt.Println("stopped")
 	return nil

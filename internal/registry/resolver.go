@@ -138,7 +138,7 @@ type Resolver struct {
 type entry struct {
 	digest     string
 	resolvedAt time.Time // last success
-	checkedAt  time.Time // last attempt
+	checkedAt  time.Time // when the last attempt began
 	err        error     // of the last attempt
 }
 
@@ -355,6 +355,9 @@ func (r *Resolver) fetch(tag name.Tag, auth authn.Authenticator, id, key string,
 	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
 	defer cancel()
 
+	// An answer counts from when it was asked for: one asked before a
+	// tick began (FreshSince) must not pass for that tick's.
+	started := r.clock.Now()
 	digest, err := r.resolveDigest(ctx, tag, auth, id)
 	now := r.clock.Now()
 
@@ -365,7 +368,7 @@ func (r *Resolver) fetch(tag name.Tag, auth authn.Authenticator, id, key string,
 		e = &entry{}
 		r.cache[key] = e
 	}
-	e.checkedAt = now
+	e.checkedAt = started
 	r.fetches++
 	if r.fetches%sweepEvery == 0 {
 		r.sweepLocked(now)
