@@ -14,17 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,7 +29,6 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	"sigs.k8s.io/yaml"
 
 	"github.com/imagepin/imagepin/e2e/nodesim"
 	"github.com/imagepin/imagepin/internal/testenv"
@@ -90,14 +85,7 @@ type Cluster struct {
 	stopKCM           func()
 	stopNodes         context.CancelFunc
 	nodesDone         chan error
-	webhook           webhookServing
-}
-
-// webhookServing is where the manager serves its webhook.
-type webhookServing struct {
-	certDir string
-	caPEM   []byte
-	port    int
+	webhook           *testenv.WebhookServing
 }
 
 // Start starts everything. On error it stops what it started.
@@ -127,7 +115,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 
 	if o.Manager == "" {
 		c.logf("building the imagepin manager")
-		if o.Manager, err = BuildManager(o.Dir); err != nil {
+		if o.Manager, err = testenv.BuildImagepin(ctx, o.Dir); err != nil {
 			return c, err
 		}
 		c.opts.Manager = o.Manager
@@ -348,50 +336,20 @@ func (c *Cluster) startNodes() error {
 	})
 }
 
-func (c *Cluster) makeWebhookCerts() error {
-	caPEM, certPEM, keyPEM, err := testenv.MakeCerts("imagepin webhook CA")
-	if err != nil {
-		return err
-	}
-	dir := filepath.Join(c.opts.Dir, "webhook-certs")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for name, data := range map[string][]byte{"ca.crt": caPEM, "tls.crt": certPEM, "tls.key": keyPEM} {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			return err
-		}
-	}
-	port, err := testenv.FreePort()
-	if err != nil {
-		return err
-	}
-	c.webhook = webhookServing{certDir: dir, caPEM: caPEM, port: port}
-	return nil
+func (c *Cluster) makeWebhookCerts() (err error) {
+	c.webhook, err = testenv.NewWebhookServing(filepath.Join(c.opts.Dir, "webhook-certs"), "imagepin webhook CA")
+	return err
 }
 
 // registerWebhook installs config/webhook's MutatingWebhookConfiguration,
 // pointed at the manager on 127.0.0.1 with the CA that signed its
 // certificate, and waits until the API server calls it.
 func (c *Cluster) registerWebhook(ctx context.Context) error {
-	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "webhook", "manifests.yaml"))
+	cfg, err := c.webhook.Configuration("imagepin-mutating-webhook-configuration")
 	if err != nil {
 		return err
 	}
-	var cfg admissionregistrationv1.MutatingWebhookConfiguration
-	if err := yaml.UnmarshalStrict([]byte(strings.TrimPrefix(string(raw), "---\n")), &cfg); err != nil {
-		return fmt.Errorf("config/webhook/manifests.yaml: %w", err)
-	}
-	cfg.Name = "imagepin-mutating-webhook-configuration"
-	for i := range cfg.Webhooks {
-		path := "/mutate-imagepin"
-		if svc := cfg.Webhooks[i].ClientConfig.Service; svc != nil && svc.Path != nil {
-			path = *svc.Path
-		}
-		url := fmt.Sprintf("https://127.0.0.1:%d%s", c.webhook.port, path)
-		cfg.Webhooks[i].ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: c.webhook.caPEM}
-	}
-	if err := c.Client.Create(ctx, &cfg); err != nil {
+	if err := c.Client.Create(ctx, cfg); err != nil {
 		return fmt.Errorf("register the webhook: %w", err)
 	}
 	return nil
@@ -441,29 +399,8 @@ func (c *Cluster) Stop() {
 	}
 }
 
-// BuildManager builds the imagepin binary into dir and returns its path.
-func BuildManager(dir string) (string, error) {
-	out := filepath.Join(dir, "imagepin")
-	cmd := exec.Command("go", "build", "-o", out, ".")
-	cmd.Dir = testenv.RepoRoot()
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build imagepin: %w\n%s", err, b)
-	}
-	return out, nil
-}
-
 // Manager is one running imagepin manager process.
-type Manager struct {
-	Name string
-	// MetricsURL is its Prometheus endpoint.
-	MetricsURL string
-	// LogFile is where its output goes.
-	LogFile string
-
-	cmd  *exec.Cmd
-	done chan struct{}
-	once sync.Once
-}
+type Manager = testenv.ManagerProcess
 
 // ManagerOptions say how to run one more manager.
 type ManagerOptions struct {
@@ -483,14 +420,6 @@ type ManagerOptions struct {
 // account, serving the webhook registered for the cluster unless
 // o.NoWebhook, and waits until it is ready.
 func (c *Cluster) StartManager(ctx context.Context, o ManagerOptions) (*Manager, error) {
-	metricsPort, err := testenv.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	probePort, err := testenv.FreePort()
-	if err != nil {
-		return nil, err
-	}
 	kubeconfig := c.managerKubeconfig
 	if o.APIServer != "" {
 		raw, err := os.ReadFile(kubeconfig)
@@ -509,95 +438,17 @@ func (c *Cluster) StartManager(ctx context.Context, o ManagerOptions) (*Manager,
 	}
 	args := []string{
 		"--kubeconfig=" + kubeconfig,
-		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
-		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort),
-		"--webhook-cert-dir=" + c.webhook.certDir,
-		fmt.Sprintf("--webhook-port=%d", c.webhook.port),
+		"--webhook-cert-dir=" + c.webhook.CertDir,
+		fmt.Sprintf("--webhook-port=%d", c.webhook.Port),
 		"--registry-ca-file=" + c.Registry.CAFile,
 		"--leader-election-namespace=" + ManagerNamespace,
 		// Nothing here has a cloud identity; asking for one only waits.
 		"--cloud-keychains=false",
 	}
 	args = append(append(args, c.opts.ManagerArgs...), o.Args...)
-	name := o.Name
-	m := &Manager{
-		Name:       name,
-		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort),
-		LogFile:    filepath.Join(c.opts.Dir, name+".log"),
-		done:       make(chan struct{}),
-	}
-	log, err := os.OpenFile(m.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	m.cmd = exec.Command(c.opts.Manager, args...)
-	m.cmd.Stdout, m.cmd.Stderr = log, log
+	var env []string
 	if o.NoWebhook {
-		m.cmd.Env = append(os.Environ(), "ENABLE_WEBHOOKS=false")
+		env = []string{"ENABLE_WEBHOOKS=false"}
 	}
-	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := m.cmd.Start(); err != nil {
-		_ = log.Close()
-		return nil, fmt.Errorf("start the imagepin manager: %w", err)
-	}
-	go func() { _ = m.cmd.Wait(); _ = log.Close(); close(m.done) }()
-
-	ready := fmt.Sprintf("http://127.0.0.1:%d/readyz", probePort)
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
-		select {
-		case <-m.done:
-			return false, fmt.Errorf("the imagepin manager exited; see %s", m.LogFile)
-		default:
-		}
-		return httpOK(ctx, ready), nil
-	})
-	if err != nil {
-		m.Stop()
-		return nil, err
-	}
-	return m, nil
-}
-
-// Running reports whether the manager process is still running.
-func (m *Manager) Running() bool {
-	select {
-	case <-m.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// Stop stops the manager as a rollout does (SIGTERM), waiting for it.
-func (m *Manager) Stop() {
-	m.once.Do(func() {
-		_ = m.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-m.done:
-		case <-time.After(15 * time.Second):
-			_ = m.cmd.Process.Kill()
-			<-m.done
-		}
-	})
-}
-
-// Kill kills the manager without warning (SIGKILL), as a node failure does.
-func (m *Manager) Kill() {
-	m.once.Do(func() {
-		_ = m.cmd.Process.Kill()
-		<-m.done
-	})
-}
-
-func httpOK(ctx context.Context, url string) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return false
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return false
-	}
-	_ = resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	return testenv.StartManagerProcess(ctx, o.Name, c.opts.Manager, filepath.Join(c.opts.Dir, o.Name+".log"), args, env)
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/testenv"
 )
 
 const secAdmission = "5 admission"
@@ -75,16 +77,16 @@ func (b *bench) admission(ctx context.Context) error {
 			return err
 		}
 	}
-	wh, err := b.makeWebhookCerts()
+	wh, err := testenv.NewWebhookServing(filepath.Join(b.dir, "webhook-certs"), "imagepin bench webhook CA")
 	if err != nil {
 		return err
 	}
-	logf("admission: starting a manager that serves the webhook on 127.0.0.1:%d", wh.port)
+	logf("admission: starting a manager that serves the webhook on 127.0.0.1:%d", wh.Port)
 	m, err := b.startManager(ctx, managerOpts{name: "manager-webhook", webhook: wh, extra: b.o.managerFlags})
 	if err != nil {
 		return err
 	}
-	defer m.stop()
+	defer m.Stop()
 	cfg, err := b.registerWebhook(ctx, wh, noWebhookLabel)
 	if err != nil {
 		return err
@@ -209,13 +211,13 @@ func (b *bench) admission(ctx context.Context) error {
 		"The webhook: config/webhook/manifests.yaml registered with url https://127.0.0.1:%d/mutate-imagepin and the caBundle of its own CA, served by a manager process; its namespaceSelector leaves out one namespace, where the API server does not call it (\"no webhook\"). "+
 		"Cases interleaved round by round after 5 untimed rounds: no webhook; webhook in a namespace without ImagePin; cache hit (a Pin ImagePin, interval 5m, selects it and its tag was resolved before); cache miss (a fresh tag of an already-seen repository pushed just before, untimed: one HEAD). After a hit or a miss the next create waits, untimed, until that ImagePin's reconcile has counted the new Deployment, so the controller is idle during each timed create. "+
 		"Burst: %d hits back to back in a namespace of their own, each create's reconcile overlapping the next create. "+
-		"Direct: AdmissionReviews posted to the webhook over one kept-alive TLS connection, no API server", wh.port, n)
+		"Direct: AdmissionReviews posted to the webhook over one kept-alive TLS connection, no API server", wh.Port, n)
 
 	logf("admission: removing the webhook and the Deployments")
 	if err := b.k8s.Delete(ctx, cfg); err != nil {
 		return err
 	}
-	m.stop()
+	m.Stop()
 	for _, ns := range []string{nsHit, nsMiss, nsBurst} {
 		if err := b.k8s.DeleteAllOf(ctx, &imagesv1alpha1.ImagePin{}, client.InNamespace(ns)); err != nil {
 			return err
@@ -259,11 +261,11 @@ func (b *bench) timeCreate(ctx context.Context, c *admissionCase, app string, re
 
 // timeDirect posts n AdmissionReviews for a Deployment in ns naming image
 // straight to the webhook and times each answer.
-func (b *bench) timeDirect(ctx context.Context, wh *webhookServing, ns, app, image string, n int) ([]time.Duration, error) {
+func (b *bench) timeDirect(ctx context.Context, wh *testenv.WebhookServing, ns, app, image string, n int) ([]time.Duration, error) {
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(wh.caPEM)
+	pool.AppendCertsFromPEM(wh.CAPEM)
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
-	url := fmt.Sprintf("https://127.0.0.1:%d/mutate-imagepin", wh.port)
+	url := fmt.Sprintf("https://127.0.0.1:%d/mutate-imagepin", wh.Port)
 	var times []time.Duration
 	for i := -5; i < n; i++ {
 		d := b.deployment(ns, fmt.Sprintf("direct-%d", i+5), app, image)

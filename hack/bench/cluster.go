@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/testenv"
@@ -238,52 +234,18 @@ func (b *bench) listPins(ctx context.Context, namespaces []string) (map[string]*
 // registerWebhook installs config/webhook's MutatingWebhookConfiguration
 // pointed at a manager on 127.0.0.1 with the CA that signed its serving
 // certificate, leaving out namespaces labelled excludeLabel.
-func (b *bench) registerWebhook(ctx context.Context, w *webhookServing, excludeLabel string) (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
-	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "webhook", "manifests.yaml"))
+func (b *bench) registerWebhook(ctx context.Context, w *testenv.WebhookServing, excludeLabel string) (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
+	cfg, err := w.Configuration("imagepin-bench")
 	if err != nil {
 		return nil, err
 	}
-	var cfg admissionregistrationv1.MutatingWebhookConfiguration
-	if err := yaml.UnmarshalStrict([]byte(strings.TrimPrefix(string(raw), "---\n")), &cfg); err != nil {
-		return nil, fmt.Errorf("config/webhook/manifests.yaml: %w", err)
-	}
-	cfg.Name = "imagepin-bench"
 	for i := range cfg.Webhooks {
-		path := "/mutate-imagepin"
-		if svc := cfg.Webhooks[i].ClientConfig.Service; svc != nil && svc.Path != nil {
-			path = *svc.Path
-		}
-		url := fmt.Sprintf("https://127.0.0.1:%d%s", w.port, path)
-		cfg.Webhooks[i].ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: w.caPEM}
 		cfg.Webhooks[i].NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
 			{Key: excludeLabel, Operator: metav1.LabelSelectorOpDoesNotExist},
 		}}
 	}
-	if err := b.k8s.Create(ctx, &cfg); err != nil {
+	if err := b.k8s.Create(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("register the webhook: %w", err)
 	}
-	return &cfg, nil
-}
-
-// makeWebhookCerts writes tls.crt and tls.key for 127.0.0.1 into a new
-// directory, signed by a CA of their own, and picks a free port.
-func (b *bench) makeWebhookCerts() (*webhookServing, error) {
-	caPEM, certPEM, keyPEM, err := testenv.MakeCerts("imagepin bench webhook CA")
-	if err != nil {
-		return nil, err
-	}
-	dir := filepath.Join(b.dir, "webhook-certs")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	for name, data := range map[string][]byte{"ca.crt": caPEM, "tls.crt": certPEM, "tls.key": keyPEM} {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			return nil, err
-		}
-	}
-	port, err := testenv.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	return &webhookServing{certDir: dir, caPEM: caPEM, port: port}, nil
+	return cfg, nil
 }

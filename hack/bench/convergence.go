@@ -73,11 +73,11 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 		zero[ns] = 0
 	}
 	if _, err := b.waitReady(ctx, namespaces, zero, 2*time.Minute); err != nil {
-		m0.stop()
+		m0.Stop()
 		return fmt.Errorf("ImagePins without Deployments never became Ready: %w", err)
 	}
 	b.baseline, err = sampleMemory(ctx, m0, 20*time.Second, 2*time.Minute, 3)
-	m0.stop()
+	m0.Stop()
 	if err != nil {
 		return fmt.Errorf("baseline memory: %w", err)
 	}
@@ -95,7 +95,7 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	defer m1.stop()
+	defer m1.Stop()
 	readyAt, err := b.waitReady(ctx, namespaces, perNS, 5*time.Minute+time.Duration(b.o.deployments)*10*time.Millisecond)
 	if err != nil {
 		if errors.Is(err, errDeadline) {
@@ -146,8 +146,8 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	b.crossCheck(ms, m1.started)
-	m1.stop()
+	b.crossCheck(ms, m1.Started)
+	m1.Stop()
 
 	if b.o.memory10k && b.o.memoryLarge > b.o.deployments {
 		return b.memory10k(ctx, namespaces)
@@ -253,8 +253,8 @@ func budgetFloor(requests int, qps float64, burst int) string {
 }
 
 func (b *bench) reportConvergence(m *managerProc, converged time.Time) {
-	secs := converged.Sub(m.started).Seconds()
-	c := count(b.proxy.between(m.started, converged.Add(time.Second)))
+	secs := converged.Sub(m.Started).Seconds()
+	c := count(b.proxy.between(m.Started, converged.Add(time.Second)))
 	tags := float64(len(b.tags))
 	qps, burst := b.qpsAndBurst()
 	b.rep.limit(secConvergence, fmt.Sprintf("manager start → %d ImagePins Ready with %d Deployments", b.o.namespaces, b.o.deployments),
@@ -350,7 +350,7 @@ func (b *bench) memory10k(ctx context.Context, namespaces []string) error {
 	if err != nil {
 		return err
 	}
-	defer m.stop()
+	defer m.Stop()
 	readyAt, err := b.waitReady(ctx, namespaces, perNS, 15*time.Minute)
 	if err != nil {
 		if errors.Is(err, errDeadline) {
@@ -361,7 +361,7 @@ func (b *bench) memory10k(ctx context.Context, namespaces []string) error {
 	}
 	converged := slices.MaxFunc(mapValues(readyAt), func(a, c time.Time) int { return a.Compare(c) })
 	b.rep.info(secConvergence, fmt.Sprintf("manager start → %d ImagePins Ready with %d Deployments", len(namespaces), total),
-		converged.Sub(m.started).Seconds(), "s", "")
+		converged.Sub(m.Started).Seconds(), "s", "")
 	res, err := sampleMemory(ctx, m, 30*time.Second, 3*time.Minute, 3)
 	if err != nil {
 		return err

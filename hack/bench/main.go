@@ -321,7 +321,7 @@ func (b *bench) setup(ctx context.Context) error {
 
 	b.rep.Parameters["source"] = sourceState(ctx)
 	logf("building imagepin from %s", b.rep.Parameters["source"])
-	if b.bin, err = buildImagepin(ctx, b.dir); err != nil {
+	if b.bin, err = testenv.BuildImagepin(ctx, b.dir); err != nil {
 		return err
 	}
 	logf("starting etcd and kube-apiserver from %s", testenv.AssetsDir())

@@ -6,14 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
-	"time"
 
 	"github.com/imagepin/imagepin/internal/testenv"
 )
@@ -41,137 +37,39 @@ func sourceState(ctx context.Context) string {
 	return fmt.Sprintf("%s with uncommitted changes to %s", strings.TrimSpace(string(head)), strings.Join(changed, ", "))
 }
 
-// buildImagepin builds the imagepin binary from the repository into dir.
-func buildImagepin(ctx context.Context, dir string) (string, error) {
-	out := filepath.Join(dir, "imagepin")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, ".")
-	cmd.Dir = testenv.RepoRoot()
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build imagepin: %w\n%s", err, b)
-	}
-	return out, nil
-}
-
 // managerOpts say how to run one manager process.
 type managerOpts struct {
 	name string
-	// webhook, when set, serves the admission webhook from certDir on port.
-	webhook *webhookServing
+	// webhook, when set, serves the admission webhook there.
+	webhook *testenv.WebhookServing
 	// extra flags, from --manager-flag.
 	extra []string
 }
 
-// webhookServing is where a manager serves its webhook.
-type webhookServing struct {
-	certDir string
-	caPEM   []byte
-	port    int
-}
-
-// managerProc is one running imagepin manager.
-type managerProc struct {
-	name       string
-	metricsURL string
-	logFile    string
-	// started is taken just before the process is started: convergence
-	// counts from here.
-	started time.Time
-
-	cmd  *exec.Cmd
-	done chan struct{}
-	once sync.Once
-}
+// managerProc is one running imagepin manager; Started is taken just
+// before its process started: convergence counts from there.
+type managerProc struct{ *testenv.ManagerProcess }
 
 // startManager runs the built imagepin as its own process against the
 // control plane, trusting the proxy's CA, and waits until /readyz answers.
 func (b *bench) startManager(ctx context.Context, o managerOpts) (*managerProc, error) {
-	metricsPort, err := testenv.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	probePort, err := testenv.FreePort()
-	if err != nil {
-		return nil, err
-	}
 	args := []string{
 		"--kubeconfig=" + b.kubeconfig,
-		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
-		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort),
 		"--registry-ca-file=" + b.proxy.CAFile,
 		// Nothing here has a cloud identity; asking for one only waits.
 		"--cloud-keychains=false",
 	}
-	env := os.Environ()
+	env := []string{"ENABLE_WEBHOOKS=false"}
 	if o.webhook != nil {
-		args = append(args, "--webhook-cert-dir="+o.webhook.certDir, fmt.Sprintf("--webhook-port=%d", o.webhook.port))
-		env = append(env, "ENABLE_WEBHOOKS=true")
-	} else {
-		env = append(env, "ENABLE_WEBHOOKS=false")
+		args = append(args, "--webhook-cert-dir="+o.webhook.CertDir, fmt.Sprintf("--webhook-port=%d", o.webhook.Port))
+		env = []string{"ENABLE_WEBHOOKS=true"}
 	}
-	args = append(args, o.extra...)
-	m := &managerProc{
-		name:       o.name,
-		metricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort),
-		logFile:    filepath.Join(b.dir, o.name+".log"),
-		done:       make(chan struct{}),
-	}
-	log, err := os.OpenFile(m.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	p, err := testenv.StartManagerProcess(ctx, o.name, b.bin, filepath.Join(b.dir, o.name+".log"), append(args, o.extra...), env)
 	if err != nil {
 		return nil, err
 	}
-	m.cmd = exec.Command(b.bin, args...)
-	m.cmd.Env = env
-	m.cmd.Stdout, m.cmd.Stderr = log, log
-	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	m.started = time.Now()
-	if err := m.cmd.Start(); err != nil {
-		_ = log.Close()
-		return nil, fmt.Errorf("start the imagepin manager: %w", err)
-	}
-	go func() { _ = m.cmd.Wait(); _ = log.Close(); close(m.done) }()
-	b.defers = append(b.defers, m.stop)
-
-	ready := fmt.Sprintf("http://127.0.0.1:%d/readyz", probePort)
-	err = poll(ctx, 50*time.Millisecond, 60*time.Second, func() (bool, error) {
-		select {
-		case <-m.done:
-			return false, fmt.Errorf("the imagepin manager %s exited; see %s", o.name, m.logFile)
-		default:
-		}
-		return httpOK(ctx, ready), nil
-	})
-	if err != nil {
-		m.stop()
-		return nil, err
-	}
-	return m, nil
-}
-
-// stop stops the manager with SIGTERM, as a rollout does, and waits.
-func (m *managerProc) stop() {
-	m.once.Do(func() {
-		_ = m.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-m.done:
-		case <-time.After(15 * time.Second):
-			_ = m.cmd.Process.Kill()
-			<-m.done
-		}
-	})
-}
-
-func httpOK(ctx context.Context, url string) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return false
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return false
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	_ = resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	b.defers = append(b.defers, p.Stop)
+	return &managerProc{p}, nil
 }
 
 // sample is one metric series: its labels as written, and its value.
@@ -185,7 +83,7 @@ type metrics map[string][]sample
 
 // scrape reads the manager's /metrics.
 func (m *managerProc) scrape(ctx context.Context) (metrics, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.metricsURL, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.MetricsURL, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +94,7 @@ func (m *managerProc) scrape(ctx context.Context) (metrics, error) {
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", m.metricsURL, resp.Status)
+		return nil, fmt.Errorf("GET %s: %s", m.MetricsURL, resp.Status)
 	}
 	return parseMetrics(resp.Body)
 }

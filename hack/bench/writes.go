@@ -77,7 +77,7 @@ func (b *bench) writes(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer m.stop()
+	defer m.Stop()
 
 	// Settled: the ImagePin Ready with every Deployment, each rolled out
 	// once (one ReplicaSet) at d1.
@@ -178,7 +178,7 @@ func (b *bench) writes(ctx context.Context) error {
 	b.rep.Methods["writes"] = fmt.Sprintf("kube-controller-manager running; %d Deployments pinned to %s, a Follow ImagePin (interval %s); ReplicaSets owned and metadata.generation read per Deployment once it settled, after a push of new content once all ran the new digest plus one more interval (%s + 2 s, fixed, to catch a second write), and after an identical push once the proxy saw imagepin HEAD the tag plus one more interval (fixed: nothing should happen)",
 		n, tag, b.o.followInterval, b.o.followInterval)
 
-	m.stop()
+	m.Stop()
 	stopKCM()
 	return b.deleteDeployments(ctx, ns)
 }
