@@ -130,16 +130,7 @@ func runTests(m *testing.M) int {
 	mgr.GetWebhookServer().Register(Path, &webhook.Admission{Handler: &Handler{
 		Reader: mgr.GetClient(), Resolver: resolver, Keychains: &registry.Keychains{Reader: mgr.GetClient()},
 	}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	code := m.Run()
-	cancel()
-	if err := <-done; err != nil {
-		fmt.Fprintln(os.Stderr, "manager:", err)
-		return 1
-	}
-	return code
+	return testenv.RunWithManager(m, mgr)
 }
 
 func namespace(t testing.TB) string {
