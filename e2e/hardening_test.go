@@ -241,6 +241,9 @@ func TestRestartWritesNothing(t *testing.T) {
 	apply(t, ns, deploymentYAML("web", image, 2))
 	apply(t, ns, imagePinYAML("Pin", "{matchLabels: {app: web}}"))
 	waitImage(t, ns, "web", image+"@"+string(build1))
+	// The pods to compare with are the pinned rollout's, once it is done:
+	// the tag's pods ran build 1 too, until the rollout replaced them.
+	waitRolledOut(t, ns, "web")
 	pods := waitPods(t, ns, "web", allRun(build1, 2))
 	before := waitPin(t, ns, "pinned without drift", func(p *imagesv1alpha1.ImagePin) error {
 		if err := condition(p, imagesv1alpha1.ConditionDrifted, metav1.ConditionFalse); err != nil {
@@ -285,6 +288,23 @@ func TestRestartWritesNothing(t *testing.T) {
 			}
 		}
 		return allRun(build1, 2)(ps)
+	})
+}
+
+// waitRolledOut waits until Deployment name's latest template runs every
+// replica, and no old one is left.
+func waitRolledOut(t *testing.T, ns, name string) {
+	t.Helper()
+	poll(t, name+" rolled out", 60*time.Second, func() error {
+		d := &appsv1.Deployment{}
+		if err := local.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, d); err != nil {
+			return err
+		}
+		want := *d.Spec.Replicas
+		if st := d.Status; st.ObservedGeneration != d.Generation || st.UpdatedReplicas != want || st.Replicas != want || st.AvailableReplicas != want {
+			return fmt.Errorf("generation %d, status %+v", d.Generation, st)
+		}
+		return nil
 	})
 }
 
