@@ -20,42 +20,11 @@ import (
 	"unicode"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"sigs.k8s.io/kustomize/kyaml/kio"
 	"sigs.k8s.io/kustomize/kyaml/yaml"
 
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/selection"
 )
-
-// podSpecPaths says where each pod-bearing kind keeps its pod spec.
-var podSpecPaths = map[string][]string{
-	"Pod":                   {"spec"},
-	"PodTemplate":           {"template", "spec"},
-	"ReplicationController": {"spec", "template", "spec"},
-	"ReplicaSet":            {"spec", "template", "spec"},
-	"Deployment":            {"spec", "template", "spec"},
-	"StatefulSet":           {"spec", "template", "spec"},
-	"DaemonSet":             {"spec", "template", "spec"},
-	"Job":                   {"spec", "template", "spec"},
-	"CronJob":               {"spec", "jobTemplate", "spec", "template", "spec"},
-}
-
-// input is one file (or stdin) and what was read from it.
-type input struct {
-	name   string
-	rw     *kio.ByteReadWriter
-	nodes  []*yaml.RNode
-	images []imageField
-}
-
-// imageField is one image reference in a manifest.
-type imageField struct {
-	node      *yaml.Node
-	file      string
-	line      int
-	object    string
-	container string
-}
 
 // where names an image field for a message: "file:line: Kind/name
 // container c".
@@ -139,15 +108,17 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 1
 	}
 	digests, failures := resolveAll(ctx, resolver, keychain, unpinned)
-	if len(failures) == 0 {
-		for _, f := range unpinned {
-			pinned, err := selection.PinnedImage(f.node.Value, digests[f.node.Value])
-			if err != nil {
-				failures = append(failures, fmt.Sprintf("%s: %v", f.where(), err))
-				continue
-			}
-			f.node.Value = pinned
+	if len(failures) > 0 {
+		for _, f := range failures {
+			say(stderr, "imagepin pin:", f)
 		}
+		return 1
+	}
+	outputs := make([][]byte, len(inputs))
+	for i, in := range inputs {
+		out, errs := pinInput(in, digests)
+		failures = append(failures, errs...)
+		outputs[i] = out
 	}
 	if len(failures) > 0 {
 		for _, f := range failures {
@@ -155,21 +126,82 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		return 1
 	}
-	for i, in := range inputs {
-		var buf bytes.Buffer
-		in.rw.Writer = &buf
-		if err := in.rw.Write(in.nodes); err != nil {
-			sayf(stderr, "imagepin pin: write %s: %v\n", in.name, err)
-			return 1
-		}
-		if i > 0 && in.rw.FunctionConfig == nil && !bytes.HasPrefix(buf.Bytes(), []byte("---")) {
+	for i, out := range outputs {
+		if i > 0 && needsSeparator(outputs[i-1], out, inputs[i].resourceList) {
+			if len(outputs[i-1]) > 0 && !bytes.HasSuffix(outputs[i-1], []byte("\n")) {
+				say(stdout)
+			}
 			say(stdout, "---")
 		}
-		if _, err := stdout.Write(buf.Bytes()); err != nil {
+		if _, err := stdout.Write(out); err != nil {
 			return 1
 		}
 	}
 	return 0
+}
+
+// pinInput returns the input's bytes with every unpinned image scalar
+// replaced by its pinned reference, in the scalar's own quoting style; not
+// one other byte changes.
+func pinInput(in *input, digests map[string]string) ([]byte, []string) {
+	var src *source
+	var edits []edit
+	var failures []string
+	done := map[*yaml.Node]bool{} // a scalar named by several aliases is edited once
+	for _, f := range in.images {
+		if done[f.node] || strings.Contains(f.node.Value, "@") {
+			continue
+		}
+		done[f.node] = true
+		pinned, err := selection.PinnedImage(f.node.Value, digests[f.node.Value])
+		if err == nil && strings.ContainsFunc(pinned, notReferenceChar) {
+			err = fmt.Errorf("cannot pin %q: %q would need quoting", f.node.Value, pinned)
+		}
+		if err != nil {
+			failures = append(failures, fmt.Sprintf("%s: %v", f.where(), err))
+			continue
+		}
+		if src == nil {
+			src = newSource(in.raw)
+		}
+		start, end, err := src.scalarSpan(f.node)
+		if err != nil {
+			failures = append(failures, fmt.Sprintf("%s: cannot edit the image in place: %v", f.where(), err))
+			continue
+		}
+		edits = append(edits, edit{start: start, end: end, text: replacement(f.node, pinned)})
+	}
+	if len(edits) == 0 {
+		return in.raw, failures
+	}
+	return applyEdits(in.raw, edits), failures
+}
+
+// notReferenceChar reports a character no pinned image reference has, so
+// that what is written never needs quoting or escaping.
+func notReferenceChar(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-/:@", r))
+}
+
+// needsSeparator reports whether a "---" must go between the output of
+// one input and the next, so that their documents stay apart: unless the
+// next starts its first document with "---" itself (after comments or
+// blank lines) or the previous one is empty.
+func needsSeparator(prev, next []byte, resourceList bool) bool {
+	if resourceList || len(bytes.TrimSpace(prev)) == 0 {
+		return false
+	}
+	for line := range bytes.Lines(next) {
+		t := bytes.TrimRight(line, " \t\r\n")
+		switch {
+		case len(bytes.TrimSpace(t)) == 0 || bytes.TrimSpace(t)[0] == '#':
+			continue
+		case string(t) == "---" || bytes.HasPrefix(t, []byte("--- ")) || bytes.HasPrefix(t, []byte("---\t")):
+			return false
+		}
+		return true
+	}
+	return false
 }
 
 // resolveAll resolves each distinct reference once, concurrently.
@@ -268,82 +300,7 @@ func readInput(path string, stdin io.Reader) (*input, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &input{name: name, rw: &kio.ByteReadWriter{
-		Reader: bytes.NewReader(raw), PreserveSeqIndent: true,
-	}}
-	in.nodes, err = in.rw.Read()
-	if err != nil {
-		return nil, fmt.Errorf("%s: not valid YAML: %w", name, err)
-	}
-	offsets := documentOffsets(raw)
-	for i, n := range in.nodes {
-		offset := 0
-		if in.rw.FunctionConfig == nil && i < len(offsets) {
-			offset = offsets[i]
-		}
-		collect(n, name, offset, &in.images)
-	}
-	return in, nil
-}
-
-// documentOffsets returns, per YAML document, the line before its first
-// line, for line numbers relative to the file.
-func documentOffsets(raw []byte) []int {
-	offsets := []int{0}
-	lines := strings.Split(string(raw), "\n")
-	for i, l := range lines {
-		if strings.HasPrefix(l, "---") && i > 0 {
-			offsets = append(offsets, i+1)
-		}
-	}
-	if strings.HasPrefix(strings.TrimSpace(string(raw)), "---") {
-		offsets = offsets[1:]
-	}
-	return offsets
-}
-
-// collect finds every image field of a pod-bearing object, and in the
-// items of a List.
-func collect(n *yaml.RNode, file string, offset int, out *[]imageField) {
-	kind := n.GetKind()
-	if kind == "List" || strings.HasSuffix(kind, "List") {
-		items, err := n.Pipe(yaml.Lookup("items"))
-		if err != nil || items == nil {
-			return
-		}
-		elems, _ := items.Elements()
-		for _, e := range elems {
-			collect(e, file, offset, out)
-		}
-		return
-	}
-	path, ok := podSpecPaths[kind]
-	if !ok {
-		return
-	}
-	spec, err := n.Pipe(yaml.Lookup(path...))
-	if err != nil || spec == nil {
-		return
-	}
-	object := kind + "/" + n.GetName()
-	for _, list := range []string{"initContainers", "containers", "ephemeralContainers"} {
-		seq, err := spec.Pipe(yaml.Lookup(list))
-		if err != nil || seq == nil {
-			continue
-		}
-		elems, _ := seq.Elements()
-		for _, c := range elems {
-			img, err := c.Pipe(yaml.Lookup("image"))
-			if err != nil || img == nil || img.YNode().Value == "" {
-				continue
-			}
-			name := ""
-			if nn, _ := c.Pipe(yaml.Lookup("name")); nn != nil {
-				name = nn.YNode().Value
-			}
-			*out = append(*out, imageField{node: img.YNode(), file: file, line: offset + img.YNode().Line, object: object, container: name})
-		}
-	}
+	return parseInput(name, raw)
 }
 
 type stringList []string

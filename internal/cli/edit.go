@@ -1,0 +1,187 @@
+package cli
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"unicode/utf8"
+
+	"sigs.k8s.io/kustomize/kyaml/yaml"
+)
+
+// An edit replaces raw[start:end] with text.
+type edit struct {
+	start, end int
+	text       string
+}
+
+// applyEdits returns raw with every edit made; edits must not overlap.
+func applyEdits(raw []byte, edits []edit) []byte {
+	sort.Slice(edits, func(i, j int) bool { return edits[i].start < edits[j].start })
+	var out bytes.Buffer
+	out.Grow(len(raw) + 80*len(edits))
+	at := 0
+	for _, e := range edits {
+		out.Write(raw[at:e.start])
+		out.WriteString(e.text)
+		at = e.end
+	}
+	out.Write(raw[at:])
+	return out.Bytes()
+}
+
+// source maps the parser's line and column (1-based; columns count
+// characters) to byte offsets of the text it parsed.
+type source struct {
+	raw []byte
+	// lines[i] is the offset of line i+1. Line breaks are those of the
+	// YAML scanner: CRLF, CR, LF, NEL, LS and PS.
+	lines []int
+}
+
+func newSource(raw []byte) *source {
+	s := &source{raw: raw, lines: []int{0}}
+	if bytes.HasPrefix(raw, []byte("\xef\xbb\xbf")) {
+		s.lines[0] = 3 // the scanner skips a UTF-8 byte order mark
+	}
+	for i := s.lines[0]; i < len(raw); {
+		n := lineBreak(raw[i:])
+		if n == 0 {
+			i++
+			continue
+		}
+		i += n
+		s.lines = append(s.lines, i)
+	}
+	return s
+}
+
+// lineBreak returns the length of the line break at the start of b, or 0.
+func lineBreak(b []byte) int {
+	switch {
+	case bytes.HasPrefix(b, []byte("\r\n")):
+		return 2
+	case b[0] == '\n' || b[0] == '\r':
+		return 1
+	case bytes.HasPrefix(b, []byte("\u0085")):
+		return 2
+	case bytes.HasPrefix(b, []byte("\u2028")), bytes.HasPrefix(b, []byte("\u2029")):
+		return 3
+	}
+	return 0
+}
+
+// offset returns the byte offset of a node's line and column.
+func (s *source) offset(line, column int) (int, error) {
+	if line < 1 || line > len(s.lines) || column < 1 {
+		return 0, fmt.Errorf("position %d:%d is outside the input", line, column)
+	}
+	at := s.lines[line-1]
+	for range column - 1 {
+		if at >= len(s.raw) {
+			return 0, fmt.Errorf("position %d:%d is outside the input", line, column)
+		}
+		_, size := utf8.DecodeRune(s.raw[at:])
+		at += size
+	}
+	return at, nil
+}
+
+// scalarSpan returns where the source text of scalar n is: from its first
+// character (past any anchor or tag) to the end of its closing quote, if
+// it has one. It checks that the text found there is the scalar's value,
+// so a position that does not match the bytes is an error, never a
+// misplaced edit.
+func (s *source) scalarSpan(n *yaml.Node) (start, end int, err error) {
+	if n.Kind != yaml.ScalarNode {
+		return 0, 0, fmt.Errorf("not a scalar")
+	}
+	start, err = s.offset(n.Line, n.Column)
+	if err != nil {
+		return 0, 0, err
+	}
+	start = s.skipProperties(start)
+	raw := s.raw
+	switch {
+	case n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0:
+		return 0, 0, fmt.Errorf("a block scalar (| or >) is not edited in place; write the image on one line")
+	case n.Style&yaml.DoubleQuotedStyle != 0:
+		end = quotedEnd(raw, start, '"')
+	case n.Style&yaml.SingleQuotedStyle != 0:
+		end = quotedEnd(raw, start, '\'')
+	default:
+		end = start + len(n.Value)
+		if end > len(raw) || string(raw[start:end]) != n.Value {
+			return 0, 0, fmt.Errorf("the text at line %d, column %d is not the value %q", n.Line, n.Column, n.Value)
+		}
+		return start, end, nil
+	}
+	if end < 0 {
+		return 0, 0, fmt.Errorf("no closing quote after line %d, column %d", n.Line, n.Column)
+	}
+	var v string
+	if err := yaml.Unmarshal(raw[start:end], &v); err != nil || v != n.Value {
+		return 0, 0, fmt.Errorf("the text at line %d, column %d is not the value %q", n.Line, n.Column, n.Value)
+	}
+	return start, end, nil
+}
+
+// skipProperties returns the offset past an anchor (&a) and a tag (!t)
+// before a scalar's text, and the space, line breaks and comments after
+// them.
+func (s *source) skipProperties(at int) int {
+	raw := s.raw
+	for at < len(raw) && (raw[at] == '&' || raw[at] == '!') {
+		for at < len(raw) && !isSpace(raw[at]) {
+			at++
+		}
+		for at < len(raw) {
+			switch {
+			case isSpace(raw[at]):
+				at++
+			case raw[at] == '#':
+				for at < len(raw) && raw[at] != '\n' && raw[at] != '\r' {
+					at++
+				}
+			default:
+				return at
+			}
+		}
+	}
+	return at
+}
+
+func isSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == '\r' }
+
+// quotedEnd returns the offset just past the quote that closes the scalar
+// opened by quote at start, or -1.
+func quotedEnd(raw []byte, start int, quote byte) int {
+	if start >= len(raw) || raw[start] != quote {
+		return -1
+	}
+	for i := start + 1; i < len(raw); i++ {
+		switch {
+		case quote == '"' && raw[i] == '\\':
+			i++ // whatever is escaped cannot close the scalar
+		case raw[i] != quote:
+		case quote == '\'' && i+1 < len(raw) && raw[i+1] == '\'':
+			i++ // '' is a quote inside a single-quoted scalar
+		default:
+			return i + 1
+		}
+	}
+	return -1
+}
+
+// replacement returns value written in the quoting style of n: plain stays
+// plain, 'single' single, "double" double. value must be an image
+// reference, which needs no escaping in any of them.
+func replacement(n *yaml.Node, value string) string {
+	switch {
+	case n.Style&yaml.DoubleQuotedStyle != 0:
+		return `"` + value + `"`
+	case n.Style&yaml.SingleQuotedStyle != 0:
+		return "'" + value + "'"
+	}
+	return value
+}
