@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -68,6 +69,8 @@ type options struct {
 	enableWebhooks          bool
 	registry                registry.Options
 	cloudKeychains          bool
+	workers                 int
+	conflictBackoff         time.Duration
 }
 
 // stringList is a repeatable string flag.
@@ -94,6 +97,8 @@ func run(args []string) error {
 	fs.Var((*registry.AllowedRegistriesFlag)(&o.registry.AllowedRegistries), "allowed-registries", registry.AllowedRegistriesUsage)
 	fs.StringVar(&o.registry.CAFile, "registry-ca-file", "", "PEM file of CA certificates trusted for registries, added to the system roots (SSL_CERT_FILE also works)")
 	fs.BoolVar(&o.cloudKeychains, "cloud-keychains", true, "also resolve with the manager's own ECR, Google and ACR credentials")
+	fs.IntVar(&o.workers, "concurrent-checks", 4, "ImagePins checked at once, so that one slow registry does not delay the others")
+	fs.DurationVar(&o.conflictBackoff, "conflict-backoff", time.Hour, "how long imagepin remembers reverts of its writes and first stops writing a workload reverted 3 times (doubling per block in a row, up to 24h)")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -152,6 +157,9 @@ func runManager(o options) error {
 		Keychains: &registry.Keychains{Reader: mgr.GetClient(), Cloud: o.cloudKeychains},
 		Recorder:  mgr.GetEventRecorder("imagepin"),
 		APIReader: mgr.GetAPIReader(),
+		Workers:   o.workers,
+
+		ConflictBackoff: o.conflictBackoff,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the ImagePin controller: %w", err)
 	}

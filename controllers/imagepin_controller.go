@@ -15,6 +15,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -44,8 +45,19 @@ type ImagePinReconciler struct {
 	// name the field manager that reverts imagepin's writes.
 	APIReader client.Reader
 
+	// ConflictBackoff is how long reverts of imagepin's writes are
+	// remembered and how long a first block lasts; zero means an hour.
+	ConflictBackoff time.Duration
+	// Workers is how many ImagePins are checked at once; zero means 4.
+	Workers int
+
+	seenMu sync.Mutex
+	// seen is, per ImagePin and image, the digest its tag resolves to and
+	// since when: Follow's memory for images left out of status.
+	seen map[types.NamespacedName]seenImages
+
 	conflictMu sync.Mutex
-	conflicts  map[string]*conflictState
+	conflicts  map[types.UID]*pinConflicts
 }
 
 // +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins,verbs=list;watch
@@ -65,6 +77,8 @@ func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if err := r.Get(ctx, req.NamespacedName, &pin); err != nil {
 		if client.IgnoreNotFound(err) == nil {
 			forgetMetrics(req.Namespace, req.Name)
+			r.forgetConflicts(req.NamespacedName)
+			r.forgetSeen(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -125,7 +139,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 		overrides: overridesOf(pin),
 		now:       now,
 		obs:       obs,
-		firstSeen: firstSeenOf(status),
+		firstSeen: r.firstSeen(pin, status, obs, now),
 		platforms: r.Resolver.Platforms,
 	})
 	plan, err = r.ownWrites(ctx, pin, plan, workloads)
@@ -133,6 +147,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 		return ctrl.Result{}, err
 	}
 	blocked := r.applyWrites(ctx, pin, plan, obs)
+	r.releaseStaleFields(ctx, pin.Namespace, obs, plan)
 	setConflict(status, pin.Generation, pin.Spec.Mode, blocked)
 	return ctrl.Result{RequeueAfter: untilNextTick(now, sel.Interval)}, nil
 }
@@ -145,6 +160,9 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 // phased. (Requeueing an interval after each reconcile, ImagePins out of
 // phase would reuse each other's answers up to an interval old, and see a
 // move up to two intervals late.)
+
+// defaultWorkers is how many ImagePins are checked at once by default.
+const defaultWorkers = 4
 
 // tickSlack keeps a requeue clear of the tick it aims at.
 const tickSlack = 10 * time.Millisecond
@@ -195,8 +213,16 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := workload.IndexOwners(context.Background(), mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
+	workers := r.Workers
+	if workers <= 0 {
+		workers = defaultWorkers
+	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("imagepin").
+		// Several workers, so that one ImagePin waiting on a slow or
+		// blackholed registry does not delay every other; one ImagePin is
+		// never checked by two at once.
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		// Status patches do not bump the generation; reacting to them would
 		// make every status write trigger another reconcile.
 		For(&imagesv1alpha1.ImagePin{}, builder.WithPredicates(predicate.GenerationChangedPredicate{}))
@@ -294,9 +320,64 @@ func minAgeOf(pin *imagesv1alpha1.ImagePin) time.Duration {
 func overridesOf(pin *imagesv1alpha1.ImagePin) map[string]string {
 	out := map[string]string{}
 	for _, o := range pin.Spec.Overrides {
-		out[o.Image] = string(o.Digest)
+		out[imageOf(o.Image)] = string(o.Digest)
 	}
 	return out
+}
+
+type seenImages struct {
+	uid    types.UID
+	images map[string]seenDigest
+}
+
+type seenDigest struct {
+	digest string
+	since  time.Time
+}
+
+// firstSeen returns, per image, when its current digest was first seen:
+// from the status history, which survives a restart, and for images left
+// out of status (past its bounds) from the manager's memory, so that
+// Follow keeps moving every image however many an ImagePin selects.
+func (r *ImagePinReconciler) firstSeen(pin *imagesv1alpha1.ImagePin, status *imagesv1alpha1.ImagePinStatus, obs observation, now time.Time) map[string]time.Time {
+	out := firstSeenOf(status)
+	r.seenMu.Lock()
+	defer r.seenMu.Unlock()
+	if r.seen == nil {
+		r.seen = map[types.NamespacedName]seenImages{}
+	}
+	key := types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}
+	var prev map[string]seenDigest
+	if s := r.seen[key]; s.uid == pin.UID {
+		prev = s.images // else an earlier ImagePin of that name
+	}
+	next := map[string]seenDigest{}
+	for _, c := range obs.containers {
+		d := c.result.Digest
+		if !c.hasTag || c.err != nil || d == "" {
+			continue
+		}
+		if _, ok := next[c.image]; ok {
+			continue
+		}
+		rec := prev[c.image]
+		if rec.digest != d {
+			rec = seenDigest{digest: d, since: now}
+		}
+		next[c.image] = rec
+		if _, ok := out[c.image]; !ok {
+			out[c.image] = rec.since
+		}
+	}
+	r.seen[key] = seenImages{uid: pin.UID, images: next}
+	return out
+}
+
+// forgetSeen drops the memory of an ImagePin that is gone.
+func (r *ImagePinReconciler) forgetSeen(key types.NamespacedName) {
+	r.seenMu.Lock()
+	defer r.seenMu.Unlock()
+	delete(r.seen, key)
 }
 
 // firstSeenOf returns, per image, when its current digest was first seen:

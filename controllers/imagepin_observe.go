@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/drift"
@@ -28,10 +29,20 @@ const resolveWorkers = 8
 type containerObs struct {
 	kind     imagesv1alpha1.WorkloadKind
 	workload string
+	// uid is the workload's UID: state kept about a workload is keyed by
+	// it, so a workload deleted and created again starts afresh.
+	uid types.UID
 	// generation is the workload's metadata.generation as read.
 	generation int64
+	// ownsFields is true when imagepin still owns fields of the workload
+	// (a write whose release failed, or an older imagepin's apply).
+	ownsFields bool
 	container  string
 	init       bool
+	// index is the container's position in containers or initContainers.
+	index int
+	// raw is the image exactly as the workload names it.
+	raw string
 	// image is the reference as the workload names it, digest removed.
 	image string
 	// pinned is the digest the spec names, if any.
@@ -67,24 +78,26 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 			return obs, err
 		}
 		running := runningDigests(pods)
-		add := func(c corev1.Container, init bool) {
+		add := func(c corev1.Container, init bool, index int) {
 			if !sel.SelectsImage(c.Image) {
 				return
 			}
 			obs.containers = append(obs.containers, containerObs{
-				kind: w.Kind, workload: w.Name(), generation: w.Object.GetGeneration(), container: c.Name, init: init,
-				image:    selection.StripDigest(c.Image),
+				kind: w.Kind, workload: w.Name(), uid: w.Object.GetUID(), generation: w.Object.GetGeneration(),
+				ownsFields: workload.OwnsFields(w.Object),
+				container:  c.Name, init: init, index: index, raw: c.Image,
+				image:    imageOf(c.Image),
 				pinned:   drift.DigestOfImage(c.Image),
 				hasTag:   hasTag(c.Image),
 				running:  running[c.Name],
 				keychain: kc,
 			})
 		}
-		for _, c := range w.Template.InitContainers {
-			add(c, true)
+		for i, c := range w.Template.InitContainers {
+			add(c, true, i)
 		}
-		for _, c := range w.Template.Containers {
-			add(c, false)
+		for i, c := range w.Template.Containers {
+			add(c, false, i)
 		}
 	}
 	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval))
@@ -175,6 +188,17 @@ func runningDigests(pods []corev1.Pod) map[string][]imagesv1alpha1.RunningDigest
 		out[name] = list
 	}
 	return out
+}
+
+// imageOf is the image a container names, digest removed, with the tag it
+// implies when it names neither tag nor digest ("repo" → "repo:latest"):
+// the key of status.images, overrides and history, the same before and
+// after imagepin pins it.
+func imageOf(raw string) string {
+	if strings.Contains(raw, "@") {
+		return selection.StripDigest(raw)
+	}
+	return selection.WithImpliedTag(raw)
 }
 
 // hasTag reports whether a reference names a tag (explicitly, or :latest

@@ -20,7 +20,14 @@ import (
 const (
 	maxImages          = 100
 	maxWorkloadEntries = 500
-	maxHistory         = 10
+	// maxWorkloadsPerImage is the CRD's maxItems of images[].workloads.
+	maxWorkloadsPerImage = 256
+	maxHistory           = 10
+	// maxImageLength is the CRD's maxLength of images[].image; a longer
+	// reference is not valid anyway, and is counted, not listed.
+	maxImageLength = 512
+	// maxDriftReasons is the CRD's maxItems of a workload's drift.
+	maxDriftReasons = 5
 	// maxStatusBytes budgets the workload entries' approximate size, as
 	// entries with many digests and nodes are far larger than average.
 	maxStatusBytes = 512 << 10
@@ -146,8 +153,12 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 				Running:      c.running,
 				Drift:        reasons,
 			}
+			if len(entry.Drift) > maxDriftReasons {
+				entry.Drift = entry.Drift[:maxDriftReasons]
+			}
 			size := entrySize(entry)
-			if len(out) >= maxImages || entries >= maxWorkloadEntries || bytes+size > maxStatusBytes {
+			if len(out) >= maxImages || len(img) > maxImageLength || len(st.Workloads) >= maxWorkloadsPerImage ||
+				entries >= maxWorkloadEntries || bytes+size > maxStatusBytes {
 				summary.Omitted++
 				continue
 			}
@@ -155,7 +166,10 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 			bytes += size
 			st.Workloads = append(st.Workloads, entry)
 		}
-		if len(st.Workloads) > 0 {
+		// An image stays listed while there is room for images, even when
+		// its workload entries were left out: its history is where Follow
+		// and a rollback find their digests.
+		if len(out) < maxImages && len(img) <= maxImageLength {
 			sort.Slice(st.Workloads, func(i, j int) bool { return workloadLess(st.Workloads[i], st.Workloads[j]) })
 			out = append(out, st)
 		}

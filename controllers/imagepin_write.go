@@ -6,27 +6,27 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/drift"
 	"github.com/imagepin/imagepin/internal/selection"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // FieldManager is the field manager of every workload write.
-const FieldManager = "imagepin"
-
-// maxReverts is how many times another actor may set an image back before
-// imagepin stops writing that workload until the ImagePin's spec changes.
-const maxReverts = 3
+const FieldManager = workload.FieldManager
 
 // Write reasons, the reason label of imagepin_workload_writes_total and
 // the events of writes.
@@ -40,14 +40,19 @@ const (
 type imageWrite struct {
 	container string
 	init      bool
+	index     int
 	from, to  string
-	reason    string
+	// stored is the image as the workload stores it, which the write
+	// tests before it replaces it.
+	stored string
+	reason string
 }
 
 // workloadWrite is every image to set in one workload.
 type workloadWrite struct {
 	kind   imagesv1alpha1.WorkloadKind
 	name   string
+	uid    types.UID
 	writes []imageWrite
 }
 
@@ -79,7 +84,7 @@ func planWrites(in planInput) []workloadWrite {
 		}
 		key := string(c.kind) + "/" + c.workload
 		if byWorkload[key] == nil {
-			byWorkload[key] = &workloadWrite{kind: c.kind, name: c.workload}
+			byWorkload[key] = &workloadWrite{kind: c.kind, name: c.workload, uid: c.uid}
 			order = append(order, key)
 		}
 		byWorkload[key].writes = append(byWorkload[key].writes, w)
@@ -112,7 +117,7 @@ func desiredImage(c containerObs, in planInput) (imageWrite, bool) {
 		if to == current {
 			return imageWrite{}, false
 		}
-		return imageWrite{container: c.container, init: c.init, from: current, to: to, reason: reason}, true
+		return imageWrite{container: c.container, init: c.init, index: c.index, from: current, stored: c.raw, to: to, reason: reason}, true
 	}
 	if d, ok := in.overrides[c.image]; ok {
 		return write(d, writeOverride)
@@ -134,73 +139,54 @@ func desiredImage(c containerObs, in planInput) (imageWrite, bool) {
 	return write(resolved, writeFollow)
 }
 
-// conflictState remembers, per workload, what imagepin last wrote and how
-// often someone set it back, for one generation of the ImagePin.
-type conflictState struct {
-	generation  int64
-	lastWritten map[string]string // container → image imagepin wrote
-	// wroteGeneration is the workload's generation after imagepin's last
-	// write: a cached copy older than that is not a revert, only late.
-	wroteGeneration int64
-	reverts         int
-	blocked         bool
-	manager         string
-}
-
 // applyWrites writes the planned images, skipping workloads another actor
 // keeps reverting, and returns the workloads it stopped writing, each as
-// "Kind/name by <managers>".
+// "Kind/name by <managers> until <time>".
 func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha1.ImagePin, plan []workloadWrite, obs observation) []string {
+	now := r.Clock.Now()
 	current := map[string]string{}
-	generations := map[string]int64{}
+	generations := map[types.UID]int64{}
+	live := map[types.UID]bool{}
 	for _, c := range obs.containers {
-		img := c.image
-		if c.pinned != "" {
-			img += "@" + c.pinned
-		}
-		current[string(c.kind)+"/"+c.workload+"/"+c.container] = img
-		generations[string(c.kind)+"/"+c.workload] = c.generation
+		current[string(c.uid)+"/"+c.container] = c.raw
+		generations[c.uid] = c.generation
+		live[c.uid] = true
 	}
 
 	r.conflictMu.Lock()
 	defer r.conflictMu.Unlock()
-	if r.conflicts == nil {
-		r.conflicts = map[string]*conflictState{}
-	}
-	prefix := pin.Namespace + "/" + pin.Name + "/"
-	for k, st := range r.conflicts {
-		if strings.HasPrefix(k, prefix) && st.generation != pin.Generation {
-			delete(r.conflicts, k) // a spec change: try again
-		}
-	}
-
+	states := r.conflictsOf(pin, live)
 	for _, w := range plan {
-		key := prefix + string(w.kind) + "/" + w.name
-		st := r.conflicts[key]
+		st := states[w.uid]
 		if st == nil {
-			st = &conflictState{generation: pin.Generation, lastWritten: map[string]string{}}
-			r.conflicts[key] = st
+			st = &conflictState{lastWritten: map[string]string{}}
+			states[w.uid] = st
 		}
-		if st.blocked {
-			continue
-		}
-		if generations[string(w.kind)+"/"+w.name] < st.wroteGeneration {
+		st.kind, st.name = w.kind, w.name
+		if generations[w.uid] < st.wroteGeneration {
 			continue // the cache has not seen imagepin's own write yet
 		}
+		containers := map[string]string{}
 		for _, iw := range w.writes {
-			if last, ok := st.lastWritten[iw.container]; ok && last != current[string(w.kind)+"/"+w.name+"/"+iw.container] {
-				st.reverts++
-				break
-			}
+			containers[iw.container] = current[string(w.uid)+"/"+iw.container]
 		}
-		if st.reverts >= maxReverts {
-			st.blocked = true
+		switch st.decide(containers, now, r.conflictBackoff()) {
+		case stayBlocked:
+			continue
+		case nowBlocked:
 			st.manager = r.otherManager(ctx, pin.Namespace, w)
-			r.event(pin, corev1.EventTypeWarning, "Conflict", fmt.Sprintf("stopped writing %s %s: its image was set back %d times by %s", w.kind, w.name, st.reverts, st.manager))
+			r.event(pin, corev1.EventTypeWarning, "Conflict", fmt.Sprintf("stopped writing %s %s until %s: its image was set back to the tag imagepin pinned %d times within %s by %s",
+				w.kind, w.name, st.blockedUntil.UTC().Format(time.RFC3339), maxReverts, r.conflictBackoff(), st.manager))
 			continue
 		}
 		gen, err := r.writeImages(ctx, pin.Namespace, w)
 		if err != nil {
+			if apierrors.IsNotFound(err) || apierrors.IsConflict(err) || isFailedTest(err) {
+				// Deleted or changed since it was read: the change
+				// triggers another check, which decides again.
+				log.FromContext(ctx).V(1).Info("workload changed before the write; deciding again on the next check", "kind", w.kind, "workload", w.name, "reason", err.Error())
+				continue
+			}
 			log.FromContext(ctx).Error(err, "write images", "kind", w.kind, "workload", w.name)
 			r.event(pin, corev1.EventTypeWarning, "WriteFailed", fmt.Sprintf("%s %s: %v", w.kind, w.name, err))
 			continue
@@ -214,9 +200,9 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 	}
 
 	var blocked []string
-	for k, st := range r.conflicts {
-		if strings.HasPrefix(k, prefix) && st.blocked {
-			blocked = append(blocked, strings.TrimPrefix(k, prefix)+" by "+st.manager)
+	for _, st := range states {
+		if st.blockedAt(now) {
+			blocked = append(blocked, fmt.Sprintf("%s/%s by %s until %s", st.kind, st.name, st.manager, st.blockedUntil.UTC().Format(time.RFC3339)))
 		}
 	}
 	sort.Strings(blocked)
@@ -229,49 +215,131 @@ func (r *ImagePinReconciler) event(pin *imagesv1alpha1.ImagePin, kind, reason, n
 	}
 }
 
-// writeImages sets only the image fields of the listed containers with a
-// server-side apply as field manager imagepin: other containers, fields and
-// annotations are not part of the request.
+// writeImages sets only the image fields of the listed containers, then
+// gives up the ownership of those fields the write took.
+//
+// The write is a JSON patch that tests each container's name and image
+// where the check read them, so a workload changed since is never
+// overwritten (the change triggers a new check). A patch is an update,
+// not an apply: it never prunes fields imagepin applied before. Then
+// imagepin removes its own managedFields entry, so it owns no field of
+// the workload. Whoever applies the workload (kubectl, a GitOps tool)
+// therefore keeps the whole of what it applies: a container it drops is
+// removed, not left behind as name and image; its next apply, forced or
+// not, never conflicts with imagepin; and it may set an image back, which
+// the admission webhook pins again or the next check sees (and counts as
+// a revert when it is the same tag).
 func (r *ImagePinReconciler) writeImages(ctx context.Context, namespace string, w workloadWrite) (int64, error) {
-	u := &unstructured.Unstructured{}
-	var podSpecPath []string
-	switch w.kind {
-	case imagesv1alpha1.KindDeployment, imagesv1alpha1.KindStatefulSet, imagesv1alpha1.KindDaemonSet:
-		u.SetAPIVersion("apps/v1")
-		podSpecPath = []string{"spec", "template", "spec"}
-	case imagesv1alpha1.KindCronJob:
-		u.SetAPIVersion("batch/v1")
-		podSpecPath = []string{"spec", "jobTemplate", "spec", "template", "spec"}
-	default:
-		return 0, fmt.Errorf("%s is not written", w.kind)
+	if w.kind == imagesv1alpha1.KindJob {
+		return 0, fmt.Errorf("%s is not written: its pod template is immutable", w.kind)
 	}
-	u.SetKind(string(w.kind))
-	u.SetNamespace(namespace)
-	u.SetName(w.name)
-	var containers, inits []any
-	for _, iw := range w.writes {
-		entry := map[string]any{"name": iw.container, "image": iw.to}
-		if iw.init {
-			inits = append(inits, entry)
-		} else {
-			containers = append(containers, entry)
-		}
-	}
-	if len(containers) > 0 {
-		if err := unstructured.SetNestedSlice(u.Object, containers, append(podSpecPath, "containers")...); err != nil {
-			return 0, err
-		}
-	}
-	if len(inits) > 0 {
-		if err := unstructured.SetNestedSlice(u.Object, inits, append(podSpecPath, "initContainers")...); err != nil {
-			return 0, err
-		}
-	}
-	// Apply fills u with the stored object.
-	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
+	path, err := workload.PodSpecPath(w.kind)
+	if err != nil {
 		return 0, err
 	}
-	return u.GetGeneration(), nil
+	obj, err := workload.NewObject(w.kind)
+	if err != nil {
+		return 0, err
+	}
+	obj.SetNamespace(namespace)
+	obj.SetName(w.name)
+	var ops []jsonPatchOp
+	for _, iw := range w.writes {
+		list := "containers"
+		if iw.init {
+			list = "initContainers"
+		}
+		at := "/" + strings.Join(path, "/") + "/" + list + "/" + strconv.Itoa(iw.index)
+		ops = append(ops,
+			jsonPatchOp{Op: "test", Path: at + "/name", Value: iw.container},
+			jsonPatchOp{Op: "test", Path: at + "/image", Value: iw.stored},
+			jsonPatchOp{Op: "replace", Path: at + "/image", Value: iw.to})
+	}
+	body, err := json.Marshal(ops)
+	if err != nil {
+		return 0, err
+	}
+	// The patch answers with the stored object, managedFields included.
+	if err := r.Patch(ctx, obj, client.RawPatch(types.JSONPatchType, body), client.FieldOwner(FieldManager)); err != nil {
+		return 0, err
+	}
+	if err := r.releaseFields(ctx, obj); err != nil {
+		// Harmless for now: the next check sees imagepin still owns fields
+		// and releases them then.
+		log.FromContext(ctx).V(1).Info("release field ownership after a write", "kind", w.kind, "workload", w.name, "reason", err.Error())
+	}
+	return obj.GetGeneration(), nil
+}
+
+type jsonPatchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value,omitempty"`
+}
+
+// isFailedTest reports a JSON patch whose test operation failed: the
+// workload no longer names what the check read.
+func isFailedTest(err error) bool {
+	return apierrors.IsInvalid(err) && strings.Contains(err.Error(), "test") ||
+		strings.Contains(err.Error(), "testing value")
+}
+
+// releaseFields removes imagepin's entries from obj's managedFields, with
+// obj's resourceVersion as a precondition, so that imagepin owns no field
+// of it. The values imagepin wrote stay; the fields become unowned until
+// someone applies them. obj must hold the stored managedFields.
+func (r *ImagePinReconciler) releaseFields(ctx context.Context, obj client.Object) error {
+	all := obj.GetManagedFields()
+	keep := make([]metav1.ManagedFieldsEntry, 0, len(all))
+	for _, e := range all {
+		if e.Manager != FieldManager {
+			keep = append(keep, e)
+		}
+	}
+	// Nothing to release; or nothing would be left, which the API server
+	// reads as "keep managedFields as they are".
+	if len(keep) == len(all) || len(keep) == 0 {
+		return nil
+	}
+	body, err := json.Marshal(map[string]any{"metadata": map[string]any{
+		"resourceVersion": obj.GetResourceVersion(),
+		"managedFields":   keep,
+	}})
+	if err != nil {
+		return err
+	}
+	return r.Patch(ctx, obj, client.RawPatch(types.MergePatchType, body), client.FieldOwner(FieldManager))
+}
+
+// releaseStaleFields releases the fields imagepin still owns in workloads
+// it does not write this check: a write whose release failed, or a
+// workload an older imagepin applied to. Reads the workload live, as the
+// cache keeps no managedFields but imagepin's own.
+func (r *ImagePinReconciler) releaseStaleFields(ctx context.Context, namespace string, obs observation, plan []workloadWrite) {
+	if r.APIReader == nil {
+		return
+	}
+	planned := map[types.UID]bool{}
+	for _, w := range plan {
+		planned[w.uid] = true
+	}
+	done := map[types.UID]bool{}
+	for _, c := range obs.containers {
+		if !c.ownsFields || planned[c.uid] || done[c.uid] || c.kind == imagesv1alpha1.KindJob {
+			continue
+		}
+		done[c.uid] = true
+		obj, err := workload.NewObject(c.kind)
+		if err != nil {
+			continue
+		}
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: c.workload}, obj); err != nil || obj.GetUID() != c.uid {
+			continue
+		}
+		if err := r.releaseFields(ctx, obj); err != nil {
+			log.FromContext(ctx).V(1).Info("release field ownership", "kind", c.kind, "workload", c.workload, "reason", err.Error())
+		}
+	}
 }
 
 // otherManager names the field managers other than imagepin that own the
@@ -346,7 +414,7 @@ func setConflict(status *imagesv1alpha1.ImagePinStatus, generation int64, mode i
 		c.Status, c.Reason, c.Message = metav1.ConditionFalse, imagesv1alpha1.ReasonNoConflict, "nobody sets back the images imagepin writes"
 	} else {
 		c.Status, c.Reason = metav1.ConditionTrue, imagesv1alpha1.ReasonImageReverted
-		c.Message = fmt.Sprintf("stopped writing %s after its image was set back %d times; imagepin tries again when this ImagePin's spec changes",
+		c.Message = fmt.Sprintf("stopped writing %s: its image was set back to the tag imagepin pinned %d times within the backoff; imagepin tries again at the time given, or when this ImagePin's spec changes",
 			joinCapped(blocked, 3), maxReverts)
 	}
 	meta.SetStatusCondition(&status.Conditions, c)

@@ -55,7 +55,15 @@ func TestPlanWrites(t *testing.T) {
 		{name: "an override that is not a sha256 digest is never written", mode: imagesv1alpha1.ModePin, c: tagOnly(dg("a")), overrides: map[string]string{img: "sha256:abc"}, want: "[]"},
 		{name: "an image that is not a valid reference is never written", mode: imagesv1alpha1.ModePin, c: func() containerObs { c := tagOnly(dg("a")); c.image = "reg.io/App:v1"; return c }(), want: "[]"},
 		{name: "a registry port and an untagged image are kept as written", mode: imagesv1alpha1.ModePin, c: func() containerObs { c := tagOnly(dg("a")); c.image = "localhost:5000/team/app"; return c }(),
-			want: fmt.Sprintf("[Deployment/web app localhost:5000/team/app -> localhost:5000/team/app@%s (Pin)]", dg("a"))},
+			want: fmt.Sprintf("[Deployment/web app localhost:5000/team/app -> localhost:5000/team/app:latest@%s (Pin)]", dg("a"))},
+		// Issue 13 item 4: an untagged image is pinned with the tag it
+		// implies, and Follow keeps following that tag.
+		{name: "an untagged image keeps its tag to follow", mode: imagesv1alpha1.ModeFollow, c: func() containerObs {
+			c := pinnedTo(dg("a"), dg("b"))
+			c.image = imageOf("reg.io/app")
+			return c
+		}(), firstSeen: map[string]time.Time{"reg.io/app:latest": t0.Add(-time.Hour)},
+			want: fmt.Sprintf("[Deployment/web app reg.io/app:latest@%s -> reg.io/app:latest@%s (Follow)]", dg("a"), dg("b"))},
 		{name: "a Job is reported, not written", mode: imagesv1alpha1.ModePin, c: func() containerObs { c := tagOnly(dg("a")); c.kind = imagesv1alpha1.KindJob; return c }(), want: "[]"},
 	}
 	for _, tt := range tests {

@@ -38,11 +38,11 @@ var referenceName = func() *regexp.Regexp {
 //
 //   - An image that already names a digest is re-pinned: its digest is
 //     replaced, so pinning is idempotent.
-//   - An image without a tag stays without one: "repo" becomes
-//     "repo@digest", not "repo:latest@digest". Both mean the same image; a
-//     missing tag is resolved as "latest", and a digest reference is pulled
-//     by its digest whatever tag it names. Note that "repo@digest" names no
-//     tag any more, so the controller treats it as digest-only afterwards.
+//   - An image without a tag or digest gets the tag it implies: "repo"
+//     becomes "repo:latest@digest". The tag is what Follow follows and what
+//     drift compares with; "repo@digest" would name no tag any more, and a
+//     later push to :latest would go unseen.
+//   - An image that names a digest and no tag ("repo@digest") stays so.
 //   - digest must be "sha256:" and 64 lowercase hex digits, the only
 //     algorithm the ImagePin API and drift.IsDigest know: a pin in another
 //     algorithm would not be recognised as one.
@@ -54,7 +54,8 @@ var referenceName = func() *regexp.Regexp {
 //
 // The error says what is wrong; on a nil error the result always parses
 // with name.NewDigest, names exactly digest, and StripDigest of it equals
-// StripDigest(image).
+// WithImpliedTag(StripDigest(image)) (StripDigest(image) when image names a
+// digest).
 func PinnedImage(image, digest string) (string, error) {
 	if !drift.IsDigest(digest) {
 		return "", fmt.Errorf("cannot pin %q to %q: not a sha256 digest (sha256: and 64 lowercase hex digits)", image, digest)
@@ -76,10 +77,29 @@ func PinnedImage(image, digest string) (string, error) {
 	if _, err := name.NewTag(base); err != nil {
 		return "", fmt.Errorf("cannot pin %q: not a valid image reference: %w", image, err)
 	}
+	if !strings.Contains(image, "@") {
+		base = WithImpliedTag(base)
+	}
 	pinned := base + "@" + digest
 	// What is written must parse, whatever the checks above let through.
 	if _, err := name.NewDigest(pinned); err != nil {
 		return "", fmt.Errorf("cannot pin %q: %w", image, err)
 	}
 	return pinned, nil
+}
+
+// WithImpliedTag returns a reference that names no tag and no digest with
+// the tag it implies, ":latest"; any other reference as it is.
+func WithImpliedTag(image string) string {
+	if image == "" || strings.Contains(image, "@") || HasTag(image) {
+		return image
+	}
+	return image + ":latest"
+}
+
+// HasTag reports whether a reference names a tag explicitly: a ':' after
+// its last '/' (a registry port comes before one).
+func HasTag(image string) bool {
+	name := StripDigest(image)
+	return strings.LastIndexByte(name, ':') > strings.LastIndexByte(name, '/')
 }

@@ -20,13 +20,13 @@ func TestPinnedImage(t *testing.T) {
 		{"reg.io/app:v1", digestA, "reg.io/app:v1@" + digestA},
 		{"nginx:1.27", digestA, "nginx:1.27@" + digestA},
 		{"docker.io/library/nginx:1.27", digestA, "docker.io/library/nginx:1.27@" + digestA},
-		// Untagged stays untagged: "latest" is what it resolves, not what
-		// is written.
-		{"nginx", digestA, "nginx@" + digestA},
-		{"reg.io/team/app", digestA, "reg.io/team/app@" + digestA},
+		// Issue 13 item 4: an untagged image keeps the tag it implies, so
+		// that there is still a tag to follow.
+		{"nginx", digestA, "nginx:latest@" + digestA},
+		{"reg.io/team/app", digestA, "reg.io/team/app:latest@" + digestA},
 		// Registry ports and nested paths.
 		{"localhost:5000/a/b:v1", digestA, "localhost:5000/a/b:v1@" + digestA},
-		{"localhost:5000/a/b", digestA, "localhost:5000/a/b@" + digestA},
+		{"localhost:5000/a/b", digestA, "localhost:5000/a/b:latest@" + digestA},
 		{"127.0.0.1:5000/team/sub/app:1.2.3-rc.1", digestA, "127.0.0.1:5000/team/sub/app:1.2.3-rc.1@" + digestA},
 		{"[::1]:5000/app:v1", digestA, "[::1]:5000/app:v1@" + digestA},
 		{"Registry.Example.com/app:V1_x", digestA, "Registry.Example.com/app:V1_x@" + digestA},
@@ -140,8 +140,12 @@ func FuzzPinnedImage(f *testing.F) {
 		if !referenceName.MatchString(base) {
 			t.Fatalf("PinnedImage(%q, %q) = %q, whose name is not in the distribution grammar", image, digest, out)
 		}
-		if StripDigest(out) != StripDigest(image) {
-			t.Fatalf("PinnedImage(%q, %q) = %q: StripDigest %q, want %q", image, digest, out, StripDigest(out), StripDigest(image))
+		want := WithImpliedTag(StripDigest(image))
+		if strings.Contains(image, "@") {
+			want = StripDigest(image)
+		}
+		if StripDigest(out) != want {
+			t.Fatalf("PinnedImage(%q, %q) = %q: StripDigest %q, want %q", image, digest, out, StripDigest(out), want)
 		}
 		again, err := PinnedImage(out, digest)
 		if err != nil || again != out {

@@ -77,7 +77,36 @@ func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Generation: m.Generation,
 		CreationTimestamp: m.CreationTimestamp, DeletionTimestamp: m.DeletionTimestamp,
 		Labels: m.Labels, OwnerReferences: m.OwnerReferences,
+		ManagedFields: ownFieldsOnly(m.ManagedFields),
 	}
+}
+
+// FieldManager is the field manager of imagepin's workload writes.
+const FieldManager = "imagepin"
+
+// ownFieldsOnly keeps the managedFields entries of imagepin itself: the
+// controller releases fields it still owns (see controllers'
+// releaseFields) and needs to see that it owns some without a live read.
+// Other managers' entries are dropped; they are the bulk of managedFields.
+func ownFieldsOnly(in []metav1.ManagedFieldsEntry) []metav1.ManagedFieldsEntry {
+	var out []metav1.ManagedFieldsEntry
+	for _, e := range in {
+		if e.Manager == FieldManager {
+			out = append(out, metav1.ManagedFieldsEntry{Manager: e.Manager, Operation: e.Operation})
+		}
+	}
+	return out
+}
+
+// OwnsFields reports whether imagepin owns fields of obj, as far as obj's
+// managedFields (or the cache's copy of them) tell.
+func OwnsFields(obj metav1.Object) bool {
+	for _, e := range obj.GetManagedFields() {
+		if e.Manager == FieldManager {
+			return true
+		}
+	}
+	return false
 }
 
 func slimTemplate(t corev1.PodTemplateSpec) corev1.PodTemplateSpec {

@@ -122,3 +122,15 @@ func ownedByCronJob(job *batchv1.Job) bool {
 	owner := metav1.GetControllerOf(job)
 	return owner != nil && owner.Kind == "CronJob" && owner.APIVersion == batchv1.SchemeGroupVersion.String()
 }
+
+// PodSpecPath is where a kind keeps the pod spec its pods are made from,
+// as the field names from the object's root.
+func PodSpecPath(kind imagesv1alpha1.WorkloadKind) ([]string, error) {
+	switch kind {
+	case imagesv1alpha1.KindDeployment, imagesv1alpha1.KindStatefulSet, imagesv1alpha1.KindDaemonSet, imagesv1alpha1.KindJob:
+		return []string{"spec", "template", "spec"}, nil
+	case imagesv1alpha1.KindCronJob:
+		return []string{"spec", "jobTemplate", "spec", "template", "spec"}, nil
+	}
+	return nil, fmt.Errorf("unsupported workload kind %q", kind)
+}
