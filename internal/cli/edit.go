@@ -135,17 +135,24 @@ func (s *source) skipProperties(at int) int {
 		for at < len(raw) && !isSpace(raw[at]) {
 			at++
 		}
-		for at < len(raw) {
-			switch {
-			case isSpace(raw[at]):
+		at = s.skipSpace(at)
+	}
+	return at
+}
+
+// skipSpace returns the offset past space, line breaks and comments.
+func (s *source) skipSpace(at int) int {
+	raw := s.raw
+	for at < len(raw) {
+		switch {
+		case isSpace(raw[at]):
+			at++
+		case raw[at] == '#':
+			for at < len(raw) && raw[at] != '\n' && raw[at] != '\r' {
 				at++
-			case raw[at] == '#':
-				for at < len(raw) && raw[at] != '\n' && raw[at] != '\r' {
-					at++
-				}
-			default:
-				return at
 			}
+		default:
+			return at
 		}
 	}
 	return at
