@@ -3,14 +3,11 @@ package registry
 import (
 	"context"
 	"fmt"
-	"io"
+	"sync"
 
-	ecr "github.com/awslabs/amazon-ecr-credential-helper/ecr-login"
-	"github.com/chrismellard/docker-credential-acr-env/pkg/credhelper"
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/authn/k8schain"
 	kauth "github.com/google/go-containerregistry/pkg/authn/kubernetes"
-	"github.com/google/go-containerregistry/pkg/v1/google"
+	"github.com/google/go-containerregistry/pkg/name"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -22,17 +19,23 @@ import (
 // read from the namespace of the workload only, through a cache reader (the
 // manager's informer cache: no API call per resolution), plus optionally the
 // cloud keychains (ECR, GCR/Artifact Registry, ACR) of the manager's own
-// identity. The docker config file of the manager is never used.
+// identity, each asked only about its own cloud's registries. The docker
+// config file of the manager is never used.
 type Keychains struct {
 	// Reader reads ServiceAccounts and Secrets; the manager passes its cache.
 	Reader client.Reader
 	// Cloud adds the ECR, Google and ACR keychains.
 	Cloud bool
+
+	once  sync.Once
+	cloud []*cloudKeychain // made once, so their tokens are reused
 }
 
 // ForPod returns the keychain for a pod spec in namespace. Pull secrets that
 // do not exist are skipped, as the kubelet skips them. Each credential is
-// offered only to the registry its docker config names.
+// offered only to the registry its docker config names. The resolver tries
+// every matching pull secret in turn, then the cloud identity, then
+// anonymous access, as a kubelet does.
 func (k *Keychains) ForPod(ctx context.Context, namespace string, spec *corev1.PodSpec) (authn.Keychain, error) {
 	names := make([]string, 0, len(spec.ImagePullSecrets)+1)
 	seen := map[string]bool{}
@@ -59,42 +62,118 @@ func (k *Keychains) ForPod(ctx context.Context, namespace string, spec *corev1.P
 		return nil, fmt.Errorf("read service account %s/%s: %w", namespace, saName, err)
 	}
 
-	secrets := make([]corev1.Secret, 0, len(names))
+	kc := &podKeychain{}
 	for _, n := range names {
 		var s corev1.Secret
 		switch err := k.Reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: n}, &s); {
 		case err == nil:
-			secrets = append(secrets, s)
 		case apierrors.IsNotFound(err):
+			continue
 		default:
 			return nil, fmt.Errorf("read pull secret %s/%s: %w", namespace, n, err)
 		}
-	}
-	// Each secret on its own, so that one malformed secret costs only its
-	// own credentials, not every workload's resolution.
-	chain := make([]authn.Keychain, 0, len(secrets)+len(cloudKeychains))
-	for _, s := range secrets {
-		kc, err := kauth.NewFromPullSecrets(ctx, []corev1.Secret{s})
+		// Each secret on its own, so that one malformed secret costs only
+		// its own credentials, not every workload's resolution.
+		skc, err := kauth.NewFromPullSecrets(ctx, []corev1.Secret{s})
 		if err != nil {
 			log.FromContext(ctx).Info("skipping a pull secret that is not a valid docker config", "namespace", namespace, "secret", s.Name, "reason", err.Error())
 			continue
 		}
-		chain = append(chain, kc)
+		kc.secrets = append(kc.secrets, pullSecret{
+			// The namespace, name, UID and version: never shared with
+			// another namespace, and a fresh identity when it is edited.
+			id:   fmt.Sprintf("secret %s/%s uid %s rv %s", namespace, s.Name, s.UID, s.ResourceVersion),
+			name: fmt.Sprintf("pull secret %s/%s", namespace, s.Name),
+			kc:   skc,
+		})
 	}
 	if k.Cloud {
-		chain = append(chain, cloudKeychains...)
+		k.once.Do(func() { k.cloud = defaultCloudKeychains() })
+		kc.cloud = k.cloud
 	}
-	return authn.NewMultiKeychain(chain...), nil
+	return kc, nil
 }
 
-var cloudKeychains = []authn.Keychain{
-	google.Keychain,
-	authn.NewKeychainFromHelper(ecr.NewECRHelper(ecr.WithLogger(io.Discard))),
-	authn.NewKeychainFromHelper(credhelper.NewACRCredentialsHelper()),
+type pullSecret struct {
+	id, name string
+	kc       authn.Keychain
+}
+
+// podKeychain is a workload's pull secrets and the manager's cloud
+// identity.
+type podKeychain struct {
+	secrets []pullSecret
+	cloud   []*cloudKeychain
+}
+
+func (p *podKeychain) credentialsFor(ctx context.Context, repo name.Repository) ([]credential, error) {
+	var out []credential
+	for _, s := range p.secrets {
+		cfg, err := configOf(ctx, s.kc, repo)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.name, err)
+		}
+		if !empty(cfg) {
+			out = append(out, fixed(s.id+" @"+repo.RegistryStr(), "the "+s.name, cfg))
+		}
+	}
+	return append(out, cloudCredentials(p.cloud, repo)...), nil
+}
+
+// Resolve returns the first credential for target, for callers that use
+// the keychain outside the resolver.
+func (p *podKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+	return firstOf(p, target)
 }
 
 // CLIKeychain is the keychain of `imagepin pin`: the user's docker config
-// (~/.docker/config.json and its credential helpers) and the cloud keychains.
-func CLIKeychain(ctx context.Context) (authn.Keychain, error) {
-	return k8schain.NewNoClient(ctx)
+// (~/.docker/config.json and its credential helpers), and the cloud
+// keychains, each asked only about its own cloud's registries, so that a
+// public image is resolved anonymously and no cloud SDK is woken for it.
+func CLIKeychain(context.Context) (authn.Keychain, error) {
+	return &cliKeychain{docker: newRefreshing("docker config", authn.DefaultKeychain, nil), cloud: defaultCloudKeychains()}, nil
+}
+
+type cliKeychain struct {
+	docker *refreshing
+	cloud  []*cloudKeychain
+}
+
+func (c *cliKeychain) credentialsFor(_ context.Context, repo name.Repository) ([]credential, error) {
+	return append([]credential{c.docker.credential(repo)}, cloudCredentials(c.cloud, repo)...), nil
+}
+
+func (c *cliKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+	return firstOf(c, target)
+}
+
+// firstOf is the first non-empty credential a source has for target.
+func firstOf(s credentialSource, target authn.Resource) (authn.Authenticator, error) {
+	var repo name.Repository
+	switch t := target.(type) {
+	case name.Repository:
+		repo = t
+	case name.Tag:
+		repo = t.Context()
+	case name.Digest:
+		repo = t.Context()
+	case name.Registry:
+		repo = t.Repo("_")
+	default:
+		r, err := name.NewRepository(target.String())
+		if err != nil {
+			return authn.Anonymous, nil
+		}
+		repo = r
+	}
+	creds, err := s.credentialsFor(context.Background(), repo)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range creds {
+		if cfg, err := c.get(context.Background()); err == nil && !empty(cfg) {
+			return authn.FromConfig(cfg), nil
+		}
+	}
+	return authn.Anonymous, nil
 }

@@ -68,8 +68,25 @@ func (t *politeTransport) state(host string) *hostState {
 	return st
 }
 
+// PlainHTTPError says a request would have gone over plain HTTP to a host
+// not named in --insecure-registry: go-containerregistry falls back to
+// HTTP for private addresses, *.local and loopback, which would send
+// credentials in cleartext and let anyone on the path choose the digest.
+// Nothing is sent.
+type PlainHTTPError struct {
+	Host string
+}
+
+func (e *PlainHTTPError) Error() string {
+	return fmt.Sprintf("plain HTTP to %s refused: it is not named in --insecure-registry", e.Host)
+}
+
 func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	host := req.URL.Host
+	insecure := t.insecureHosts[host] || t.insecureHosts[req.URL.Hostname()]
+	if req.URL.Scheme == "http" && !insecure {
+		return nil, &PlainHTTPError{Host: host}
+	}
 	st := t.state(host)
 
 	if err := t.checkBlocked(host, st); err != nil {
@@ -84,7 +101,7 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	rt := t.secure
-	if t.insecureHosts[host] || t.insecureHosts[req.URL.Hostname()] {
+	if insecure {
 		rt = t.insecure
 	}
 	start := time.Now()

@@ -1,0 +1,239 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// fetch asks the registry; it runs once per key at a time (or twice, when
+// a tick began while the first was in flight). Its deadline is the
+// resolver's, not a caller's, so that a caller giving up early does not
+// waste the request for the others. started is when it was asked for: an
+// answer asked for before a tick began (FreshSince) must not pass for that
+// tick's.
+func (r *Resolver) fetch(tag name.Tag, creds []credential, key string, started time.Time) (Result, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+	defer cancel()
+
+	var digest string
+	err := r.withCredentials(ctx, tag.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
+		var err error
+		digest, err = r.resolveDigest(ctx, tag, p)
+		return err
+	})
+	now := r.clock.Now()
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.cache[key]
+	if e == nil {
+		e = &entry{}
+		r.cache[key] = e
+	}
+	r.fetches++
+	if r.fetches%sweepEvery == 0 || now.Sub(r.lastSweep) >= sweepInterval {
+		r.sweepLocked(now)
+	}
+	if started.Before(e.checkedAt) {
+		// A resolution asked for later has answered already: it is at
+		// least as fresh as this one, for these callers too.
+		return r.resultOf(e), e.err
+	}
+	e.checkedAt = started
+	if err != nil {
+		e.err = explainFor(tag, err, r.opts.Timeout)
+		return r.resultOf(e), e.err
+	}
+	e.digest, e.resolvedAt, e.err = digest, now, nil
+	return r.resultOf(e), nil
+}
+
+// attemptError is the failure of a request made with each credential in
+// turn: the first refusal says most (the workload's own pull secret), the
+// others are counted; notes say why a credential could not be had.
+type attemptError struct {
+	err     error
+	refused int // credentials refused, anonymous included
+	notes   []string
+	secrets []string
+}
+
+func (e *attemptError) Error() string { return e.err.Error() }
+func (e *attemptError) Unwrap() error { return e.err }
+
+// explainFor explains a failure of withCredentials for a condition
+// message, with no secret in it.
+func explainFor(tag name.Tag, err error, timeout time.Duration) error {
+	ae, ok := err.(*attemptError)
+	if !ok {
+		return explain(tag, err, timeout)
+	}
+	out := explain(tag, ae.err, timeout)
+	var extra []string
+	if ae.refused > 1 {
+		extra = append(extra, fmt.Sprintf("%d credentials tried, anonymous access included, all refused", ae.refused))
+	}
+	extra = append(extra, ae.notes...)
+	if len(extra) > 0 {
+		out = &redactedError{msg: out.Error() + " (" + strings.Join(extra, "; ") + ")", err: out}
+	}
+	return redact(out, longestFirst(ae.secrets))
+}
+
+// withCredentials runs do with each credential in turn, and then
+// anonymously, until one is not refused (401 or 403), as a kubelet pulls:
+// a stale pull secret does not break a public image. A cloud token the
+// registry refuses is refreshed and tried once more.
+func (r *Resolver) withCredentials(ctx context.Context, repo name.Repository, creds []credential, do func(context.Context, *remote.Puller) error) error {
+	reg := repo.Registry
+	tries := append(append([]credential{}, creds...), fixed(anonymousID, "anonymous access", authn.AuthConfig{}))
+	fail := &attemptError{}
+	for _, c := range tries {
+		for attempt := 0; attempt < 2; attempt++ {
+			cfg, err := c.get(ctx)
+			if err != nil {
+				fail.notes = append(fail.notes, fmt.Sprintf("%s: %s", c.name, oneLine(err.Error())))
+				break
+			}
+			if empty(cfg) && c.id != anonymousID {
+				if c.announce {
+					fail.notes = append(fail.notes, c.name+" have none for this registry")
+				}
+				break
+			}
+			fail.secrets = append(fail.secrets, secretsOf(cfg)...)
+			p, err := r.puller(reg, c.id, cfg)
+			if err == nil {
+				err = do(ctx, p)
+			}
+			if err == nil {
+				return nil
+			}
+			if !authRefused(err) {
+				if len(fail.secrets) == 0 {
+					return err
+				}
+				return &attemptError{err: err, secrets: fail.secrets}
+			}
+			if fail.err == nil {
+				fail.err = err
+			}
+			if c.forget == nil || attempt > 0 {
+				fail.refused++
+				break
+			}
+			c.forget() // a token that expired early: ask for a fresh one
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if fail.err == nil {
+		fail.err = ctx.Err()
+	}
+	return fail
+}
+
+// resolveDigest HEADs the tag and, for an index seen for the first time,
+// GETs it once by digest to learn its platforms.
+func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, p *remote.Puller) (string, error) {
+	desc, err := p.Head(ctx, tag)
+	if err != nil && headNotAnswered(err) {
+		// The registry does not answer HEAD properly: GET the manifest
+		// instead; its digest is computed from the body (and the body
+		// checked against the digest header, if the GET has a valid one).
+		r.metrics.ManifestGets.WithLabelValues(tag.RegistryStr(), "fallback").Inc()
+		d, gerr := p.Get(ctx, tag)
+		if gerr != nil {
+			return "", &fallbackError{head: err, get: gerr}
+		}
+		desc, err = &d.Descriptor, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	digest := desc.Digest.String()
+	if !validDigest.MatchString(digest) {
+		// Never handed on, so never written into a workload.
+		return "", fmt.Errorf("registry %s gave %q for the tag, not a sha256 digest; not used", tag.RegistryStr(), digest)
+	}
+	if desc.MediaType.IsIndex() && !r.knowsPlatforms(digest) {
+		// The digest is known; its platforms are a bonus learned once. If
+		// the GET fails (a pull limit, say), it is tried again next time.
+		_ = r.learnPlatforms(ctx, p, tag.Context().Digest(digest))
+	}
+	return digest, nil
+}
+
+// pullerEntry is a reused transport and the credential it authenticates
+// with, updated on every use.
+type pullerEntry struct {
+	p    *remote.Puller
+	auth *liveAuth // nil for anonymous
+	used time.Time
+}
+
+// puller returns the authenticated transport for one registry and
+// credential identity, made once and reused, so that a resolution costs
+// one request instead of a ping, a token and a HEAD. The credential's
+// current value (a refreshed cloud token) is what it authenticates with.
+func (r *Resolver) puller(reg name.Registry, id string, cfg authn.AuthConfig) (*remote.Puller, error) {
+	key := reg.Name() + "|" + id
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if pe, ok := r.pullers[key]; ok {
+		if pe.auth != nil {
+			pe.auth.set(cfg)
+		}
+		pe.used = r.clock.Now()
+		return pe.p, nil
+	}
+	pe := &pullerEntry{used: r.clock.Now()}
+	var auth authn.Authenticator = authn.Anonymous
+	if !empty(cfg) {
+		pe.auth = &liveAuth{cfg: cfg}
+		auth = pe.auth
+	}
+	p, err := remote.NewPuller(
+		remote.WithAuth(auth),
+		remote.WithTransport(r.transport),
+		remote.WithUserAgent(r.opts.UserAgent),
+		// 429 is not retried here: the transport honours Retry-After.
+		remote.WithRetryStatusCodes(http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout),
+		remote.WithRetryBackoff(remote.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.5, Steps: 3}),
+	)
+	if err != nil {
+		return nil, err
+	}
+	pe.p = p
+	r.pullers[key] = pe
+	return p, nil
+}
+
+// sweepLocked drops idle cache entries and transports; r.mu is held. An
+// entry whose digest may still be served stale is kept.
+func (r *Resolver) sweepLocked(now time.Time) {
+	r.lastSweep = now
+	for k, e := range r.cache {
+		if now.Sub(e.checkedAt) > max(idleAfter, r.opts.MaxStale) {
+			delete(r.cache, k)
+		}
+	}
+	for k, pe := range r.pullers {
+		if now.Sub(pe.used) > pullerIdleAfter {
+			delete(r.pullers, k)
+		}
+	}
+	for d, f := range r.learnFailed {
+		if now.Sub(f.at) > learnRetryAfter {
+			delete(r.learnFailed, d)
+		}
+	}
+}

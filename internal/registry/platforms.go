@@ -1,0 +1,146 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// maxPlatformEntries bounds the cache of index children; a digest's
+// children never change, so entries are dropped only to bound memory.
+const maxPlatformEntries = 10000
+
+// learnRetryAfter is how long LearnPlatforms remembers that it could not
+// read a digest, so that a reconcile loop does not ask on every pass.
+const learnRetryAfter = 10 * time.Minute
+
+type learnFailure struct {
+	at  time.Time
+	err error
+}
+
+// Platforms returns the platform manifest digests of an index the resolver
+// has seen, or nothing for any other digest. It sends no request.
+func (r *Resolver) Platforms(digest string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.platforms[digest]
+}
+
+func (r *Resolver) knowsPlatforms(digest string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.platforms[digest]
+	return ok
+}
+
+// LearnPlatforms reads the platform manifests of digest, a manifest of
+// image's repository that no tag resolution showed the resolver — a digest
+// pinned in a spec, an override's, a tag's earlier index — and returns
+// them; Platforms knows them from then on. A digest's content never
+// changes, so each digest is read once, ever: a HEAD, and a GET only when
+// it is an index (a single-platform manifest has no platforms, and is
+// remembered so). Credentials are tried as Resolve tries them; concurrent
+// calls for one digest share the requests; a failure is returned again,
+// without a request, for 10 minutes. The tag of image, if any, is ignored.
+func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc authn.Keychain) ([]string, error) {
+	if !validDigest.MatchString(digest) {
+		return nil, fmt.Errorf("learn platforms of %q: not a sha256 digest", digest)
+	}
+	r.mu.Lock()
+	children, known := r.platforms[digest]
+	failed, hasFailed := r.learnFailed[digest]
+	r.mu.Unlock()
+	if known {
+		return children, nil
+	}
+	if hasFailed && r.clock.Since(failed.at) < learnRetryAfter {
+		return nil, failed.err
+	}
+	tag, err := r.parseTag(image)
+	if err != nil {
+		return nil, err
+	}
+	ref := tag.Context().Digest(digest)
+	if err := r.allowed.check(ref.RegistryStr()); err != nil {
+		return nil, fmt.Errorf("learn platforms of %s: %w", ref, err)
+	}
+	creds, err := credentialsOf(ctx, kc, tag.Context())
+	if err != nil {
+		return nil, fmt.Errorf("credentials for %s: %w", ref.RegistryStr(), err)
+	}
+	ch := r.learning.DoChan(digest, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+		defer cancel()
+		err := r.withCredentials(fctx, tag.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
+			desc, err := p.Head(ctx, ref)
+			if err == nil && !desc.MediaType.IsIndex() {
+				r.remember(digest, nil)
+				return nil
+			}
+			// An index, or a registry that does not answer HEAD
+			// properly: the GET says which.
+			return r.learnPlatforms(ctx, p, ref)
+		})
+		if err != nil {
+			err = fmt.Errorf("learn platforms of %s: %w", ref.DigestStr(), explainFor(tag, err, r.opts.Timeout))
+			r.mu.Lock()
+			r.learnFailed[digest] = learnFailure{at: r.clock.Now(), err: err}
+			r.mu.Unlock()
+			return nil, err
+		}
+		return r.Platforms(digest), nil
+	})
+	select {
+	case out := <-ch:
+		children, _ := out.Val.([]string)
+		return children, out.Err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("learn platforms of %s: %w", ref, ctx.Err())
+	}
+}
+
+// learnPlatforms GETs a manifest by digest (the body is verified against
+// it) and remembers its children for good: a digest's content never
+// changes. A manifest that is not an index has none.
+func (r *Resolver) learnPlatforms(ctx context.Context, p *remote.Puller, ref name.Digest) error {
+	r.metrics.ManifestGets.WithLabelValues(ref.RegistryStr(), "index").Inc()
+	d, err := p.Get(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("read index %s: %w", ref.DigestStr(), err)
+	}
+	if !d.MediaType.IsIndex() {
+		r.remember(ref.DigestStr(), nil)
+		return nil
+	}
+	idx, err := v1.ParseIndexManifest(strings.NewReader(string(d.Manifest)))
+	if err != nil {
+		return fmt.Errorf("parse index %s: %w", ref.DigestStr(), err)
+	}
+	children := make([]string, 0, len(idx.Manifests))
+	for _, m := range idx.Manifests {
+		children = append(children, m.Digest.String())
+	}
+	r.remember(ref.DigestStr(), children)
+	return nil
+}
+
+// remember keeps an index's children (nil for a single manifest).
+func (r *Resolver) remember(digest string, children []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.platforms) >= maxPlatformEntries {
+		for k := range r.platforms { // drop an arbitrary entry; it is refetched if needed
+			delete(r.platforms, k)
+			break
+		}
+	}
+	r.platforms[digest] = children
+	delete(r.learnFailed, digest)
+}
