@@ -61,17 +61,36 @@ func (w *warningCollector) take() []string {
 	return out
 }
 
+// TestMain starts the control plane only when a test asks for it
+// (needCluster): the pure tests and the fuzz targets, which call the
+// handler directly, run without one.
 func TestMain(m *testing.M) {
 	flag.Parse()
-	if w := flag.Lookup("test.fuzzworker"); w != nil && w.Value.String() == "true" {
-		// A fuzz worker (go test -fuzz) runs only the fuzz target, which
-		// calls the handler directly: no control plane per worker.
-		os.Exit(m.Run())
+	code := m.Run()
+	for i := len(cluster.stop) - 1; i >= 0; i-- {
+		cluster.stop[i]()
 	}
-	os.Exit(runTests(m))
+	os.Exit(code)
 }
 
-func runTests(m *testing.M) int {
+var cluster struct {
+	once sync.Once
+	err  error
+	stop []func()
+}
+
+// needCluster starts, once per test binary, envtest's API server with the
+// webhook registered, kube-controller-manager, the in-process registries
+// and a manager serving the webhook.
+func needCluster(t testing.TB) {
+	t.Helper()
+	cluster.once.Do(func() { cluster.err = startCluster() })
+	if cluster.err != nil {
+		t.Fatalf("start the control plane: %v", cluster.err)
+	}
+}
+
+func startCluster() error {
 	ctrl.SetLogger(logr.Discard())
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: testenv.AssetsDir(),
@@ -83,37 +102,35 @@ func runTests(m *testing.M) int {
 	env.Scheme = s
 	var err error
 	if cfg, err = env.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
-	defer func() { _ = env.Stop() }()
+	cluster.stop = append(cluster.stop, func() { _ = env.Stop() })
 	// kube-controller-manager makes ReplicaSets and Pods, so that a pinned
 	// Deployment's rollout can be counted.
 	dir, err := os.MkdirTemp("", "imagepin-pinhook-")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
-	defer func() { _ = os.RemoveAll(dir) }()
+	cluster.stop = append(cluster.stop, func() { _ = os.RemoveAll(dir) })
 	stopKCM, err := (&testenv.Env{Env: env, Config: cfg, Scheme: s}).StartControllerManager(dir)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
-	defer stopKCM()
+	cluster.stop = append(cluster.stop, stopKCM)
 	warnCfg := rest.CopyConfig(cfg)
 	warnCfg.WarningHandlerWithContext = warnings
 	if k8s, err = client.New(warnCfg, client.Options{Scheme: s}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	reg, flaky = registrytest.New(), registrytest.New()
-	defer reg.Close()
-	defer flaky.Close()
-	resolver, err := registry.New(registry.Options{InsecureRegistries: []string{reg.Host, flaky.Host}, Timeout: 5 * time.Second, MaxStale: time.Hour})
+	cluster.stop = append(cluster.stop, reg.Close, flaky.Close)
+	if blackhole, err = startBlackhole(); err != nil {
+		return err
+	}
+	cluster.stop = append(cluster.stop, blackhole.Close)
+	resolver, err := registry.New(registry.Options{InsecureRegistries: []string{reg.Host, flaky.Host, blackhole.Host}, Timeout: 5 * time.Second, MaxStale: time.Hour})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	wo := env.WebhookInstallOptions
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
@@ -124,17 +141,26 @@ func runTests(m *testing.M) int {
 		}),
 	})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	mgr.GetWebhookServer().Register(Path, &webhook.Admission{Handler: &Handler{
 		Reader: mgr.GetClient(), Resolver: resolver, Keychains: &registry.Keychains{Reader: mgr.GetClient()},
 	}})
-	return testenv.RunWithManager(m, mgr)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	cluster.stop = append(cluster.stop, func() {
+		cancel()
+		if err := <-done; err != nil {
+			fmt.Fprintln(os.Stderr, "manager:", err)
+		}
+	})
+	return nil
 }
 
 func namespace(t testing.TB) string {
 	t.Helper()
+	needCluster(t)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "hook-"}}
 	if err := k8s.Create(context.Background(), ns); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,114 @@
+package pinhook
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	kjson "sigs.k8s.io/json"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/selection"
+)
+
+// object is a decoded workload or Pod.
+type object struct {
+	obj  client.Object
+	spec *corev1.PodSpec
+	// specPointer is the JSON pointer of the pod spec in the object.
+	specPointer string
+	// templateMutable is true for the kinds whose pod template may change
+	// after creation (a change rolls out): an UPDATE may pin any of their
+	// images. A Job's template is immutable and a bare Pod's images are
+	// its running containers': an UPDATE pins only the images it changes.
+	templateMutable bool
+}
+
+func (o object) meta() client.Object      { return o.obj }
+func (o object) podSpec() *corev1.PodSpec { return o.spec }
+
+// decode reads the objects the webhook pins; kind is empty for others. It
+// decodes as the API server does (field names case-sensitive) and refuses
+// duplicate fields and an object of another kind than the request's, so
+// that the paths the patch names are those of the object as sent.
+func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error) {
+	var o object
+	var k imagesv1alpha1.WorkloadKind
+	switch kind {
+	case "Deployment":
+		d := &appsv1.Deployment{}
+		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec", true}, imagesv1alpha1.KindDeployment
+	case "StatefulSet":
+		d := &appsv1.StatefulSet{}
+		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec", true}, imagesv1alpha1.KindStatefulSet
+	case "DaemonSet":
+		d := &appsv1.DaemonSet{}
+		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec", true}, imagesv1alpha1.KindDaemonSet
+	case "Job":
+		d := &batchv1.Job{}
+		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec", false}, imagesv1alpha1.KindJob
+	case "CronJob":
+		d := &batchv1.CronJob{}
+		o, k = object{d, &d.Spec.JobTemplate.Spec.Template.Spec, "/spec/jobTemplate/spec/template/spec", true}, imagesv1alpha1.KindCronJob
+	case "Pod":
+		d := &corev1.Pod{}
+		o, k = object{d, &d.Spec, "/spec", false}, selection.KindPod
+	default:
+		return object{}, "", nil
+	}
+	if trimmed := bytes.TrimSpace(raw); len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
+		return object{}, "", fmt.Errorf("decode %s: the request carries no object", kind)
+	}
+	strict, err := kjson.UnmarshalStrict(raw, o.obj, kjson.DisallowDuplicateFields)
+	if err != nil {
+		return object{}, "", fmt.Errorf("decode %s: %w", kind, err)
+	}
+	if len(strict) > 0 {
+		return object{}, "", fmt.Errorf("decode %s: %w", kind, errors.Join(strict...))
+	}
+	if got := o.obj.GetObjectKind().GroupVersionKind().Kind; got != "" && got != kind {
+		return object{}, "", fmt.Errorf("decode %s: the object is a %s", kind, got)
+	}
+	return o, k, nil
+}
+
+type containerRef struct {
+	// name is the container's name, "init:"-prefixed for an init
+	// container: the key that pairs it with the old object's.
+	name  string
+	image *string
+	// pointer is the JSON pointer of the image field in the object.
+	pointer string
+}
+
+// containersOf lists the image fields the webhook may pin in a pod spec:
+// init and regular containers; specPointer is the spec's JSON pointer.
+// Ephemeral containers are left out: they are added through the Pod's
+// ephemeralcontainers subresource, and an update of the Pod itself that
+// changed one would be refused by the API server.
+func containersOf(spec *corev1.PodSpec, specPointer string) []containerRef {
+	var out []containerRef
+	at := func(list string, i int) string { return specPointer + "/" + list + "/" + strconv.Itoa(i) + "/image" }
+	for i := range spec.InitContainers {
+		out = append(out, containerRef{"init:" + spec.InitContainers[i].Name, &spec.InitContainers[i].Image, at("initContainers", i)})
+	}
+	for i := range spec.Containers {
+		out = append(out, containerRef{spec.Containers[i].Name, &spec.Containers[i].Image, at("containers", i)})
+	}
+	return out
+}
+
+// imagesByName maps the container names of a pod spec (as containersOf
+// names them) to their images.
+func imagesByName(spec *corev1.PodSpec) map[string]string {
+	out := map[string]string{}
+	for _, c := range containersOf(spec, "") {
+		out[c.name] = *c.image
+	}
+	return out
+}
