@@ -8,11 +8,11 @@ import (
 	"regexp"
 	"strings"
 
-	ecr "github.com/awslabs/amazon-ecr-credential-helper/ecr-login"
-	ecrapi "github.com/awslabs/amazon-ecr-credential-helper/ecr-login/api"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/smithy-go/logging"
+	ecr "github.com/awslabs/amazon-ecr-credential-helper/ecr-login"
+	ecrapi "github.com/awslabs/amazon-ecr-credential-helper/ecr-login/api"
 	"github.com/chrismellard/docker-credential-acr-env/pkg/credhelper"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"

@@ -175,4 +175,3 @@ func redact(err error, secrets []string) error {
 	}
 	return &redactedError{msg: clean, err: err}
 }
-
