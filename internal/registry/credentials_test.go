@@ -180,7 +180,7 @@ func TestCloudKeychainsAreAskedOnlyAboutTheirOwnRegistries(t *testing.T) {
 
 func TestCloudRegistryHosts(t *testing.T) {
 	tests := []struct {
-		name, host          string
+		name, host         string
 		ecr, google, azure bool
 	}{
 		{name: "ECR", host: "123456789012.dkr.ecr.us-east-1.amazonaws.com", ecr: true},
