@@ -67,7 +67,9 @@ func diffLine(got, want string) string {
 	return "lengths differ: got " + strconv.Itoa(len(g)) + " lines, want " + strconv.Itoa(len(w))
 }
 
-func quoteLine(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "\r", `\r`), "\n", `\n`) }
+func quoteLine(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "\r", `\r`), "\n", `\n`)
+}
 
 // Issue 13 item 11: with nothing to pin, `imagepin pin` writes its input
 // back byte for byte: the license header before the first document, the
@@ -178,5 +180,96 @@ func TestPinChangesOnlyTheImageScalars(t *testing.T) {
 				t.Fatalf("pinning the output again: exit %d, %s; changed: %v", code, errs, again != out)
 			}
 		})
+	}
+}
+
+// Issue 13 item 11: a KRM ResourceList (imagepin pin as a kustomize or
+// kpt exec function) comes back as the same ResourceList byte for byte
+// but its items' images: comments, the folded description of a CRD item,
+// the config.kubernetes.io annotations and the functionConfig stay, and
+// an image written as a block scalar keeps its header and line break.
+func TestPinResourceListChangesOnlyTheImageScalars(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	h := reg.Host
+	app := h + "/team/app:v1@" + reg.Push(t, "team/app:v1")
+	migrate := h + "/team/migrate:v3@" + reg.Push(t, "team/migrate:v3")
+	in := string(corpus(t, reg, "resourcelist.yaml", false))
+	want := withPins(t, in, []pinned{
+		{"image: " + h + "/team/app:v1\n", "image: " + app + "\n", 1},
+		{"image: >-\n            " + h + "/team/migrate:v3\n", "image: >-\n            " + migrate + "\n", 1},
+	})
+	code, out, errs := run(t, reg, in, "-f", "-")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if out != want {
+		t.Fatalf("output is not the ResourceList with only its images pinned; first difference at %s", diffLine(out, want))
+	}
+}
+
+// Issue 13 item 11: several files (here -f, -f, -f) come out one after
+// the other, each byte for byte but its images, with a `---` put between
+// two only where the next one does not start its first document with
+// `---` itself, and a line break first where a file does not end in one.
+func TestPinSeveralFilesKeepsEachFilesBytes(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	h := reg.Host
+	app := h + "/team/app:v1@" + reg.Push(t, "team/app:v1")
+	redis := h + "/team/redis:v7@" + reg.Push(t, "team/redis:v7")
+	dir := t.TempDir()
+	crds := corpus(t, reg, "crds.yaml", false)
+	header := corpus(t, reg, "header.yaml", false)
+	pod := []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: last}\nspec:\n  containers:\n  - {name: app, image: " + h + "/team/app:v1}") // no final line break
+	for name, raw := range map[string][]byte{"1-crds.yaml": crds, "2-header.yaml": header, "3-pod.yaml": pod, "4-crds.yaml": crds} {
+		if err := os.WriteFile(filepath.Join(dir, name), raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := string(crds) +
+		withPins(t, string(header), []pinned{
+			{"          image: " + h + "/team/app:v1\n", "          image: " + app + "\n", 1},
+			{"image: " + h + "/team/redis:v7   #", "image: " + redis + "   #", 1},
+		}) +
+		"---\n" + withPins(t, string(pod), []pinned{{"image: " + h + "/team/app:v1}", "image: " + app + "}", 1}}) +
+		"\n" + string(crds) // crds.yaml starts its first document with --- after its header
+	code, out, errs := run(t, reg, "", "-f", filepath.Join(dir, "1-crds.yaml"), "-f", filepath.Join(dir, "2-header.yaml"), "-f", dir+"/3-pod.yaml", "-f", filepath.Join(dir, "4-crds.yaml"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if out != want {
+		t.Fatalf("output is not the files one after the other with only their images pinned; first difference at %s", diffLine(out, want))
+	}
+}
+
+// Issue 13 item 11: --check names each unpinned image by the line it has
+// in the file, whatever comes before it: a license header, documents
+// ended by `...`, comments between documents, anchors and aliases.
+func TestCheckNamesTheFileLineOfEachImage(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	dir := t.TempDir()
+	for _, name := range []string{"header.yaml", "anchors.yaml"} {
+		if err := os.WriteFile(filepath.Join(dir, name), corpus(t, reg, name, false), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, _ := run(t, reg, "", "--check", "-f", dir)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	anchors, header := filepath.Join(dir, "anchors.yaml"), filepath.Join(dir, "header.yaml")
+	want := strings.Join([]string{
+		anchors + ":13: Deployment/workers container sidecar: " + reg.Host + "/team/sidecar:v2 is not pinned to a digest",
+		anchors + ":16: Deployment/workers container worker: " + reg.Host + "/team/app:v1 is not pinned to a digest",
+		anchors + ":20: Deployment/workers container worker-b: " + reg.Host + "/team/app:v1 is not pinned to a digest",
+		anchors + ":13: Deployment/workers container sidecar-b: " + reg.Host + "/team/sidecar:v2 is not pinned to a digest",
+		anchors + ":33: Job/backfill container backfill: " + reg.Host + "/team/job:v4 is not pinned to a digest",
+		header + ":51: Deployment/frontend container server: " + reg.Host + "/team/app:v1 is not pinned to a digest",
+		header + ":118: StatefulSet/cart container redis: " + reg.Host + "/team/redis:v7 is not pinned to a digest",
+	}, "\n") + "\n"
+	if out != want {
+		t.Fatalf("--check output:\n%s\nwant:\n%s", out, want)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"sort"
+	"strings"
 	"unicode/utf8"
 
 	"sigs.k8s.io/kustomize/kyaml/yaml"
@@ -104,7 +105,7 @@ func (s *source) scalarSpan(n *yaml.Node) (start, end int, err error) {
 	raw := s.raw
 	switch {
 	case n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0:
-		return 0, 0, fmt.Errorf("a block scalar (| or >) is not edited in place; write the image on one line")
+		return s.blockContent(n, start)
 	case n.Style&yaml.DoubleQuotedStyle != 0:
 		end = quotedEnd(raw, start, '"')
 	case n.Style&yaml.SingleQuotedStyle != 0:
@@ -124,6 +125,28 @@ func (s *source) scalarSpan(n *yaml.Node) (start, end int, err error) {
 		return 0, 0, fmt.Errorf("the text at line %d, column %d is not the value %q", n.Line, n.Column, n.Value)
 	}
 	return start, end, nil
+}
+
+// blockContent returns where the text of a one-line block scalar (| or >)
+// is: its header line stays as written, and so does the line break and
+// chomping, so that only the text is replaced.
+func (s *source) blockContent(n *yaml.Node, at int) (start, end int, err error) {
+	raw := s.raw
+	text := strings.TrimRight(n.Value, "\n")
+	if text == "" || strings.ContainsAny(text, "\n\r") || at >= len(raw) || (raw[at] != '|' && raw[at] != '>') {
+		return 0, 0, fmt.Errorf("a block scalar (| or >) of more than one line at line %d is not edited in place; write the image on one line", n.Line)
+	}
+	for at < len(raw) && raw[at] != '\n' && raw[at] != '\r' {
+		at++ // the header: indicators and a comment
+	}
+	for at < len(raw) && isSpace(raw[at]) {
+		at++ // the line break, blank lines and the indentation
+	}
+	end = at + len(text)
+	if end > len(raw) || string(raw[at:end]) != text {
+		return 0, 0, fmt.Errorf("the text at line %d, column %d is not the value %q", n.Line, n.Column, n.Value)
+	}
+	return at, end, nil
 }
 
 // skipProperties returns the offset past an anchor (&a) and a tag (!t)
@@ -185,6 +208,8 @@ func quotedEnd(raw []byte, start int, quote byte) int {
 // reference, which needs no escaping in any of them.
 func replacement(n *yaml.Node, value string) string {
 	switch {
+	case n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0:
+		return value // the text only; the header and line breaks stay
 	case n.Style&yaml.DoubleQuotedStyle != 0:
 		return `"` + value + `"`
 	case n.Style&yaml.SingleQuotedStyle != 0:

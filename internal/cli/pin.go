@@ -126,16 +126,18 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		return 1
 	}
+	written := false // whether a document may be open at the end of what was written
 	for i, out := range outputs {
-		if i > 0 && needsSeparator(outputs[i-1], out, inputs[i].resourceList) {
-			if len(outputs[i-1]) > 0 && !bytes.HasSuffix(outputs[i-1], []byte("\n")) {
-				say(stdout)
-			}
+		if i > 0 && len(outputs[i-1]) > 0 && !bytes.HasSuffix(outputs[i-1], []byte("\n")) {
+			say(stdout)
+		}
+		if written && !inputs[i].resourceList && len(bytes.TrimSpace(out)) > 0 && !startsWithMarker(out) {
 			say(stdout, "---")
 		}
 		if _, err := stdout.Write(out); err != nil {
 			return 1
 		}
+		written = written || len(bytes.TrimSpace(out)) > 0
 	}
 	return 0
 }
@@ -183,23 +185,19 @@ func notReferenceChar(r rune) bool {
 	return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-/:@", r))
 }
 
-// needsSeparator reports whether a "---" must go between the output of
-// one input and the next, so that their documents stay apart: unless the
-// next starts its first document with "---" itself (after comments or
-// blank lines) or the previous one is empty.
-func needsSeparator(prev, next []byte, resourceList bool) bool {
-	if resourceList || len(bytes.TrimSpace(prev)) == 0 {
-		return false
-	}
-	for line := range bytes.Lines(next) {
+// startsWithMarker reports whether the first document of a file starts
+// with "---" (after comments and blank lines), so that it needs no "---"
+// to keep it apart from the file before it.
+func startsWithMarker(raw []byte) bool {
+	for line := range bytes.Lines(raw) {
 		t := bytes.TrimRight(line, " \t\r\n")
 		switch {
 		case len(bytes.TrimSpace(t)) == 0 || bytes.TrimSpace(t)[0] == '#':
 			continue
 		case string(t) == "---" || bytes.HasPrefix(t, []byte("--- ")) || bytes.HasPrefix(t, []byte("---\t")):
-			return false
+			return true
 		}
-		return true
+		return false
 	}
 	return false
 }
