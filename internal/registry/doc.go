@@ -9,7 +9,15 @@
 // honoured, a deadline on every call, and the last good digest kept when a
 // registry fails.
 //
-// It trusts registries only so far: a registry outside AllowedRegistries is
+// Credentials are known by where they come from (a pull secret of one
+// namespace, the cloud identity, the user's docker config), never by the
+// token they carry, so rotating cloud tokens keep one cache entry and one
+// transport; each matching credential is tried in turn, then anonymous
+// access, as a kubelet pulls. Cloud keychains are asked only about their
+// own cloud's registries (credentials.go, keychain.go, cloud.go).
+//
+// It trusts registries only so far: nothing goes over plain HTTP to a
+// registry not named in InsecureRegistries; a registry outside AllowedRegistries is
 // never contacted; a HEAD's Docker-Content-Digest must be a sha256 digest or
 // the manifest is fetched and hashed instead; a manifest must hash to the
 // digest its GET advertises and to the one it was asked for by; no answer

@@ -117,6 +117,13 @@ func (r *Resolver) withCredentials(ctx context.Context, repo name.Repository, cr
 				return nil
 			}
 			if !authRefused(err) {
+				if fail.err != nil {
+					// Some registries answer a refused credential with 401
+					// and anonymous access with 404: the refusal is the
+					// news, what came next a detail.
+					fail.notes = append(fail.notes, fmt.Sprintf("%s: %s", c.name, oneLine(describe(err))))
+					return fail
+				}
 				if len(fail.secrets) == 0 {
 					return err
 				}

@@ -47,21 +47,17 @@ func (r *Resolver) knowsPlatforms(digest string) bool {
 // changes, so each digest is read once, ever: a HEAD, and a GET only when
 // it is an index (a single-platform manifest has no platforms, and is
 // remembered so). Credentials are tried as Resolve tries them; concurrent
-// calls for one digest share the requests; a failure is returned again,
-// without a request, for 10 minutes. The tag of image, if any, is ignored.
+// calls for one digest and credentials share the requests; a failure is
+// returned again, without a request, for 10 minutes. The tag of image, if any, is ignored.
 func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc authn.Keychain) ([]string, error) {
 	if !validDigest.MatchString(digest) {
 		return nil, fmt.Errorf("learn platforms of %q: not a sha256 digest", digest)
 	}
 	r.mu.Lock()
 	children, known := r.platforms[digest]
-	failed, hasFailed := r.learnFailed[digest]
 	r.mu.Unlock()
 	if known {
 		return children, nil
-	}
-	if hasFailed && r.clock.Since(failed.at) < learnRetryAfter {
-		return nil, failed.err
 	}
 	tag, err := r.parseTag(image)
 	if err != nil {
@@ -75,14 +71,25 @@ func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc 
 	if err != nil {
 		return nil, fmt.Errorf("credentials for %s: %w", ref.RegistryStr(), err)
 	}
-	ch := r.learning.DoChan(digest, func() (any, error) {
+	// A failure under one list of credentials says nothing of another's.
+	key := digest + "|" + cacheKey(tag, creds)
+	r.mu.Lock()
+	failed, hasFailed := r.learnFailed[key]
+	r.mu.Unlock()
+	if hasFailed && r.clock.Since(failed.at) < learnRetryAfter {
+		return nil, failed.err
+	}
+	ch := r.learning.DoChan(key, func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
 		defer cancel()
 		err := r.withCredentials(fctx, tag.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
 			desc, err := p.Head(ctx, ref)
-			if err == nil && !desc.MediaType.IsIndex() {
+			switch {
+			case err == nil && !desc.MediaType.IsIndex():
 				r.remember(digest, nil)
 				return nil
+			case err != nil && !headNotAnswered(err):
+				return err
 			}
 			// An index, or a registry that does not answer HEAD
 			// properly: the GET says which.
@@ -91,7 +98,7 @@ func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc 
 		if err != nil {
 			err = fmt.Errorf("learn platforms of %s: %w", ref.DigestStr(), explainFor(tag, err, r.opts.Timeout))
 			r.mu.Lock()
-			r.learnFailed[digest] = learnFailure{at: r.clock.Now(), err: err}
+			r.learnFailed[key] = learnFailure{at: r.clock.Now(), err: err}
 			r.mu.Unlock()
 			return nil, err
 		}
@@ -142,5 +149,4 @@ func (r *Resolver) remember(digest string, children []string) {
 		}
 	}
 	r.platforms[digest] = children
-	delete(r.learnFailed, digest)
 }
