@@ -273,3 +273,16 @@ func TestMissingCAFileIsAClearError(t *testing.T) {
 		t.Fatalf("want a clear error, got %v", err)
 	}
 }
+
+// Issue 13 item 10b: every matching pull secret is tried in turn, as a
+// kubelet tries them: a stale secret listed first does not hide a good
+// one, here against the distribution registry's real htpasswd auth.
+func TestStalePullSecretDoesNotHideAGoodOne(t *testing.T) {
+	ns := namespace(t)
+	pullSecret(t, ns, "stale", reg.Host, reg.User, "rotated-away")
+	pullSecret(t, ns, "creds", reg.Host, reg.User, reg.Password)
+	res, err := resolveFor(t, newResolver(t, reg.CAFile), ns, podSpec("", "stale", "creds"), reg.Host+"/team/app:v1")
+	if err != nil || res.Digest != digest {
+		t.Fatalf("stale secret first, then a good one: digest %s, error %v; want %s", res.Digest, err, digest)
+	}
+}
