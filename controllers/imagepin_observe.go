@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/drift"
@@ -101,7 +102,28 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 		}
 	}
 	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval))
+	r.learnPinnedPlatforms(ctx, obs.containers, overridesOf(pin))
 	return obs, nil
+}
+
+// learnPinnedPlatforms has the resolver learn the platforms of every digest
+// a spec pins or an override names that the tag does not resolve to now: a
+// rollback to an older multi-arch index would otherwise show its pods'
+// platform digests as RolloutPending and MixedReplicas. A digest's
+// platforms never change, so the resolver reads each digest once, ever.
+func (r *ImagePinReconciler) learnPinnedPlatforms(ctx context.Context, containers []containerObs, overrides map[string]string) {
+	seen := map[string]bool{}
+	for _, c := range containers {
+		for _, d := range []string{c.pinned, overrides[c.image]} {
+			if d == "" || d == c.result.Digest || seen[d] || r.Resolver.Platforms(d) != nil {
+				continue
+			}
+			seen[d] = true
+			if _, err := r.Resolver.LearnPlatforms(ctx, c.image, d, c.keychain); err != nil {
+				log.FromContext(ctx).V(1).Info("learn the platforms of a pinned digest", "image", c.image, "digest", d, "reason", err.Error())
+			}
+		}
+	}
 }
 
 // resolveAll resolves the tag of every container, a few at a time.

@@ -327,6 +327,35 @@ func TestMultiArchPlatformDigestIsNotDrift(t *testing.T) {
 	})
 }
 
+// Issue 13 item 10: the platforms of an older index that a spec pins (a
+// rollback) are learnt too: its pods' platform digests are not drift,
+// though the tag now names another index.
+func TestPlatformsOfAnOlderPinnedIndexAreLearnt(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("multi-old/app:v1")
+	old, oldChildren := reg.PushIndex(t, "multi-old/app:v1")
+	current, _ := reg.PushIndex(t, "multi-old/app:v1")
+	deploymentRunning(t, ns, "rollback", image+"@"+old, podRun{"amd64-node", oldChildren[0]}, podRun{"arm64-node", oldChildren[1]})
+	pin := observePin(ns, "rollback")
+	create(t, pin)
+
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		img, w, err := entryFor(got, image, "rollback", "app")
+		if err != nil {
+			return err
+		}
+		if string(img.Digest) != current {
+			return fmt.Errorf("digest = %s, want the current index %s", img.Digest, current)
+		}
+		return driftIs(w, imagesv1alpha1.DriftTagMoved)
+	})
+}
+
 // StatefulSets and DaemonSets own their pods; a CronJob owns Jobs that own
 // pods. Each one's running digest is read, and Observe writes none of them.
 func TestOtherKindsAndObserveWritesNothing(t *testing.T) {
