@@ -26,15 +26,19 @@ type resolution struct {
 // ctx's deadline (the request's budget), so that the request's answer
 // waits for the slowest tag, not for their sum.
 func (h *Handler) resolveAll(ctx context.Context, refs []string, kc authn.Keychain, ttl, budget time.Duration) map[string]resolution {
-	out := make(map[string]resolution, len(refs))
+	seen := make(map[string]bool, len(refs))
+	distinct := make([]string, 0, len(refs))
+	for _, ref := range refs {
+		if !seen[ref] {
+			seen[ref] = true
+			distinct = append(distinct, ref)
+		}
+	}
+	out := make(map[string]resolution, len(distinct))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, maxConcurrentResolutions)
-	for _, ref := range refs {
-		if _, seen := out[ref]; seen {
-			continue
-		}
-		out[ref] = resolution{}
+	for _, ref := range distinct {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
