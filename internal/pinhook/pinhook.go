@@ -2,6 +2,12 @@
 // workloads and bare Pods as they are applied, when an ImagePin in Pin or
 // Follow mode in their namespace selects them, with the same selection,
 // filters, overrides and resolver as the controller.
+//
+// CREATE pins; an UPDATE pins any image of a kind whose pod template may
+// change (Deployment, StatefulSet, DaemonSet, CronJob), and of a Job or a
+// bare Pod only the images the request itself changes (planImage). Every
+// request is answered within one budget (DefaultBudget), below the
+// webhook's timeoutSeconds.
 package pinhook
 
 import (
