@@ -118,6 +118,13 @@ func TestHandleUpdatePinsOnlyWhatItMayChange(t *testing.T) {
 			obj: withLabel(withEphemeral(seedObject("Pod", labels, pinnedV1), v1)),
 		},
 		{
+			// The API server refuses this change through the Pod itself;
+			// the webhook must not make it either.
+			name: "pod update that changes an ephemeral container", kind: "Pod",
+			old: withEphemeral(seedObject("Pod", labels, pinnedV1), "REG/app:v0"),
+			obj: withEphemeral(seedObject("Pod", labels, pinnedV1), v1),
+		},
+		{
 			name: "ephemeralcontainers subresource", kind: "Pod", sub: "ephemeralcontainers",
 			old: seedObject("Pod", labels, pinnedV1), obj: withEphemeral(seedObject("Pod", labels, v1), v1),
 		},
