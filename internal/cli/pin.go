@@ -126,20 +126,39 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		return 1
 	}
+	if err := writeAll(stdout, inputs, outputs); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// writeAll writes the outputs one after the other, each exactly as it is,
+// with only what keeps their documents apart in between: a line break
+// where one does not end in one, and "---" before one whose first document
+// does not start with it (in the file's own line ending).
+func writeAll(w io.Writer, inputs []*input, outputs [][]byte) error {
 	written := false // whether a document may be open at the end of what was written
 	for i, out := range outputs {
+		eol := "\n"
+		if bytes.Contains(out, []byte("\r\n")) {
+			eol = "\r\n"
+		}
+		var between string
 		if i > 0 && len(outputs[i-1]) > 0 && !bytes.HasSuffix(outputs[i-1], []byte("\n")) {
-			say(stdout)
+			between = eol
 		}
 		if written && !inputs[i].resourceList && len(bytes.TrimSpace(out)) > 0 && !startsWithMarker(out) {
-			say(stdout, "---")
+			between += "---" + eol
 		}
-		if _, err := stdout.Write(out); err != nil {
-			return 1
+		if _, err := io.WriteString(w, between); err != nil {
+			return err
+		}
+		if _, err := w.Write(out); err != nil {
+			return err
 		}
 		written = written || len(bytes.TrimSpace(out)) > 0
 	}
-	return 0
+	return nil
 }
 
 // pinInput returns the input's bytes with every unpinned image scalar
