@@ -1,6 +1,9 @@
 // Package cli holds imagepin's subcommands. `imagepin pin` pins the images
 // of Kubernetes manifests in a CI pipeline, before they reach a cluster,
-// with the same resolver as the operator.
+// with the same resolver as the operator. It writes its input back byte
+// for byte but the image scalars it pins (manifest.go finds them, edit.go
+// replaces them where the parser says they are): CI users diff and commit
+// what it writes.
 package cli
 
 import (
