@@ -36,8 +36,9 @@ type conflictState struct {
 	// reverts are when the image was found set back, within the backoff.
 	reverts      []time.Time
 	blockedUntil time.Time
-	// blocks counts blocks in a row; a check with no revert in the backoff
-	// resets it.
+	unblockedAt  time.Time
+	// blocks counts blocks in a row; a whole backoff after a block with no
+	// revert resets it.
 	blocks  int
 	manager string
 }
@@ -64,7 +65,9 @@ const (
 // tool applying "repo:v1" over "repo:v1@sha256:…", or another digest of
 // that tag. A new tag ("repo:v2" after "repo:v1") is a release, new intent:
 // it is pinned, and the container's memory starts again from it. Reverts
-// are forgotten after the backoff, and a block ends after it.
+// are forgotten after the backoff. maxReverts within it block the workload
+// for the backoff; then imagepin writes once more, and one revert within a
+// backoff of that blocks it again for twice as long (up to a day).
 func (st *conflictState) decide(current map[string]string, now time.Time, backoff time.Duration) conflictDecision {
 	cutoff := now.Add(-backoff)
 	kept := st.reverts[:0]
@@ -78,11 +81,15 @@ func (st *conflictState) decide(current map[string]string, now time.Time, backof
 		return stayBlocked
 	}
 	if !st.blockedUntil.IsZero() {
-		// The block is over: one more try. reverts within the backoff
-		// still count, so a revert right after it blocks again, longer.
+		// The block is over: write once more, from a clean slate (what
+		// was set back during the block is not a new revert).
 		st.blockedUntil = time.Time{}
-	} else if len(st.reverts) == 0 {
-		st.blocks = 0
+		st.unblockedAt = now
+		clear(st.lastWritten)
+		return writeIt
+	}
+	if st.blocks > 0 && now.Sub(st.unblockedAt) > backoff && len(st.reverts) == 0 {
+		st.blocks = 0 // a whole backoff without a revert since the last block
 	}
 	reverted := false
 	for container, img := range current {
@@ -100,7 +107,12 @@ func (st *conflictState) decide(current map[string]string, now time.Time, backof
 		return writeIt
 	}
 	st.reverts = append(st.reverts, now)
-	if len(st.reverts) < maxReverts {
+	// Right after a block, one revert is enough to block again.
+	threshold := maxReverts
+	if st.blocks > 0 {
+		threshold = 1
+	}
+	if len(st.reverts) < threshold {
 		return writeIt
 	}
 	block := backoff << min(st.blocks, 5)
@@ -109,7 +121,7 @@ func (st *conflictState) decide(current map[string]string, now time.Time, backof
 	}
 	st.blocks++
 	st.blockedUntil = now.Add(block)
-	st.reverts = st.reverts[:0]
+	st.reverts = nil
 	return nowBlocked
 }
 

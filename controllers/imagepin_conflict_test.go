@@ -60,18 +60,22 @@ func TestConflictDecision(t *testing.T) {
 			{after: time.Minute, current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
 			{after: 2 * time.Hour, current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
 		}},
-		{name: "a block ends after the backoff, and a revert right after blocks for twice as long", steps: []step{
+		{name: "a block ends after the backoff; one revert then blocks for twice as long", steps: []step{
 			{current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
 			{after: time.Second, current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
 			{after: time.Second, current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
 			{after: time.Second, current: repo + ":v1", want: nowBlocked},
 			{after: 59 * time.Minute, current: repo + ":v1", want: stayBlocked},
 			{after: 2 * time.Minute, current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
-			{after: time.Minute, current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
-			{after: time.Minute, current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
 			{after: time.Minute, current: repo + ":v1", want: nowBlocked},
 			{after: 119 * time.Minute, current: repo + ":v1", want: stayBlocked},
 			{after: 2 * time.Minute, current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
+			// It sticks for a whole backoff: the next reverts count from
+			// zero again.
+			{after: 61 * time.Minute, current: pinned("v1", "a"), want: writeIt, wrote: pinned("v1", "a")},
+			{after: time.Minute, current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
+			{after: time.Minute, current: repo + ":v1", want: writeIt, wrote: pinned("v1", "a")},
+			{after: time.Minute, current: repo + ":v1", want: nowBlocked},
 		}},
 	}
 	for _, tt := range tests {

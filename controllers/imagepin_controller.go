@@ -392,7 +392,7 @@ func firstSeenOf(status *imagesv1alpha1.ImagePinStatus) map[string]time.Time {
 	return out
 }
 
-// ownWrites keeps the writes to workloads this ImagePin is the writer of
+// ownWrites keeps the writes to containers this ImagePin is the writer of
 // (selection.Writer), the rule the webhook pins by.
 func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.ImagePin, plan []workloadWrite, workloads []workload.Workload) ([]workloadWrite, error) {
 	if len(plan) == 0 {
@@ -408,13 +408,18 @@ func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.
 	}
 	out := plan[:0:0]
 	for _, w := range plan {
-		writer, _ := selection.Writer(pins.Items, w.kind, labels[string(w.kind)+"/"+w.name])
-		if writer != nil && writer.Name == pin.Name {
-			out = append(out, w)
-			continue
+		mine := w
+		mine.writes = nil
+		for _, iw := range w.writes {
+			writer, _ := selection.Writer(pins.Items, w.kind, labels[string(w.kind)+"/"+w.name], iw.stored)
+			if writer != nil && writer.Name == pin.Name {
+				mine.writes = append(mine.writes, iw)
+			} else if writer != nil {
+				log.FromContext(ctx).V(1).Info("container is written by another ImagePin", "kind", w.kind, "workload", w.name, "container", iw.container, "writer", writer.Name)
+			}
 		}
-		if writer != nil {
-			log.FromContext(ctx).V(1).Info("workload is written by another ImagePin", "kind", w.kind, "workload", w.name, "writer", writer.Name)
+		if len(mine.writes) > 0 {
+			out = append(out, mine)
 		}
 	}
 	return out, nil

@@ -216,12 +216,7 @@ func runningDigests(pods []corev1.Pod) map[string][]imagesv1alpha1.RunningDigest
 // implies when it names neither tag nor digest ("repo" → "repo:latest"):
 // the key of status.images, overrides and history, the same before and
 // after imagepin pins it.
-func imageOf(raw string) string {
-	if strings.Contains(raw, "@") {
-		return selection.StripDigest(raw)
-	}
-	return selection.WithImpliedTag(raw)
-}
+func imageOf(raw string) string { return selection.ImageKey(raw) }
 
 // hasTag reports whether a reference names a tag (explicitly, or :latest
 // implicitly), as opposed to a digest alone.

@@ -15,6 +15,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -233,12 +234,17 @@ func TestOverrideAppliesToAnImagePinnedByCI(t *testing.T) {
 		t.Fatalf("stored %s, want the override's digest %s", img, rolledBackTo)
 	}
 	// CI deploys its pinned manifest again: still the override, no rollout.
+	// (kube-controller-manager writes the Deployment too: retry on a
+	// conflict, as kubectl does.)
 	var got appsv1.Deployment
-	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(d), &got); err != nil {
-		t.Fatal(err)
-	}
-	got.Spec.Template.Spec.Containers[0].Image = image + "@" + ciBuild
-	if err := k8s.Update(context.Background(), &got); err != nil {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(d), &got); err != nil {
+			return err
+		}
+		got.Spec.Template.Spec.Containers[0].Image = image + "@" + ciBuild
+		return k8s.Update(context.Background(), &got)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if img := got.Spec.Template.Spec.Containers[0].Image; img != image+"@"+rolledBackTo {

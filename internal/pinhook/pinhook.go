@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -129,49 +130,61 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	if req.Operation == admissionv1.Update && !obj.templateMutable && !known {
 		return admission.Allowed("cannot tell which images this update changes"), decisionUnchanged
 	}
-	pin, sel, err := h.selectingPin(ctx, req.Namespace, kind, obj.meta().GetLabels())
+	pins, err := h.imagePins(ctx, req.Namespace)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
 	}
-	if pin == nil {
-		return admission.Allowed("no ImagePin in Pin or Follow mode selects this object"), decisionUnchanged
-	}
 
-	overrides := map[string]string{}
-	for _, o := range pin.Spec.Overrides {
-		overrides[o.Image] = string(o.Digest)
-	}
+	// Each container is pinned by its own writer (selection.Writer): the
+	// ImagePin that selects the object and that image.
 	type planned struct {
 		pointer string
 		imagePlan
+		pin *imagesv1alpha1.ImagePin
 	}
 	var plans []planned
 	var toResolve []string
+	var ttl time.Duration
+	selected := false
 	for _, c := range containersOf(obj.podSpec(), obj.specPointer) {
+		if *c.image == "" {
+			continue
+		}
+		pin, sel := selection.Writer(pins, kind, obj.meta().GetLabels(), *c.image)
+		if pin == nil {
+			continue
+		}
+		selected = true
 		prev, hadOld := old[c.name]
 		p, ok := planImage(imageInput{
 			image:           *c.image,
-			selected:        *c.image != "" && sel.SelectsImage(*c.image),
+			selected:        true,
 			update:          req.Operation == admissionv1.Update,
 			templateMutable: obj.templateMutable,
 			old:             prev,
 			hadOld:          hadOld,
-			override:        overrides[selection.StripDigest(*c.image)],
+			override:        overrideOf(pin, *c.image),
 		})
 		if !ok {
 			continue
 		}
-		plans = append(plans, planned{c.pointer, p})
+		plans = append(plans, planned{c.pointer, p, pin})
 		if p.digest == "" {
 			toResolve = append(toResolve, p.ref)
+			if ttl == 0 || sel.Interval < ttl {
+				ttl = sel.Interval
+			}
 		}
+	}
+	if !selected {
+		return admission.Allowed("no ImagePin in Pin or Follow mode selects this object"), decisionUnchanged
 	}
 	if len(plans) == 0 {
 		return admission.Allowed("nothing to pin"), decisionUnchanged
 	}
 
 	var resolved map[string]resolution
-	var failures []string
+	var credentialsErr error
 	if len(toResolve) > 0 {
 		kc, err := h.Keychains.ForPod(ctx, req.Namespace, obj.podSpec())
 		if err != nil {
@@ -179,29 +192,31 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 				return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
 			}
 			// The budget ran out reading credentials: the policy decides.
-			failures = append(failures, fmt.Sprintf("credentials not read within the webhook's budget of %s: %v", budget, err))
+			credentialsErr = fmt.Errorf("credentials not read within the webhook's budget of %s: %w", budget, err)
 		} else {
-			resolved = h.resolveAll(ctx, toResolve, kc, sel.Interval, budget)
+			resolved = h.resolveAll(ctx, toResolve, kc, ttl, budget)
 		}
 	}
 
 	var patches []jsonpatch.JsonPatchOperation
+	var failures []failure
 	for _, p := range plans {
 		digest := p.digest
 		if digest == "" {
 			r, ok := resolved[p.ref]
 			if !ok {
-				continue // credentials failed: reported once above
+				failures = append(failures, failure{p.pin, credentialsErr.Error()})
+				continue
 			}
 			if r.err != nil {
-				failures = append(failures, r.err.Error())
+				failures = append(failures, failure{p.pin, r.err.Error()})
 				continue
 			}
 			digest = r.digest
 		}
 		pinned, err := selection.PinnedImage(p.ref, digest)
 		if err != nil {
-			failures = append(failures, err.Error())
+			failures = append(failures, failure{p.pin, err.Error()})
 			continue
 		}
 		// Only the image is replaced, at the path it was read from:
@@ -209,20 +224,46 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		// API types do not know (a newer API server's) and rewrite others.
 		patches = append(patches, jsonpatch.NewOperation("replace", p.pointer, pinned))
 	}
-	return answer(pin, failures, patches)
+	return answer(failures, patches)
 }
 
-// answer applies the ImagePin's failurePolicy to what could not be pinned:
-// Fail refuses the request, Ignore admits it with a warning per image.
-func answer(pin *imagesv1alpha1.ImagePin, failures []string, patches []jsonpatch.JsonPatchOperation) (admission.Response, string) {
-	var warnings []string
-	if len(failures) > 0 {
-		if pin.Spec.FailurePolicy == imagesv1alpha1.FailurePolicyFail {
-			return admission.Denied(warning(fmt.Sprintf("ImagePin %s (failurePolicy: Fail) could not pin %s", pin.Name, strings.Join(failures, "; ")))), decisionRefused
+// failure is an image its writer could not pin.
+type failure struct {
+	pin *imagesv1alpha1.ImagePin
+	msg string
+}
+
+// overrideOf is the digest pin's overrides hold an image to, or "": matched
+// on the image without its digest and with its implied tag, as the
+// controller matches them.
+func overrideOf(pin *imagesv1alpha1.ImagePin, image string) string {
+	key := selection.ImageKey(image)
+	for _, o := range pin.Spec.Overrides {
+		if selection.ImageKey(o.Image) == key {
+			return string(o.Digest)
 		}
-		for _, f := range failures {
-			warnings = append(warnings, warning(fmt.Sprintf("imagepin: admitted unpinned, %s", f)))
+	}
+	return ""
+}
+
+// answer applies each writer's failurePolicy to the images it could not
+// pin: an image whose writer says Fail refuses the request, the others are
+// admitted with a warning per image.
+func answer(failures []failure, patches []jsonpatch.JsonPatchOperation) (admission.Response, string) {
+	var warnings, refusals []string
+	var refusing []string
+	for _, f := range failures {
+		if f.pin.Spec.FailurePolicy == imagesv1alpha1.FailurePolicyFail {
+			refusals = append(refusals, f.msg)
+			if !slices.Contains(refusing, f.pin.Name) {
+				refusing = append(refusing, f.pin.Name)
+			}
+			continue
 		}
+		warnings = append(warnings, warning(fmt.Sprintf("imagepin: admitted unpinned, %s", f.msg)))
+	}
+	if len(refusals) > 0 {
+		return admission.Denied(warning(fmt.Sprintf("ImagePin %s (failurePolicy: Fail) could not pin %s", strings.Join(refusing, ", "), strings.Join(refusals, "; ")))), decisionRefused
 	}
 	if len(patches) == 0 {
 		resp := admission.Allowed("nothing to pin").WithWarnings(warnings...)
@@ -252,15 +293,13 @@ func oldImages(req admission.Request) (images map[string]string, known bool) {
 	return imagesByName(prev.podSpec()), true
 }
 
-// selectingPin returns the ImagePin of the namespace that pins an object
-// (selection.Writer), or nil.
-func (h *Handler) selectingPin(ctx context.Context, namespace string, kind imagesv1alpha1.WorkloadKind, labels map[string]string) (*imagesv1alpha1.ImagePin, *selection.Selection, error) {
+// imagePins lists the ImagePins of namespace, from the cache.
+func (h *Handler) imagePins(ctx context.Context, namespace string) ([]imagesv1alpha1.ImagePin, error) {
 	var pins imagesv1alpha1.ImagePinList
 	if err := h.Reader.List(ctx, &pins, client.InNamespace(namespace)); err != nil {
-		return nil, nil, fmt.Errorf("list ImagePins in %s: %w", namespace, err)
+		return nil, fmt.Errorf("list ImagePins in %s: %w", namespace, err)
 	}
-	pin, sel := selection.Writer(pins.Items, kind, labels)
-	return pin, sel, nil
+	return pins.Items, nil
 }
 
 // maxWarning keeps a warning well inside what the API server relays.

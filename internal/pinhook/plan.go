@@ -71,7 +71,7 @@ func planImage(in imageInput) (imagePlan, bool) {
 	if strings.Contains(in.image, "@") {
 		return imagePlan{}, false
 	}
-	if in.hadOld && selection.StripDigest(in.old) == ref {
+	if in.hadOld && strings.Contains(in.old, "@") && selection.ImageKey(in.old) == selection.ImageKey(in.image) {
 		if d := drift.DigestOfImage(in.old); d != "" {
 			return imagePlan{ref: ref, digest: d}, true
 		}

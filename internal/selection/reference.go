@@ -103,3 +103,15 @@ func HasTag(image string) bool {
 	name := StripDigest(image)
 	return strings.LastIndexByte(name, ':') > strings.LastIndexByte(name, '/')
 }
+
+// ImageKey is the image a container names, as status, overrides and
+// history know it: the digest removed, and the tag it implies added when it
+// names neither tag nor digest ("repo" → "repo:latest"), so that it is the
+// same before and after imagepin pins it. A digest-only reference
+// ("repo@sha256:…") stays without a tag.
+func ImageKey(image string) string {
+	if strings.Contains(image, "@") {
+		return StripDigest(image)
+	}
+	return WithImpliedTag(image)
+}

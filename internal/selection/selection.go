@@ -212,13 +212,15 @@ func StripDigest(image string) string {
 // by labels when it selects every workload kind.
 const KindPod imagesv1alpha1.WorkloadKind = "Pod"
 
-// Writer returns the ImagePin that writes objects of kind with labels, and
-// its compiled selection: of the ImagePins in Pin or Follow mode, not
-// suspended, whose spec is valid and selects the object, the first by name;
-// nil when there is none. The controller writes only the workloads an
-// ImagePin is the writer of and the webhook pins with the writer, so two
-// ImagePins with different overrides never take turns.
-func Writer(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string) (*imagesv1alpha1.ImagePin, *Selection) {
+// Writer returns the ImagePin that writes image in objects of kind with
+// labels, and its compiled selection: of the ImagePins in Pin or Follow
+// mode, not suspended, whose spec is valid and selects the object and the
+// image (images.include and exclude count), the first by name; nil when
+// there is none. The controller writes only the containers an ImagePin is
+// the writer of and the webhook pins each container with its writer, so two
+// ImagePins with different overrides never take turns, and two with
+// disjoint image filters both pin.
+func Writer(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string, image string) (*imagesv1alpha1.ImagePin, *Selection) {
 	var writer *imagesv1alpha1.ImagePin
 	var writerSel *Selection
 	for i := range pins {
@@ -234,7 +236,7 @@ func Writer(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, la
 			continue
 		}
 		kindOK := sel.SelectsKind(kind) || (kind == KindPod && len(p.Spec.Kinds) == 0)
-		if kindOK && sel.SelectsLabels(labels) {
+		if kindOK && sel.SelectsLabels(labels) && sel.SelectsImage(image) {
 			writer, writerSel = p, sel
 		}
 	}

@@ -154,11 +154,36 @@ func TestWriterOfIsTheFirstWritingImagePinByName(t *testing.T) {
 		{"nobody", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModeObserve, false)}, ""},
 	} {
 		got := ""
-		if w, _ := Writer(tc.pins, imagesv1alpha1.KindDeployment, labels); w != nil {
+		if w, _ := Writer(tc.pins, imagesv1alpha1.KindDeployment, labels, "reg.io/app:v1"); w != nil {
 			got = w.Name
 		}
 		if got != tc.want {
 			t.Errorf("%s: writer = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// Issue 13 item 10: the writer respects image filters, so two ImagePins
+// with disjoint images.include both pin, each its own images.
+func TestWriterRespectsImageFilters(t *testing.T) {
+	pin := func(name string, include ...string) imagesv1alpha1.ImagePin {
+		p := imagesv1alpha1.ImagePin{}
+		p.Name, p.Spec.Mode = name, imagesv1alpha1.ModePin
+		p.Spec.Images = &imagesv1alpha1.ImageFilter{Include: include}
+		return p
+	}
+	pins := []imagesv1alpha1.ImagePin{pin("a-apps", "reg.io/apps/*"), pin("b-sidecars", "reg.io/sidecars/*")}
+	for image, want := range map[string]string{
+		"reg.io/apps/web:v1":      "a-apps",
+		"reg.io/sidecars/envoy:1": "b-sidecars",
+		"docker.io/nginx:1.27":    "",
+	} {
+		got := ""
+		if w, _ := Writer(pins, imagesv1alpha1.KindDeployment, nil, image); w != nil {
+			got = w.Name
+		}
+		if got != want {
+			t.Errorf("writer of %s = %q, want %q", image, got, want)
 		}
 	}
 }
