@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -523,5 +524,52 @@ func TestImagePinsOutOfPhaseEachSeeAMoveWithinTheInterval(t *testing.T) {
 	}
 	if n := headsSince(pushed); n > 2 {
 		t.Errorf("%d HEADs of the tag in the %s until all 3 ImagePins saw the move, want one per tick", n, took.Round(time.Second))
+	}
+}
+
+// Issue 13 item 10: more than one ImagePin is checked at once, so one
+// ImagePin waiting on a blackholed registry does not delay the others: an
+// ImagePin created while another's registry request hangs is Ready before
+// that request ends.
+func TestOneBlackholedRegistryDoesNotDelayOtherImagePins(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	var inFlight atomic.Int32
+	held := make(chan struct{}, 1)
+	release := make(chan struct{})
+	remove := reg.Route("blackhole/app", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inFlight.Add(1)
+		defer inFlight.Add(-1)
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer remove()
+	defer close(release)
+
+	fastImage := reg.Image("fast/app:v1")
+	reg.Push(t, "fast/app:v1")
+	create(t, deployment(ns, "slow", withLabels("app", "slow"), withImage("app", reg.Image("blackhole/app:v1"))))
+	create(t, deployment(ns, "fast", withLabels("app", "fast"), withImage("app", fastImage)))
+	create(t, imagePin(ns, "slow", selecting("app", "slow")))
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the slow ImagePin never asked its registry")
+	}
+	fast := imagePin(ns, "fast", selecting("app", "fast"))
+	create(t, fast)
+	eventually(t, func() error {
+		_, err := readyIs(fast, metav1.ConditionTrue, imagesv1alpha1.ReasonResolved)
+		return err
+	})
+	if inFlight.Load() == 0 {
+		t.Fatal("the other ImagePin became Ready only after the blackholed request ended: one slow registry delayed every ImagePin")
 	}
 }
