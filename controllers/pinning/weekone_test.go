@@ -427,3 +427,25 @@ func TestFollowMovesImagesLeftOutOfStatus(t *testing.T) {
 		return nil
 	})
 }
+
+// Issue 13 item 10: the writer of a container respects image filters: two
+// ImagePins with disjoint images.include select one Deployment, and each
+// pins its own container.
+func TestImagePinsWithDisjointImageFiltersBothPin(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	app, sidecar := reg.Image("disjoint/apps/web:v1"), reg.Image("disjoint/sidecars/proxy:v1")
+	a, p := reg.Push(t, "disjoint/apps/web:v1"), reg.Push(t, "disjoint/sidecars/proxy:v1")
+	create(t, deployment(ns, "web", "app="+app, "proxy="+sidecar))
+	create(t,
+		imagePin(ns, "web", imagesv1alpha1.ModePin, func(p *imagesv1alpha1.ImagePin) {
+			p.Name = "a-apps"
+			p.Spec.Images = &imagesv1alpha1.ImageFilter{Include: []string{"*/apps/*"}}
+		}),
+		imagePin(ns, "web", imagesv1alpha1.ModePin, func(p *imagesv1alpha1.ImagePin) {
+			p.Name = "b-sidecars"
+			p.Spec.Images = &imagesv1alpha1.ImageFilter{Include: []string{"*/sidecars/*"}}
+		}))
+	eventually(t, 30*time.Second, imageIs(t, ns, "web", "app", app+"@"+a))
+	eventually(t, 30*time.Second, imageIs(t, ns, "web", "proxy", sidecar+"@"+p))
+}
