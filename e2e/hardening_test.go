@@ -600,11 +600,13 @@ var grantedButNotExercisedHere = func() map[grant]string {
 	}
 	// The conflict path reads a workload live (the cache strips
 	// managedFields) to name the manager that reverts imagepin's write;
-	// controllers/pinning's TestRevertingActorIsNotFought takes it.
+	// controllers/pinning's TestRevertingActorIsNotFought takes it. The
+	// same read releases fields imagepin still owns after a release
+	// failed (or an older imagepin's apply).
 	for _, r := range []struct{ group, resource string }{
 		{"apps", "deployments"}, {"apps", "statefulsets"}, {"apps", "daemonsets"}, {"batch", "cronjobs"},
 	} {
-		m[grant{r.group, r.resource, "get"}] = "a live read naming the field manager that keeps reverting imagepin's write (Conflict)"
+		m[grant{r.group, r.resource, "get"}] = "a live read naming the field manager that keeps reverting imagepin's write (Conflict), or releasing fields imagepin still owns"
 	}
 	return m
 }()
