@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
@@ -153,9 +154,13 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 		live[c.uid] = true
 	}
 
+	// The lock guards the table of ImagePins only: one ImagePin's state is
+	// used by one check at a time (the work queue never hands one
+	// ImagePin to two workers), so writes of other ImagePins never wait on
+	// this one's API calls.
 	r.conflictMu.Lock()
-	defer r.conflictMu.Unlock()
 	states := r.conflictsOf(pin, live)
+	r.conflictMu.Unlock()
 	for _, w := range plan {
 		st := states[w.uid]
 		if st == nil {
@@ -181,7 +186,7 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 		}
 		gen, err := r.writeImages(ctx, pin.Namespace, w)
 		if err != nil {
-			if apierrors.IsNotFound(err) || apierrors.IsConflict(err) || isFailedTest(err) {
+			if apierrors.IsNotFound(err) || apierrors.IsConflict(err) || (apierrors.IsInvalid(err) && !r.stillAsRead(ctx, pin.Namespace, w)) {
 				// Deleted or changed since it was read: the change
 				// triggers another check, which decides again.
 				log.FromContext(ctx).V(1).Info("workload changed before the write; deciding again on the next check", "kind", w.kind, "workload", w.name, "reason", err.Error())
@@ -277,11 +282,46 @@ type jsonPatchOp struct {
 	Value any    `json:"value,omitempty"`
 }
 
-// isFailedTest reports a JSON patch whose test operation failed: the
-// workload no longer names what the check read.
-func isFailedTest(err error) bool {
-	return apierrors.IsInvalid(err) && strings.Contains(err.Error(), "test") ||
-		strings.Contains(err.Error(), "testing value")
+// stillAsRead reports whether the workload, read live, still names each
+// written container's image where the check read it. The API server
+// answers a JSON patch whose test fails with a bare 422, as it answers one
+// it refuses for another reason: only the second is worth an event.
+func (r *ImagePinReconciler) stillAsRead(ctx context.Context, namespace string, w workloadWrite) bool {
+	if r.APIReader == nil {
+		return false
+	}
+	path, err := workload.PodSpecPath(w.kind)
+	if err != nil {
+		return false
+	}
+	obj, err := workload.NewObject(w.kind)
+	if err != nil {
+		return false
+	}
+	gvk, err := apiutil.GVKForObject(obj, r.Scheme())
+	if err != nil {
+		return false
+	}
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(gvk)
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: w.name}, u); err != nil || u.GetUID() != w.uid {
+		return false
+	}
+	for _, iw := range w.writes {
+		list := "containers"
+		if iw.init {
+			list = "initContainers"
+		}
+		items, _, _ := unstructured.NestedSlice(u.Object, append(path, list)...)
+		if iw.index >= len(items) {
+			return false
+		}
+		item, _ := items[iw.index].(map[string]any)
+		if item["name"] != iw.container || item["image"] != iw.stored {
+			return false
+		}
+	}
+	return true
 }
 
 // releaseFields removes imagepin's entries from obj's managedFields, with

@@ -1,8 +1,11 @@
 package controllers
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	appsv1 "k8s.io/api/apps/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"testing"
 	"time"
 
@@ -95,5 +98,51 @@ func TestOwnsAnImage(t *testing.T) {
 	}
 	if ownsAnImage([]byte(`{"f:metadata":{"f:labels":{}}}`), []imageWrite{{container: "app"}}) {
 		t.Error("a manager that owns no image was named")
+	}
+}
+
+// Issue 13 item 3: a write tests the image where the check read it, so a
+// workload changed since is never overwritten, and a write leaves imagepin
+// owning no field of the workload.
+func TestWriteTestsWhatItReadAndOwnsNothing(t *testing.T) {
+	ns := namespace(t)
+	d := deployment(ns, "web", withLabels("app", "web"), withImage("app", "reg.io/app:v2"))
+	create(t, d)
+	r := &ImagePinReconciler{Client: k8s, APIReader: k8s}
+	w := workloadWrite{kind: imagesv1alpha1.KindDeployment, name: "web", uid: d.UID, writes: []imageWrite{{
+		container: "app", index: 0, stored: "reg.io/app:v1", to: "reg.io/app:v1@" + dg("a"),
+	}}}
+	// The check read :v1; someone released :v2 since.
+	if _, err := r.writeImages(context.Background(), ns, w); err == nil {
+		t.Fatal("a write over a changed image went through")
+	}
+	if r.stillAsRead(context.Background(), ns, w) {
+		t.Fatal("stillAsRead says the changed workload is as read")
+	}
+	var got appsv1.Deployment
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(d), &got); err != nil {
+		t.Fatal(err)
+	}
+	if img := got.Spec.Template.Spec.Containers[0].Image; img != "reg.io/app:v2" {
+		t.Fatalf("image %s, want the release kept", img)
+	}
+
+	w.writes[0].stored, w.writes[0].to = "reg.io/app:v2", "reg.io/app:v2@"+dg("b")
+	if !r.stillAsRead(context.Background(), ns, w) {
+		t.Fatal("stillAsRead says the unchanged workload changed")
+	}
+	if _, err := r.writeImages(context.Background(), ns, w); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(d), &got); err != nil {
+		t.Fatal(err)
+	}
+	if img := got.Spec.Template.Spec.Containers[0].Image; img != "reg.io/app:v2@"+dg("b") {
+		t.Fatalf("image %s, want it pinned", img)
+	}
+	for _, e := range got.ManagedFields {
+		if e.Manager == FieldManager {
+			t.Fatalf("imagepin still owns %s", e.FieldsV1)
+		}
 	}
 }
