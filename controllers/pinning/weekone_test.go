@@ -239,7 +239,7 @@ func TestServerSideApplyNextToAGitOpsTool(t *testing.T) {
 		eventually(t, 30*time.Second, templateIs(t, ns, wantInits, []string{"app=" + app + "@" + a, "proxy=" + sidecar + "@" + p}))
 		// A write and the release of its ownership are two requests: an
 		// apply without force in between would still meet imagepin.
-		eventually(t, 30*time.Second, ownsNothing(t, ns))
+		eventually(t, 30*time.Second, ownsNothing(ns))
 		return ns
 	}
 
@@ -311,7 +311,7 @@ func TestServerSideApplyNextToAGitOpsTool(t *testing.T) {
 }
 
 // ownsNothing: imagepin owns no field of Deployment web.
-func ownsNothing(t *testing.T, ns string) func() error {
+func ownsNothing(ns string) func() error {
 	return func() error {
 		var d appsv1.Deployment
 		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web"}, &d); err != nil {

@@ -204,7 +204,7 @@ func pinInput(in *input, digests map[string]string) ([]byte, []string) {
 // notReferenceChar reports a character no pinned image reference has, so
 // that what is written never needs quoting or escaping.
 func notReferenceChar(r rune) bool {
-	return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-/:@", r))
+	return (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && !strings.ContainsRune("._-/:@", r)
 }
 
 // startsWithMarker reports whether the first document of a file starts

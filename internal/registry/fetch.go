@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -71,8 +72,8 @@ func (e *attemptError) Unwrap() error { return e.err }
 // explainFor explains a failure of withCredentials for a condition
 // message, with no secret in it.
 func explainFor(tag name.Tag, err error, timeout time.Duration) error {
-	ae, ok := err.(*attemptError)
-	if !ok {
+	var ae *attemptError
+	if !errors.As(err, &ae) {
 		return explain(tag, err, timeout)
 	}
 	out := explain(tag, ae.err, timeout)
@@ -203,7 +204,7 @@ func (r *Resolver) puller(reg name.Registry, id string, cfg authn.AuthConfig) (*
 		return pe.p, nil
 	}
 	pe := &pullerEntry{used: r.clock.Now()}
-	var auth authn.Authenticator = authn.Anonymous
+	auth := authn.Anonymous
 	if !empty(cfg) {
 		pe.auth = &liveAuth{cfg: cfg}
 		auth = pe.auth

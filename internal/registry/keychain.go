@@ -162,7 +162,7 @@ func firstOf(s credentialSource, target authn.Resource) (authn.Authenticator, er
 	default:
 		r, err := name.NewRepository(target.String())
 		if err != nil {
-			return authn.Anonymous, nil
+			return authn.Anonymous, nil //nolint:nilerr // not a repository: no credentials to offer, anonymous as the kubelet
 		}
 		repo = r
 	}
