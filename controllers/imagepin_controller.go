@@ -410,8 +410,9 @@ func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.
 	for _, w := range plan {
 		mine := w
 		mine.writes = nil
+		writers := selection.WritersOf(pins.Items, w.kind, labels[string(w.kind)+"/"+w.name])
 		for _, iw := range w.writes {
-			writer, _ := selection.Writer(pins.Items, w.kind, labels[string(w.kind)+"/"+w.name], iw.stored)
+			writer, _ := writers.For(iw.stored)
 			if writer != nil && writer.Name == pin.Name {
 				mine.writes = append(mine.writes, iw)
 			} else if writer != nil {

@@ -146,11 +146,12 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	var toResolve []string
 	var ttl time.Duration
 	selected := false
+	writers := selection.WritersOf(pins, kind, obj.meta().GetLabels())
 	for _, c := range containersOf(obj.podSpec(), obj.specPointer) {
 		if *c.image == "" {
 			continue
 		}
-		pin, sel := selection.Writer(pins, kind, obj.meta().GetLabels(), *c.image)
+		pin, sel := writers.For(*c.image)
 		if pin == nil {
 			continue
 		}

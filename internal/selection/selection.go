@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -221,14 +222,28 @@ const KindPod imagesv1alpha1.WorkloadKind = "Pod"
 // ImagePins with different overrides never take turns, and two with
 // disjoint image filters both pin.
 func Writer(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string, image string) (*imagesv1alpha1.ImagePin, *Selection) {
-	var writer *imagesv1alpha1.ImagePin
-	var writerSel *Selection
+	return WritersOf(pins, kind, labels).For(image)
+}
+
+// Writers is Writer's rule for one object, its candidates compiled once:
+// the webhook and the controller ask it for each container.
+type Writers struct {
+	candidates []writerCandidate
+}
+
+type writerCandidate struct {
+	pin *imagesv1alpha1.ImagePin
+	sel *Selection
+}
+
+// WritersOf returns the ImagePins that may write objects of kind with
+// labels (Pin or Follow, not suspended, valid, selecting the object), first
+// by name first.
+func WritersOf(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string) *Writers {
+	w := &Writers{}
 	for i := range pins {
 		p := &pins[i]
 		if p.Spec.Suspend || (p.Spec.Mode != imagesv1alpha1.ModePin && p.Spec.Mode != imagesv1alpha1.ModeFollow) {
-			continue
-		}
-		if writer != nil && p.Name >= writer.Name {
 			continue
 		}
 		sel, err := Compile(&p.Spec)
@@ -236,9 +251,20 @@ func Writer(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, la
 			continue
 		}
 		kindOK := sel.SelectsKind(kind) || (kind == KindPod && len(p.Spec.Kinds) == 0)
-		if kindOK && sel.SelectsLabels(labels) && sel.SelectsImage(image) {
-			writer, writerSel = p, sel
+		if kindOK && sel.SelectsLabels(labels) {
+			w.candidates = append(w.candidates, writerCandidate{p, sel})
 		}
 	}
-	return writer, writerSel
+	sort.Slice(w.candidates, func(i, j int) bool { return w.candidates[i].pin.Name < w.candidates[j].pin.Name })
+	return w
+}
+
+// For returns the writer of image, or nil.
+func (w *Writers) For(image string) (*imagesv1alpha1.ImagePin, *Selection) {
+	for _, c := range w.candidates {
+		if c.sel.SelectsImage(image) {
+			return c.pin, c.sel
+		}
+	}
+	return nil, nil
 }
