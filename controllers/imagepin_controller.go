@@ -228,7 +228,7 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&imagesv1alpha1.ImagePin{}, builder.WithPredicates(predicate.GenerationChangedPredicate{}))
 
 	workloadChanged := predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{})
-	for _, kind := range imagesv1alpha1.AllWorkloadKinds {
+	for _, kind := range workload.WorkloadKinds() {
 		obj, err := workload.NewObject(kind)
 		if err != nil {
 			return err

@@ -12,6 +12,7 @@ import (
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/drift"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // Bounds that keep an ImagePin's status far below the 1 MiB object limit
@@ -244,8 +245,8 @@ func runningList(r []imagesv1alpha1.RunningDigest) []string {
 }
 
 func workloadLess(a, b imagesv1alpha1.WorkloadImage) bool {
-	ka := slices.Index(imagesv1alpha1.AllWorkloadKinds, a.Kind)
-	kb := slices.Index(imagesv1alpha1.AllWorkloadKinds, b.Kind)
+	ka := slices.Index(workload.WorkloadKinds(), a.Kind)
+	kb := slices.Index(workload.WorkloadKinds(), b.Kind)
 	if ka != kb {
 		return ka < kb
 	}

@@ -17,7 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
@@ -290,20 +289,13 @@ func (r *ImagePinReconciler) stillAsRead(ctx context.Context, namespace string, 
 	if r.APIReader == nil {
 		return false
 	}
-	path, err := workload.PodSpecPath(w.kind)
-	if err != nil {
+	k := workload.KindNamed(w.kind)
+	if k == nil {
 		return false
 	}
-	obj, err := workload.NewObject(w.kind)
-	if err != nil {
-		return false
-	}
-	gvk, err := apiutil.GVKForObject(obj, r.Scheme())
-	if err != nil {
-		return false
-	}
+	path := k.PodSpecPath
 	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(gvk)
+	u.SetGroupVersionKind(k.GVK)
 	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: w.name}, u); err != nil || u.GetUID() != w.uid {
 		return false
 	}
@@ -389,14 +381,12 @@ func (r *ImagePinReconciler) otherManager(ctx context.Context, namespace string,
 	if r.APIReader == nil {
 		return "another field manager"
 	}
-	u := &unstructured.Unstructured{}
-	switch w.kind {
-	case imagesv1alpha1.KindCronJob:
-		u.SetAPIVersion("batch/v1")
-	default:
-		u.SetAPIVersion("apps/v1")
+	k := workload.KindNamed(w.kind)
+	if k == nil {
+		return "another field manager"
 	}
-	u.SetKind(string(w.kind))
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(k.GVK)
 	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: w.name}, u); err != nil {
 		return "another field manager"
 	}

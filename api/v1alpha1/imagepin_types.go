@@ -35,7 +35,9 @@ const (
 	ModeFollow Mode = "Follow"
 )
 
-// WorkloadKind is a kind of workload an ImagePin can select.
+// WorkloadKind is a kind of workload an ImagePin can select. The enum is
+// the workload kinds of internal/workload's table (a test holds them
+// equal).
 // +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet;Job;CronJob
 type WorkloadKind string
 
@@ -48,9 +50,6 @@ const (
 	KindCronJob     WorkloadKind = "CronJob"
 )
 
-// AllWorkloadKinds lists every kind an ImagePin selects when spec.kinds is
-// empty, in the order status reports them.
-var AllWorkloadKinds = []WorkloadKind{KindDeployment, KindStatefulSet, KindDaemonSet, KindJob, KindCronJob}
 
 // FailurePolicy says what admission does with a workload whose tag cannot be
 // resolved.

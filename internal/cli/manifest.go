@@ -8,19 +8,20 @@ import (
 	"strings"
 
 	"sigs.k8s.io/kustomize/kyaml/yaml"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
-// podSpecPaths says where each pod-bearing kind keeps its pod spec.
-var podSpecPaths = map[string][]string{
-	"Pod":                   {"spec"},
-	"PodTemplate":           {"template", "spec"},
-	"ReplicationController": {"spec", "template", "spec"},
-	"ReplicaSet":            {"spec", "template", "spec"},
-	"Deployment":            {"spec", "template", "spec"},
-	"StatefulSet":           {"spec", "template", "spec"},
-	"DaemonSet":             {"spec", "template", "spec"},
-	"Job":                   {"spec", "template", "spec"},
-	"CronJob":               {"spec", "jobTemplate", "spec", "template", "spec"},
+// podSpecPath says where a kind keeps its pod spec: every kind imagepin
+// knows (internal/workload's table), those the controller and the webhook
+// leave alone included, so that a CI gate covers them all.
+func podSpecPath(kind string) ([]string, bool) {
+	k := workload.KindNamed(imagesv1alpha1.WorkloadKind(kind))
+	if k == nil {
+		return nil, false
+	}
+	return k.PodSpecPath, true
 }
 
 // containerLists are the pod spec fields whose items carry an image.
@@ -87,7 +88,7 @@ func collect(n *yaml.Node, file string, out *[]imageField) {
 		}
 		return
 	}
-	path, ok := podSpecPaths[kind]
+	path, ok := podSpecPath(kind)
 	if !ok {
 		return
 	}

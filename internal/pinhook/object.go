@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"strconv"
 
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	kjson "sigs.k8s.io/json"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
-	"github.com/imagepin/imagepin/internal/selection"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // object is a decoded workload or Pod.
@@ -37,30 +36,14 @@ func (o object) podSpec() *corev1.PodSpec { return o.spec }
 // duplicate fields and an object of another kind than the request's, so
 // that the paths the patch names are those of the object as sent.
 func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error) {
-	var o object
-	var k imagesv1alpha1.WorkloadKind
-	switch kind {
-	case "Deployment":
-		d := &appsv1.Deployment{}
-		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec", true}, imagesv1alpha1.KindDeployment
-	case "StatefulSet":
-		d := &appsv1.StatefulSet{}
-		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec", true}, imagesv1alpha1.KindStatefulSet
-	case "DaemonSet":
-		d := &appsv1.DaemonSet{}
-		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec", true}, imagesv1alpha1.KindDaemonSet
-	case "Job":
-		d := &batchv1.Job{}
-		o, k = object{d, &d.Spec.Template.Spec, "/spec/template/spec", false}, imagesv1alpha1.KindJob
-	case "CronJob":
-		d := &batchv1.CronJob{}
-		o, k = object{d, &d.Spec.JobTemplate.Spec.Template.Spec, "/spec/jobTemplate/spec/template/spec", true}, imagesv1alpha1.KindCronJob
-	case "Pod":
-		d := &corev1.Pod{}
-		o, k = object{d, &d.Spec, "/spec", false}, selection.KindPod
-	default:
+	k := workload.KindNamed(imagesv1alpha1.WorkloadKind(kind))
+	if k == nil || !k.Admission {
 		return object{}, "", nil
 	}
+	obj := k.New()
+	// The kind the object names is checked below, against the request's.
+	obj.GetObjectKind().SetGroupVersionKind(schema.GroupVersionKind{})
+	o := object{obj, k.PodSpec(obj), k.SpecPointer(), k.TemplateMutable}
 	if trimmed := bytes.TrimSpace(raw); len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
 		return object{}, "", fmt.Errorf("decode %s: the request carries no object", kind)
 	}
@@ -74,7 +57,10 @@ func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error
 	if got := o.obj.GetObjectKind().GroupVersionKind().Kind; got != "" && got != kind {
 		return object{}, "", fmt.Errorf("decode %s: the object is a %s", kind, got)
 	}
-	return o, k, nil
+	if o.spec = k.PodSpec(obj); o.spec == nil {
+		return object{}, "", fmt.Errorf("decode %s: it has no pod spec at %s", kind, o.specPointer)
+	}
+	return o, k.Name, nil
 }
 
 type containerRef struct {

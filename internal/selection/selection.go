@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // DefaultInterval is the resolution interval of a spec that names none.
@@ -85,18 +86,19 @@ func Compile(spec *imagesv1alpha1.ImagePinSpec) (*Selection, error) {
 }
 
 func compileKinds(kinds []imagesv1alpha1.WorkloadKind) ([]imagesv1alpha1.WorkloadKind, error) {
+	all := workload.WorkloadKinds()
 	if len(kinds) == 0 {
-		return imagesv1alpha1.AllWorkloadKinds, nil
+		return all, nil
 	}
 	out := make([]imagesv1alpha1.WorkloadKind, 0, len(kinds))
 	// Keep the canonical order so status and listings are stable.
-	for _, k := range imagesv1alpha1.AllWorkloadKinds {
+	for _, k := range all {
 		if slices.Contains(kinds, k) {
 			out = append(out, k)
 		}
 	}
 	for i, k := range kinds {
-		if !slices.Contains(imagesv1alpha1.AllWorkloadKinds, k) {
+		if !slices.Contains(all, k) {
 			return nil, fmt.Errorf("spec.kinds[%d]: %q is not a workload kind imagepin selects (%s)", i, k, kindList())
 		}
 	}
@@ -104,8 +106,9 @@ func compileKinds(kinds []imagesv1alpha1.WorkloadKind) ([]imagesv1alpha1.Workloa
 }
 
 func kindList() string {
-	names := make([]string, len(imagesv1alpha1.AllWorkloadKinds))
-	for i, k := range imagesv1alpha1.AllWorkloadKinds {
+	all := workload.WorkloadKinds()
+	names := make([]string, len(all))
+	for i, k := range all {
 		names[i] = string(k)
 	}
 	return strings.Join(names, ", ")

@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 func TestCompileRefusesWhatItCannotHonour(t *testing.T) {
@@ -66,7 +67,7 @@ func TestCompileDefaults(t *testing.T) {
 	if sel.Interval != DefaultInterval {
 		t.Errorf("interval = %s, want %s", sel.Interval, DefaultInterval)
 	}
-	if got := sel.Kinds(); len(got) != len(imagesv1alpha1.AllWorkloadKinds) {
+	if got := sel.Kinds(); len(got) != len(workload.WorkloadKinds()) {
 		t.Errorf("kinds = %v, want all five", got)
 	}
 	if !sel.SelectsLabels(map[string]string{"anything": "goes"}) || !sel.SelectsLabels(nil) {

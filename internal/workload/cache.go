@@ -1,8 +1,9 @@
 package workload
 
 import (
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
+	"reflect"
+	"slices"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -11,22 +12,21 @@ import (
 
 // CacheOptions keeps the manager's cache to what the controller reads:
 // managedFields and kubectl's last-applied annotation are stripped from
-// everything; of Pods only what drift reads is kept; of Secrets only the
-// docker config of pull secrets (dockerconfigjson and legacy dockercfg).
+// everything; of workloads, and of the kinds between them and their pods,
+// what selection and the owner walk read (keepWhatSelectionReads); of Pods
+// only what drift reads; of Secrets only the docker config of pull secrets
+// (dockerconfigjson and legacy dockercfg).
 func CacheOptions() cache.Options {
-	return cache.Options{
-		DefaultTransform: stripForCache,
-		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}:      {Transform: keepDockerConfigOnly},
-			&corev1.Pod{}:         {Transform: keepWhatDriftReads},
-			&appsv1.Deployment{}:  {Transform: keepWhatSelectionReads},
-			&appsv1.StatefulSet{}: {Transform: keepWhatSelectionReads},
-			&appsv1.DaemonSet{}:   {Transform: keepWhatSelectionReads},
-			&batchv1.Job{}:        {Transform: keepWhatSelectionReads},
-			&batchv1.CronJob{}:    {Transform: keepWhatSelectionReads},
-			&appsv1.ReplicaSet{}:  {Transform: keepWhatSelectionReads},
-		},
+	byObject := map[client.Object]cache.ByObject{
+		&corev1.Secret{}: {Transform: keepDockerConfigOnly},
+		&corev1.Pod{}:    {Transform: keepWhatDriftReads},
 	}
+	for _, k := range kinds {
+		if k.Workload || slices.Contains(viaKinds(), k) {
+			byObject[k.New()] = cache.ByObject{Transform: keepWhatSelectionReads}
+		}
+	}
+	return cache.Options{DefaultTransform: stripForCache, ByObject: byObject}
 }
 
 func stripForCache(obj any) (any, error) {
@@ -42,34 +42,34 @@ func stripForCache(obj any) (any, error) {
 	return obj, nil
 }
 
-// keepWhatSelectionReads keeps of a workload (and of a ReplicaSet, which
-// the owner walk from a pod to its workload passes) what the controller
-// reads: identity, generation, labels and owners, and of its pod template
-// the containers' names and images, the pull secrets and the service
-// account. Writes are server-side applies of the image fields alone, never
-// of a cached object, so nothing else is needed; a cached Deployment
-// shrinks from its whole spec and status to a few hundred bytes.
+// keepWhatSelectionReads keeps of a workload (and of a ReplicaSet or Job,
+// which the owner walk from a pod to its workload passes) what the
+// controller reads: identity, generation, labels, owners and imagepin's
+// own managedFields entry, and of a workload's pod spec the containers'
+// names and images, the pull secrets and the service account. Writes are
+// patches of the image fields alone, never of a cached object, so nothing
+// else is needed; a cached Deployment shrinks from its whole spec and
+// status to a few hundred bytes.
 func keepWhatSelectionReads(obj any) (any, error) {
-	switch o := obj.(type) {
-	case *appsv1.Deployment:
-		return &appsv1.Deployment{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta),
-			Spec: appsv1.DeploymentSpec{Template: slimTemplate(o.Spec.Template)}}, nil
-	case *appsv1.StatefulSet:
-		return &appsv1.StatefulSet{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta),
-			Spec: appsv1.StatefulSetSpec{Template: slimTemplate(o.Spec.Template)}}, nil
-	case *appsv1.DaemonSet:
-		return &appsv1.DaemonSet{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta),
-			Spec: appsv1.DaemonSetSpec{Template: slimTemplate(o.Spec.Template)}}, nil
-	case *batchv1.Job:
-		return &batchv1.Job{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta),
-			Spec: batchv1.JobSpec{Template: slimTemplate(o.Spec.Template)}}, nil
-	case *batchv1.CronJob:
-		return &batchv1.CronJob{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta),
-			Spec: batchv1.CronJobSpec{JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: slimTemplate(o.Spec.JobTemplate.Spec.Template)}}}}, nil
-	case *appsv1.ReplicaSet:
-		return &appsv1.ReplicaSet{TypeMeta: o.TypeMeta, ObjectMeta: slimMeta(o.ObjectMeta)}, nil
+	in := reflect.ValueOf(obj)
+	var k *Kind
+	for _, c := range kinds {
+		if in.Kind() == reflect.Pointer && in.Elem().Type() == c.Type {
+			k = c
+		}
 	}
-	return stripForCache(obj)
+	if k == nil {
+		return stripForCache(obj)
+	}
+	out := reflect.New(k.Type)
+	out.Elem().FieldByName("TypeMeta").Set(in.Elem().FieldByName("TypeMeta"))
+	m, _ := in.Elem().FieldByName("ObjectMeta").Interface().(metav1.ObjectMeta)
+	out.Elem().FieldByName("ObjectMeta").Set(reflect.ValueOf(slimMeta(m)))
+	slim := out.Interface().(client.Object)
+	if dst, src := k.PodSpec(slim), k.PodSpec(obj.(client.Object)); k.Workload && dst != nil && src != nil {
+		*dst = slimPodSpec(src)
+	}
+	return slim, nil
 }
 
 func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
@@ -109,13 +109,13 @@ func OwnsFields(obj metav1.Object) bool {
 	return false
 }
 
-func slimTemplate(t corev1.PodTemplateSpec) corev1.PodTemplateSpec {
-	return corev1.PodTemplateSpec{Spec: corev1.PodSpec{
-		InitContainers:     slimContainers(t.Spec.InitContainers),
-		Containers:         slimContainers(t.Spec.Containers),
-		ImagePullSecrets:   t.Spec.ImagePullSecrets,
-		ServiceAccountName: t.Spec.ServiceAccountName,
-	}}
+func slimPodSpec(spec *corev1.PodSpec) corev1.PodSpec {
+	return corev1.PodSpec{
+		InitContainers:     slimContainers(spec.InitContainers),
+		Containers:         slimContainers(spec.Containers),
+		ImagePullSecrets:   spec.ImagePullSecrets,
+		ServiceAccountName: spec.ServiceAccountName,
+	}
 }
 
 func slimContainers(in []corev1.Container) []corev1.Container {

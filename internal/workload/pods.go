@@ -3,29 +3,46 @@ package workload
 import (
 	"context"
 	"fmt"
+	"slices"
 
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 )
 
-// OwnerIndex is the cache field index of Pods, ReplicaSets and Jobs by the
-// UID of their controller.
+// OwnerIndex is the cache field index of Pods, and of the kinds between
+// workloads and their pods (ReplicaSets, Jobs), by the UID of their
+// controller.
 const OwnerIndex = ".metadata.controllerUID"
 
 // IndexOwners registers OwnerIndex with the manager's cache.
 func IndexOwners(ctx context.Context, indexer client.FieldIndexer) error {
-	for _, obj := range []client.Object{&corev1.Pod{}, &appsv1.ReplicaSet{}, &batchv1.Job{}} {
+	objs := []client.Object{&corev1.Pod{}}
+	for _, k := range viaKinds() {
+		objs = append(objs, k.New())
+	}
+	for _, obj := range objs {
 		if err := indexer.IndexField(ctx, obj, OwnerIndex, controllerUID); err != nil {
 			return fmt.Errorf("index %T by controller: %w", obj, err)
 		}
 	}
 	return nil
+}
+
+// viaKinds are the kinds that stand between a workload and its pods.
+func viaKinds() []*Kind {
+	var out []*Kind
+	for _, k := range kinds {
+		if k.Via != nil && !slices.Contains(out, k.Via) {
+			out = append(out, k.Via)
+		}
+	}
+	return out
 }
 
 func controllerUID(obj client.Object) []string {
@@ -35,30 +52,27 @@ func controllerUID(obj client.Object) []string {
 	return nil
 }
 
-// Pods returns the pods a workload runs: Deployment → ReplicaSets → Pods,
-// StatefulSet and DaemonSet → Pods, Job → Pods, CronJob → Jobs → Pods.
-// The reader must have OwnerIndex.
+// Pods returns the pods a workload runs, through the kind its pods are
+// owned by where there is one (Kind.Via): Deployment → ReplicaSets → Pods,
+// CronJob → Jobs → Pods, the others → Pods. The reader must have
+// OwnerIndex.
 func Pods(ctx context.Context, c client.Reader, w Workload) ([]corev1.Pod, error) {
 	ns := w.Object.GetNamespace()
 	owners := []types.UID{w.Object.GetUID()}
-	switch w.Kind {
-	case imagesv1alpha1.KindDeployment:
-		var rss appsv1.ReplicaSetList
-		if err := c.List(ctx, &rss, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(w.Object.GetUID())}); err != nil {
-			return nil, fmt.Errorf("list ReplicaSets of Deployment %s/%s: %w", ns, w.Name(), err)
+	if k := KindNamed(w.Kind); k != nil && k.Via != nil {
+		list := k.Via.NewList()
+		if err := c.List(ctx, list, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(w.Object.GetUID())}); err != nil {
+			return nil, fmt.Errorf("list %ss of %s %s/%s: %w", k.Via.Name, w.Kind, ns, w.Name(), err)
 		}
 		owners = owners[:0]
-		for _, rs := range rss.Items {
-			owners = append(owners, rs.UID)
-		}
-	case imagesv1alpha1.KindCronJob:
-		var jobs batchv1.JobList
-		if err := c.List(ctx, &jobs, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(w.Object.GetUID())}); err != nil {
-			return nil, fmt.Errorf("list Jobs of CronJob %s/%s: %w", ns, w.Name(), err)
-		}
-		owners = owners[:0]
-		for _, j := range jobs.Items {
-			owners = append(owners, j.UID)
+		err := meta.EachListItem(list, func(item runtime.Object) error {
+			if o, ok := item.(client.Object); ok {
+				owners = append(owners, o.GetUID())
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	var out []corev1.Pod
@@ -81,33 +95,16 @@ func OwningWorkload(ctx context.Context, c client.Reader, obj client.Object) (cl
 		if ref == nil {
 			return nil, "", nil
 		}
-		var next client.Object
-		var kind imagesv1alpha1.WorkloadKind
-		switch {
-		case ref.Kind == "ReplicaSet" && ref.APIVersion == "apps/v1":
-			next = &appsv1.ReplicaSet{}
-		case ref.Kind == "Deployment" && ref.APIVersion == "apps/v1":
-			next, kind = &appsv1.Deployment{}, imagesv1alpha1.KindDeployment
-		case ref.Kind == "StatefulSet" && ref.APIVersion == "apps/v1":
-			next, kind = &appsv1.StatefulSet{}, imagesv1alpha1.KindStatefulSet
-		case ref.Kind == "DaemonSet" && ref.APIVersion == "apps/v1":
-			next, kind = &appsv1.DaemonSet{}, imagesv1alpha1.KindDaemonSet
-		case ref.Kind == "Job" && ref.APIVersion == "batch/v1":
-			next, kind = &batchv1.Job{}, imagesv1alpha1.KindJob
-		case ref.Kind == "CronJob" && ref.APIVersion == "batch/v1":
-			next, kind = &batchv1.CronJob{}, imagesv1alpha1.KindCronJob
-		default:
+		k := kindOfRef(ref.APIVersion, ref.Kind)
+		if k == nil || (!k.Workload && !slices.Contains(viaKinds(), k)) {
 			return nil, "", nil
 		}
+		next := k.New()
 		if err := c.Get(ctx, client.ObjectKey{Namespace: obj.GetNamespace(), Name: ref.Name}, next); err != nil {
 			return nil, "", client.IgnoreNotFound(err)
 		}
-		if kind == imagesv1alpha1.KindJob && ownedByCronJob(next.(*batchv1.Job)) {
-			obj = next
-			continue
-		}
-		if kind != "" {
-			return next, kind, nil
+		if k.Workload && !partOfAnotherWorkload(next) {
+			return next, k.Name, nil
 		}
 		obj = next
 	}

@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"sort"
 
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
@@ -28,30 +28,40 @@ func (w Workload) Name() string { return w.Object.GetName() }
 
 // NewObject returns an empty object of a workload kind, for watches and gets.
 func NewObject(kind imagesv1alpha1.WorkloadKind) (client.Object, error) {
-	switch kind {
-	case imagesv1alpha1.KindDeployment:
-		return &appsv1.Deployment{}, nil
-	case imagesv1alpha1.KindStatefulSet:
-		return &appsv1.StatefulSet{}, nil
-	case imagesv1alpha1.KindDaemonSet:
-		return &appsv1.DaemonSet{}, nil
-	case imagesv1alpha1.KindJob:
-		return &batchv1.Job{}, nil
-	case imagesv1alpha1.KindCronJob:
-		return &batchv1.CronJob{}, nil
+	k := KindNamed(kind)
+	if k == nil {
+		return nil, fmt.Errorf("unsupported workload kind %q", kind)
 	}
-	return nil, fmt.Errorf("unsupported workload kind %q", kind)
+	return k.New(), nil
 }
 
 // List returns the workloads of the given kinds in namespace whose labels
-// match sel, sorted by kind (in the order given) and name.
+// match sel, sorted by kind (in the order given) and name. A workload
+// controlled by another (a CronJob's Jobs) is part of that one, not a
+// workload of its own: counting it would report one workload many times.
 func List(ctx context.Context, c client.Reader, namespace string, kinds []imagesv1alpha1.WorkloadKind, sel labels.Selector) ([]Workload, error) {
 	var out []Workload
 	opts := []client.ListOption{client.InNamespace(namespace), client.MatchingLabelsSelector{Selector: sel}}
-	for _, kind := range kinds {
-		ws, err := listKind(ctx, c, kind, opts)
+	for _, name := range kinds {
+		k := KindNamed(name)
+		if k == nil || !k.Workload {
+			return nil, fmt.Errorf("unsupported workload kind %q", name)
+		}
+		list := k.NewList()
+		if err := c.List(ctx, list, opts...); err != nil {
+			return nil, fmt.Errorf("list %ss in %s: %w", name, namespace, err)
+		}
+		var ws []Workload
+		err := meta.EachListItem(list, func(item runtime.Object) error {
+			obj, ok := item.(client.Object)
+			if !ok || partOfAnotherWorkload(obj) {
+				return nil
+			}
+			ws = append(ws, Workload{Kind: name, Object: obj, Template: k.PodSpec(obj)})
+			return nil
+		})
 		if err != nil {
-			return nil, fmt.Errorf("list %ss in %s: %w", kind, namespace, err)
+			return nil, err
 		}
 		sort.Slice(ws, func(i, j int) bool { return ws[i].Name() < ws[j].Name() })
 		out = append(out, ws...)
@@ -59,78 +69,23 @@ func List(ctx context.Context, c client.Reader, namespace string, kinds []images
 	return out, nil
 }
 
-func listKind(ctx context.Context, c client.Reader, kind imagesv1alpha1.WorkloadKind, opts []client.ListOption) ([]Workload, error) {
-	var out []Workload
-	switch kind {
-	case imagesv1alpha1.KindDeployment:
-		var l appsv1.DeploymentList
-		if err := c.List(ctx, &l, opts...); err != nil {
-			return nil, err
-		}
-		for i := range l.Items {
-			o := &l.Items[i]
-			out = append(out, Workload{Kind: kind, Object: o, Template: &o.Spec.Template.Spec})
-		}
-	case imagesv1alpha1.KindStatefulSet:
-		var l appsv1.StatefulSetList
-		if err := c.List(ctx, &l, opts...); err != nil {
-			return nil, err
-		}
-		for i := range l.Items {
-			o := &l.Items[i]
-			out = append(out, Workload{Kind: kind, Object: o, Template: &o.Spec.Template.Spec})
-		}
-	case imagesv1alpha1.KindDaemonSet:
-		var l appsv1.DaemonSetList
-		if err := c.List(ctx, &l, opts...); err != nil {
-			return nil, err
-		}
-		for i := range l.Items {
-			o := &l.Items[i]
-			out = append(out, Workload{Kind: kind, Object: o, Template: &o.Spec.Template.Spec})
-		}
-	case imagesv1alpha1.KindJob:
-		var l batchv1.JobList
-		if err := c.List(ctx, &l, opts...); err != nil {
-			return nil, err
-		}
-		for i := range l.Items {
-			o := &l.Items[i]
-			// A CronJob's Jobs are part of the CronJob, not workloads of
-			// their own: counting them would report one workload many times.
-			if ownedByCronJob(o) {
-				continue
-			}
-			out = append(out, Workload{Kind: kind, Object: o, Template: &o.Spec.Template.Spec})
-		}
-	case imagesv1alpha1.KindCronJob:
-		var l batchv1.CronJobList
-		if err := c.List(ctx, &l, opts...); err != nil {
-			return nil, err
-		}
-		for i := range l.Items {
-			o := &l.Items[i]
-			out = append(out, Workload{Kind: kind, Object: o, Template: &o.Spec.JobTemplate.Spec.Template.Spec})
-		}
-	default:
-		return nil, fmt.Errorf("unsupported workload kind %q", kind)
+// partOfAnotherWorkload reports whether obj's controller is a workload
+// kind: a CronJob's Job.
+func partOfAnotherWorkload(obj client.Object) bool {
+	ref := metav1.GetControllerOf(obj)
+	if ref == nil {
+		return false
 	}
-	return out, nil
-}
-
-func ownedByCronJob(job *batchv1.Job) bool {
-	owner := metav1.GetControllerOf(job)
-	return owner != nil && owner.Kind == "CronJob" && owner.APIVersion == batchv1.SchemeGroupVersion.String()
+	k := kindOfRef(ref.APIVersion, ref.Kind)
+	return k != nil && k.Workload
 }
 
 // PodSpecPath is where a kind keeps the pod spec its pods are made from,
 // as the field names from the object's root.
 func PodSpecPath(kind imagesv1alpha1.WorkloadKind) ([]string, error) {
-	switch kind {
-	case imagesv1alpha1.KindDeployment, imagesv1alpha1.KindStatefulSet, imagesv1alpha1.KindDaemonSet, imagesv1alpha1.KindJob:
-		return []string{"spec", "template", "spec"}, nil
-	case imagesv1alpha1.KindCronJob:
-		return []string{"spec", "jobTemplate", "spec", "template", "spec"}, nil
+	k := KindNamed(kind)
+	if k == nil {
+		return nil, fmt.Errorf("unsupported workload kind %q", kind)
 	}
-	return nil, fmt.Errorf("unsupported workload kind %q", kind)
+	return k.PodSpecPath, nil
 }

@@ -1,0 +1,204 @@
+package workload
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+)
+
+// Kind is everything imagepin knows of one kind of object that holds a pod
+// spec: the controller's listing, pods and owner walk, the cache, the
+// writes, the webhook's decoding and patch paths and `imagepin pin` all
+// read it from here. Adding a built-in kind is one entry in kinds (plus
+// its RBAC marker in controllers and, for a workload, its value in the
+// API's WorkloadKind enum).
+type Kind struct {
+	// Name is the object's kind, and the ImagePin's name for it in
+	// spec.kinds.
+	Name imagesv1alpha1.WorkloadKind
+	GVK  schema.GroupVersionKind
+	// PodSpecPath is where its pod spec lives: field names from the root.
+	PodSpecPath []string
+	// TemplateMutable: its pod template may change after creation, and a
+	// change rolls out. A Job's may not; a bare Pod's images are what its
+	// containers run.
+	TemplateMutable bool
+	// Workload: an ImagePin selects it (spec.kinds) and the controller
+	// lists, reports and, when its template is mutable, writes it.
+	Workload bool
+	// Admission: the webhook pins it.
+	Admission bool
+	// Via is the kind its pods are owned by, when not by it directly:
+	// Deployment → ReplicaSet → Pod, CronJob → Job → Pod.
+	Via *Kind
+	// Type and ListType are its Go types, whose pointers are a
+	// client.Object and a client.ObjectList.
+	Type, ListType reflect.Type
+}
+
+// The kinds imagepin knows. Order is the order status reports them in.
+var (
+	replicaSet = kind[appsv1.ReplicaSet, appsv1.ReplicaSetList]("ReplicaSet", appsv1.SchemeGroupVersion, "spec.template.spec", true, false, false, nil)
+	job        = kind[batchv1.Job, batchv1.JobList](imagesv1alpha1.KindJob, batchv1.SchemeGroupVersion, "spec.template.spec", false, true, true, nil)
+
+	kinds = []*Kind{
+		kind[appsv1.Deployment, appsv1.DeploymentList](imagesv1alpha1.KindDeployment, appsv1.SchemeGroupVersion, "spec.template.spec", true, true, true, replicaSet),
+		kind[appsv1.StatefulSet, appsv1.StatefulSetList](imagesv1alpha1.KindStatefulSet, appsv1.SchemeGroupVersion, "spec.template.spec", true, true, true, nil),
+		kind[appsv1.DaemonSet, appsv1.DaemonSetList](imagesv1alpha1.KindDaemonSet, appsv1.SchemeGroupVersion, "spec.template.spec", true, true, true, nil),
+		job,
+		kind[batchv1.CronJob, batchv1.CronJobList](imagesv1alpha1.KindCronJob, batchv1.SchemeGroupVersion, "spec.jobTemplate.spec.template.spec", true, true, true, job),
+		// Pinned at admission only: a bare Pod (one a controller owns
+		// comes from its template, already pinned).
+		kind[corev1.Pod, corev1.PodList]("Pod", corev1.SchemeGroupVersion, "spec", false, false, true, nil),
+		// Pinned by `imagepin pin` only.
+		kind[corev1.PodTemplate, corev1.PodTemplateList]("PodTemplate", corev1.SchemeGroupVersion, "template.spec", true, false, false, nil),
+		kind[corev1.ReplicationController, corev1.ReplicationControllerList]("ReplicationController", corev1.SchemeGroupVersion, "spec.template.spec", true, false, false, nil),
+		replicaSet,
+	}
+)
+
+func kind[T, L any](name imagesv1alpha1.WorkloadKind, gv schema.GroupVersion, path string, mutable, workload, admission bool, via *Kind) *Kind {
+	k := &Kind{
+		Name: name, GVK: gv.WithKind(string(name)), PodSpecPath: strings.Split(path, "."),
+		TemplateMutable: mutable, Workload: workload, Admission: admission, Via: via,
+		Type: reflect.TypeFor[T](), ListType: reflect.TypeFor[L](),
+	}
+	if _, ok := reflect.New(k.Type).Interface().(client.Object); !ok {
+		panic(fmt.Sprintf("workload kind %s: %s is not a client.Object", name, k.Type))
+	}
+	if _, ok := reflect.New(k.ListType).Interface().(client.ObjectList); !ok {
+		panic(fmt.Sprintf("workload kind %s: %s is not a client.ObjectList", name, k.ListType))
+	}
+	if _, err := fieldSteps(k.Type, k.PodSpecPath); err != nil {
+		panic(fmt.Sprintf("workload kind %s: %v", name, err))
+	}
+	return k
+}
+
+// Kinds returns every kind imagepin knows, in status order.
+func Kinds() []*Kind { return kinds }
+
+// WorkloadKinds returns the names of the kinds an ImagePin selects, in
+// status order: what an ImagePin selects when spec.kinds is empty.
+func WorkloadKinds() []imagesv1alpha1.WorkloadKind {
+	var out []imagesv1alpha1.WorkloadKind
+	for _, k := range kinds {
+		if k.Workload {
+			out = append(out, k.Name)
+		}
+	}
+	return out
+}
+
+// KindNamed returns the kind called name, or nil.
+func KindNamed(name imagesv1alpha1.WorkloadKind) *Kind {
+	for _, k := range kinds {
+		if k.Name == name {
+			return k
+		}
+	}
+	return nil
+}
+
+// kindOfRef returns the kind an owner reference names, or nil.
+func kindOfRef(apiVersion, name string) *Kind {
+	for _, k := range kinds {
+		if string(k.Name) == name && k.GVK.GroupVersion().String() == apiVersion {
+			return k
+		}
+	}
+	return nil
+}
+
+// New returns an empty object of the kind.
+func (k *Kind) New() client.Object {
+	obj := reflect.New(k.Type).Interface().(client.Object)
+	obj.GetObjectKind().SetGroupVersionKind(k.GVK)
+	return obj
+}
+
+// NewList returns an empty list of the kind.
+func (k *Kind) NewList() client.ObjectList {
+	return reflect.New(k.ListType).Interface().(client.ObjectList)
+}
+
+// PodSpec returns the pod spec of obj, an object of the kind, in place;
+// nil when obj is not of the kind or a pointer on the way is nil (a
+// ReplicationController without a template).
+func (k *Kind) PodSpec(obj client.Object) *corev1.PodSpec {
+	v := reflect.ValueOf(obj)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Type() != k.Type {
+		return nil
+	}
+	steps, _ := fieldSteps(k.Type, k.PodSpecPath)
+	v = v.Elem()
+	for _, i := range steps {
+		if v.Kind() == reflect.Pointer {
+			if v.IsNil() {
+				return nil
+			}
+			v = v.Elem()
+		}
+		v = v.Field(i)
+	}
+	return v.Addr().Interface().(*corev1.PodSpec)
+}
+
+// SpecPointer is the JSON pointer of the kind's pod spec.
+func (k *Kind) SpecPointer() string { return "/" + strings.Join(k.PodSpecPath, "/") }
+
+var (
+	fieldStepsMu sync.Mutex
+	fieldStepsOf = map[string][]int{}
+)
+
+// fieldSteps finds, in struct type t, the fields reached by following the
+// JSON names of path through structs and pointers to structs, which must
+// end at a corev1.PodSpec: the index of each field in its struct.
+func fieldSteps(t reflect.Type, path []string) ([]int, error) {
+	key := t.String() + ":" + strings.Join(path, ".")
+	fieldStepsMu.Lock()
+	defer fieldStepsMu.Unlock()
+	if steps, ok := fieldStepsOf[key]; ok {
+		return steps, nil
+	}
+	var steps []int
+	cur := t
+	for _, name := range path {
+		if cur.Kind() == reflect.Pointer {
+			cur = cur.Elem()
+		}
+		i, ok := fieldByJSONName(cur, name)
+		if !ok {
+			return nil, fmt.Errorf("%s has no field %q on the way to %s", cur, name, strings.Join(path, "."))
+		}
+		steps = append(steps, i)
+		cur = cur.Field(i).Type
+	}
+	if cur != reflect.TypeFor[corev1.PodSpec]() {
+		return nil, fmt.Errorf("%s of %s is a %s, not a PodSpec", strings.Join(path, "."), t, cur)
+	}
+	fieldStepsOf[key] = steps
+	return steps, nil
+}
+
+func fieldByJSONName(t reflect.Type, name string) (int, bool) {
+	if t.Kind() != reflect.Struct {
+		return 0, false
+	}
+	for i := range t.NumField() {
+		if tag, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); tag == name {
+			return i, true
+		}
+	}
+	return 0, false
+}
