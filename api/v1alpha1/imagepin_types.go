@@ -35,9 +35,10 @@ const (
 	ModeFollow Mode = "Follow"
 )
 
-// WorkloadKind is a kind of workload an ImagePin can select. The enum is
-// the workload kinds of internal/workload's table (a test holds them
-// equal).
+// WorkloadKind's enum is the workload kinds of internal/workload's table
+// (TestTheAPIEnumIsTheTablesWorkloadKinds holds them equal).
+
+// WorkloadKind is a kind of workload an ImagePin can select.
 // +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet;Job;CronJob
 type WorkloadKind string
 
@@ -49,7 +50,6 @@ const (
 	KindJob         WorkloadKind = "Job"
 	KindCronJob     WorkloadKind = "CronJob"
 )
-
 
 // FailurePolicy says what admission does with a workload whose tag cannot be
 // resolved.
