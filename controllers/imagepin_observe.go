@@ -40,7 +40,9 @@ type containerObs struct {
 	ownsFields bool
 	container  string
 	init       bool
-	// index is the container's position in containers or initContainers.
+	// volume is true for an image volume, which container names.
+	volume bool
+	// index is the position in containers, initContainers or volumes.
 	index int
 	// raw is the image exactly as the workload names it.
 	raw string
@@ -79,26 +81,34 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 			return obs, err
 		}
 		running := runningDigests(pods)
-		add := func(c corev1.Container, init bool, index int) {
-			if !sel.SelectsImage(c.Image) {
+		add := func(name, image string, init, volume bool, index int) {
+			if image == "" || !sel.SelectsImage(image) {
 				return
 			}
 			obs.containers = append(obs.containers, containerObs{
 				kind: w.Kind, workload: w.Name(), uid: w.Object.GetUID(), generation: w.Object.GetGeneration(),
 				ownsFields: workload.OwnsFields(w.Object),
-				container:  c.Name, init: init, index: index, raw: c.Image,
-				image:    imageOf(c.Image),
-				pinned:   drift.DigestOfImage(c.Image),
-				hasTag:   hasTag(c.Image),
-				running:  running[c.Name],
+				container:  name, init: init, volume: volume, index: index, raw: image,
+				image:    imageOf(image),
+				pinned:   drift.DigestOfImage(image),
+				hasTag:   hasTag(image),
+				running:  running[slot(name, volume)],
 				keychain: kc,
 			})
 		}
 		for i, c := range w.Template.InitContainers {
-			add(c, true, i)
+			add(c.Name, c.Image, true, false, i)
 		}
 		for i, c := range w.Template.Containers {
-			add(c, false, i)
+			add(c.Name, c.Image, false, false, i)
+		}
+		// Image volumes (Kubernetes 1.33+) have the same mutable-tag
+		// problem as containers, and are resolved, pinned and followed
+		// alike. Ephemeral containers are not part of any template.
+		for i, v := range w.Template.Volumes {
+			if v.Image != nil {
+				add(v.Name, v.Image.Reference, false, true, i)
+			}
 		}
 	}
 	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval))
@@ -165,23 +175,37 @@ func runningDigests(pods []corev1.Pod) map[string][]imagesv1alpha1.RunningDigest
 			continue
 		}
 		statuses := append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...)
-		for _, s := range statuses {
-			d, ok := drift.DigestOfImageID(s.ImageID)
+		count := func(key, imageID string) {
+			d, ok := drift.DigestOfImageID(imageID)
 			if !ok {
-				continue
+				return
 			}
-			if byContainer[s.Name] == nil {
-				byContainer[s.Name] = map[string]*agg{}
+			if byContainer[key] == nil {
+				byContainer[key] = map[string]*agg{}
 			}
-			a := byContainer[s.Name][d]
+			a := byContainer[key][d]
 			if a == nil {
 				a = &agg{nodes: map[string]bool{}}
-				byContainer[s.Name][d] = a
+				byContainer[key][d] = a
 			}
 			a.pods++
 			if p.Spec.NodeName != "" {
 				a.nodes[p.Spec.NodeName] = true
 			}
+		}
+		// An image volume mounted by several containers is one volume of
+		// the pod: counted once, from the first mount that says its digest.
+		volumes := map[string]string{}
+		for _, s := range statuses {
+			count(s.Name, s.ImageID)
+			for _, m := range s.VolumeMounts {
+				if m.VolumeStatus != nil && m.VolumeStatus.Image != nil && volumes[m.Name] == "" {
+					volumes[m.Name] = m.VolumeStatus.Image.ImageRef
+				}
+			}
+		}
+		for name, ref := range volumes {
+			count(slot(name, true), ref)
 		}
 	}
 	out := make(map[string][]imagesv1alpha1.RunningDigest, len(byContainer))

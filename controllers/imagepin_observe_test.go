@@ -573,3 +573,77 @@ func TestOneBlackholedRegistryDoesNotDelayOtherImagePins(t *testing.T) {
 		t.Fatal("the other ImagePin became Ready only after the blackholed request ended: one slow registry delayed every ImagePin")
 	}
 }
+
+// Issue 14 item 4: an image volume (spec.volumes[].image.reference) is
+// resolved and reported like a container, marked as a volume, with the
+// digest its pods' status says was mounted; a move of its tag is TagMoved.
+func TestImageVolumeIsReportedLikeAContainer(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	app, models := reg.Image("vol/app:v1"), reg.Image("vol/models:v1")
+	a := reg.Push(t, "vol/app:v1")
+	m1 := reg.Push(t, "vol/models:v1")
+	dep := deployment(ns, "ml", withLabels("app", "ml"), withImage("app", app))
+	dep.Spec.Template.Spec.Volumes = []corev1.Volume{{Name: "models", VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{Reference: models + "@" + m1}}}}
+	dep.Spec.Template.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "models", MountPath: "/models"}}
+	create(t, dep)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ml-0",
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "ml", UID: dep.UID, Controller: new(true)}}},
+		Spec: *dep.Spec.Template.Spec.DeepCopy(),
+	}
+	pod.Spec.NodeName = "node-a"
+	// A Deployment does not own pods directly; a ReplicaSet in between.
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ml-rs",
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "ml", UID: dep.UID, Controller: new(true)}}},
+		Spec: appsv1.ReplicaSetSpec{Selector: dep.Spec.Selector, Template: dep.Spec.Template},
+	}
+	create(t, rs)
+	pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "ml-rs", UID: rs.UID, Controller: new(true)}}
+	create(t, pod)
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{{
+		Name: "app", Image: app, ImageID: strings.TrimSuffix(app, ":v1") + "@" + a, Ready: true,
+		State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}},
+		VolumeMounts: []corev1.VolumeMountStatus{{Name: "models", MountPath: "/models",
+			VolumeStatus: &corev1.VolumeStatus{Image: &corev1.ImageVolumeStatus{ImageRef: strings.TrimSuffix(models, ":v1") + "@" + m1}}}},
+	}}}
+	if err := k8s.Status().Update(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	pin := observePin(ns, "ml")
+	create(t, pin)
+
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		img, w, err := entryFor(got, models, "ml", "models")
+		if err != nil {
+			return err
+		}
+		if !w.Volume || string(img.Digest) != m1 || string(w.PinnedDigest) != m1 {
+			return fmt.Errorf("volume entry %+v of %+v, want a volume pinned to and resolving to %s", w, img, m1)
+		}
+		if len(w.Running) != 1 || string(w.Running[0].Digest) != m1 {
+			return fmt.Errorf("running %+v, want %s from the pod's volume mount status", w.Running, m1)
+		}
+		return driftIs(w)
+	})
+	m2 := reg.Push(t, "vol/models:v1")
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		img, w, err := entryFor(got, models, "ml", "models")
+		if err != nil {
+			return err
+		}
+		if string(img.Digest) != m2 {
+			return fmt.Errorf("digest %s, want the moved %s", img.Digest, m2)
+		}
+		return driftIs(w, imagesv1alpha1.DriftTagMoved)
+	})
+}

@@ -149,7 +149,7 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 				summary.Drifted++
 			}
 			entry := imagesv1alpha1.WorkloadImage{
-				Kind: c.kind, Name: c.workload, Container: c.container, Init: c.init,
+				Kind: c.kind, Name: c.workload, Container: c.container, Init: c.init, Volume: c.volume,
 				PinnedDigest: imagesv1alpha1.Digest(c.pinned),
 				Running:      c.running,
 				Drift:        reasons,
@@ -252,6 +252,9 @@ func workloadLess(a, b imagesv1alpha1.WorkloadImage) bool {
 	}
 	if a.Name != b.Name {
 		return a.Name < b.Name
+	}
+	if a.Volume != b.Volume {
+		return b.Volume // containers first, then image volumes
 	}
 	if a.Init != b.Init {
 		return a.Init

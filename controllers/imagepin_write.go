@@ -40,6 +40,7 @@ const (
 type imageWrite struct {
 	container string
 	init      bool
+	volume    bool
 	index     int
 	from, to  string
 	// stored is the image as the workload stores it, which the write
@@ -117,7 +118,7 @@ func desiredImage(c containerObs, in planInput) (imageWrite, bool) {
 		if to == current {
 			return imageWrite{}, false
 		}
-		return imageWrite{container: c.container, init: c.init, index: c.index, from: current, stored: c.raw, to: to, reason: reason}, true
+		return imageWrite{container: c.container, init: c.init, volume: c.volume, index: c.index, from: current, stored: c.raw, to: to, reason: reason}, true
 	}
 	if d, ok := in.overrides[c.image]; ok {
 		return write(d, writeOverride)
@@ -148,7 +149,7 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 	generations := map[types.UID]int64{}
 	live := map[types.UID]bool{}
 	for _, c := range obs.containers {
-		current[string(c.uid)+"/"+c.container] = c.raw
+		current[string(c.uid)+"/"+slot(c.container, c.volume)] = c.raw
 		generations[c.uid] = c.generation
 		live[c.uid] = true
 	}
@@ -172,7 +173,7 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 		}
 		containers := map[string]string{}
 		for _, iw := range w.writes {
-			containers[iw.container] = current[string(w.uid)+"/"+iw.container]
+			containers[iw.slot()] = current[string(w.uid)+"/"+iw.slot()]
 		}
 		switch st.decide(containers, now, r.conflictBackoff()) {
 		case stayBlocked:
@@ -197,9 +198,9 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 		}
 		st.wroteGeneration = gen
 		for _, iw := range w.writes {
-			st.lastWritten[iw.container] = iw.to
+			st.lastWritten[iw.slot()] = iw.to
 			workloadWrites.WithLabelValues(pin.Namespace, pin.Name, string(w.kind), iw.reason).Inc()
-			r.event(pin, corev1.EventTypeNormal, "ImageWritten", fmt.Sprintf("%s %s container %s (%s): %s -> %s", w.kind, w.name, iw.container, iw.reason, iw.from, iw.to))
+			r.event(pin, corev1.EventTypeNormal, "ImageWritten", fmt.Sprintf("%s %s %s (%s): %s -> %s", w.kind, w.name, iw.what(), iw.reason, iw.from, iw.to))
 		}
 	}
 
@@ -249,15 +250,13 @@ func (r *ImagePinReconciler) writeImages(ctx context.Context, namespace string, 
 	obj.SetName(w.name)
 	var ops []jsonPatchOp
 	for _, iw := range w.writes {
-		list := "containers"
-		if iw.init {
-			list = "initContainers"
-		}
+		list, field := iw.field()
 		at := "/" + strings.Join(path, "/") + "/" + list + "/" + strconv.Itoa(iw.index)
+		image := at + "/" + strings.Join(field, "/")
 		ops = append(ops,
 			jsonPatchOp{Op: "test", Path: at + "/name", Value: iw.container},
-			jsonPatchOp{Op: "test", Path: at + "/image", Value: iw.stored},
-			jsonPatchOp{Op: "replace", Path: at + "/image", Value: iw.to})
+			jsonPatchOp{Op: "test", Path: image, Value: iw.stored},
+			jsonPatchOp{Op: "replace", Path: image, Value: iw.to})
 	}
 	body, err := json.Marshal(ops)
 	if err != nil {
@@ -273,6 +272,38 @@ func (r *ImagePinReconciler) writeImages(ctx context.Context, namespace string, 
 		log.FromContext(ctx).V(1).Info("release field ownership after a write", "kind", w.kind, "workload", w.name, "reason", err.Error())
 	}
 	return obj.GetGeneration(), nil
+}
+
+// field is where the image of w is: the list in the pod spec, and the
+// path of the image in the list's item.
+func (w imageWrite) field() (list string, image []string) {
+	switch {
+	case w.volume:
+		return "volumes", []string{"image", "reference"}
+	case w.init:
+		return "initContainers", []string{"image"}
+	}
+	return "containers", []string{"image"}
+}
+
+// slot names the container or image volume of w among a workload's.
+func (w imageWrite) slot() string { return slot(w.container, w.volume) }
+
+// what says what w writes, for an event.
+func (w imageWrite) what() string {
+	if w.volume {
+		return "image volume " + w.container
+	}
+	return "container " + w.container
+}
+
+// slot names a container, or an image volume ("volume:" and its name: a
+// volume may share a container's name).
+func slot(name string, volume bool) string {
+	if volume {
+		return "volume:" + name
+	}
+	return name
 }
 
 type jsonPatchOp struct {
@@ -300,16 +331,14 @@ func (r *ImagePinReconciler) stillAsRead(ctx context.Context, namespace string, 
 		return false
 	}
 	for _, iw := range w.writes {
-		list := "containers"
-		if iw.init {
-			list = "initContainers"
-		}
-		items, _, _ := unstructured.NestedSlice(u.Object, append(path, list)...)
+		list, field := iw.field()
+		items, _, _ := unstructured.NestedSlice(u.Object, append(slices.Clone(path), list)...)
 		if iw.index >= len(items) {
 			return false
 		}
 		item, _ := items[iw.index].(map[string]any)
-		if item["name"] != iw.container || item["image"] != iw.stored {
+		image, _, _ := unstructured.NestedString(item, field...)
+		if item["name"] != iw.container || image != iw.stored {
 			return false
 		}
 	}

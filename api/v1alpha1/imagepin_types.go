@@ -346,13 +346,18 @@ type WorkloadImage struct {
 	// +required
 	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
-	// container is the container's name.
+	// container is the container's name, or the volume's for an image
+	// volume.
 	// +required
 	// +kubebuilder:validation:MaxLength=253
 	Container string `json:"container"`
 	// init is true for an init container.
 	// +optional
 	Init bool `json:"init,omitempty"`
+	// volume is true for an image volume (spec.volumes[].image.reference),
+	// which container then names.
+	// +optional
+	Volume bool `json:"volume,omitempty"`
 	// pinnedDigest is the digest written in the workload spec; empty when
 	// the spec names the tag only.
 	// +optional

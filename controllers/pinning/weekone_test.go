@@ -449,3 +449,43 @@ func TestImagePinsWithDisjointImageFiltersBothPin(t *testing.T) {
 	eventually(t, 30*time.Second, imageIs(t, ns, "web", "app", app+"@"+a))
 	eventually(t, 30*time.Second, imageIs(t, ns, "web", "proxy", sidecar+"@"+p))
 }
+
+// Issue 14 item 4: an image volume is pinned and followed like a container,
+// in one rollout per real change.
+func TestImageVolumeIsPinnedAndFollowed(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	app, models := reg.Image("volpin/app:v1"), reg.Image("volpin/models:v1")
+	a := reg.Push(t, "volpin/app:v1")
+	m1 := reg.Push(t, "volpin/models:v1")
+	d := deployment(ns, "ml", "app="+app)
+	d.Spec.Template.Spec.Volumes = []corev1.Volume{{Name: "models", VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{Reference: models}}}}
+	d.Spec.Template.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "models", MountPath: "/models"}}
+	create(t, d)
+	create(t, imagePin(ns, "ml", imagesv1alpha1.ModeFollow))
+	volumeIs := func(want string) func() error {
+		return func() error {
+			var got appsv1.Deployment
+			if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(d), &got); err != nil {
+				return err
+			}
+			if ref := got.Spec.Template.Spec.Volumes[0].Image.Reference; ref != want {
+				return fmt.Errorf("volume reference %s, want %s", ref, want)
+			}
+			return nil
+		}
+	}
+	eventually(t, 30*time.Second, volumeIs(models+"@"+m1))
+	eventually(t, 30*time.Second, imageIs(t, ns, "ml", "app", app+"@"+a))
+	eventually(t, 30*time.Second, func() error {
+		if g := rolloutOf(t, ns, "ml").generation; g != 2 {
+			return fmt.Errorf("generation %d, want 2: one write for both", g)
+		}
+		return nil
+	})
+	m2 := reg.Push(t, "volpin/models:v1")
+	eventually(t, 45*time.Second, volumeIs(models+"@"+m2))
+	if g := rolloutOf(t, ns, "ml").generation; g != 3 {
+		t.Fatalf("generation %d, want 3: one rollout for the volume's change", g)
+	}
+}

@@ -48,6 +48,8 @@ type imageField struct {
 	line      int
 	object    string
 	container string
+	// volume: container names an image volume.
+	volume bool
 }
 
 // parseInput decodes every document of raw once, with positions relative
@@ -112,6 +114,24 @@ func collect(n *yaml.Node, file string, out *[]imageField) {
 				continue
 			}
 			*out = append(*out, imageField{node: img, file: file, line: field.Line, object: object, container: scalarAt(c, "name")})
+		}
+	}
+	// Image volumes (Kubernetes 1.33+): volumes[].image.reference.
+	if seq := lookup(spec, "volumes"); seq != nil && seq.Kind == yaml.SequenceNode {
+		for _, v := range seq.Content {
+			source := lookup(v, "image")
+			if source == nil {
+				continue
+			}
+			field := lookupField(source, "reference")
+			if field == nil {
+				continue
+			}
+			img := dealias(field)
+			if img.Kind != yaml.ScalarNode || img.Value == "" || img.Tag == "!!null" {
+				continue
+			}
+			*out = append(*out, imageField{node: img, file: file, line: field.Line, object: object, container: scalarAt(v, "name"), volume: true})
 		}
 	}
 }

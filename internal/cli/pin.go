@@ -32,7 +32,11 @@ import (
 // where names an image field for a message: "file:line: Kind/name
 // container c".
 func (f imageField) where() string {
-	return fmt.Sprintf("%s:%d: %s container %s", f.file, f.line, printable(f.object), printable(f.container))
+	what := "container"
+	if f.volume {
+		what = "image volume"
+	}
+	return fmt.Sprintf("%s:%d: %s %s %s", f.file, f.line, printable(f.object), what, printable(f.container))
 }
 
 // printable returns s as it is, or quoted when it holds a control

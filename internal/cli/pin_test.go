@@ -181,3 +181,35 @@ func TestAllowedRegistriesLimitWhatIsContacted(t *testing.T) {
 		t.Fatalf("allowed: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 }
+
+// Issue 14 item 4: image volumes (volumes[].image.reference) are pinned
+// like containers, in place, quoting and comment kept, and listed by
+// --check.
+func TestPinPinsImageVolumes(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	server := reg.Push(t, "ml/server:v1")
+	models := reg.Push(t, "ml/models:v7")
+	dir := fixture(t, reg, "volumes.yaml")
+	path := filepath.Join(dir, "volumes.yaml")
+	in, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, _ := run(t, reg, "", "--check", "-f", path)
+	if code != 1 || !strings.Contains(out, path+":17: Deployment/ml image volume models: "+reg.Host+"/ml/models:v7 is not pinned") {
+		t.Fatalf("--check exit %d:\n%s", code, out)
+	}
+	code, out, errs := run(t, reg, "", "-f", path)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	want := strings.NewReplacer(
+		reg.Host+"/ml/server:v1", reg.Host+"/ml/server:v1@"+server,
+		reg.Host+"/ml/models:v7", reg.Host+"/ml/models:v7@"+models,
+	).Replace(string(in))
+	if out != want {
+		t.Fatalf("output:\n%s\nwant:\n%s", out, want)
+	}
+}

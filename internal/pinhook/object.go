@@ -73,7 +73,8 @@ type containerRef struct {
 }
 
 // containersOf lists the image fields the webhook may pin in a pod spec:
-// init and regular containers; specPointer is the spec's JSON pointer.
+// init and regular containers and image volumes (named "volume:<name>");
+// specPointer is the spec's JSON pointer.
 // Ephemeral containers are left out: they are added through the Pod's
 // ephemeralcontainers subresource, and an update of the Pod itself that
 // changed one would be refused by the API server.
@@ -85,6 +86,12 @@ func containersOf(spec *corev1.PodSpec, specPointer string) []containerRef {
 	}
 	for i := range spec.Containers {
 		out = append(out, containerRef{spec.Containers[i].Name, &spec.Containers[i].Image, at("containers", i)})
+	}
+	// Image volumes (Kubernetes 1.33+) are pinned like containers.
+	for i := range spec.Volumes {
+		if v := spec.Volumes[i].Image; v != nil {
+			out = append(out, containerRef{"volume:" + spec.Volumes[i].Name, &v.Reference, specPointer + "/volumes/" + strconv.Itoa(i) + "/image/reference"})
+		}
 	}
 	return out
 }

@@ -456,3 +456,29 @@ func TestRegistryDownIsAdmittedWithAWarning(t *testing.T) {
 		t.Fatalf("warnings %q do not name the image", ws)
 	}
 }
+
+// Issue 14 item 4: the webhook pins an image volume's reference as it pins
+// containers, and an untagged one with the tag it implies.
+func TestImageVolumeIsStoredPinned(t *testing.T) {
+	ns := namespace(t)
+	app := reg.Push(t, "volhook/app:v1")
+	models := reg.Push(t, "volhook/models:latest")
+	pinFor(t, ns, "vol")
+
+	d := deployment(ns, "vol", "vol", reg.Image("volhook/app:v1"))
+	d.Spec.Template.Spec.Volumes = []corev1.Volume{{Name: "models", VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{Reference: reg.Image("volhook/models")}}}}
+	d.Spec.Template.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "models", MountPath: "/models"}}
+	if err := k8s.Create(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	var got appsv1.Deployment
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(d), &got); err != nil {
+		t.Fatal(err)
+	}
+	if img := got.Spec.Template.Spec.Containers[0].Image; img != reg.Image("volhook/app:v1")+"@"+app {
+		t.Fatalf("container stored as %s, want pinned", img)
+	}
+	if ref := got.Spec.Template.Spec.Volumes[0].Image.Reference; ref != reg.Image("volhook/models:latest")+"@"+models {
+		t.Fatalf("image volume stored as %s, want %s:latest@%s", ref, reg.Image("volhook/models"), models)
+	}
+}

@@ -75,6 +75,10 @@ func Start() (*Env, error) {
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme,
 	}
+	// A pod's status says which digest an image volume mounted only with
+	// this alpha gate (Kubernetes 1.35+): on, as on a cluster that wants
+	// drift of image volumes reported.
+	env.ControlPlane.GetAPIServer().Configure().Append("feature-gates", "ImageVolumeWithDigest=true")
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("start envtest control plane from %s: %w", assets, err)

@@ -113,9 +113,21 @@ func slimPodSpec(spec *corev1.PodSpec) corev1.PodSpec {
 	return corev1.PodSpec{
 		InitContainers:     slimContainers(spec.InitContainers),
 		Containers:         slimContainers(spec.Containers),
+		Volumes:            imageVolumes(spec.Volumes),
 		ImagePullSecrets:   spec.ImagePullSecrets,
 		ServiceAccountName: spec.ServiceAccountName,
 	}
+}
+
+// imageVolumes keeps the image volumes of a pod spec, name and source.
+func imageVolumes(in []corev1.Volume) []corev1.Volume {
+	var out []corev1.Volume
+	for _, v := range in {
+		if v.Image != nil {
+			out = append(out, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{Image: v.Image}})
+		}
+	}
+	return out
 }
 
 func slimContainers(in []corev1.Container) []corev1.Container {
@@ -157,7 +169,7 @@ func slimStatuses(in []corev1.ContainerStatus) []corev1.ContainerStatus {
 	}
 	out := make([]corev1.ContainerStatus, len(in))
 	for i, s := range in {
-		out[i] = corev1.ContainerStatus{Name: s.Name, Image: s.Image, ImageID: s.ImageID}
+		out[i] = corev1.ContainerStatus{Name: s.Name, Image: s.Image, ImageID: s.ImageID, VolumeMounts: imageMounts(s.VolumeMounts)}
 	}
 	return out
 }
@@ -181,4 +193,16 @@ func keepDockerConfigOnly(obj any) (any, error) {
 		s.StringData = nil
 	}
 	return stripForCache(obj)
+}
+
+// imageMounts keeps the mounts whose status says which image digest a
+// volume runs.
+func imageMounts(in []corev1.VolumeMountStatus) []corev1.VolumeMountStatus {
+	var out []corev1.VolumeMountStatus
+	for _, m := range in {
+		if m.VolumeStatus != nil && m.VolumeStatus.Image != nil {
+			out = append(out, corev1.VolumeMountStatus{Name: m.Name, VolumeStatus: &corev1.VolumeStatus{Image: m.VolumeStatus.Image}})
+		}
+	}
+	return out
 }
