@@ -17,6 +17,9 @@ CONTROLLER_GEN_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION  ?= v2.15.0
 REGISTRY_VERSION       ?= v3.1.2
 CRANE_VERSION          ?= v0.22.1
+# Argo Rollouts is pinned by hack/tools/argo-rollouts/go.mod; keep this in
+# step with it and with internal/testenv.ArgoRolloutsVersion.
+ARGO_ROLLOUTS_VERSION  ?= v1.10.0
 
 ROOT      := $(abspath .)
 BIN       := $(ROOT)/bin
@@ -27,6 +30,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
 GOLANGCI_LINT  := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 REGISTRY       := $(BIN)/registry-$(REGISTRY_VERSION)
 CRANE          := $(BIN)/crane-$(CRANE_VERSION)
+ARGO_ROLLOUTS  := $(BIN)/argo-rollouts-$(ARGO_ROLLOUTS_VERSION)/rollouts-controller
 KUBE_APISERVER := $(K8S_DIR)/kube-apiserver
 KUBE_CM        := $(K8S_DIR)/kube-controller-manager
 KUBECTL        := $(K8S_DIR)/kubectl
@@ -84,7 +88,7 @@ verify: manifests generate fmt ## Fail if generated or formatted files differ fr
 	@test -z "$$(git status --porcelain --untracked-files=all -- api config)" || { git status --porcelain -- api config; echo "untracked generated files"; exit 1; }
 
 .PHONY: test
-test: manifests generate fmt vet control-plane $(REGISTRY) ## Run every test: unit, and integration against the real API server and registry.
+test: manifests generate fmt vet control-plane $(REGISTRY) $(ARGO_ROLLOUTS) ## Run every test: unit, and integration against the real API server and registry.
 	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) test $(TEST_FLAGS) ./...
 
 BENCH_FLAGS ?=
@@ -135,7 +139,7 @@ docker-build: ## Build the container image (needs a Docker engine; none runs on 
 control-plane: $(KUBE_APISERVER) $(KUBE_CM) $(KUBECTL) $(ETCD) ## Build etcd, kube-apiserver, kube-controller-manager and kubectl.
 
 .PHONY: tools
-tools: control-plane $(CONTROLLER_GEN) $(GOLANGCI_LINT) $(REGISTRY) $(CRANE) ## Build every pinned tool.
+tools: control-plane $(CONTROLLER_GEN) $(GOLANGCI_LINT) $(REGISTRY) $(CRANE) $(ARGO_ROLLOUTS) ## Build every pinned tool.
 
 $(KUBE_APISERVER): hack/tools/kubernetes/go.mod
 	cd hack/tools/kubernetes && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/kube-apiserver
@@ -148,6 +152,14 @@ $(KUBECTL): hack/tools/kubernetes/go.mod
 
 $(ETCD): hack/tools/etcd/go.mod
 	cd hack/tools/etcd && $(GO) build -trimpath -ldflags "-s -w" -o $@ .
+
+# The controller, and its CRDs (Rollout, AnalysisRun, …) of the same version
+# from its module.
+$(ARGO_ROLLOUTS): hack/tools/argo-rollouts/go.mod
+	cd hack/tools/argo-rollouts && $(GO) build -trimpath -ldflags "-s -w" -o $@ github.com/argoproj/argo-rollouts/cmd/rollouts-controller
+	mkdir -p $(dir $@)crds
+	cp "$$(cd hack/tools/argo-rollouts && $(GO) list -m -f '{{.Dir}}' github.com/argoproj/argo-rollouts)"/manifests/crds/*-crd.yaml $(dir $@)crds/
+	chmod u+w $(dir $@)crds/*.yaml
 
 $(REGISTRY): hack/tools/registry/go.mod
 	cd hack/tools/registry && $(GO) build -trimpath -ldflags "-s -w" -o $@ github.com/distribution/distribution/v3/cmd/registry

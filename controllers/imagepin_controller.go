@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -19,8 +20,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/registry"
@@ -56,6 +59,14 @@ type ImagePinReconciler struct {
 	// since when: Follow's memory for images left out of status.
 	seen map[types.NamespacedName]seenImages
 
+	// ServedPoll is how often a kind the cluster does not serve yet (a CRD
+	// not installed) is looked for; zero means 30s.
+	ServedPoll time.Duration
+
+	servedMu sync.Mutex
+	served   map[imagesv1alpha1.WorkloadKind]bool
+	recheck  chan event.GenericEvent
+
 	conflictMu sync.Mutex
 	conflicts  map[types.UID]*pinConflicts
 }
@@ -66,6 +77,7 @@ type ImagePinReconciler struct {
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=list;watch
 // +kubebuilder:rbac:groups=batch,resources=cronjobs,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=argoproj.io,resources=rollouts,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=pods;serviceaccounts,verbs=list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -114,7 +126,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 		return ctrl.Result{}, nil
 	}
 
-	workloads, err := workload.List(ctx, r.Client, pin.Namespace, sel.Kinds(), sel.Labels())
+	workloads, err := workload.List(ctx, r.Client, pin.Namespace, r.servedKinds(sel.Kinds()), sel.Labels())
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -227,20 +239,126 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// make every status write trigger another reconcile.
 		For(&imagesv1alpha1.ImagePin{}, builder.WithPredicates(predicate.GenerationChangedPredicate{}))
 
-	workloadChanged := predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{})
-	for _, kind := range workload.WorkloadKinds() {
-		obj, err := workload.NewObject(kind)
-		if err != nil {
-			return err
+	r.served = map[imagesv1alpha1.WorkloadKind]bool{}
+	var pending []*workload.Kind
+	for _, k := range workload.Kinds() {
+		if !k.Workload {
+			continue
 		}
+		if k.Optional && !servedBy(mgr.GetRESTMapper(), k) {
+			// Said once; watched as soon as it is served (below).
+			mgr.GetLogger().Info("workload kind not served by this cluster: left out until it is", "kind", k.Name, "apiVersion", k.GVK.GroupVersion().String())
+			pending = append(pending, k)
+			continue
+		}
+		r.served[k.Name] = true
 		// The map function runs for the old and the new object of an
 		// update, so an ImagePin a relabelled workload leaves is told too.
-		b = b.Watches(obj, handler.EnqueueRequestsFromMapFunc(r.imagePinsSelecting(kind)),
+		b = b.Watches(k.New(), handler.EnqueueRequestsFromMapFunc(r.imagePinsSelecting(k.Name)),
 			builder.WithPredicates(workloadChanged))
 	}
 	b = b.Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.imagePinsOfOwner),
 		builder.WithPredicates(podRunsSomethingElse()))
-	return b.Complete(r)
+	// ImagePins to check again at once, when a kind appears.
+	r.recheck = make(chan event.GenericEvent)
+	b = b.WatchesRawSource(source.Channel(r.recheck, &handler.EnqueueRequestForObject{}))
+	c, err := b.Build(r)
+	if err != nil {
+		return err
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		r.watchWhenServed(ctx, mgr, c, pending)
+		return nil
+	}))
+}
+
+// workloadChanged passes the workload changes that can change what an
+// ImagePin selects or what its containers name.
+var workloadChanged = predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{})
+
+// servedPoll is how often imagepin looks for an optional kind's API (a CRD
+// installed after imagepin started).
+const servedPoll = 30 * time.Second
+
+// watchWhenServed watches each optional kind once the cluster serves it,
+// and then checks every ImagePin again, without a restart.
+func (r *ImagePinReconciler) watchWhenServed(ctx context.Context, mgr ctrl.Manager, c controller.Controller, pending []*workload.Kind) {
+	ticker := time.NewTicker(r.servedPollEvery())
+	defer ticker.Stop()
+	for len(pending) > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		left := pending[:0]
+		for _, k := range pending {
+			if !servedBy(mgr.GetRESTMapper(), k) {
+				left = append(left, k)
+				continue
+			}
+			err := c.Watch(source.Kind[client.Object](mgr.GetCache(), k.New(),
+				handler.EnqueueRequestsFromMapFunc(r.imagePinsSelecting(k.Name)), workloadChanged))
+			if err != nil {
+				mgr.GetLogger().Error(err, "watch a workload kind now served", "kind", k.Name)
+				left = append(left, k)
+				continue
+			}
+			mgr.GetLogger().Info("workload kind now served: selected from now on", "kind", k.Name, "apiVersion", k.GVK.GroupVersion().String())
+			r.servedMu.Lock()
+			r.served[k.Name] = true
+			r.servedMu.Unlock()
+			r.recheckAll(ctx, mgr)
+		}
+		pending = left
+	}
+}
+
+func (r *ImagePinReconciler) servedPollEvery() time.Duration {
+	if r.ServedPoll > 0 {
+		return r.ServedPoll
+	}
+	return servedPoll
+}
+
+// servedBy reports whether the cluster serves k's API.
+func servedBy(mapper meta.RESTMapper, k *workload.Kind) bool {
+	_, err := mapper.RESTMapping(k.GVK.GroupKind(), k.GVK.Version)
+	return err == nil
+}
+
+// servedKinds keeps of kinds those the cluster serves.
+func (r *ImagePinReconciler) servedKinds(kinds []imagesv1alpha1.WorkloadKind) []imagesv1alpha1.WorkloadKind {
+	r.servedMu.Lock()
+	defer r.servedMu.Unlock()
+	out := make([]imagesv1alpha1.WorkloadKind, 0, len(kinds))
+	for _, k := range kinds {
+		// Without SetupWithManager (a reconciler called directly) only
+		// the built-in kinds are known to be served.
+		if r.served[k] || (r.served == nil && !workload.KindNamed(k).Optional) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// recheckAll queues every ImagePin, as a kind they may select appeared.
+func (r *ImagePinReconciler) recheckAll(ctx context.Context, mgr ctrl.Manager) {
+	var pins imagesv1alpha1.ImagePinList
+	if err := mgr.GetClient().List(ctx, &pins); err != nil {
+		mgr.GetLogger().Error(err, "list ImagePins to check them again")
+		return
+	}
+	for i := range pins.Items {
+		select {
+		case r.recheck <- event.GenericEvent{Object: &pins.Items[i]}:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // imagePinsSelecting maps a workload to the ImagePins of its namespace that

@@ -90,6 +90,8 @@ func runTests(m *testing.M) int {
 	if err := (&ImagePinReconciler{
 		Client: mgr.GetClient(), Resolver: resolver,
 		Recorder: mgr.GetEventRecorder("imagepin"),
+		// Argo Rollouts' CRD is installed by a test, after the start.
+		ServedPoll: time.Second,
 	}).SetupWithManager(mgr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"net/http"
 	"slices"
 	"strings"
@@ -645,5 +646,67 @@ func TestImageVolumeIsReportedLikeAContainer(t *testing.T) {
 			return fmt.Errorf("digest %s, want the moved %s", img.Digest, m2)
 		}
 		return driftIs(w, imagesv1alpha1.DriftTagMoved)
+	})
+}
+
+// Issue 14 item 2: the manager starts without Argo Rollouts' CRD, says so
+// and keeps the other kinds going; once the CRD is installed, Rollouts are
+// selected without a restart, and their pods are found through their
+// ReplicaSets: a Rollout whose pods run two digests is MixedReplicas.
+func TestRolloutIsSelectedOnceItsCRDAppears(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("rollout/app:v1")
+	a := reg.Push(t, "rollout/app:v1")
+	b := reg.Push(t, "rollout/app:v1")
+	if err := env.InstallArgoRolloutsCRDs(); err != nil {
+		t.Fatal(err)
+	}
+	ro := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+		"metadata": map[string]any{"name": "canary", "namespace": ns, "labels": map[string]any{"app": "canary"}},
+		"spec": map[string]any{
+			"replicas": int64(2),
+			"selector": map[string]any{"matchLabels": map[string]any{"app": "canary"}},
+			"template": map[string]any{
+				"metadata": map[string]any{"labels": map[string]any{"app": "canary"}},
+				"spec":     map[string]any{"containers": []any{map[string]any{"name": "app", "image": image}}},
+			},
+			"strategy": map[string]any{"canary": map[string]any{}},
+		},
+	}}
+	eventually(t, func() error { return k8s.Create(context.Background(), ro) })
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "canary-rs",
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "argoproj.io/v1alpha1", Kind: "Rollout", Name: "canary", UID: ro.GetUID(), Controller: new(true)}}},
+		Spec: appsv1.ReplicaSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "canary"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "canary"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}},
+		},
+	}
+	create(t, rs)
+	runPods(t, rs, "apps/v1", "ReplicaSet", "app", image, podRun{"node-a", a}, podRun{"node-b", b})
+	pin := imagePin(ns, "canary", selecting("app", "canary"), func(p *imagesv1alpha1.ImagePin) {
+		p.Spec.Kinds = []imagesv1alpha1.WorkloadKind{imagesv1alpha1.KindRollout}
+		p.Spec.Interval = &metav1.Duration{Duration: 10 * time.Second}
+	})
+	create(t, pin)
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		if got.Status.Summary.Workloads != 1 {
+			return fmt.Errorf("summary %+v, want the Rollout selected", got.Status.Summary)
+		}
+		_, w, err := entryFor(got, image, "canary", "app")
+		if err != nil {
+			return err
+		}
+		if w.Kind != imagesv1alpha1.KindRollout || len(w.Running) != 2 {
+			return fmt.Errorf("entry %+v, want a Rollout running two digests", w)
+		}
+		return driftIs(w, imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved, imagesv1alpha1.DriftMixedReplicas)
 	})
 }

@@ -598,6 +598,12 @@ var grantedButNotExercisedHere = func() map[grant]string {
 	} {
 		m[grant{r.group, r.resource, "list"}] = "the informer's initial list when the API server does not stream it (client-go's WatchList fallback)"
 	}
+	// Argo Rollouts' Rollouts, once their CRD is installed; this cluster
+	// has none (controllers' TestRolloutIsSelectedOnceItsCRDAppears and
+	// controllers/pinning's Rollout test take these paths).
+	for _, verb := range []string{"get", "list", "watch", "patch"} {
+		m[grant{"argoproj.io", "rollouts", verb}] = "Argo Rollouts' Rollouts, selected, watched and written once the cluster serves their CRD"
+	}
 	// The conflict path reads a workload live (the cache strips
 	// managedFields) to name the manager that reverts imagepin's write;
 	// controllers/pinning's TestRevertingActorIsNotFought takes it. The

@@ -39,7 +39,7 @@ const (
 // (TestTheAPIEnumIsTheTablesWorkloadKinds holds them equal).
 
 // WorkloadKind is a kind of workload an ImagePin can select.
-// +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet;Job;CronJob
+// +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet;Job;CronJob;Rollout
 type WorkloadKind string
 
 // The workload kinds imagepin understands.
@@ -49,6 +49,8 @@ const (
 	KindDaemonSet   WorkloadKind = "DaemonSet"
 	KindJob         WorkloadKind = "Job"
 	KindCronJob     WorkloadKind = "CronJob"
+	// KindRollout is Argo Rollouts' Rollout (argoproj.io/v1alpha1).
+	KindRollout WorkloadKind = "Rollout"
 )
 
 // FailurePolicy says what admission does with a workload whose tag cannot be
@@ -77,11 +79,12 @@ type ImagePinSpec struct {
 	// +optional
 	Selector *metav1.LabelSelector `json:"selector,omitempty"`
 
-	// kinds are the workload kinds to select. Empty selects all five:
-	// Deployment, StatefulSet, DaemonSet, Job and CronJob.
+	// kinds are the workload kinds to select. Empty selects all:
+	// Deployment, StatefulSet, DaemonSet, Job, CronJob and, where Argo
+	// Rollouts is installed, Rollout.
 	// +optional
 	// +listType=set
-	// +kubebuilder:validation:MaxItems=5
+	// +kubebuilder:validation:MaxItems=6
 	Kinds []WorkloadKind `json:"kinds,omitempty"`
 
 	// images filters container images by reference, with shell globs.

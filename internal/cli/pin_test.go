@@ -213,3 +213,19 @@ func TestPinPinsImageVolumes(t *testing.T) {
 		t.Fatalf("output:\n%s\nwant:\n%s", out, want)
 	}
 }
+
+// Issue 14 items 2 and 5: `imagepin pin` pins an Argo Rollout's template,
+// so a CI gate covers Rollouts too.
+func TestPinPinsRollouts(t *testing.T) {
+	reg := registrytest.New()
+	defer reg.Close()
+	d := reg.Push(t, "ro/app:v1")
+	in := "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata:\n  name: ro\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: " + reg.Image("ro/app:v1") + "\n"
+	code, out, errs := run(t, reg, in, "-f", "-")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if want := strings.Replace(in, reg.Image("ro/app:v1"), reg.Image("ro/app:v1")+"@"+d, 1); out != want {
+		t.Fatalf("output:\n%s\nwant:\n%s", out, want)
+	}
+}

@@ -45,7 +45,7 @@ const Path = "/mutate-imagepin"
 // failurePolicy: Ignore.
 const DefaultBudget = 2 * time.Second
 
-// +kubebuilder:webhook:path=/mutate-imagepin,mutating=true,failurePolicy=ignore,sideEffects=None,groups="";apps;batch,resources=pods;deployments;statefulsets;daemonsets;jobs;cronjobs,verbs=create;update,versions=v1,name=pin.images.imagepin.dev,admissionReviewVersions=v1,timeoutSeconds=5,reinvocationPolicy=IfNeeded
+// +kubebuilder:webhook:path=/mutate-imagepin,mutating=true,failurePolicy=ignore,sideEffects=None,groups="";apps;batch;argoproj.io,resources=pods;deployments;statefulsets;daemonsets;jobs;cronjobs;rollouts,verbs=create;update,versions=v1;v1alpha1,name=pin.images.imagepin.dev,admissionReviewVersions=v1,timeoutSeconds=5,reinvocationPolicy=IfNeeded
 
 // Decisions, the decision label of imagepin_admission_decisions_total.
 const (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"os"
 	"path/filepath"
 	"sort"
@@ -94,7 +95,8 @@ func startCluster() error {
 	ctrl.SetLogger(logr.Discard())
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: testenv.AssetsDir(),
-		CRDDirectoryPaths:     []string{filepath.Join(testenv.RepoRoot(), "config", "crd", "bases")},
+		// Argo Rollouts' CRDs too: the webhook pins Rollouts.
+		CRDDirectoryPaths:     []string{filepath.Join(testenv.RepoRoot(), "config", "crd", "bases"), filepath.Join(testenv.ArgoRolloutsDir(), "crds")},
 		ErrorIfCRDPathMissing: true,
 		WebhookInstallOptions: envtest.WebhookInstallOptions{Paths: []string{filepath.Join(testenv.RepoRoot(), "config", "webhook")}},
 	}
@@ -480,5 +482,32 @@ func TestImageVolumeIsStoredPinned(t *testing.T) {
 	}
 	if ref := got.Spec.Template.Spec.Volumes[0].Image.Reference; ref != reg.Image("volhook/models:latest")+"@"+models {
 		t.Fatalf("image volume stored as %s, want %s:latest@%s", ref, reg.Image("volhook/models"), models)
+	}
+}
+
+// Issue 14 item 2: the webhook pins an Argo Rollout's template as it pins a
+// Deployment's.
+func TestRolloutIsStoredPinned(t *testing.T) {
+	ns := namespace(t)
+	digest := reg.Push(t, "rohook/app:v1")
+	pinFor(t, ns, "ro")
+	ro := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+		"metadata": map[string]any{"name": "ro", "namespace": ns, "labels": map[string]any{"app": "ro"}},
+		"spec": map[string]any{
+			"selector": map[string]any{"matchLabels": map[string]any{"app": "ro"}},
+			"template": map[string]any{
+				"metadata": map[string]any{"labels": map[string]any{"app": "ro"}},
+				"spec":     map[string]any{"containers": []any{map[string]any{"name": "app", "image": reg.Image("rohook/app:v1")}}},
+			},
+			"strategy": map[string]any{"canary": map[string]any{}},
+		},
+	}}
+	if err := k8s.Create(context.Background(), ro); err != nil {
+		t.Fatal(err)
+	}
+	img, _, _ := unstructured.NestedSlice(ro.Object, "spec", "template", "spec", "containers")
+	if got := img[0].(map[string]any)["image"]; got != reg.Image("rohook/app:v1")+"@"+digest {
+		t.Fatalf("Rollout stored with %v, want it pinned", got)
 	}
 }

@@ -22,7 +22,9 @@ func CacheOptions() cache.Options {
 		&corev1.Pod{}:    {Transform: keepWhatDriftReads},
 	}
 	for _, k := range kinds {
-		if k.Workload || slices.Contains(viaKinds(), k) {
+		// An optional kind (a CRD) may not be served: it keeps the default
+		// transform rather than name an API the cache cannot find.
+		if (k.Workload || slices.Contains(viaKinds(), k)) && !k.Optional {
 			byObject[k.New()] = cache.ByObject{Transform: keepWhatSelectionReads}
 		}
 	}

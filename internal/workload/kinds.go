@@ -9,6 +9,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -41,8 +43,12 @@ type Kind struct {
 	// Deployment → ReplicaSet → Pod, CronJob → Job → Pod.
 	Via *Kind
 	// Type and ListType are its Go types, whose pointers are a
-	// client.Object and a client.ObjectList.
+	// client.Object and a client.ObjectList; nil for a kind imagepin reads
+	// as unstructured objects (a custom resource: no Go types compiled in).
 	Type, ListType reflect.Type
+	// Optional: its API may be absent from a cluster (a CRD): imagepin then
+	// leaves it out and keeps the other kinds going.
+	Optional bool
 }
 
 // The kinds imagepin knows. Order is the order status reports them in.
@@ -63,8 +69,20 @@ var (
 		kind[corev1.PodTemplate, corev1.PodTemplateList]("PodTemplate", corev1.SchemeGroupVersion, "template.spec", true, false, false, nil),
 		kind[corev1.ReplicationController, corev1.ReplicationControllerList]("ReplicationController", corev1.SchemeGroupVersion, "spec.template.spec", true, false, false, nil),
 		replicaSet,
+		// Argo Rollouts: a Deployment-like CRD whose ReplicaSets run its
+		// pods. Optional: a cluster without its CRD still runs imagepin.
+		customKind(imagesv1alpha1.KindRollout, schema.GroupVersion{Group: "argoproj.io", Version: "v1alpha1"}, "spec.template.spec", true, true, true, replicaSet),
 	}
 )
+
+// customKind describes a kind read as unstructured objects, optional.
+func customKind(name imagesv1alpha1.WorkloadKind, gv schema.GroupVersion, path string, mutable, workload, admission bool, via *Kind) *Kind {
+	return &Kind{
+		Name: name, GVK: gv.WithKind(string(name)), PodSpecPath: strings.Split(path, "."),
+		TemplateMutable: mutable, Workload: workload, Admission: admission, Via: via,
+		Optional: true,
+	}
+}
 
 func kind[T, L any](name imagesv1alpha1.WorkloadKind, gv schema.GroupVersion, path string, mutable, workload, admission bool, via *Kind) *Kind {
 	k := &Kind{
@@ -121,6 +139,11 @@ func kindOfRef(apiVersion, name string) *Kind {
 
 // New returns an empty object of the kind.
 func (k *Kind) New() client.Object {
+	if k.Type == nil {
+		u := &unstructured.Unstructured{}
+		u.SetGroupVersionKind(k.GVK)
+		return u
+	}
 	obj := reflect.New(k.Type).Interface().(client.Object)
 	obj.GetObjectKind().SetGroupVersionKind(k.GVK)
 	return obj
@@ -128,13 +151,35 @@ func (k *Kind) New() client.Object {
 
 // NewList returns an empty list of the kind.
 func (k *Kind) NewList() client.ObjectList {
+	if k.ListType == nil {
+		l := &unstructured.UnstructuredList{}
+		l.SetGroupVersionKind(k.GVK.GroupVersion().WithKind(k.GVK.Kind + "List"))
+		return l
+	}
 	return reflect.New(k.ListType).Interface().(client.ObjectList)
 }
 
-// PodSpec returns the pod spec of obj, an object of the kind, in place;
-// nil when obj is not of the kind or a pointer on the way is nil (a
-// ReplicationController without a template).
+// PodSpec returns the pod spec of obj, an object of the kind: in place for
+// a typed kind, a decoded copy for an unstructured one (read it, do not
+// write it); nil when obj is not of the kind, holds no pod spec there (a
+// ReplicationController without a template, a Rollout with workloadRef),
+// or what is there is not a pod spec.
 func (k *Kind) PodSpec(obj client.Object) *corev1.PodSpec {
+	if k.Type == nil {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok || u.GroupVersionKind().GroupKind() != k.GVK.GroupKind() {
+			return nil
+		}
+		raw, found, err := unstructured.NestedMap(u.Object, k.PodSpecPath...)
+		if err != nil || !found {
+			return nil
+		}
+		var spec corev1.PodSpec
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &spec); err != nil {
+			return nil
+		}
+		return &spec
+	}
 	v := reflect.ValueOf(obj)
 	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Type() != k.Type {
 		return nil
