@@ -39,8 +39,10 @@ type conflictState struct {
 	unblockedAt  time.Time
 	// blocks counts blocks in a row; a whole backoff after a block with no
 	// revert resets it.
-	blocks  int
-	manager string
+	blocks int
+	// lastReverts is how many reverts the last block took.
+	lastReverts int
+	manager     string
 }
 
 // pinConflicts is the conflict state of one ImagePin generation.
@@ -63,8 +65,9 @@ const (
 //
 // A revert is the same tag set back over what imagepin wrote: a GitOps
 // tool applying "repo:v1" over "repo:v1@sha256:…", or another digest of
-// that tag. A new tag ("repo:v2" after "repo:v1") is a release, new intent:
-// it is pinned, and the container's memory starts again from it. Reverts
+// that tag ("repo" over "repo:latest@…" too). A new tag ("repo:v2" after
+// "repo:v1") is a release, new intent: it is pinned, and the workload's
+// memory starts again from it, even while it is blocked. Reverts
 // are forgotten after the backoff. maxReverts within it block the workload
 // for the backoff; then imagepin writes once more, and one revert within a
 // backoff of that blocks it again for twice as long (up to a day).
@@ -77,6 +80,28 @@ func (st *conflictState) decide(current map[string]string, now time.Time, backof
 		}
 	}
 	st.reverts = kept
+
+	// A tool applies its whole manifest: a release of one container sets
+	// the others back to their tags in the same change. A change that
+	// releases anything is new intent, not a revert, and ends a block.
+	reverted, released := false, false
+	for slot, img := range current {
+		last, ok := st.lastWritten[slot]
+		if !ok || img == last {
+			continue
+		}
+		if selection.ImageKey(img) == selection.ImageKey(last) {
+			reverted = true
+		} else {
+			released = true
+			delete(st.lastWritten, slot)
+		}
+	}
+	if released {
+		clear(st.lastWritten)
+		st.reverts, st.blocks, st.blockedUntil = nil, 0, time.Time{}
+		return writeIt
+	}
 	if st.blockedAt(now) {
 		return stayBlocked
 	}
@@ -91,18 +116,6 @@ func (st *conflictState) decide(current map[string]string, now time.Time, backof
 	if st.blocks > 0 && now.Sub(st.unblockedAt) > backoff && len(st.reverts) == 0 {
 		st.blocks = 0 // a whole backoff without a revert since the last block
 	}
-	reverted := false
-	for container, img := range current {
-		last, ok := st.lastWritten[container]
-		if !ok || img == last {
-			continue
-		}
-		if selection.StripDigest(img) == selection.StripDigest(last) {
-			reverted = true
-		} else {
-			delete(st.lastWritten, container) // a release
-		}
-	}
 	if !reverted {
 		return writeIt
 	}
@@ -115,6 +128,7 @@ func (st *conflictState) decide(current map[string]string, now time.Time, backof
 	if len(st.reverts) < threshold {
 		return writeIt
 	}
+	st.lastReverts = len(st.reverts)
 	block := backoff << min(st.blocks, 5)
 	if block > maxConflictBackoff || block <= 0 {
 		block = maxConflictBackoff

@@ -131,3 +131,56 @@ func TestConflictStateIsKeyedByUID(t *testing.T) {
 		t.Fatalf("a deleted ImagePin's state was kept")
 	}
 }
+
+// Issue 13 item 1: a tool applies its whole manifest, so a release of one
+// container sets the others back to their tags in the same change: that is
+// a release, never a revert, and it ends a block. An untagged image set
+// back over its pinned ":latest" is a revert.
+func TestConflictDecisionWholeManifests(t *testing.T) {
+	const backoff = time.Hour
+	app := func(tag string) string { return "reg.io/app:" + tag }
+	proxy, proxyPinned := "reg.io/proxy:v1", "reg.io/proxy:v1@"+dg("p")
+	st := &conflictState{lastWritten: map[string]string{}}
+	now := t0
+	write := func(tag string) {
+		t.Helper()
+		now = now.Add(time.Minute)
+		if got := st.decide(map[string]string{"app": app(tag), "proxy": proxy}, now, backoff); got != writeIt {
+			t.Fatalf("release %s with the proxy set back: decision %d, want a write", tag, got)
+		}
+		st.lastWritten["app"], st.lastWritten["proxy"] = app(tag)+"@"+dg("a"), proxyPinned
+	}
+	for _, tag := range []string{"v1", "v2", "v3", "v4", "v5"} {
+		write(tag)
+	}
+
+	// Blocked by reverts of the same tags, then a release unblocks.
+	for range maxReverts - 1 {
+		now = now.Add(time.Minute)
+		if got := st.decide(map[string]string{"app": app("v5"), "proxy": proxy}, now, backoff); got != writeIt {
+			t.Fatalf("revert: decision %d, want a write", got)
+		}
+	}
+	now = now.Add(time.Minute)
+	if got := st.decide(map[string]string{"app": app("v5"), "proxy": proxy}, now, backoff); got != nowBlocked {
+		t.Fatalf("third revert: decision %d, want blocked", got)
+	}
+	now = now.Add(time.Minute)
+	if got := st.decide(map[string]string{"app": app("v6"), "proxy": proxy}, now, backoff); got != writeIt {
+		t.Fatalf("a release while blocked: decision %d, want a write", got)
+	}
+
+	untagged := &conflictState{lastWritten: map[string]string{"app": "reg.io/app:latest@" + dg("a")}}
+	reverts := 0
+	for i := range maxReverts {
+		switch untagged.decide(map[string]string{"app": "reg.io/app"}, t0.Add(time.Duration(i)*time.Minute), backoff) {
+		case writeIt:
+			untagged.lastWritten["app"] = "reg.io/app:latest@" + dg("a")
+		case nowBlocked:
+			reverts = i + 1
+		}
+	}
+	if reverts != maxReverts {
+		t.Fatal("an untagged image set back over its pinned :latest was not counted as a revert")
+	}
+}

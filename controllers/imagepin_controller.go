@@ -473,6 +473,13 @@ func (r *ImagePinReconciler) firstSeen(pin *imagesv1alpha1.ImagePin, status *ima
 	for _, c := range obs.containers {
 		d := c.result.Digest
 		if !c.hasTag || c.err != nil || d == "" {
+			// A failed resolution says nothing new: keep what was seen,
+			// so a registry blip does not start minAge over.
+			if rec, ok := prev[c.image]; ok && c.hasTag {
+				if _, seen := next[c.image]; !seen {
+					next[c.image] = rec
+				}
+			}
 			continue
 		}
 		if _, ok := next[c.image]; ok {

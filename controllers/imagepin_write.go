@@ -180,8 +180,8 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 			continue
 		case nowBlocked:
 			st.manager = r.otherManager(ctx, pin.Namespace, w)
-			r.event(pin, corev1.EventTypeWarning, "Conflict", fmt.Sprintf("stopped writing %s %s until %s: its image was set back to the tag imagepin pinned %d times within %s by %s",
-				w.kind, w.name, st.blockedUntil.UTC().Format(time.RFC3339), maxReverts, r.conflictBackoff(), st.manager))
+			r.event(pin, corev1.EventTypeWarning, "Conflict", fmt.Sprintf("stopped writing %s %s until %s: its image was set back to the tag imagepin pinned (%d %s within %s, after %d %s before) by %s",
+				w.kind, w.name, st.blockedUntil.UTC().Format(time.RFC3339), st.lastReverts, plural(st.lastReverts, "time"), r.conflictBackoff(), st.blocks-1, plural(st.blocks-1, "block"), st.manager))
 			continue
 		}
 		gen, err := r.writeImages(ctx, pin.Namespace, w)
@@ -266,7 +266,16 @@ func (r *ImagePinReconciler) writeImages(ctx context.Context, namespace string, 
 	if err := r.Patch(ctx, obj, client.RawPatch(types.JSONPatchType, body), client.FieldOwner(FieldManager)); err != nil {
 		return 0, err
 	}
-	if err := r.releaseFields(ctx, obj); err != nil {
+	err = r.releaseFields(ctx, obj)
+	if apierrors.IsConflict(err) && r.APIReader != nil {
+		// Another writer came between (the workload's controller noting
+		// the new revision): read it again and release once more.
+		live, _ := workload.NewObject(w.kind)
+		if gerr := r.APIReader.Get(ctx, client.ObjectKeyFromObject(obj), live); gerr == nil && live.GetUID() == w.uid {
+			err = r.releaseFields(ctx, live)
+		}
+	}
+	if err != nil {
 		// Harmless for now: the next check sees imagepin still owns fields
 		// and releases them then.
 		log.FromContext(ctx).V(1).Info("release field ownership after a write", "kind", w.kind, "workload", w.name, "reason", err.Error())

@@ -60,6 +60,17 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer stopKCM()
+	// Argo Rollouts' CRDs and its real controller, for the Rollout tests.
+	if err := env.InstallArgoRolloutsCRDs(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	stopArgo, err := env.StartArgoRollouts(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer stopArgo()
 	if k8s, err = client.New(env.Config, client.Options{Scheme: env.Scheme}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

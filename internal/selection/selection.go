@@ -185,19 +185,27 @@ func (s *Selection) SelectsLabels(l map[string]string) bool {
 }
 
 // SelectsImage reports whether an image reference, as the workload names it,
-// passes the include and exclude globs. A digest is removed first, so that a
-// pinned image stays selected by the filter that selected it unpinned.
+// passes the include and exclude globs. A digest is removed first, and an
+// untagged reference and the same with ":latest" are one image, so that a
+// pinned image ("repo:latest@…") stays selected by the filter that
+// selected it unpinned ("repo").
 func (s *Selection) SelectsImage(image string) bool {
 	ref := StripDigest(image)
-	if len(s.include) > 0 && !matchesAny(s.include, ref) {
+	forms := []string{ref}
+	if !HasTag(ref) {
+		forms = append(forms, ref+":latest")
+	} else if bare, ok := strings.CutSuffix(ref, ":latest"); ok {
+		forms = append(forms, bare)
+	}
+	if len(s.include) > 0 && !matchesAny(s.include, forms...) {
 		return false
 	}
-	return !matchesAny(s.exclude, ref)
+	return !matchesAny(s.exclude, forms...)
 }
 
-func matchesAny(globs []*regexp.Regexp, ref string) bool {
+func matchesAny(globs []*regexp.Regexp, refs ...string) bool {
 	for _, g := range globs {
-		if g.MatchString(ref) {
+		if slices.ContainsFunc(refs, g.MatchString) {
 			return true
 		}
 	}

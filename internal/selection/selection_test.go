@@ -188,3 +188,27 @@ func TestWriterRespectsImageFilters(t *testing.T) {
 		}
 	}
 }
+
+// Issue 13 item 4: an untagged image stays selected by the filter that
+// selected it once it is pinned as "repo:latest@…", and stays excluded.
+func TestFiltersSeeAnUntaggedImageAndItsPinAlike(t *testing.T) {
+	inc, err := Compile(&imagesv1alpha1.ImagePinSpec{Images: &imagesv1alpha1.ImageFilter{Include: []string{"reg.io/app"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exc, err := Compile(&imagesv1alpha1.ImagePinSpec{Images: &imagesv1alpha1.ImageFilter{Exclude: []string{"reg.io/app"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, image := range []string{"reg.io/app", "reg.io/app:latest@sha256:" + strings.Repeat("a", 64), "reg.io/app:latest"} {
+		if !inc.SelectsImage(image) {
+			t.Errorf("include reg.io/app does not select %s", image)
+		}
+		if exc.SelectsImage(image) {
+			t.Errorf("exclude reg.io/app selects %s", image)
+		}
+	}
+	if inc.SelectsImage("reg.io/app:v1") {
+		t.Error("include reg.io/app selects reg.io/app:v1")
+	}
+}

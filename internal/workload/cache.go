@@ -54,6 +54,9 @@ func stripForCache(obj any) (any, error) {
 // status to a few hundred bytes.
 func keepWhatSelectionReads(obj any) (any, error) {
 	in := reflect.ValueOf(obj)
+	if in.Kind() != reflect.Pointer || in.IsNil() {
+		return obj, nil
+	}
 	var k *Kind
 	for _, c := range kinds {
 		if in.Kind() == reflect.Pointer && in.Elem().Type() == c.Type {
@@ -121,12 +124,18 @@ func slimPodSpec(spec *corev1.PodSpec) corev1.PodSpec {
 	}
 }
 
-// imageVolumes keeps the image volumes of a pod spec, name and source.
+// imageVolumes keeps of a pod spec's volumes their names, and the source
+// of image volumes: every volume stays, so that an image volume's index in
+// the cache is its index in the object, which the controller's patch names.
 func imageVolumes(in []corev1.Volume) []corev1.Volume {
-	var out []corev1.Volume
-	for _, v := range in {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]corev1.Volume, len(in))
+	for i, v := range in {
+		out[i] = corev1.Volume{Name: v.Name}
 		if v.Image != nil {
-			out = append(out, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{Image: v.Image}})
+			out[i].Image = v.Image
 		}
 	}
 	return out

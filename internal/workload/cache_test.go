@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -157,5 +158,39 @@ func TestCacheKeepsOfAWorkloadWhatSelectionReads(t *testing.T) {
 	}
 	if o := rs.(*appsv1.ReplicaSet); len(o.OwnerReferences) != 1 || len(o.Spec.Template.Spec.Containers) != 0 {
 		t.Errorf("a ReplicaSet keeps its owner and nothing of its template: %+v", o)
+	}
+}
+
+// Issue 14 item 4: the cache keeps every volume (name only, the source of
+// image volumes), so an image volume's index in the cache is its index in
+// the object, which the controller's patch names; and pods keep the digest
+// their image volumes mounted.
+func TestCacheKeepsImageVolumesAtTheirIndex(t *testing.T) {
+	d := &appsv1.Deployment{Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Volumes: []corev1.Volume{
+		{Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}}}},
+		{Name: "models", VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{Reference: "reg.io/models:v1"}}},
+	}}}}}
+	out, err := keepWhatSelectionReads(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs := out.(*appsv1.Deployment).Spec.Template.Spec.Volumes
+	if len(vs) != 2 || vs[1].Name != "models" || vs[1].Image == nil || vs[1].Image.Reference != "reg.io/models:v1" || vs[0].ConfigMap != nil {
+		t.Fatalf("cached volumes %+v, want both, the image volume at index 1 and no other source", vs)
+	}
+	p := &corev1.Pod{Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "app", VolumeMounts: []corev1.VolumeMountStatus{
+		{Name: "cfg", MountPath: "/cfg"},
+		{Name: "models", MountPath: "/models", VolumeStatus: &corev1.VolumeStatus{Image: &corev1.ImageVolumeStatus{ImageRef: "reg.io/models@sha256:" + strings.Repeat("a", 64)}}},
+	}}}}}
+	slim, err := keepWhatDriftReads(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := slim.(*corev1.Pod).Status.ContainerStatuses[0].VolumeMounts
+	if len(ms) != 1 || ms[0].Name != "models" || ms[0].VolumeStatus.Image.ImageRef == "" {
+		t.Fatalf("cached mounts %+v, want the image volume's with its digest", ms)
+	}
+	if _, err := keepWhatSelectionReads((*appsv1.Deployment)(nil)); err != nil {
+		t.Fatal(err)
 	}
 }

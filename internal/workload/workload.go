@@ -57,7 +57,13 @@ func List(ctx context.Context, c client.Reader, namespace string, kinds []images
 			if !ok || partOfAnotherWorkload(obj) {
 				return nil
 			}
-			ws = append(ws, Workload{Kind: name, Object: obj, Template: k.PodSpec(obj)})
+			// No pod spec of its own (a Rollout with workloadRef): nothing
+			// to read images from.
+			spec := k.PodSpec(obj)
+			if spec == nil {
+				return nil
+			}
+			ws = append(ws, Workload{Kind: name, Object: obj, Template: spec})
 			return nil
 		})
 		if err != nil {
