@@ -69,13 +69,20 @@ func (h *Handler) resolveOne(ctx context.Context, ref string, kc authn.Keychain,
 	}
 	res, err := h.Resolver.Resolve(ctx, registry.Request{Image: ref, Keychain: kc, TTL: ttl, Timeout: wait})
 	if err != nil {
-		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+		// The resolver's own deadline is the rest of the budget: it may
+		// fire a moment before the request's, as its timeout error.
+		deadline, ok := ctx.Deadline()
+		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || (ok && time.Until(deadline) < budgetSlack) {
 			return resolution{err: noAnswer(ref, budget, err)}
 		}
 		return resolution{err: fmt.Errorf("%s: %w", ref, err)}
 	}
 	return resolution{digest: res.Digest}
 }
+
+// budgetSlack is how close to the request's deadline a resolution that
+// failed counts as one the budget cut short.
+const budgetSlack = 50 * time.Millisecond
 
 // noAnswer says that ref was not resolved inside the request's budget.
 func noAnswer(ref string, budget time.Duration, err error) error {
