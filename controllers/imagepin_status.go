@@ -245,8 +245,8 @@ func runningList(r []imagesv1alpha1.RunningDigest) []string {
 }
 
 func workloadLess(a, b imagesv1alpha1.WorkloadImage) bool {
-	ka := slices.Index(workload.WorkloadKinds(), a.Kind)
-	kb := slices.Index(workload.WorkloadKinds(), b.Kind)
+	ka := slices.Index(workload.SelectableKinds(), a.Kind)
+	kb := slices.Index(workload.SelectableKinds(), b.Kind)
 	if ka != kb {
 		return ka < kb
 	}

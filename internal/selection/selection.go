@@ -86,7 +86,7 @@ func Compile(spec *imagesv1alpha1.ImagePinSpec) (*Selection, error) {
 }
 
 func compileKinds(kinds []imagesv1alpha1.WorkloadKind) ([]imagesv1alpha1.WorkloadKind, error) {
-	all := workload.WorkloadKinds()
+	all := workload.SelectableKinds()
 	if len(kinds) == 0 {
 		return all, nil
 	}
@@ -106,7 +106,7 @@ func compileKinds(kinds []imagesv1alpha1.WorkloadKind) ([]imagesv1alpha1.Workloa
 }
 
 func kindList() string {
-	all := workload.WorkloadKinds()
+	all := workload.SelectableKinds()
 	names := make([]string, len(all))
 	for i, k := range all {
 		names[i] = string(k)

@@ -67,7 +67,7 @@ func TestCompileDefaults(t *testing.T) {
 	if sel.Interval != DefaultInterval {
 		t.Errorf("interval = %s, want %s", sel.Interval, DefaultInterval)
 	}
-	if got := sel.Kinds(); len(got) != len(workload.WorkloadKinds()) {
+	if got := sel.Kinds(); len(got) != len(workload.SelectableKinds()) {
 		t.Errorf("kinds = %v, want all five", got)
 	}
 	if !sel.SelectsLabels(map[string]string{"anything": "goes"}) || !sel.SelectsLabels(nil) {

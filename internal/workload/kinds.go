@@ -105,9 +105,9 @@ func kind[T, L any](name imagesv1alpha1.WorkloadKind, gv schema.GroupVersion, pa
 // Kinds returns every kind imagepin knows, in status order.
 func Kinds() []*Kind { return kinds }
 
-// WorkloadKinds returns the names of the kinds an ImagePin selects, in
+// SelectableKinds returns the names of the kinds an ImagePin selects, in
 // status order: what an ImagePin selects when spec.kinds is empty.
-func WorkloadKinds() []imagesv1alpha1.WorkloadKind {
+func SelectableKinds() []imagesv1alpha1.WorkloadKind {
 	var out []imagesv1alpha1.WorkloadKind
 	for _, k := range kinds {
 		if k.Workload {
