@@ -527,15 +527,26 @@ func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.
 	if err := r.List(ctx, &pins, client.InNamespace(pin.Namespace)); err != nil {
 		return nil, fmt.Errorf("list ImagePins in %s: %w", pin.Namespace, err)
 	}
-	labels := map[string]map[string]string{}
+	// Who writes a workload is decided as it was selected: a Deployment
+	// that a Rollout references (workloadRef) as that Rollout.
+	type selectedAs struct {
+		kind   imagesv1alpha1.WorkloadKind
+		labels map[string]string
+	}
+	as := map[string]selectedAs{}
 	for _, w := range workloads {
-		labels[string(w.Kind)+"/"+w.Name()] = w.Object.GetLabels()
+		a := selectedAs{w.Kind, w.Object.GetLabels()}
+		if w.Runner != nil {
+			a = selectedAs{w.RunnerKind.Name, w.Runner.GetLabels()}
+		}
+		as[string(w.Kind)+"/"+w.Name()] = a
 	}
 	out := plan[:0:0]
 	for _, w := range plan {
 		mine := w
 		mine.writes = nil
-		writers := selection.WritersOf(pins.Items, w.kind, labels[string(w.kind)+"/"+w.name])
+		a := as[string(w.kind)+"/"+w.name]
+		writers := selection.WritersOf(pins.Items, a.kind, a.labels)
 		for _, iw := range w.writes {
 			writer, _ := writers.For(iw.stored)
 			if writer != nil && writer.Name == pin.Name {

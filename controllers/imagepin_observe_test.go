@@ -710,3 +710,64 @@ func TestRolloutIsSelectedOnceItsCRDAppears(t *testing.T) {
 		return driftIs(w, imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved, imagesv1alpha1.DriftMixedReplicas)
 	})
 }
+
+// Issue 14 item 2: a Rollout with spec.workloadRef is handled through the
+// Deployment it references: that Deployment's template is reported, with
+// the pods of the Rollout's ReplicaSets, and Pin writes the Deployment.
+func TestRolloutWithWorkloadRefIsHandledThroughItsDeployment(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("wref/app:v1")
+	a := reg.Push(t, "wref/app:v1")
+	if err := env.InstallArgoRolloutsCRDs(); err != nil {
+		t.Fatal(err)
+	}
+	dep := deployment(ns, "wref-app", withLabels("app", "wref-app"), withImage("app", image))
+	dep.Spec.Replicas = new(int32(0))
+	create(t, dep)
+	ro := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+		"metadata": map[string]any{"name": "wref", "namespace": ns, "labels": map[string]any{"app": "wref"}},
+		"spec": map[string]any{
+			"replicas":    int64(1),
+			"selector":    map[string]any{"matchLabels": map[string]any{"app": "wref-app"}},
+			"workloadRef": map[string]any{"apiVersion": "apps/v1", "kind": "Deployment", "name": "wref-app"},
+			"strategy":    map[string]any{"canary": map[string]any{}},
+		},
+	}}
+	eventually(t, func() error { return k8s.Create(context.Background(), ro) })
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wref-rs",
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "argoproj.io/v1alpha1", Kind: "Rollout", Name: "wref", UID: ro.GetUID(), Controller: new(true)}}},
+		Spec: appsv1.ReplicaSetSpec{Selector: dep.Spec.Selector, Template: dep.Spec.Template},
+	}
+	create(t, rs)
+	runPods(t, rs, "apps/v1", "ReplicaSet", "app", image, podRun{"node-a", a})
+	pin := imagePin(ns, "wref", selecting("app", "wref"), func(p *imagesv1alpha1.ImagePin) {
+		p.Spec.Kinds = []imagesv1alpha1.WorkloadKind{imagesv1alpha1.KindRollout}
+		p.Spec.Mode = imagesv1alpha1.ModePin
+		p.Spec.Interval = &metav1.Duration{Duration: 10 * time.Second}
+	})
+	create(t, pin)
+	eventually(t, func() error {
+		var got appsv1.Deployment
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(dep), &got); err != nil {
+			return err
+		}
+		if img := got.Spec.Template.Spec.Containers[0].Image; img != image+"@"+a {
+			return fmt.Errorf("the referenced Deployment names %s, want it pinned", img)
+		}
+		p, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		_, w, err := entryFor(p, image, "wref-app", "app")
+		if err != nil {
+			return err
+		}
+		if w.Kind != imagesv1alpha1.KindDeployment || len(w.Running) != 1 || string(w.Running[0].Digest) != a {
+			return fmt.Errorf("entry %+v, want the Deployment with the Rollout's pod running %s", w, a)
+		}
+		return nil
+	})
+}

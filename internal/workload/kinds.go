@@ -49,12 +49,22 @@ type Kind struct {
 	// Optional: its API may be absent from a cluster (a CRD): imagepin then
 	// leaves it out and keeps the other kinds going.
 	Optional bool
+	// TemplateRef is where an object of the kind without a pod spec of its
+	// own names the workload it takes one from ({apiVersion, kind, name}):
+	// a Rollout's spec.workloadRef.
+	TemplateRef []string
 }
 
 // The kinds imagepin knows. Order is the order status reports them in.
 var (
 	replicaSet = kind[appsv1.ReplicaSet, appsv1.ReplicaSetList]("ReplicaSet", appsv1.SchemeGroupVersion, "spec.template.spec", true, false, false, nil)
 	job        = kind[batchv1.Job, batchv1.JobList](imagesv1alpha1.KindJob, batchv1.SchemeGroupVersion, "spec.template.spec", false, true, true, nil)
+
+	rollout = func() *Kind {
+		k := customKind(imagesv1alpha1.KindRollout, schema.GroupVersion{Group: "argoproj.io", Version: "v1alpha1"}, "spec.template.spec", true, true, true, replicaSet)
+		k.TemplateRef = []string{"spec", "workloadRef"}
+		return k
+	}()
 
 	kinds = []*Kind{
 		kind[appsv1.Deployment, appsv1.DeploymentList](imagesv1alpha1.KindDeployment, appsv1.SchemeGroupVersion, "spec.template.spec", true, true, true, replicaSet),
@@ -71,7 +81,7 @@ var (
 		replicaSet,
 		// Argo Rollouts: a Deployment-like CRD whose ReplicaSets run its
 		// pods. Optional: a cluster without its CRD still runs imagepin.
-		customKind(imagesv1alpha1.KindRollout, schema.GroupVersion{Group: "argoproj.io", Version: "v1alpha1"}, "spec.template.spec", true, true, true, replicaSet),
+		rollout,
 	}
 )
 

@@ -58,10 +58,14 @@ func controllerUID(obj client.Object) []string {
 // OwnerIndex.
 func Pods(ctx context.Context, c client.Reader, w Workload) ([]corev1.Pod, error) {
 	ns := w.Object.GetNamespace()
-	owners := []types.UID{w.Object.GetUID()}
-	if k := KindNamed(w.Kind); k != nil && k.Via != nil {
+	runner, k := w.Object, KindNamed(w.Kind)
+	if w.Runner != nil {
+		runner, k = w.Runner, w.RunnerKind
+	}
+	owners := []types.UID{runner.GetUID()}
+	if k != nil && k.Via != nil {
 		list := k.Via.NewList()
-		if err := c.List(ctx, list, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(w.Object.GetUID())}); err != nil {
+		if err := c.List(ctx, list, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(runner.GetUID())}); err != nil {
 			return nil, fmt.Errorf("list %ss of %s %s/%s: %w", k.Via.Name, w.Kind, ns, w.Name(), err)
 		}
 		owners = owners[:0]

@@ -3,11 +3,14 @@ package workload
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -21,6 +24,12 @@ type Workload struct {
 	Object client.Object
 	// Template is the pod spec the workload creates pods from.
 	Template *corev1.PodSpec
+	// Runner, when set, is the object whose pods run Template instead of
+	// Object's own: the Rollout that references a Deployment through
+	// spec.workloadRef (the Deployment holds the template, the Rollout's
+	// ReplicaSets run it).
+	Runner     client.Object
+	RunnerKind *Kind
 }
 
 // Name returns the workload's name.
@@ -40,7 +49,7 @@ func NewObject(kind imagesv1alpha1.WorkloadKind) (client.Object, error) {
 // controlled by another (a CronJob's Jobs) is part of that one, not a
 // workload of its own: counting it would report one workload many times.
 func List(ctx context.Context, c client.Reader, namespace string, kinds []imagesv1alpha1.WorkloadKind, sel labels.Selector) ([]Workload, error) {
-	var out []Workload
+	var out, referenced []Workload
 	opts := []client.ListOption{client.InNamespace(namespace), client.MatchingLabelsSelector{Selector: sel}}
 	for _, name := range kinds {
 		k := KindNamed(name)
@@ -57,10 +66,17 @@ func List(ctx context.Context, c client.Reader, namespace string, kinds []images
 			if !ok || partOfAnotherWorkload(obj) {
 				return nil
 			}
-			// No pod spec of its own (a Rollout with workloadRef): nothing
-			// to read images from.
 			spec := k.PodSpec(obj)
 			if spec == nil {
+				// No pod spec of its own: the one of the workload it
+				// references (a Rollout's workloadRef), if any.
+				w, err := referencedWorkload(ctx, c, k, obj)
+				if err != nil {
+					return err
+				}
+				if w != nil {
+					referenced = append(referenced, *w)
+				}
 				return nil
 			}
 			ws = append(ws, Workload{Kind: name, Object: obj, Template: spec})
@@ -72,7 +88,52 @@ func List(ctx context.Context, c client.Reader, namespace string, kinds []images
 		sort.Slice(ws, func(i, j int) bool { return ws[i].Name() < ws[j].Name() })
 		out = append(out, ws...)
 	}
+	// A referenced workload is listed once: selected itself too, its pods
+	// are still its runner's.
+	for _, r := range referenced {
+		i := slices.IndexFunc(out, func(w Workload) bool { return w.Object.GetUID() == r.Object.GetUID() })
+		if i >= 0 {
+			out[i].Runner, out[i].RunnerKind = r.Runner, r.RunnerKind
+			continue
+		}
+		out = append(out, r)
+	}
 	return out, nil
+}
+
+// referencedWorkload returns the workload obj (of kind k) takes its pod
+// template from through k.TemplateRef (a Rollout's spec.workloadRef), with
+// obj as its runner; nil when it references none, or one imagepin does not
+// know or cannot find.
+func referencedWorkload(ctx context.Context, c client.Reader, k *Kind, obj client.Object) (*Workload, error) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok || len(k.TemplateRef) == 0 {
+		return nil, nil
+	}
+	ref, found, err := unstructured.NestedStringMap(u.Object, k.TemplateRef...)
+	if err != nil || !found || ref["name"] == "" {
+		return nil, nil
+	}
+	apiVersion := ref["apiVersion"]
+	if apiVersion == "" {
+		apiVersion = "apps/v1"
+	}
+	rk := kindOfRef(apiVersion, ref["kind"])
+	if rk == nil || !rk.Workload || rk.Type == nil {
+		return nil, nil
+	}
+	target := rk.New()
+	if err := c.Get(ctx, client.ObjectKey{Namespace: obj.GetNamespace(), Name: ref["name"]}, target); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read %s %s/%s, which %s %s references: %w", rk.Name, obj.GetNamespace(), ref["name"], k.Name, obj.GetName(), err)
+	}
+	spec := rk.PodSpec(target)
+	if spec == nil {
+		return nil, nil
+	}
+	return &Workload{Kind: rk.Name, Object: target, Template: spec, Runner: obj, RunnerKind: k}, nil
 }
 
 // partOfAnotherWorkload reports whether obj's controller is a workload
