@@ -111,7 +111,12 @@ func referencedWorkload(ctx context.Context, c client.Reader, k *Kind, obj clien
 		return nil, nil
 	}
 	ref, found, err := unstructured.NestedStringMap(u.Object, k.TemplateRef...)
-	if err != nil || !found || ref["name"] == "" {
+	if err != nil {
+		// Not a reference its CRD's schema would store: one odd object
+		// must not stop the ImagePin's other workloads.
+		return nil, nil //nolint:nilerr // skipped, as a workload without a template is
+	}
+	if !found || ref["name"] == "" {
 		return nil, nil
 	}
 	apiVersion := ref["apiVersion"]
