@@ -155,11 +155,14 @@ $(ETCD): hack/tools/etcd/go.mod
 
 # The controller, and its CRDs (Rollout, AnalysisRun, …) of the same version
 # from its module.
+# The CRDs are copied first: the binary, the target, is made last, so a
+# failed copy is tried again on the next run.
 $(ARGO_ROLLOUTS): hack/tools/argo-rollouts/go.mod
-	cd hack/tools/argo-rollouts && $(GO) build -trimpath -ldflags "-s -w" -o $@ github.com/argoproj/argo-rollouts/cmd/rollouts-controller
+	cd hack/tools/argo-rollouts && $(GO) mod download github.com/argoproj/argo-rollouts
 	mkdir -p $(dir $@)crds
 	cp "$$(cd hack/tools/argo-rollouts && $(GO) list -m -f '{{.Dir}}' github.com/argoproj/argo-rollouts)"/manifests/crds/*-crd.yaml $(dir $@)crds/
 	chmod u+w $(dir $@)crds/*.yaml
+	cd hack/tools/argo-rollouts && $(GO) build -trimpath -ldflags "-s -w" -o $@ github.com/argoproj/argo-rollouts/cmd/rollouts-controller
 
 $(REGISTRY): hack/tools/registry/go.mod
 	cd hack/tools/registry && $(GO) build -trimpath -ldflags "-s -w" -o $@ github.com/distribution/distribution/v3/cmd/registry

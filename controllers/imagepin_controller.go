@@ -424,6 +424,11 @@ func imageIDs(p *corev1.Pod) string {
 	}
 	for _, cs := range p.Status.ContainerStatuses {
 		s += cs.Name + "=" + cs.ImageID + ";"
+		for _, m := range cs.VolumeMounts {
+			if m.VolumeStatus != nil && m.VolumeStatus.Image != nil {
+				s += "volume:" + m.Name + "=" + m.VolumeStatus.Image.ImageRef + ";"
+			}
+		}
 	}
 	return s
 }

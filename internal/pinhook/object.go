@@ -33,8 +33,10 @@ func (o object) podSpec() *corev1.PodSpec { return o.spec }
 
 // decode reads the objects the webhook pins; kind is empty for others. It
 // decodes as the API server does (field names case-sensitive) and refuses
-// duplicate fields and an object of another kind than the request's, so
-// that the paths the patch names are those of the object as sent.
+// duplicate fields (of the built-in kinds: a custom kind's object decodes
+// as unstructured JSON, the last of duplicates kept) and an object of
+// another kind than the request's, so that the paths the patch names are
+// those of the object as sent.
 func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error) {
 	k := workload.KindNamed(imagesv1alpha1.WorkloadKind(kind))
 	if k == nil || !k.Admission {
@@ -58,7 +60,10 @@ func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error
 		return object{}, "", fmt.Errorf("decode %s: the object is a %s", kind, got)
 	}
 	if o.spec = k.PodSpec(obj); o.spec == nil {
-		return object{}, "", fmt.Errorf("decode %s: it has no pod spec at %s", kind, o.specPointer)
+		// No pod template of its own (a Rollout with workloadRef), or not
+		// one a pod spec decodes from: nothing this webhook pins, and not
+		// its place to refuse.
+		return object{}, "", nil
 	}
 	return o, k.Name, nil
 }

@@ -511,3 +511,27 @@ func TestRolloutIsStoredPinned(t *testing.T) {
 		t.Fatalf("Rollout stored with %v, want it pinned", got)
 	}
 }
+
+// Issue 14 item 2: a Rollout with spec.workloadRef has no template of its
+// own: the webhook admits it unchanged (before, it answered 400, which the
+// API server takes as a refusal, for every such Rollout in the cluster).
+func TestRolloutWithWorkloadRefIsAdmitted(t *testing.T) {
+	ns := namespace(t)
+	pinFor(t, ns, "wref")
+	ro := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+		"metadata": map[string]any{"name": "wref", "namespace": ns, "labels": map[string]any{"app": "wref"}},
+		"spec": map[string]any{
+			"selector":    map[string]any{"matchLabels": map[string]any{"app": "wref"}},
+			"workloadRef": map[string]any{"apiVersion": "apps/v1", "kind": "Deployment", "name": "wref-app"},
+			"strategy":    map[string]any{"canary": map[string]any{}},
+		},
+	}}
+	if err := k8s.Create(context.Background(), ro); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	ro.SetLabels(map[string]string{"app": "wref", "tier": "web"})
+	if err := k8s.Update(context.Background(), ro); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+}

@@ -32,8 +32,8 @@ func CacheOptions() cache.Options {
 }
 
 func stripForCache(obj any) (any, error) {
-	if o, ok := obj.(client.Object); ok {
-		o.SetManagedFields(nil)
+	if o, ok := obj.(client.Object); ok && !isNilPointer(obj) {
+		o.SetManagedFields(ownFieldsOnly(o.GetManagedFields()))
 		if a := o.GetAnnotations(); a != nil {
 			if _, ok := a[corev1.LastAppliedConfigAnnotation]; ok {
 				delete(a, corev1.LastAppliedConfigAnnotation)
@@ -216,4 +216,9 @@ func imageMounts(in []corev1.VolumeMountStatus) []corev1.VolumeMountStatus {
 		}
 	}
 	return out
+}
+
+func isNilPointer(obj any) bool {
+	v := reflect.ValueOf(obj)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -192,5 +193,20 @@ func TestCacheKeepsImageVolumesAtTheirIndex(t *testing.T) {
 	}
 	if _, err := keepWhatSelectionReads((*appsv1.Deployment)(nil)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An object the cache keeps whole (a Rollout, read as unstructured) keeps
+// imagepin's own managedFields entry, so that ownership a failed release
+// left behind is seen and released later.
+func TestCacheKeepsImagepinsOwnManagedFieldsOfEveryObject(t *testing.T) {
+	u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout"}}
+	u.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: "argocd-controller"}, {Manager: FieldManager, Operation: metav1.ManagedFieldsOperationUpdate}})
+	out, err := stripForCache(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !OwnsFields(out.(client.Object)) || len(out.(client.Object).GetManagedFields()) != 1 {
+		t.Fatalf("managedFields %+v, want imagepin's only", out.(client.Object).GetManagedFields())
 	}
 }

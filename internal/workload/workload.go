@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 )
@@ -57,7 +59,13 @@ func List(ctx context.Context, c client.Reader, namespace string, kinds []images
 			return nil, fmt.Errorf("unsupported workload kind %q", name)
 		}
 		list := k.NewList()
-		if err := c.List(ctx, list, opts...); err != nil {
+		if err := listKind(ctx, c, k, list, opts); err != nil {
+			if k.Optional {
+				// A custom kind whose informer cannot sync (its CRD broken,
+				// its RBAC not granted) must not hold up the others.
+				log.FromContext(ctx).Info("workload kind cannot be listed: left out of this check", "kind", name, "reason", err.Error())
+				continue
+			}
 			return nil, fmt.Errorf("list %ss in %s: %w", name, namespace, err)
 		}
 		var ws []Workload
@@ -90,8 +98,13 @@ func List(ctx context.Context, c client.Reader, namespace string, kinds []images
 	}
 	// A referenced workload is listed once: selected itself too, its pods
 	// are still its runner's.
+	sort.Slice(referenced, func(i, j int) bool { return referenced[i].Runner.GetName() < referenced[j].Runner.GetName() })
 	for _, r := range referenced {
+		// (Two Rollouts referencing one Deployment: the first by name.)
 		i := slices.IndexFunc(out, func(w Workload) bool { return w.Object.GetUID() == r.Object.GetUID() })
+		if i >= 0 && out[i].Runner != nil {
+			continue
+		}
 		if i >= 0 {
 			out[i].Runner, out[i].RunnerKind = r.Runner, r.RunnerKind
 			continue
@@ -139,6 +152,19 @@ func referencedWorkload(ctx context.Context, c client.Reader, k *Kind, obj clien
 		return nil, nil
 	}
 	return &Workload{Kind: rk.Name, Object: target, Template: spec, Runner: obj, RunnerKind: k}, nil
+}
+
+// optionalListTimeout bounds a list of an optional kind: through the cache,
+// a list waits for its informer to sync, which may never happen.
+const optionalListTimeout = 10 * time.Second
+
+func listKind(ctx context.Context, c client.Reader, k *Kind, list client.ObjectList, opts []client.ListOption) error {
+	if k.Optional {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, optionalListTimeout)
+		defer cancel()
+	}
+	return c.List(ctx, list, opts...)
 }
 
 // partOfAnotherWorkload reports whether obj's controller is a workload
