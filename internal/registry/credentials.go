@@ -69,12 +69,21 @@ func credentialsOf(ctx context.Context, kc authn.Keychain, repo name.Repository)
 	if err != nil || empty(cfg) {
 		return nil, err
 	}
+	return []credential{fixed(valueID(cfg)+" @"+repo.RegistryStr(), "the credential given", cfg)}, nil
+}
+
+// valueID names a credential that does not change by its value: the same
+// username and password in two namespaces' pull secrets is one credential
+// (either namespace may read what it reads, so one answer serves both, and
+// a regcred copied into every namespace costs one request per tag, not one
+// per namespace), while two values are never one identity.
+func valueID(cfg authn.AuthConfig) string {
 	h := sha256.New()
 	for _, s := range []string{cfg.Username, cfg.Password, cfg.Auth, cfg.IdentityToken, cfg.RegistryToken} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
-	return []credential{fixed("keychain "+hex.EncodeToString(h.Sum(nil)[:12])+" @"+repo.RegistryStr(), "the credential given", cfg)}, nil
+	return "credential " + hex.EncodeToString(h.Sum(nil)[:12])
 }
 
 // fixed is a credential whose value is known already.

@@ -70,20 +70,29 @@ func TestRotatingCloudTokenKeepsOneCacheEntryAndOneTransport(t *testing.T) {
 	}
 }
 
-// Issue 13 item 8: keyed by identity, credentials still never cross
-// namespaces: the same username and password in two namespaces' secrets
-// are two identities, with two cache entries.
-func TestPullSecretsOfTwoNamespacesAreTwoIdentities(t *testing.T) {
+// Issue 13 item 8: a pull secret is known by its value. Two namespaces'
+// secrets with different credentials are two identities (an answer seen
+// with one is never served to the other); the same credential copied into
+// two namespaces is one, and costs one request per tag.
+func TestPullSecretsAreKnownByTheirCredential(t *testing.T) {
 	f := newFixture(t)
 	f.reg.push("team/app:v1")
-	for _, ns := range []string{"a", "b", "a"} {
-		kc := &podKeychain{secrets: []pullSecret{{id: "secret " + ns + "/creds uid u-" + ns + " rv 1", name: "pull secret " + ns + "/creds", kc: staticKeychain{"alice", "same"}}}}
+	resolve := func(ns, user, pass string) {
+		t.Helper()
+		kc := &podKeychain{secrets: []pullSecret{{name: "pull secret " + ns + "/creds", kc: staticKeychain{user, pass}}}}
 		if _, err := f.resolver.Resolve(context.Background(), Request{Image: f.reg.image("team/app:v1"), Keychain: kc, TTL: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	resolve("a", "alice", "one")
+	resolve("b", "bob", "two")
 	if got := f.reg.count("HEAD manifests"); got != 2 {
-		t.Fatalf("HEADs = %d, want 2: one per namespace, none shared", got)
+		t.Fatalf("HEADs = %d, want 2: different credentials share nothing", got)
+	}
+	resolve("c", "alice", "one")
+	resolve("d", "alice", "one")
+	if got := f.reg.count("HEAD manifests"); got != 2 {
+		t.Fatalf("HEADs = %d, want still 2: one credential in three namespaces is one identity", got)
 	}
 }
 
@@ -98,7 +107,7 @@ func TestEachPullSecretThenAnonymousIsTried(t *testing.T) {
 	var seen authLog
 	f.reg.setIntercept(basicAuth(func(u, p string) bool { return u == "bob" && p == "current" }, &seen, "library/nginx"))
 	secret := func(name, user, pass string) pullSecret {
-		return pullSecret{id: "secret ns/" + name + " uid " + name + " rv 1", name: "pull secret ns/" + name, kc: staticKeychain{user, pass}}
+		return pullSecret{name: "pull secret ns/" + name, kc: staticKeychain{user, pass}}
 	}
 	stale := secret("stale", "alice", "expired-password")
 	good := secret("good", "bob", "current")

@@ -80,9 +80,6 @@ func (k *Keychains) ForPod(ctx context.Context, namespace string, spec *corev1.P
 			continue
 		}
 		kc.secrets = append(kc.secrets, pullSecret{
-			// The namespace, name, UID and version: never shared with
-			// another namespace, and a fresh identity when it is edited.
-			id:   fmt.Sprintf("secret %s/%s uid %s rv %s", namespace, s.Name, s.UID, s.ResourceVersion),
 			name: fmt.Sprintf("pull secret %s/%s", namespace, s.Name),
 			kc:   skc,
 		})
@@ -95,8 +92,8 @@ func (k *Keychains) ForPod(ctx context.Context, namespace string, spec *corev1.P
 }
 
 type pullSecret struct {
-	id, name string
-	kc       authn.Keychain
+	name string
+	kc   authn.Keychain
 }
 
 // podKeychain is a workload's pull secrets and the manager's cloud
@@ -114,7 +111,8 @@ func (p *podKeychain) credentialsFor(ctx context.Context, repo name.Repository) 
 			return nil, fmt.Errorf("%s: %w", s.name, err)
 		}
 		if !empty(cfg) {
-			out = append(out, fixed(s.id+" @"+repo.RegistryStr(), "the "+s.name, cfg))
+			// Known by its value: a pull secret's credential is static.
+			out = append(out, fixed(valueID(cfg)+" @"+repo.RegistryStr(), "the "+s.name, cfg))
 		}
 	}
 	return append(out, cloudCredentials(p.cloud, repo)...), nil
