@@ -2,13 +2,9 @@ package testenv
 
 import (
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
-	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
@@ -49,51 +45,19 @@ func (e *Env) StartArgoRollouts(dir string) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	metrics, err := freePort()
+	metrics, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	healthz, err := freePort()
+	healthz, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	logFile, err := os.Create(filepath.Join(dir, "rollouts-controller.log"))
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin,
+	return startLogged(bin, filepath.Join(dir, "rollouts-controller.log"),
 		"--kubeconfig="+kubeconfig,
 		"--leader-elect=false",
 		"--metricsPort="+strconv.Itoa(metrics),
 		"--healthzPort="+strconv.Itoa(healthz),
 		"--loglevel=info",
 	)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		_ = logFile.Close()
-		return nil, fmt.Errorf("start rollouts-controller: %w", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	return func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		_ = logFile.Close()
-	}, nil
-}
-
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -115,11 +115,7 @@ func (e *Env) StartControllerManager(dir string, extra ...string) (stop func(), 
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("kube-controller-manager not found in %s (run `make test`, which builds it): %w", AssetsDir(), err)
 	}
-	logFile, err := os.Create(filepath.Join(dir, "kube-controller-manager.log"))
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin,
+	return startLogged(bin, filepath.Join(dir, "kube-controller-manager.log"),
 		"--kubeconfig="+kubeconfig,
 		"--authentication-kubeconfig="+kubeconfig,
 		"--authorization-kubeconfig="+kubeconfig,
@@ -128,10 +124,21 @@ func (e *Env) StartControllerManager(dir string, extra ...string) (stop func(), 
 		"--leader-elect=false",
 		"--secure-port=0",
 	)
+}
+
+// startLogged runs bin with args, its output into logPath, killed if the
+// test binary dies; stop sends SIGTERM, then SIGKILL after 10 s.
+func startLogged(bin, logPath string, args ...string) (stop func(), err error) {
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start kube-controller-manager: %w", err)
+		_ = logFile.Close()
+		return nil, fmt.Errorf("start %s: %w", filepath.Base(bin), err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
