@@ -9,7 +9,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -275,92 +274,6 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}))
 }
 
-// workloadChanged passes the workload changes that can change what an
-// ImagePin selects or what its containers name.
-var workloadChanged = predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{})
-
-// servedPoll is how often imagepin looks for an optional kind's API (a CRD
-// installed after imagepin started).
-const servedPoll = 30 * time.Second
-
-// watchWhenServed watches each optional kind once the cluster serves it,
-// and then checks every ImagePin again, without a restart.
-func (r *ImagePinReconciler) watchWhenServed(ctx context.Context, mgr ctrl.Manager, c controller.Controller, pending []*workload.Kind) {
-	ticker := time.NewTicker(r.servedPollEvery())
-	defer ticker.Stop()
-	for len(pending) > 0 {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
-		left := pending[:0]
-		for _, k := range pending {
-			if !servedBy(mgr.GetRESTMapper(), k) {
-				left = append(left, k)
-				continue
-			}
-			err := c.Watch(source.Kind[client.Object](mgr.GetCache(), k.New(),
-				handler.EnqueueRequestsFromMapFunc(r.imagePinsSelecting(k.Name)), workloadChanged))
-			if err != nil {
-				mgr.GetLogger().Error(err, "watch a workload kind now served", "kind", k.Name)
-				left = append(left, k)
-				continue
-			}
-			mgr.GetLogger().Info("workload kind now served: selected from now on", "kind", k.Name, "apiVersion", k.GVK.GroupVersion().String())
-			r.servedMu.Lock()
-			r.served[k.Name] = true
-			r.servedMu.Unlock()
-			r.recheckAll(ctx, mgr)
-		}
-		pending = left
-	}
-}
-
-func (r *ImagePinReconciler) servedPollEvery() time.Duration {
-	if r.ServedPoll > 0 {
-		return r.ServedPoll
-	}
-	return servedPoll
-}
-
-// servedBy reports whether the cluster serves k's API.
-func servedBy(mapper meta.RESTMapper, k *workload.Kind) bool {
-	_, err := mapper.RESTMapping(k.GVK.GroupKind(), k.GVK.Version)
-	return err == nil
-}
-
-// servedKinds keeps of kinds those the cluster serves.
-func (r *ImagePinReconciler) servedKinds(kinds []imagesv1alpha1.WorkloadKind) []imagesv1alpha1.WorkloadKind {
-	r.servedMu.Lock()
-	defer r.servedMu.Unlock()
-	out := make([]imagesv1alpha1.WorkloadKind, 0, len(kinds))
-	for _, k := range kinds {
-		// Without SetupWithManager (a reconciler called directly) only
-		// the built-in kinds are known to be served.
-		if r.served[k] || (r.served == nil && !workload.KindNamed(k).Optional) {
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
-// recheckAll queues every ImagePin, as a kind they may select appeared.
-func (r *ImagePinReconciler) recheckAll(ctx context.Context, mgr ctrl.Manager) {
-	var pins imagesv1alpha1.ImagePinList
-	if err := mgr.GetClient().List(ctx, &pins); err != nil {
-		mgr.GetLogger().Error(err, "list ImagePins to check them again")
-		return
-	}
-	for i := range pins.Items {
-		select {
-		case r.recheck <- event.GenericEvent{Object: &pins.Items[i]}:
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
 // imagePinsSelecting maps a workload to the ImagePins of its namespace that
 // select it. The cache indexes ImagePins by namespace, so this reads only
 // that namespace's.
@@ -433,91 +346,10 @@ func imageIDs(p *corev1.Pod) string {
 	return s
 }
 
-func minAgeOf(pin *imagesv1alpha1.ImagePin) time.Duration {
-	if pin.Spec.Follow != nil && pin.Spec.Follow.MinAge != nil {
-		return pin.Spec.Follow.MinAge.Duration
-	}
-	return 0
-}
-
 func overridesOf(pin *imagesv1alpha1.ImagePin) map[string]string {
 	out := map[string]string{}
 	for _, o := range pin.Spec.Overrides {
 		out[imageOf(o.Image)] = string(o.Digest)
-	}
-	return out
-}
-
-type seenImages struct {
-	uid    types.UID
-	images map[string]seenDigest
-}
-
-type seenDigest struct {
-	digest string
-	since  time.Time
-}
-
-// firstSeen returns, per image, when its current digest was first seen:
-// from the status history, which survives a restart, and for images left
-// out of status (past its bounds) from the manager's memory, so that
-// Follow keeps moving every image however many an ImagePin selects.
-func (r *ImagePinReconciler) firstSeen(pin *imagesv1alpha1.ImagePin, status *imagesv1alpha1.ImagePinStatus, obs observation, now time.Time) map[string]time.Time {
-	out := firstSeenOf(status)
-	r.seenMu.Lock()
-	defer r.seenMu.Unlock()
-	if r.seen == nil {
-		r.seen = map[types.NamespacedName]seenImages{}
-	}
-	key := types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}
-	var prev map[string]seenDigest
-	if s := r.seen[key]; s.uid == pin.UID {
-		prev = s.images // else an earlier ImagePin of that name
-	}
-	next := map[string]seenDigest{}
-	for _, c := range obs.containers {
-		d := c.result.Digest
-		if !c.hasTag || c.err != nil || d == "" {
-			// A failed resolution says nothing new: keep what was seen,
-			// so a registry blip does not start minAge over.
-			if rec, ok := prev[c.image]; ok && c.hasTag {
-				if _, seen := next[c.image]; !seen {
-					next[c.image] = rec
-				}
-			}
-			continue
-		}
-		if _, ok := next[c.image]; ok {
-			continue
-		}
-		rec := prev[c.image]
-		if rec.digest != d {
-			rec = seenDigest{digest: d, since: now}
-		}
-		next[c.image] = rec
-		if _, ok := out[c.image]; !ok {
-			out[c.image] = rec.since
-		}
-	}
-	r.seen[key] = seenImages{uid: pin.UID, images: next}
-	return out
-}
-
-// forgetSeen drops the memory of an ImagePin that is gone.
-func (r *ImagePinReconciler) forgetSeen(key types.NamespacedName) {
-	r.seenMu.Lock()
-	defer r.seenMu.Unlock()
-	delete(r.seen, key)
-}
-
-// firstSeenOf returns, per image, when its current digest was first seen:
-// the newest entry of its history.
-func firstSeenOf(status *imagesv1alpha1.ImagePinStatus) map[string]time.Time {
-	out := map[string]time.Time{}
-	for _, img := range status.Images {
-		if len(img.History) > 0 && img.History[0].Digest == img.Digest {
-			out[img.Image] = img.History[0].FirstSeen.Time
-		}
 	}
 	return out
 }
