@@ -60,29 +60,20 @@ func (h *Handler) resolveAll(ctx context.Context, refs []string, kc authn.Keycha
 }
 
 func (h *Handler) resolveOne(ctx context.Context, ref string, kc authn.Keychain, ttl, budget time.Duration) resolution {
-	wait := budget
-	if deadline, ok := ctx.Deadline(); ok {
-		wait = time.Until(deadline)
+	if ctx.Err() != nil {
+		return resolution{err: noAnswer(ref, budget, ctx.Err())}
 	}
-	if wait <= 0 {
-		return resolution{err: noAnswer(ref, budget, context.DeadlineExceeded)}
-	}
-	res, err := h.Resolver.Resolve(ctx, registry.Request{Image: ref, Keychain: kc, TTL: ttl, Timeout: wait})
+	// ctx carries the request's budget: the caller's wait ends with it,
+	// and the resolver says so with ctx's error.
+	res, err := h.Resolver.Resolve(ctx, registry.Request{Image: ref, Keychain: kc, TTL: ttl})
 	if err != nil {
-		// The resolver's own deadline is the rest of the budget: it may
-		// fire a moment before the request's, as its timeout error.
-		deadline, ok := ctx.Deadline()
-		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || (ok && time.Until(deadline) < budgetSlack) {
+		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 			return resolution{err: noAnswer(ref, budget, err)}
 		}
 		return resolution{err: fmt.Errorf("%s: %w", ref, err)}
 	}
 	return resolution{digest: res.Digest}
 }
-
-// budgetSlack is how close to the request's deadline a resolution that
-// failed counts as one the budget cut short.
-const budgetSlack = 50 * time.Millisecond
 
 // noAnswer says that ref was not resolved inside the request's budget.
 func noAnswer(ref string, budget time.Duration, err error) error {
