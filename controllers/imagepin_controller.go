@@ -349,7 +349,7 @@ func imageIDs(p *corev1.Pod) string {
 func overridesOf(pin *imagesv1alpha1.ImagePin) map[string]string {
 	out := map[string]string{}
 	for _, o := range pin.Spec.Overrides {
-		out[imageOf(o.Image)] = string(o.Digest)
+		out[selection.ImageKey(o.Image)] = string(o.Digest)
 	}
 	return out
 }

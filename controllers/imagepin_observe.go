@@ -89,7 +89,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 				kind: w.Kind, workload: w.Name(), uid: w.Object.GetUID(), generation: w.Object.GetGeneration(),
 				ownsFields: workload.OwnsFields(w.Object),
 				container:  name, init: init, volume: volume, index: index, raw: image,
-				image:    imageOf(image),
+				image:    selection.ImageKey(image),
 				pinned:   drift.DigestOfImage(image),
 				hasTag:   hasTag(image),
 				running:  running[slot(name, volume)],
@@ -120,12 +120,13 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 // a spec pins or an override names that the tag does not resolve to now: a
 // rollback to an older multi-arch index would otherwise show its pods'
 // platform digests as RolloutPending and MixedReplicas. A digest's
-// platforms never change, so the resolver reads each digest once, ever.
+// platforms never change, so the resolver reads each digest once, ever,
+// and answers from memory after that.
 func (r *ImagePinReconciler) learnPinnedPlatforms(ctx context.Context, containers []containerObs, overrides map[string]string) {
 	seen := map[string]bool{}
 	for _, c := range containers {
 		for _, d := range []string{c.pinned, overrides[c.image]} {
-			if d == "" || d == c.result.Digest || seen[d] || r.Resolver.Platforms(d) != nil {
+			if d == "" || d == c.result.Digest || seen[d] {
 				continue
 			}
 			seen[d] = true
@@ -236,21 +237,10 @@ func runningDigests(pods []corev1.Pod) map[string][]imagesv1alpha1.RunningDigest
 	return out
 }
 
-// imageOf is the image a container names, digest removed, with the tag it
-// implies when it names neither tag nor digest ("repo" → "repo:latest"):
-// the key of status.images, overrides and history, the same before and
-// after imagepin pins it.
-func imageOf(raw string) string { return selection.ImageKey(raw) }
-
-// hasTag reports whether a reference names a tag (explicitly, or :latest
-// implicitly), as opposed to a digest alone.
+// hasTag reports whether a reference names a tag to resolve: explicitly,
+// or ":latest" implicitly (no digest either), as opposed to a digest alone.
 func hasTag(image string) bool {
-	at := strings.LastIndexByte(image, '@')
-	if at < 0 {
-		return true
-	}
-	name := image[:at]
-	return strings.LastIndexByte(name, ':') > strings.LastIndexByte(name, '/')
+	return !strings.Contains(image, "@") || selection.HasTag(image)
 }
 
 func describeErr(err error) string {

@@ -17,10 +17,10 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/testenv"
 )
 
 // podRun is one pod as a kubelet would report it: the node it runs on and
@@ -662,19 +662,7 @@ func TestRolloutIsSelectedOnceItsCRDAppears(t *testing.T) {
 	if err := env.InstallArgoRolloutsCRDs(); err != nil {
 		t.Fatal(err)
 	}
-	ro := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
-		"metadata": map[string]any{"name": "canary", "namespace": ns, "labels": map[string]any{"app": "canary"}},
-		"spec": map[string]any{
-			"replicas": int64(2),
-			"selector": map[string]any{"matchLabels": map[string]any{"app": "canary"}},
-			"template": map[string]any{
-				"metadata": map[string]any{"labels": map[string]any{"app": "canary"}},
-				"spec":     map[string]any{"containers": []any{map[string]any{"name": "app", "image": image}}},
-			},
-			"strategy": map[string]any{"canary": map[string]any{}},
-		},
-	}}
+	ro := testenv.Rollout(ns, "canary", image, 2)
 	eventually(t, func() error { return k8s.Create(context.Background(), ro) })
 	rs := &appsv1.ReplicaSet{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "canary-rs",
@@ -725,16 +713,7 @@ func TestRolloutWithWorkloadRefIsHandledThroughItsDeployment(t *testing.T) {
 	dep := deployment(ns, "wref-app", withLabels("app", "wref-app"), withImage("app", image))
 	dep.Spec.Replicas = new(int32(0))
 	create(t, dep)
-	ro := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
-		"metadata": map[string]any{"name": "wref", "namespace": ns, "labels": map[string]any{"app": "wref"}},
-		"spec": map[string]any{
-			"replicas":    int64(1),
-			"selector":    map[string]any{"matchLabels": map[string]any{"app": "wref-app"}},
-			"workloadRef": map[string]any{"apiVersion": "apps/v1", "kind": "Deployment", "name": "wref-app"},
-			"strategy":    map[string]any{"canary": map[string]any{}},
-		},
-	}}
+	ro := testenv.RolloutOf(ns, "wref", "wref-app", 1)
 	eventually(t, func() error { return k8s.Create(context.Background(), ro) })
 	rs := &appsv1.ReplicaSet{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wref-rs",

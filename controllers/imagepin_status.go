@@ -245,8 +245,7 @@ func runningList(r []imagesv1alpha1.RunningDigest) []string {
 }
 
 func workloadLess(a, b imagesv1alpha1.WorkloadImage) bool {
-	ka := slices.Index(workload.SelectableKinds(), a.Kind)
-	kb := slices.Index(workload.SelectableKinds(), b.Kind)
+	ka, kb := workload.KindOrder(a.Kind), workload.KindOrder(b.Kind)
 	if ka != kb {
 		return ka < kb
 	}

@@ -236,14 +236,12 @@ func (r *ImagePinReconciler) writeImages(ctx context.Context, namespace string, 
 	if w.kind == imagesv1alpha1.KindJob {
 		return 0, fmt.Errorf("%s is not written: its pod template is immutable", w.kind)
 	}
-	path, err := workload.PodSpecPath(w.kind)
-	if err != nil {
-		return 0, err
+	k := workload.KindNamed(w.kind)
+	if k == nil {
+		return 0, fmt.Errorf("unsupported workload kind %q", w.kind)
 	}
-	obj, err := workload.NewObject(w.kind)
-	if err != nil {
-		return 0, err
-	}
+	path := k.PodSpecPath
+	obj := k.New()
 	obj.SetNamespace(namespace)
 	obj.SetName(w.name)
 	var ops []jsonPatchOp
@@ -268,7 +266,7 @@ func (r *ImagePinReconciler) writeImages(ctx context.Context, namespace string, 
 	if apierrors.IsConflict(err) && r.APIReader != nil {
 		// Another writer came between (the workload's controller noting
 		// the new revision): read it again and release once more.
-		live, _ := workload.NewObject(w.kind)
+		live := k.New()
 		if gerr := r.APIReader.Get(ctx, client.ObjectKeyFromObject(obj), live); gerr == nil && live.GetUID() == w.uid {
 			err = r.releaseFields(ctx, live)
 		}
@@ -330,7 +328,7 @@ func setConflict(status *imagesv1alpha1.ImagePinStatus, generation int64, mode i
 		c.Status, c.Reason, c.Message = metav1.ConditionFalse, imagesv1alpha1.ReasonNoConflict, "nobody sets back the images imagepin writes"
 	} else {
 		c.Status, c.Reason = metav1.ConditionTrue, imagesv1alpha1.ReasonImageReverted
-		c.Message = fmt.Sprintf("stopped writing %s: its image was set back to the tag imagepin pinned %d times within the backoff; imagepin tries again at the time given, or when this ImagePin's spec changes",
+		c.Message = fmt.Sprintf("stopped writing %s: its image was set back to the tag imagepin pinned %d times within the backoff (or once right after an earlier block); imagepin tries again at the time given, or when this ImagePin's spec changes",
 			joinCapped(blocked, 3), maxReverts)
 	}
 	meta.SetStatusCondition(&status.Conditions, c)

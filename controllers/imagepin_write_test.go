@@ -12,6 +12,7 @@ import (
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/selection"
 )
 
 func TestPlanWrites(t *testing.T) {
@@ -64,7 +65,7 @@ func TestPlanWrites(t *testing.T) {
 		// implies, and Follow keeps following that tag.
 		{name: "an untagged image keeps its tag to follow", mode: imagesv1alpha1.ModeFollow, c: func() containerObs {
 			c := pinnedTo(dg("a"), dg("b"))
-			c.image = imageOf("reg.io/app")
+			c.image = selection.ImageKey("reg.io/app")
 			return c
 		}(), firstSeen: map[string]time.Time{"reg.io/app:latest": t0.Add(-time.Hour)},
 			want: fmt.Sprintf("[Deployment/web app reg.io/app:latest@%s -> reg.io/app:latest@%s (Follow)]", dg("a"), dg("b"))},

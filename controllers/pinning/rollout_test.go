@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/testenv"
 )
 
 // rolloutImage reads the image of a Rollout's first container.
@@ -55,20 +56,7 @@ func TestRolloutFollowsOncePerChangeThroughArgoRollouts(t *testing.T) {
 	ns := namespace(t)
 	image := reg.Image("argo/app:v1")
 	a := reg.Push(t, "argo/app:v1")
-	ro := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
-		"metadata": map[string]any{"name": "canary", "namespace": ns, "labels": map[string]any{"app": "canary"}},
-		"spec": map[string]any{
-			"replicas": int64(1),
-			"selector": map[string]any{"matchLabels": map[string]any{"app": "canary"}},
-			"template": map[string]any{
-				"metadata": map[string]any{"labels": map[string]any{"app": "canary"}},
-				"spec":     map[string]any{"containers": []any{map[string]any{"name": "app", "image": image}}},
-			},
-			// A canary with no steps promotes each new template at once.
-			"strategy": map[string]any{"canary": map[string]any{}},
-		},
-	}}
+	ro := testenv.Rollout(ns, "canary", image, 1)
 	create(t, ro)
 	uid := string(ro.GetUID())
 	pin := imagePin(ns, "canary", imagesv1alpha1.ModeFollow, func(p *imagesv1alpha1.ImagePin) {

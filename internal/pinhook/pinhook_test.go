@@ -491,18 +491,7 @@ func TestRolloutIsStoredPinned(t *testing.T) {
 	ns := namespace(t)
 	digest := reg.Push(t, "rohook/app:v1")
 	pinFor(t, ns, "ro")
-	ro := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
-		"metadata": map[string]any{"name": "ro", "namespace": ns, "labels": map[string]any{"app": "ro"}},
-		"spec": map[string]any{
-			"selector": map[string]any{"matchLabels": map[string]any{"app": "ro"}},
-			"template": map[string]any{
-				"metadata": map[string]any{"labels": map[string]any{"app": "ro"}},
-				"spec":     map[string]any{"containers": []any{map[string]any{"name": "app", "image": reg.Image("rohook/app:v1")}}},
-			},
-			"strategy": map[string]any{"canary": map[string]any{}},
-		},
-	}}
+	ro := testenv.Rollout(ns, "ro", reg.Image("rohook/app:v1"), 1)
 	if err := k8s.Create(context.Background(), ro); err != nil {
 		t.Fatal(err)
 	}
@@ -518,15 +507,7 @@ func TestRolloutIsStoredPinned(t *testing.T) {
 func TestRolloutWithWorkloadRefIsAdmitted(t *testing.T) {
 	ns := namespace(t)
 	pinFor(t, ns, "wref")
-	ro := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
-		"metadata": map[string]any{"name": "wref", "namespace": ns, "labels": map[string]any{"app": "wref"}},
-		"spec": map[string]any{
-			"selector":    map[string]any{"matchLabels": map[string]any{"app": "wref"}},
-			"workloadRef": map[string]any{"apiVersion": "apps/v1", "kind": "Deployment", "name": "wref-app"},
-			"strategy":    map[string]any{"canary": map[string]any{}},
-		},
-	}}
+	ro := testenv.RolloutOf(ns, "wref", "wref-app", 1)
 	if err := k8s.Create(context.Background(), ro); err != nil {
 		t.Fatalf("create: %v", err)
 	}

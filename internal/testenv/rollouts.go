@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -60,4 +61,36 @@ func (e *Env) StartArgoRollouts(dir string) (stop func(), err error) {
 		"--healthzPort="+strconv.Itoa(healthz),
 		"--loglevel=info",
 	)
+}
+
+// Rollout is an Argo Rollout name in ns, labelled app=name, of replicas,
+// whose pods (labelled app=name) run one container "app" of image, with a
+// canary strategy of no steps: each new template is promoted at once.
+func Rollout(ns, name, image string, replicas int64) *unstructured.Unstructured {
+	ro := rollout(ns, name, name, replicas)
+	ro.Object["spec"].(map[string]any)["template"] = map[string]any{
+		"metadata": map[string]any{"labels": map[string]any{"app": name}},
+		"spec":     map[string]any{"containers": []any{map[string]any{"name": "app", "image": image}}},
+	}
+	return ro
+}
+
+// RolloutOf is a Rollout that takes its template from Deployment
+// deployment (spec.workloadRef), whose pods are labelled app=deployment.
+func RolloutOf(ns, name, deployment string, replicas int64) *unstructured.Unstructured {
+	ro := rollout(ns, name, deployment, replicas)
+	ro.Object["spec"].(map[string]any)["workloadRef"] = map[string]any{"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment}
+	return ro
+}
+
+func rollout(ns, name, podApp string, replicas int64) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+		"metadata": map[string]any{"name": name, "namespace": ns, "labels": map[string]any{"app": name}},
+		"spec": map[string]any{
+			"replicas": replicas,
+			"selector": map[string]any{"matchLabels": map[string]any{"app": podApp}},
+			"strategy": map[string]any{"canary": map[string]any{}},
+		},
+	}}
 }

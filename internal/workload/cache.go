@@ -24,7 +24,7 @@ func CacheOptions() cache.Options {
 	for _, k := range kinds {
 		// An optional kind (a CRD) may not be served: it keeps the default
 		// transform rather than name an API the cache cannot find.
-		if (k.Workload || slices.Contains(viaKinds(), k)) && !k.Optional {
+		if (k.Workload || slices.Contains(vias, k)) && !k.Optional {
 			byObject[k.New()] = cache.ByObject{Transform: keepWhatSelectionReads}
 		}
 	}

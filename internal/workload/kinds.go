@@ -3,6 +3,7 @@ package workload
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 
@@ -117,7 +118,13 @@ func Kinds() []*Kind { return kinds }
 
 // SelectableKinds returns the names of the kinds an ImagePin selects, in
 // status order: what an ImagePin selects when spec.kinds is empty.
-func SelectableKinds() []imagesv1alpha1.WorkloadKind {
+func SelectableKinds() []imagesv1alpha1.WorkloadKind { return slices.Clone(selectable) }
+
+// KindOrder is a selectable kind's place in status order (-1 for another):
+// for sorting, without building the list for every comparison.
+func KindOrder(name imagesv1alpha1.WorkloadKind) int { return slices.Index(selectable, name) }
+
+var selectable = func() []imagesv1alpha1.WorkloadKind {
 	var out []imagesv1alpha1.WorkloadKind
 	for _, k := range kinds {
 		if k.Workload {
@@ -125,7 +132,7 @@ func SelectableKinds() []imagesv1alpha1.WorkloadKind {
 		}
 	}
 	return out
-}
+}()
 
 // KindNamed returns the kind called name, or nil.
 func KindNamed(name imagesv1alpha1.WorkloadKind) *Kind {

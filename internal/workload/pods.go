@@ -23,7 +23,7 @@ const OwnerIndex = ".metadata.controllerUID"
 // IndexOwners registers OwnerIndex with the manager's cache.
 func IndexOwners(ctx context.Context, indexer client.FieldIndexer) error {
 	objs := []client.Object{&corev1.Pod{}}
-	for _, k := range viaKinds() {
+	for _, k := range vias {
 		objs = append(objs, k.New())
 	}
 	for _, obj := range objs {
@@ -34,8 +34,9 @@ func IndexOwners(ctx context.Context, indexer client.FieldIndexer) error {
 	return nil
 }
 
-// viaKinds are the kinds that stand between a workload and its pods.
-func viaKinds() []*Kind {
+// vias are the kinds that stand between a workload and its pods, derived
+// once from the table: the owner walk asks on every pod event.
+var vias = func() []*Kind {
 	var out []*Kind
 	for _, k := range kinds {
 		if k.Via != nil && !slices.Contains(out, k.Via) {
@@ -43,7 +44,7 @@ func viaKinds() []*Kind {
 		}
 	}
 	return out
-}
+}()
 
 func controllerUID(obj client.Object) []string {
 	if ref := metav1.GetControllerOf(obj); ref != nil {
@@ -100,7 +101,7 @@ func OwningWorkload(ctx context.Context, c client.Reader, obj client.Object) (cl
 			return nil, "", nil
 		}
 		k := kindOfRef(ref.APIVersion, ref.Kind)
-		if k == nil || (!k.Workload && !slices.Contains(viaKinds(), k)) {
+		if k == nil || (!k.Workload && !slices.Contains(vias, k)) {
 			return nil, "", nil
 		}
 		next := k.New()

@@ -177,13 +177,3 @@ func partOfAnotherWorkload(obj client.Object) bool {
 	k := kindOfRef(ref.APIVersion, ref.Kind)
 	return k != nil && k.Workload
 }
-
-// PodSpecPath is where a kind keeps the pod spec its pods are made from,
-// as the field names from the object's root.
-func PodSpecPath(kind imagesv1alpha1.WorkloadKind) ([]string, error) {
-	k := KindNamed(kind)
-	if k == nil {
-		return nil, fmt.Errorf("unsupported workload kind %q", kind)
-	}
-	return k.PodSpecPath, nil
-}
