@@ -94,7 +94,7 @@ func run(args []string) error {
 	fs.IntVar(&o.registry.Burst, "registry-burst", registry.DefaultBurst, "requests imagepin may send to one registry host in a burst")
 	fs.DurationVar(&o.registry.Timeout, "registry-timeout", registry.DefaultTimeout, "deadline of one tag resolution, retries included")
 	fs.DurationVar(&o.registry.MaxStale, "registry-max-stale", registry.DefaultMaxStale, "how long after its last confirmation a digest is still reported when its registry fails; 0 never")
-	fs.Var((*stringList)(&o.registry.InsecureRegistries), "insecure-registry", "registry host (host or host:port) reached over plain HTTP or TLS without verification; repeatable")
+	fs.Var((*stringList)(&o.registry.InsecureRegistries), "insecure-registry", "registry host (host or host:port) reached over plain HTTP or TLS without verification; repeatable. The only registries ever reached over plain HTTP, loopback included")
 	fs.Var((*registry.AllowedRegistriesFlag)(&o.registry.AllowedRegistries), "allowed-registries", registry.AllowedRegistriesUsage)
 	fs.StringVar(&o.registry.CAFile, "registry-ca-file", "", "PEM file of CA certificates trusted for registries, added to the system roots (SSL_CERT_FILE also works)")
 	fs.BoolVar(&o.cloudKeychains, "cloud-keychains", true, "also resolve with the manager's own ECR, Google and ACR credentials")

@@ -58,7 +58,7 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fs.Var(&files, "f", "a YAML file, a directory of them, or - for stdin; repeatable (default: stdin)")
 	check := fs.Bool("check", false, "change nothing; list every unpinned image with file and line and exit 1 if there is one")
 	timeout := fs.Duration("registry-timeout", registry.DefaultTimeout, "deadline of one tag resolution")
-	fs.Var(&insecure, "insecure-registry", "registry host reached over plain HTTP or TLS without verification; repeatable")
+	fs.Var(&insecure, "insecure-registry", "registry host reached over plain HTTP or TLS without verification; repeatable. The only registries ever reached over plain HTTP, loopback included")
 	var allowed registry.AllowedRegistriesFlag
 	fs.Var(&allowed, "allowed-registries", registry.AllowedRegistriesUsage)
 	caFile := fs.String("registry-ca-file", "", "PEM CA certificates trusted for registries")
