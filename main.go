@@ -72,6 +72,7 @@ type options struct {
 	cloudKeychains          bool
 	workers                 int
 	conflictBackoff         time.Duration
+	workloadKinds           []string
 }
 
 // stringList is a repeatable string flag.
@@ -100,6 +101,7 @@ func run(args []string) error {
 	fs.BoolVar(&o.cloudKeychains, "cloud-keychains", true, "also resolve with the manager's own ECR, Google and ACR credentials")
 	fs.IntVar(&o.workers, "concurrent-checks", 4, "ImagePins checked at once, so that one slow registry does not delay the others")
 	fs.DurationVar(&o.conflictBackoff, "conflict-backoff", time.Hour, "how long imagepin remembers reverts of its writes and first stops writing a workload reverted 3 times (doubling per block in a row, up to 24h)")
+	fs.Var((*stringList)(&o.workloadKinds), "workload-kind", workload.KindFlagUsage)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -109,6 +111,11 @@ func run(args []string) error {
 		return fmt.Errorf("unknown command %q; run without arguments to start the manager, or see --help", fs.Arg(0))
 	}
 	o.enableWebhooks = !strings.EqualFold(os.Getenv("ENABLE_WEBHOOKS"), "false")
+	// Before the manager reads the kind table (its cache, indexes and
+	// watches).
+	if err := workload.ConfigureFlags(o.workloadKinds); err != nil {
+		return err
+	}
 
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	return runManager(o)

@@ -39,7 +39,11 @@ type containerObs struct {
 	// (a write whose release failed, or an older imagepin's apply).
 	ownsFields bool
 	container  string
-	init       bool
+	// template names the pod template among the workload's, for a kind
+	// with several; specPointer is its JSON pointer in the workload.
+	template    string
+	specPointer string
+	init        bool
 	// volume is true for an image volume, which container names.
 	volume bool
 	// index is the position in containers, initContainers or volumes.
@@ -72,48 +76,67 @@ type observation struct {
 func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, workloads []workload.Workload) (observation, error) {
 	obs := observation{workloads: len(workloads)}
 	for _, w := range workloads {
-		kc, err := r.Keychains.ForPod(ctx, pin.Namespace, w.Template)
-		if err != nil {
-			return obs, err
-		}
 		pods, err := workload.Pods(ctx, r.Client, w)
 		if err != nil {
 			return obs, err
 		}
-		running := runningDigests(pods)
-		add := func(name, image string, init, volume bool, index int) {
-			if image == "" || !sel.SelectsImage(image) {
-				return
-			}
-			obs.containers = append(obs.containers, containerObs{
-				kind: w.Kind, workload: w.Name(), uid: w.Object.GetUID(), generation: w.Object.GetGeneration(),
-				ownsFields: workload.OwnsFields(w.Object),
-				container:  name, init: init, volume: volume, index: index, raw: image,
-				image:    selection.ImageKey(image),
-				pinned:   drift.DigestOfImage(image),
-				hasTag:   hasTag(image),
-				running:  running[slot(name, volume)],
-				keychain: kc,
-			})
+		// Each template's pods: a workload with several templates (a
+		// PyTorchJob's Master and Worker) runs several kinds of pod.
+		podsOf := make([][]corev1.Pod, len(w.Templates))
+		for _, p := range pods {
+			i := w.TemplateOf(&p)
+			podsOf[i] = append(podsOf[i], p)
 		}
-		for i, c := range w.Template.InitContainers {
-			add(c.Name, c.Image, true, false, i)
-		}
-		for i, c := range w.Template.Containers {
-			add(c.Name, c.Image, false, false, i)
-		}
-		// Image volumes (Kubernetes 1.33+) have the same mutable-tag
-		// problem as containers, and are resolved, pinned and followed
-		// alike. Ephemeral containers are not part of any template.
-		for i, v := range w.Template.Volumes {
-			if v.Image != nil {
-				add(v.Name, v.Image.Reference, false, true, i)
+		for ti, t := range w.Templates {
+			if err := r.observeTemplate(ctx, pin, sel, w, t, podsOf[ti], &obs); err != nil {
+				return obs, err
 			}
 		}
 	}
 	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval))
 	r.learnPinnedPlatforms(ctx, obs.containers, overridesOf(pin))
 	return obs, nil
+}
+
+// observeTemplate adds the selected containers and image volumes of one
+// pod template of w, with what its pods run, to obs.
+func (r *ImagePinReconciler) observeTemplate(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, w workload.Workload, t workload.Template, pods []corev1.Pod, obs *observation) error {
+	kc, err := r.Keychains.ForPod(ctx, pin.Namespace, t.Spec)
+	if err != nil {
+		return err
+	}
+	running := runningDigests(pods)
+	add := func(name, image string, init, volume bool, index int) {
+		if image == "" || !sel.SelectsImage(image) {
+			return
+		}
+		obs.containers = append(obs.containers, containerObs{
+			kind: w.Kind, workload: w.Name(), uid: w.Object.GetUID(), generation: w.Object.GetGeneration(),
+			ownsFields: workload.OwnsFields(w.Object),
+			container:  name, template: t.Key, specPointer: t.Pointer,
+			init: init, volume: volume, index: index, raw: image,
+			image:    selection.ImageKey(image),
+			pinned:   drift.DigestOfImage(image),
+			hasTag:   hasTag(image),
+			running:  running[slot("", name, volume)],
+			keychain: kc,
+		})
+	}
+	for i, c := range t.Spec.InitContainers {
+		add(c.Name, c.Image, true, false, i)
+	}
+	for i, c := range t.Spec.Containers {
+		add(c.Name, c.Image, false, false, i)
+	}
+	// Image volumes (Kubernetes 1.33+) have the same mutable-tag
+	// problem as containers, and are resolved, pinned and followed
+	// alike. Ephemeral containers are not part of any template.
+	for i, v := range t.Spec.Volumes {
+		if v.Image != nil {
+			add(v.Name, v.Image.Reference, false, true, i)
+		}
+	}
+	return nil
 }
 
 // learnPinnedPlatforms has the resolver learn the platforms of every digest
@@ -206,7 +229,7 @@ func runningDigests(pods []corev1.Pod) map[string][]imagesv1alpha1.RunningDigest
 			}
 		}
 		for name, ref := range volumes {
-			count(slot(name, true), ref)
+			count(slot("", name, true), ref)
 		}
 	}
 	out := make(map[string][]imagesv1alpha1.RunningDigest, len(byContainer))

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -13,7 +14,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
-	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/workload"
 )
 
@@ -33,7 +33,6 @@ func (r *ImagePinReconciler) stillAsRead(ctx context.Context, namespace string, 
 	if k == nil {
 		return false
 	}
-	path := k.PodSpecPath
 	u := &unstructured.Unstructured{}
 	u.SetGroupVersionKind(k.GVK)
 	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: w.name}, u); err != nil || u.GetUID() != w.uid {
@@ -41,7 +40,8 @@ func (r *ImagePinReconciler) stillAsRead(ctx context.Context, namespace string, 
 	}
 	for _, iw := range w.writes {
 		list, field := iw.field()
-		items, _, _ := unstructured.NestedSlice(u.Object, append(slices.Clone(path), list)...)
+		spec, _ := atPointer(u.Object, iw.specPointer).(map[string]any)
+		items, _ := spec[list].([]any)
 		if iw.index >= len(items) {
 			return false
 		}
@@ -95,7 +95,7 @@ func (r *ImagePinReconciler) releaseStaleFields(ctx context.Context, namespace s
 	}
 	done := map[types.UID]bool{}
 	for _, c := range obs.containers {
-		if !c.ownsFields || planned[c.uid] || done[c.uid] || c.kind == imagesv1alpha1.KindJob {
+		if !c.ownsFields || planned[c.uid] || done[c.uid] || !templateMutable(c.kind) {
 			continue
 		}
 		done[c.uid] = true
@@ -169,4 +169,29 @@ func ownsAnImage(raw []byte, writes []imageWrite) bool {
 	}
 	walk(fields)
 	return found
+}
+
+// atPointer returns the value at a JSON pointer (RFC 6901) in an
+// unstructured object, through maps and lists, or nil.
+func atPointer(obj map[string]any, pointer string) any {
+	var v any = obj
+	if pointer == "" {
+		return v
+	}
+	for _, step := range strings.Split(strings.TrimPrefix(pointer, "/"), "/") {
+		step = strings.NewReplacer("~1", "/", "~0", "~").Replace(step)
+		switch x := v.(type) {
+		case map[string]any:
+			v = x[step]
+		case []any:
+			i, err := strconv.Atoi(step)
+			if err != nil || i < 0 || i >= len(x) {
+				return nil
+			}
+			v = x[i]
+		default:
+			return nil
+		}
+	}
+	return v
 }

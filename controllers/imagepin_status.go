@@ -149,7 +149,7 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 				summary.Drifted++
 			}
 			entry := imagesv1alpha1.WorkloadImage{
-				Kind: c.kind, Name: c.workload, Container: c.container, Init: c.init, Volume: c.volume,
+				Kind: c.kind, Name: c.workload, Template: c.template, Container: c.container, Init: c.init, Volume: c.volume,
 				PinnedDigest: imagesv1alpha1.Digest(c.pinned),
 				Running:      c.running,
 				Drift:        reasons,
@@ -251,6 +251,9 @@ func workloadLess(a, b imagesv1alpha1.WorkloadImage) bool {
 	}
 	if a.Name != b.Name {
 		return a.Name < b.Name
+	}
+	if a.Template != b.Template {
+		return a.Template < b.Template
 	}
 	if a.Volume != b.Volume {
 		return b.Volume // containers first, then image volumes

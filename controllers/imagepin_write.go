@@ -37,10 +37,14 @@ const (
 // imageWrite is one container image to set.
 type imageWrite struct {
 	container string
-	init      bool
-	volume    bool
-	index     int
-	from, to  string
+	// template and specPointer say which pod template of the workload
+	// holds the container, and where (observation's).
+	template    string
+	specPointer string
+	init        bool
+	volume      bool
+	index       int
+	from, to    string
 	// stored is the image as the workload stores it, which the write
 	// tests before it replaces it.
 	stored string
@@ -98,7 +102,7 @@ func planWrites(in planInput) []workloadWrite {
 
 func desiredImage(c containerObs, in planInput) (imageWrite, bool) {
 	// A Job's pod template is immutable: it is reported, not patched.
-	if c.kind == imagesv1alpha1.KindJob {
+	if !templateMutable(c.kind) {
 		return imageWrite{}, false
 	}
 	current := c.image
@@ -116,7 +120,7 @@ func desiredImage(c containerObs, in planInput) (imageWrite, bool) {
 		if to == current {
 			return imageWrite{}, false
 		}
-		return imageWrite{container: c.container, init: c.init, volume: c.volume, index: c.index, from: current, stored: c.raw, to: to, reason: reason}, true
+		return imageWrite{container: c.container, template: c.template, specPointer: c.specPointer, init: c.init, volume: c.volume, index: c.index, from: current, stored: c.raw, to: to, reason: reason}, true
 	}
 	if d, ok := in.overrides[c.image]; ok {
 		return write(d, writeOverride)
@@ -147,7 +151,7 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 	generations := map[types.UID]int64{}
 	live := map[types.UID]bool{}
 	for _, c := range obs.containers {
-		current[string(c.uid)+"/"+slot(c.container, c.volume)] = c.raw
+		current[string(c.uid)+"/"+slot(c.template, c.container, c.volume)] = c.raw
 		generations[c.uid] = c.generation
 		live[c.uid] = true
 	}
@@ -233,21 +237,20 @@ func (r *ImagePinReconciler) event(pin *imagesv1alpha1.ImagePin, kind, reason, n
 // the admission webhook pins again or the next check sees (and counts as
 // a revert when it is the same tag).
 func (r *ImagePinReconciler) writeImages(ctx context.Context, namespace string, w workloadWrite) (int64, error) {
-	if w.kind == imagesv1alpha1.KindJob {
-		return 0, fmt.Errorf("%s is not written: its pod template is immutable", w.kind)
-	}
 	k := workload.KindNamed(w.kind)
 	if k == nil {
 		return 0, fmt.Errorf("unsupported workload kind %q", w.kind)
 	}
-	path := k.PodSpecPath
+	if !k.TemplateMutable {
+		return 0, fmt.Errorf("%s is not written: its pod template is immutable", w.kind)
+	}
 	obj := k.New()
 	obj.SetNamespace(namespace)
 	obj.SetName(w.name)
 	var ops []jsonPatchOp
 	for _, iw := range w.writes {
 		list, field := iw.field()
-		at := "/" + strings.Join(path, "/") + "/" + list + "/" + strconv.Itoa(iw.index)
+		at := iw.specPointer + "/" + list + "/" + strconv.Itoa(iw.index)
 		image := at + "/" + strings.Join(field, "/")
 		ops = append(ops,
 			jsonPatchOp{Op: "test", Path: at + "/name", Value: iw.container},
@@ -292,7 +295,7 @@ func (w imageWrite) field() (list string, image []string) {
 }
 
 // slot names the container or image volume of w among a workload's.
-func (w imageWrite) slot() string { return slot(w.container, w.volume) }
+func (w imageWrite) slot() string { return slot(w.template, w.container, w.volume) }
 
 // what says what w writes, for an event.
 func (w imageWrite) what() string {
@@ -303,12 +306,23 @@ func (w imageWrite) what() string {
 }
 
 // slot names a container, or an image volume ("volume:" and its name: a
-// volume may share a container's name).
-func slot(name string, volume bool) string {
+// volume may share a container's name), of a pod template (its key and
+// "/" first, for a workload with several).
+func slot(template, name string, volume bool) string {
 	if volume {
-		return "volume:" + name
+		name = "volume:" + name
+	}
+	if template != "" {
+		return template + "/" + name
 	}
 	return name
+}
+
+// templateMutable reports whether a kind's pod template may change after
+// creation: a Job's may not, and is reported, never written.
+func templateMutable(kind imagesv1alpha1.WorkloadKind) bool {
+	k := workload.KindNamed(kind)
+	return k != nil && k.TemplateMutable
 }
 
 type jsonPatchOp struct {

@@ -38,8 +38,12 @@ const (
 // WorkloadKind's enum is the workload kinds of internal/workload's table
 // (TestTheAPIEnumIsTheTablesWorkloadKinds holds them equal).
 
-// WorkloadKind is a kind of workload an ImagePin can select.
-// +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet;Job;CronJob;Rollout
+// WorkloadKind is a kind of workload an ImagePin can select: a built-in one
+// (Deployment, StatefulSet, DaemonSet, Job, CronJob, Rollout), or a kind
+// the manager is configured with (--workload-kind). The manager refuses a
+// kind it does not know with Ready=False, naming those it does.
+// +kubebuilder:validation:Pattern=`^[A-Z][A-Za-z0-9]*$`
+// +kubebuilder:validation:MaxLength=63
 type WorkloadKind string
 
 // The workload kinds imagepin understands.
@@ -80,11 +84,12 @@ type ImagePinSpec struct {
 	Selector *metav1.LabelSelector `json:"selector,omitempty"`
 
 	// kinds are the workload kinds to select. Empty selects all:
-	// Deployment, StatefulSet, DaemonSet, Job, CronJob and, where Argo
-	// Rollouts is installed, Rollout.
+	// Deployment, StatefulSet, DaemonSet, Job, CronJob, where Argo Rollouts
+	// is installed Rollout, and the kinds the manager is configured with
+	// (--workload-kind) that the cluster serves.
 	// +optional
 	// +listType=set
-	// +kubebuilder:validation:MaxItems=6
+	// +kubebuilder:validation:MaxItems=32
 	Kinds []WorkloadKind `json:"kinds,omitempty"`
 
 	// images filters container images by reference, with shell globs.
@@ -354,6 +359,12 @@ type WorkloadImage struct {
 	// +required
 	// +kubebuilder:validation:MaxLength=253
 	Container string `json:"container"`
+	// template names the pod template of the workload the container is
+	// in, for a configured kind with several (a PyTorchJob's "Worker");
+	// empty for a kind with one.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Template string `json:"template,omitempty"`
 	// init is true for an init container.
 	// +optional
 	Init bool `json:"init,omitempty"`

@@ -320,7 +320,7 @@ func FuzzDecode(f *testing.F) {
 		if k == "" || obj.meta() == nil || obj.podSpec() == nil {
 			t.Fatalf("decode(%q) accepted the object without a kind, metadata or pod spec", kind)
 		}
-		for _, c := range containersOf(obj.podSpec(), obj.specPointer) {
+		for _, c := range containersOf(obj.podSpec(), obj.specPointer()) {
 			if !imagePointer.MatchString(c.pointer) {
 				t.Fatalf("container %s has image pointer %q", c.name, c.pointer)
 			}

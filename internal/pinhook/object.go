@@ -17,10 +17,11 @@ import (
 
 // object is a decoded workload or Pod.
 type object struct {
-	obj  client.Object
-	spec *corev1.PodSpec
-	// specPointer is the JSON pointer of the pod spec in the object.
-	specPointer string
+	obj client.Object
+	// templates are its pod specs, with their JSON pointers: one for a
+	// built-in kind, one per replica spec for a configured kind with
+	// several.
+	templates []workload.Template
 	// templateMutable is true for the kinds whose pod template may change
 	// after creation (a change rolls out): an UPDATE may pin any of their
 	// images. A Job's template is immutable and a bare Pod's images are
@@ -28,8 +29,45 @@ type object struct {
 	templateMutable bool
 }
 
-func (o object) meta() client.Object      { return o.obj }
-func (o object) podSpec() *corev1.PodSpec { return o.spec }
+func (o object) meta() client.Object { return o.obj }
+
+// podSpec is the object's first pod spec.
+func (o object) podSpec() *corev1.PodSpec {
+	if len(o.templates) == 0 {
+		return nil
+	}
+	return o.templates[0].Spec
+}
+
+// specPointer is the JSON pointer of the object's first pod spec.
+func (o object) specPointer() string {
+	if len(o.templates) == 0 {
+		return ""
+	}
+	return o.templates[0].Pointer
+}
+
+// containers lists the image fields of every pod spec of the object, each
+// named by its template's key and "/" first where it has one (a
+// PyTorchJob's "Worker/pytorch"), with the index of its template.
+func (o object) containers() []templateContainer {
+	var out []templateContainer
+	for i, t := range o.templates {
+		for _, c := range containersOf(t.Spec, t.Pointer) {
+			if t.Key != "" {
+				c.name = t.Key + "/" + c.name
+			}
+			out = append(out, templateContainer{c, i})
+		}
+	}
+	return out
+}
+
+// templateContainer is an image field and the index of its template.
+type templateContainer struct {
+	containerRef
+	template int
+}
 
 // decode reads the objects the webhook pins; kind is empty for others. It
 // decodes as the API server does (field names case-sensitive) and refuses
@@ -45,7 +83,7 @@ func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error
 	obj := k.New()
 	// The kind the object names is checked below, against the request's.
 	obj.GetObjectKind().SetGroupVersionKind(schema.GroupVersionKind{})
-	o := object{obj, k.PodSpec(obj), k.SpecPointer(), k.TemplateMutable}
+	o := object{obj: obj, templateMutable: k.TemplateMutable}
 	if trimmed := bytes.TrimSpace(raw); len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
 		return object{}, "", fmt.Errorf("decode %s: the request carries no object", kind)
 	}
@@ -59,7 +97,7 @@ func decode(kind string, raw []byte) (object, imagesv1alpha1.WorkloadKind, error
 	if got := o.obj.GetObjectKind().GroupVersionKind().Kind; got != "" && got != kind {
 		return object{}, "", fmt.Errorf("decode %s: the object is a %s", kind, got)
 	}
-	if o.spec = k.PodSpec(obj); o.spec == nil {
+	if o.templates = k.Templates(obj); len(o.templates) == 0 {
 		// No pod template of its own (a Rollout with workloadRef), or not
 		// one a pod spec decodes from: nothing this webhook pins, and not
 		// its place to refuse.
@@ -101,11 +139,11 @@ func containersOf(spec *corev1.PodSpec, specPointer string) []containerRef {
 	return out
 }
 
-// imagesByName maps the container names of a pod spec (as containersOf
-// names them) to their images.
-func imagesByName(spec *corev1.PodSpec) map[string]string {
+// imagesByName maps the container names of an object's pod specs (as
+// containers names them) to their images.
+func imagesByName(o object) map[string]string {
 	out := map[string]string{}
-	for _, c := range containersOf(spec, "") {
+	for _, c := range o.containers() {
 		out[c.name] = *c.image
 	}
 	return out

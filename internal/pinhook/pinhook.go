@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -31,6 +32,7 @@ import (
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/selection"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // Path is where the webhook is served.
@@ -116,7 +118,9 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	if err != nil {
 		return admission.Errored(http.StatusBadRequest, err), decisionUnchanged
 	}
-	if kind == "" {
+	if kind == "" || workload.KindNamed(kind).GVK.Group != req.Kind.Group {
+		// (A kind of another group by the same name: a Knative Service
+		// configured, a core Service sent.)
 		return admission.Allowed("imagepin does not pin " + req.Kind.Kind), decisionUnchanged
 	}
 	if kind == selection.KindPod && metav1.GetControllerOf(obj.meta()) != nil {
@@ -138,16 +142,18 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	// Each container is pinned by its own writer (selection.Writer): the
 	// ImagePin that selects the object and that image.
 	type planned struct {
-		pointer string
+		pointer  string
+		template int
 		imagePlan
 		pin *imagesv1alpha1.ImagePin
 	}
 	var plans []planned
-	var toResolve []string
+	// Tags to resolve, per template: each with its own credentials.
+	toResolve := map[int][]string{}
 	var ttl time.Duration
 	selected := false
 	writers := selection.WritersOf(pins, kind, obj.meta().GetLabels())
-	for _, c := range containersOf(obj.podSpec(), obj.specPointer) {
+	for _, c := range obj.containers() {
 		if *c.image == "" {
 			continue
 		}
@@ -169,9 +175,9 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		if !ok {
 			continue
 		}
-		plans = append(plans, planned{c.pointer, p, pin})
+		plans = append(plans, planned{c.pointer, c.template, p, pin})
 		if p.digest == "" {
-			toResolve = append(toResolve, p.ref)
+			toResolve[c.template] = append(toResolve[c.template], p.ref)
 			if ttl == 0 || sel.Interval < ttl {
 				ttl = sel.Interval
 			}
@@ -184,19 +190,19 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		return admission.Allowed("nothing to pin"), decisionUnchanged
 	}
 
-	var resolved map[string]resolution
+	resolved := map[int]map[string]resolution{}
 	var credentialsErr error
-	if len(toResolve) > 0 {
-		kc, err := h.Keychains.ForPod(ctx, req.Namespace, obj.podSpec())
+	for _, ti := range slices.Sorted(maps.Keys(toResolve)) {
+		kc, err := h.Keychains.ForPod(ctx, req.Namespace, obj.templates[ti].Spec)
 		if err != nil {
 			if ctx.Err() == nil {
 				return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
 			}
 			// The budget ran out reading credentials: the policy decides.
 			credentialsErr = fmt.Errorf("credentials not read within the webhook's budget of %s: %w", budget, err)
-		} else {
-			resolved = h.resolveAll(ctx, toResolve, kc, ttl, budget)
+			break
 		}
+		resolved[ti] = h.resolveAll(ctx, toResolve[ti], kc, ttl, budget)
 	}
 
 	var patches []jsonpatch.JsonPatchOperation
@@ -204,7 +210,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	for _, p := range plans {
 		digest := p.digest
 		if digest == "" {
-			r, ok := resolved[p.ref]
+			r, ok := resolved[p.template][p.ref]
 			if !ok {
 				failures = append(failures, failure{p.pin, credentialsErr.Error()})
 				continue
@@ -291,7 +297,7 @@ func oldImages(req admission.Request) (images map[string]string, known bool) {
 	if err != nil || kind == "" {
 		return nil, false
 	}
-	return imagesByName(prev.podSpec()), true
+	return imagesByName(prev), true
 }
 
 // imagePins lists the ImagePins of namespace, from the cache.

@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -32,6 +33,13 @@ func CacheOptions() cache.Options {
 }
 
 func stripForCache(obj any) (any, error) {
+	if u, ok := obj.(*unstructured.Unstructured); ok && u != nil {
+		// A custom workload kind (a Rollout, a configured kind) is cached
+		// as unstructured: the same slimming, by its spec paths.
+		if k := unstructuredWorkloadKind(u); k != nil {
+			return slimUnstructured(u, k), nil
+		}
+	}
 	if o, ok := obj.(client.Object); ok && !isNilPointer(obj) {
 		o.SetManagedFields(ownFieldsOnly(o.GetManagedFields()))
 		if a := o.GetAnnotations(); a != nil {
@@ -221,4 +229,149 @@ func imageMounts(in []corev1.VolumeMountStatus) []corev1.VolumeMountStatus {
 func isNilPointer(obj any) bool {
 	v := reflect.ValueOf(obj)
 	return v.Kind() == reflect.Pointer && v.IsNil()
+}
+
+// unstructuredWorkloadKind returns the custom workload kind u is an object
+// of, or nil.
+func unstructuredWorkloadKind(u *unstructured.Unstructured) *Kind {
+	gvk := u.GroupVersionKind()
+	for _, k := range kinds {
+		if k.Type == nil && k.Workload && k.GVK.GroupKind() == gvk.GroupKind() {
+			return k
+		}
+	}
+	return nil
+}
+
+// slimUnstructured keeps of a custom workload what keepWhatSelectionReads
+// keeps of a built-in one: identity, generation, labels, owners, imagepin's
+// own managedFields entry, what its TemplateRef names, and of each pod
+// spec the image fields, pull secrets and service account, at the same
+// place (a list of replica specs keeps its length, so that the pointers
+// the controller's patch names are the object's).
+func slimUnstructured(u *unstructured.Unstructured, k *Kind) *unstructured.Unstructured {
+	slim := &unstructured.Unstructured{Object: map[string]any{}}
+	slim.SetAPIVersion(u.GetAPIVersion())
+	slim.SetKind(u.GetKind())
+	m := slimMeta(metav1.ObjectMeta{
+		Name: u.GetName(), Namespace: u.GetNamespace(), UID: u.GetUID(), ResourceVersion: u.GetResourceVersion(),
+		Generation: u.GetGeneration(), CreationTimestamp: u.GetCreationTimestamp(), DeletionTimestamp: u.GetDeletionTimestamp(),
+		Labels: u.GetLabels(), OwnerReferences: u.GetOwnerReferences(), ManagedFields: u.GetManagedFields(),
+	})
+	slim.SetName(m.Name)
+	slim.SetNamespace(m.Namespace)
+	slim.SetUID(m.UID)
+	slim.SetResourceVersion(m.ResourceVersion)
+	slim.SetGeneration(m.Generation)
+	slim.SetCreationTimestamp(m.CreationTimestamp)
+	slim.SetDeletionTimestamp(m.DeletionTimestamp)
+	slim.SetLabels(m.Labels)
+	slim.SetOwnerReferences(m.OwnerReferences)
+	slim.SetManagedFields(m.ManagedFields)
+	if len(k.TemplateRef) > 0 {
+		if ref, found, _ := unstructured.NestedFieldCopy(u.Object, k.TemplateRef...); found {
+			_ = unstructured.SetNestedField(slim.Object, ref, k.TemplateRef...)
+		}
+	}
+	for _, p := range k.Specs {
+		copyPodSpecs(u.Object, slim.Object, p.Fields)
+	}
+	return slim
+}
+
+// copyPodSpecs copies the slimmed pod specs at fields (wildcards
+// included) from src to dst, creating the maps and lists on the way.
+func copyPodSpecs(src, dst map[string]any, fields []string) {
+	step, rest := fields[0], fields[1:]
+	keys := []string{step}
+	if step == Wildcard {
+		keys = keys[:0]
+		for key := range src {
+			keys = append(keys, key)
+		}
+	}
+	for _, key := range keys {
+		copyPodSpecsAt(src[key], dst, key, rest)
+	}
+}
+
+func copyPodSpecsAt(src any, dst map[string]any, key string, rest []string) {
+	if len(rest) == 0 {
+		if raw, ok := src.(map[string]any); ok {
+			dst[key] = slimRawPodSpec(raw)
+		}
+		return
+	}
+	switch x := src.(type) {
+	case map[string]any:
+		next, _ := dst[key].(map[string]any)
+		if next == nil {
+			next = map[string]any{}
+			dst[key] = next
+		}
+		copyPodSpecs(x, next, rest)
+	case []any:
+		if rest[0] != Wildcard {
+			return
+		}
+		next, _ := dst[key].([]any)
+		if len(next) != len(x) {
+			next = make([]any, len(x))
+			for i := range next {
+				next[i] = map[string]any{}
+			}
+			dst[key] = next
+		}
+		for i, item := range x {
+			im, ok := item.(map[string]any)
+			if !ok {
+				continue
+			}
+			out := next[i].(map[string]any)
+			if name, ok := im["name"]; ok {
+				out["name"] = name
+			}
+			if len(rest) == 1 {
+				next[i] = slimRawPodSpec(im)
+				continue
+			}
+			copyPodSpecs(im, out, rest[1:])
+		}
+	}
+}
+
+// slimRawPodSpec keeps of an unstructured pod spec what slimPodSpec keeps
+// of a typed one.
+func slimRawPodSpec(raw map[string]any) map[string]any {
+	out := map[string]any{}
+	for _, list := range []string{"initContainers", "containers"} {
+		items, ok := raw[list].([]any)
+		if !ok {
+			continue
+		}
+		slim := make([]any, len(items))
+		for i, item := range items {
+			c, _ := item.(map[string]any)
+			slim[i] = map[string]any{"name": c["name"], "image": c["image"]}
+		}
+		out[list] = slim
+	}
+	if items, ok := raw["volumes"].([]any); ok {
+		slim := make([]any, len(items))
+		for i, item := range items {
+			v, _ := item.(map[string]any)
+			sv := map[string]any{"name": v["name"]}
+			if img, ok := v["image"]; ok {
+				sv["image"] = img
+			}
+			slim[i] = sv
+		}
+		out["volumes"] = slim
+	}
+	for _, keep := range []string{"imagePullSecrets", "serviceAccountName"} {
+		if v, ok := raw[keep]; ok {
+			out[keep] = v
+		}
+	}
+	return out
 }

@@ -117,20 +117,21 @@ func TestCacheKeepsOfAWorkloadWhatSelectionReads(t *testing.T) {
 			t.Fatal(err)
 		}
 		w := Workload{Object: out.(client.Object)}
+		var spec *corev1.PodSpec
 		switch o := out.(type) {
 		case *appsv1.Deployment:
-			w.Template = &o.Spec.Template.Spec
+			spec = &o.Spec.Template.Spec
 			if o.Spec.Replicas != nil || o.Status.Replicas != 0 {
 				t.Errorf("%T kept replicas", o)
 			}
 		case *appsv1.StatefulSet:
-			w.Template = &o.Spec.Template.Spec
+			spec = &o.Spec.Template.Spec
 		case *appsv1.DaemonSet:
-			w.Template = &o.Spec.Template.Spec
+			spec = &o.Spec.Template.Spec
 		case *batchv1.Job:
-			w.Template = &o.Spec.Template.Spec
+			spec = &o.Spec.Template.Spec
 		case *batchv1.CronJob:
-			w.Template = &o.Spec.JobTemplate.Spec.Template.Spec
+			spec = &o.Spec.JobTemplate.Spec.Template.Spec
 			if o.Spec.Schedule != "" {
 				t.Errorf("%T kept its schedule", o)
 			}
@@ -143,7 +144,7 @@ func TestCacheKeepsOfAWorkloadWhatSelectionReads(t *testing.T) {
 		if len(m.GetAnnotations()) != 0 || len(m.GetManagedFields()) != 0 {
 			t.Errorf("%T kept annotations or managedFields", obj)
 		}
-		s := w.Template
+		s := spec
 		if s.ServiceAccountName != "builder" || len(s.ImagePullSecrets) != 1 ||
 			len(s.InitContainers) != 1 || s.InitContainers[0].Image != "reg.io/init:v1" ||
 			len(s.Containers) != 1 || s.Containers[0].Name != "app" || s.Containers[0].Image != "reg.io/app:v1" {

@@ -11,7 +11,6 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -29,8 +28,10 @@ type Kind struct {
 	// spec.kinds.
 	Name imagesv1alpha1.WorkloadKind
 	GVK  schema.GroupVersionKind
-	// PodSpecPath is where its pod spec lives: field names from the root.
-	PodSpecPath []string
+	// Specs are where its pod specs live. A built-in kind has one, with no
+	// wildcard; a configured kind may have several, and wildcards where a
+	// map or list of replica specs holds several templates.
+	Specs []SpecPath
 	// TemplateMutable: its pod template may change after creation, and a
 	// change rolls out. A Job's may not; a bare Pod's images are what its
 	// containers run.
@@ -40,9 +41,10 @@ type Kind struct {
 	Workload bool
 	// Admission: the webhook pins it.
 	Admission bool
-	// Via is the kind its pods are owned by, when not by it directly:
-	// Deployment → ReplicaSet → Pod, CronJob → Job → Pod.
-	Via *Kind
+	// Via are the kinds between it and its pods, from it down, when its
+	// pods are not its own: Deployment → ReplicaSet → Pod, CronJob → Job
+	// → Pod. Pods owned by any of them count as its pods.
+	Via []*Kind
 	// Type and ListType are its Go types, whose pointers are a
 	// client.Object and a client.ObjectList; nil for a kind imagepin reads
 	// as unstructured objects (a custom resource: no Go types compiled in).
@@ -50,6 +52,10 @@ type Kind struct {
 	// Optional: its API may be absent from a cluster (a CRD): imagepin then
 	// leaves it out and keeps the other kinds going.
 	Optional bool
+	// Configured: named by the admin (--workload-kind), not built in.
+	Configured bool
+	// flag is the --workload-kind value a configured kind was read from.
+	flag string
 	// TemplateRef is where an object of the kind without a pod spec of its
 	// own names the workload it takes one from ({apiVersion, kind, name}):
 	// a Rollout's spec.workloadRef.
@@ -67,7 +73,7 @@ var (
 		return k
 	}()
 
-	kinds = []*Kind{
+	builtin = []*Kind{
 		kind[appsv1.Deployment, appsv1.DeploymentList](imagesv1alpha1.KindDeployment, appsv1.SchemeGroupVersion, "spec.template.spec", true, true, true, replicaSet),
 		kind[appsv1.StatefulSet, appsv1.StatefulSetList](imagesv1alpha1.KindStatefulSet, appsv1.SchemeGroupVersion, "spec.template.spec", true, true, true, nil),
 		kind[appsv1.DaemonSet, appsv1.DaemonSetList](imagesv1alpha1.KindDaemonSet, appsv1.SchemeGroupVersion, "spec.template.spec", true, true, true, nil),
@@ -84,21 +90,24 @@ var (
 		// pods. Optional: a cluster without its CRD still runs imagepin.
 		rollout,
 	}
+
+	// kinds are the built-in kinds, then those configured (Configure).
+	kinds = builtin
 )
 
 // customKind describes a kind read as unstructured objects, optional.
 func customKind(name imagesv1alpha1.WorkloadKind, gv schema.GroupVersion, path string, mutable, workload, admission bool, via *Kind) *Kind {
 	return &Kind{
-		Name: name, GVK: gv.WithKind(string(name)), PodSpecPath: strings.Split(path, "."),
-		TemplateMutable: mutable, Workload: workload, Admission: admission, Via: via,
+		Name: name, GVK: gv.WithKind(string(name)), Specs: []SpecPath{{Fields: strings.Split(path, ".")}},
+		TemplateMutable: mutable, Workload: workload, Admission: admission, Via: viaOf(via),
 		Optional: true,
 	}
 }
 
 func kind[T, L any](name imagesv1alpha1.WorkloadKind, gv schema.GroupVersion, path string, mutable, workload, admission bool, via *Kind) *Kind {
 	k := &Kind{
-		Name: name, GVK: gv.WithKind(string(name)), PodSpecPath: strings.Split(path, "."),
-		TemplateMutable: mutable, Workload: workload, Admission: admission, Via: via,
+		Name: name, GVK: gv.WithKind(string(name)), Specs: []SpecPath{{Fields: strings.Split(path, ".")}},
+		TemplateMutable: mutable, Workload: workload, Admission: admission, Via: viaOf(via),
 		Type: reflect.TypeFor[T](), ListType: reflect.TypeFor[L](),
 	}
 	if _, ok := reflect.New(k.Type).Interface().(client.Object); !ok {
@@ -107,10 +116,17 @@ func kind[T, L any](name imagesv1alpha1.WorkloadKind, gv schema.GroupVersion, pa
 	if _, ok := reflect.New(k.ListType).Interface().(client.ObjectList); !ok {
 		panic(fmt.Sprintf("workload kind %s: %s is not a client.ObjectList", name, k.ListType))
 	}
-	if _, err := fieldSteps(k.Type, k.PodSpecPath); err != nil {
+	if _, err := fieldSteps(k.Type, k.Specs[0].Fields); err != nil {
 		panic(fmt.Sprintf("workload kind %s: %v", name, err))
 	}
 	return k
+}
+
+func viaOf(k *Kind) []*Kind {
+	if k == nil {
+		return nil
+	}
+	return []*Kind{k}
 }
 
 // Kinds returns every kind imagepin knows, in status order.
@@ -124,7 +140,9 @@ func SelectableKinds() []imagesv1alpha1.WorkloadKind { return slices.Clone(selec
 // for sorting, without building the list for every comparison.
 func KindOrder(name imagesv1alpha1.WorkloadKind) int { return slices.Index(selectable, name) }
 
-var selectable = func() []imagesv1alpha1.WorkloadKind {
+var selectable = selectableOf(kinds)
+
+func selectableOf(kinds []*Kind) []imagesv1alpha1.WorkloadKind {
 	var out []imagesv1alpha1.WorkloadKind
 	for _, k := range kinds {
 		if k.Workload {
@@ -132,7 +150,7 @@ var selectable = func() []imagesv1alpha1.WorkloadKind {
 		}
 	}
 	return out
-}()
+}
 
 // KindNamed returns the kind called name, or nil.
 func KindNamed(name imagesv1alpha1.WorkloadKind) *Kind {
@@ -176,32 +194,23 @@ func (k *Kind) NewList() client.ObjectList {
 	return reflect.New(k.ListType).Interface().(client.ObjectList)
 }
 
-// PodSpec returns the pod spec of obj, an object of the kind: in place for
-// a typed kind, a decoded copy for an unstructured one (read it, do not
-// write it); nil when obj is not of the kind, holds no pod spec there (a
+// PodSpec returns the (first) pod spec of obj, an object of the kind: in
+// place for a typed kind, a decoded copy for an unstructured one (read it,
+// do not write it); nil when obj is not of the kind, holds no pod spec there (a
 // ReplicationController without a template, a Rollout with workloadRef),
 // or what is there is not a pod spec.
 func (k *Kind) PodSpec(obj client.Object) *corev1.PodSpec {
 	if k.Type == nil {
-		u, ok := obj.(*unstructured.Unstructured)
-		if !ok || u.GroupVersionKind().GroupKind() != k.GVK.GroupKind() {
-			return nil
+		if ts := k.Templates(obj); len(ts) > 0 {
+			return ts[0].Spec
 		}
-		raw, found, err := unstructured.NestedMap(u.Object, k.PodSpecPath...)
-		if err != nil || !found {
-			return nil
-		}
-		var spec corev1.PodSpec
-		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &spec); err != nil {
-			return nil
-		}
-		return &spec
-	}
-	v := reflect.ValueOf(obj)
-	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Type() != k.Type {
 		return nil
 	}
-	steps, _ := fieldSteps(k.Type, k.PodSpecPath)
+	v := reflect.ValueOf(obj)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Type() != k.Type || len(k.Specs) == 0 {
+		return nil
+	}
+	steps, _ := fieldSteps(k.Type, k.Specs[0].Fields)
 	v = v.Elem()
 	for _, i := range steps {
 		if v.Kind() == reflect.Pointer {
@@ -214,9 +223,6 @@ func (k *Kind) PodSpec(obj client.Object) *corev1.PodSpec {
 	}
 	return v.Addr().Interface().(*corev1.PodSpec)
 }
-
-// SpecPointer is the JSON pointer of the kind's pod spec.
-func (k *Kind) SpecPointer() string { return "/" + strings.Join(k.PodSpecPath, "/") }
 
 var (
 	fieldStepsMu sync.Mutex

@@ -24,7 +24,11 @@ const OwnerIndex = ".metadata.controllerUID"
 func IndexOwners(ctx context.Context, indexer client.FieldIndexer) error {
 	objs := []client.Object{&corev1.Pod{}}
 	for _, k := range vias {
-		objs = append(objs, k.New())
+		// A custom kind (unstructured) is not indexed: its objects are
+		// few, listed by namespace and matched by owner (ownedBy).
+		if k.Type != nil && k.GVK.Kind != "Pod" {
+			objs = append(objs, k.New())
+		}
 	}
 	for _, obj := range objs {
 		if err := indexer.IndexField(ctx, obj, OwnerIndex, controllerUID); err != nil {
@@ -36,15 +40,19 @@ func IndexOwners(ctx context.Context, indexer client.FieldIndexer) error {
 
 // vias are the kinds that stand between a workload and its pods, derived
 // once from the table: the owner walk asks on every pod event.
-var vias = func() []*Kind {
+var vias = viasOf(kinds)
+
+func viasOf(kinds []*Kind) []*Kind {
 	var out []*Kind
 	for _, k := range kinds {
-		if k.Via != nil && !slices.Contains(out, k.Via) {
-			out = append(out, k.Via)
+		for _, v := range k.Via {
+			if !slices.Contains(out, v) {
+				out = append(out, v)
+			}
 		}
 	}
 	return out
-}()
+}
 
 func controllerUID(obj client.Object) []string {
 	if ref := metav1.GetControllerOf(obj); ref != nil {
@@ -53,10 +61,11 @@ func controllerUID(obj client.Object) []string {
 	return nil
 }
 
-// Pods returns the pods a workload runs, through the kind its pods are
-// owned by where there is one (Kind.Via): Deployment → ReplicaSets → Pods,
-// CronJob → Jobs → Pods, the others → Pods. The reader must have
-// OwnerIndex.
+// Pods returns the pods a workload runs: those owned by it or by any
+// object of the kinds between it and its pods (Kind.Via), each level owned
+// by the one above: Deployment → ReplicaSets → Pods, CronJob → Jobs →
+// Pods, a configured JobSet → Jobs → Pods, the others → Pods. The reader
+// must have OwnerIndex.
 func Pods(ctx context.Context, c client.Reader, w Workload) ([]corev1.Pod, error) {
 	ns := w.Object.GetNamespace()
 	runner, k := w.Object, KindNamed(w.Kind)
@@ -64,38 +73,73 @@ func Pods(ctx context.Context, c client.Reader, w Workload) ([]corev1.Pod, error
 		runner, k = w.Runner, w.RunnerKind
 	}
 	owners := []types.UID{runner.GetUID()}
-	if k != nil && k.Via != nil {
-		list := k.Via.NewList()
-		if err := c.List(ctx, list, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(runner.GetUID())}); err != nil {
-			return nil, fmt.Errorf("list %ss of %s %s/%s: %w", k.Via.Name, w.Kind, ns, w.Name(), err)
+	var out []corev1.Pod
+	seen := map[types.UID]bool{}
+	for level := 0; len(owners) > 0; level++ {
+		for _, uid := range owners {
+			var pods corev1.PodList
+			if err := c.List(ctx, &pods, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(uid)}); err != nil {
+				return nil, fmt.Errorf("list pods of %s %s/%s: %w", w.Kind, ns, w.Name(), err)
+			}
+			for _, p := range pods.Items {
+				if !seen[p.UID] {
+					seen[p.UID] = true
+					out = append(out, p)
+				}
+			}
 		}
-		owners = owners[:0]
-		err := meta.EachListItem(list, func(item runtime.Object) error {
-			if o, ok := item.(client.Object); ok {
-				owners = append(owners, o.GetUID())
+		if k == nil || level == len(k.Via) {
+			break
+		}
+		next, err := ownedBy(ctx, c, k.Via[level], ns, owners)
+		if err != nil {
+			return nil, fmt.Errorf("list %ss of %s %s/%s: %w", k.Via[level].Name, w.Kind, ns, w.Name(), err)
+		}
+		owners = next
+	}
+	return out, nil
+}
+
+// ownedBy lists the UIDs of the objects of kind v in ns whose controller
+// is one of owners: through OwnerIndex for a built-in kind, by matching
+// owner references for a custom one.
+func ownedBy(ctx context.Context, c client.Reader, v *Kind, ns string, owners []types.UID) ([]types.UID, error) {
+	var out []types.UID
+	collect := func(list client.ObjectList, keep func(client.Object) bool) error {
+		return meta.EachListItem(list, func(item runtime.Object) error {
+			if o, ok := item.(client.Object); ok && keep(o) {
+				out = append(out, o.GetUID())
 			}
 			return nil
 		})
-		if err != nil {
-			return nil, err
-		}
 	}
-	var out []corev1.Pod
-	for _, uid := range owners {
-		var pods corev1.PodList
-		if err := c.List(ctx, &pods, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(uid)}); err != nil {
-			return nil, fmt.Errorf("list pods of %s %s/%s: %w", w.Kind, ns, w.Name(), err)
+	if v.Type != nil {
+		for _, uid := range owners {
+			list := v.NewList()
+			if err := c.List(ctx, list, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(uid)}); err != nil {
+				return nil, err
+			}
+			if err := collect(list, func(client.Object) bool { return true }); err != nil {
+				return nil, err
+			}
 		}
-		out = append(out, pods.Items...)
+		return out, nil
 	}
-	return out, nil
+	list := v.NewList()
+	if err := listKind(ctx, c, v, list, []client.ListOption{client.InNamespace(ns)}); err != nil {
+		return nil, err
+	}
+	return out, collect(list, func(o client.Object) bool {
+		ref := metav1.GetControllerOf(o)
+		return ref != nil && slices.Contains(owners, ref.UID)
+	})
 }
 
 // OwningWorkload walks from a pod (or a ReplicaSet or Job) up its
 // controller references to the workload that owns it, reading the cache.
 // It returns nil when the object belongs to no workload imagepin selects.
 func OwningWorkload(ctx context.Context, c client.Reader, obj client.Object) (client.Object, imagesv1alpha1.WorkloadKind, error) {
-	for range 3 { // Pod → ReplicaSet → Deployment, Pod → Job → CronJob
+	for range maxVias + 2 { // Pod → ReplicaSet → Deployment, Pod → Job → CronJob, …
 		ref := metav1.GetControllerOf(obj)
 		if ref == nil {
 			return nil, "", nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -24,9 +25,11 @@ import (
 type Workload struct {
 	Kind   imagesv1alpha1.WorkloadKind
 	Object client.Object
-	// Template is the pod spec the workload creates pods from.
-	Template *corev1.PodSpec
-	// Runner, when set, is the object whose pods run Template instead of
+	// Templates are the pod specs the workload creates pods from: one for
+	// a built-in kind, one per replica spec for a configured kind with
+	// several (a PyTorchJob's Master and Worker).
+	Templates []Template
+	// Runner, when set, is the object whose pods run Templates instead of
 	// Object's own: the Rollout that references a Deployment through
 	// spec.workloadRef (the Deployment holds the template, the Rollout's
 	// ReplicaSets run it).
@@ -36,6 +39,45 @@ type Workload struct {
 
 // Name returns the workload's name.
 func (w Workload) Name() string { return w.Object.GetName() }
+
+// TemplateOf returns the index in w.Templates of the template pod p was
+// created from. With several, a pod carries no field that says which
+// (each operator labels its own way), so it is told by its containers as
+// its status reports them (the cache keeps no more of a pod): the
+// template with the most container names in common, and then images (tag,
+// digest aside); the first of equals.
+func (w Workload) TemplateOf(p *corev1.Pod) int {
+	if len(w.Templates) < 2 {
+		return 0
+	}
+	best, bestScore := 0, -1
+	for i, t := range w.Templates {
+		score := 0
+		for _, c := range append(slices.Clone(t.Spec.InitContainers), t.Spec.Containers...) {
+			for _, pc := range append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...) {
+				if pc.Name != c.Name {
+					continue
+				}
+				score += 2
+				if imageKey(pc.Image) == imageKey(c.Image) {
+					score++
+				}
+			}
+		}
+		if score > bestScore {
+			best, bestScore = i, score
+		}
+	}
+	return best
+}
+
+// imageKey is an image reference without its digest.
+func imageKey(image string) string {
+	if i := strings.LastIndex(image, "@"); i >= 0 {
+		return image[:i]
+	}
+	return image
+}
 
 // NewObject returns an empty object of a workload kind, for watches and gets.
 func NewObject(kind imagesv1alpha1.WorkloadKind) (client.Object, error) {
@@ -74,8 +116,8 @@ func List(ctx context.Context, c client.Reader, namespace string, kinds []images
 			if !ok || partOfAnotherWorkload(obj) {
 				return nil
 			}
-			spec := k.PodSpec(obj)
-			if spec == nil {
+			templates := k.Templates(obj)
+			if len(templates) == 0 {
 				// No pod spec of its own: the one of the workload it
 				// references (a Rollout's workloadRef), if any.
 				w, err := referencedWorkload(ctx, c, k, obj)
@@ -87,7 +129,7 @@ func List(ctx context.Context, c client.Reader, namespace string, kinds []images
 				}
 				return nil
 			}
-			ws = append(ws, Workload{Kind: name, Object: obj, Template: spec})
+			ws = append(ws, Workload{Kind: name, Object: obj, Templates: templates})
 			return nil
 		})
 		if err != nil {
@@ -147,11 +189,11 @@ func referencedWorkload(ctx context.Context, c client.Reader, k *Kind, obj clien
 		}
 		return nil, fmt.Errorf("read %s %s/%s, which %s %s references: %w", rk.Name, obj.GetNamespace(), ref["name"], k.Name, obj.GetName(), err)
 	}
-	spec := rk.PodSpec(target)
-	if spec == nil {
+	templates := rk.Templates(target)
+	if len(templates) == 0 {
 		return nil, nil
 	}
-	return &Workload{Kind: rk.Name, Object: target, Template: spec, Runner: obj, RunnerKind: k}, nil
+	return &Workload{Kind: rk.Name, Object: target, Templates: templates, Runner: obj, RunnerKind: k}, nil
 }
 
 // optionalListTimeout bounds a list of an optional kind: through the cache,
