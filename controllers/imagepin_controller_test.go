@@ -25,6 +25,7 @@ import (
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/registry/registrytest"
 	"github.com/imagepin/imagepin/internal/testenv"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 var (
@@ -87,6 +88,12 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	cached = mgr.GetClient()
+	// The test pod-template CRDs, handled by configuration; their CRDs
+	// are installed by a test, after the start.
+	if err := workload.ConfigureFlags(testenv.ConfiguredKinds); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	if err := (&ImagePinReconciler{
 		Client: mgr.GetClient(), Resolver: resolver,
 		Recorder: mgr.GetEventRecorder("imagepin"),
