@@ -5,23 +5,164 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/kustomize/kyaml/yaml"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/workload"
 )
 
-// podSpecPath says where a kind keeps its pod spec: every kind imagepin
-// knows (internal/workload's table), those the controller and the webhook
-// leave alone included, so that a CI gate covers them all.
-func podSpecPath(kind string) ([]string, bool) {
-	k := workload.KindNamed(imagesv1alpha1.WorkloadKind(kind))
-	if k == nil {
-		return nil, false
+// kindOfObject returns the kind of internal/workload's table a document
+// is an object of, or nil: every kind imagepin knows, those the controller
+// and the webhook leave alone included, so that a CI gate covers them all,
+// and those configured with --workload-kind. A built-in kind is matched by
+// its kind alone; a configured one by its kind and its apiVersion's group
+// as well, so that a custom resource named like another kind (a Knative
+// Service) does not capture that kind's documents (a core Service), nor
+// the other way round. A kind with no pod spec (a custom kind a
+// configured one only names in via=) has nothing to pin.
+func kindOfObject(n *yaml.Node) *workload.Kind {
+	k := workload.KindNamed(imagesv1alpha1.WorkloadKind(kindOf(n)))
+	if k == nil || len(k.Specs) == 0 {
+		return nil
 	}
-	return k.PodSpecPath, true
+	if k.Configured {
+		gv, err := schema.ParseGroupVersion(scalarAt(n, "apiVersion"))
+		if err != nil || gv.Version == "" || gv.Group != k.GVK.Group {
+			return nil
+		}
+	}
+	return k
+}
+
+// podSpec is one pod spec of an object: its mapping and its template key
+// (workload.Template's Key): "" for a kind with one spec path and no
+// wildcard, else the path's name and what each wildcard stood for, a
+// map's key or a list item's name (its index when it has none),
+// "/"-joined.
+type podSpec struct {
+	key  string
+	node *yaml.Node
+}
+
+// maxSpecWalk bounds the nodes one object's spec paths visit, so that
+// aliases nested under wildcards cannot make the walk exponential.
+const maxSpecWalk = 1 << 14
+
+// podSpecs returns every pod spec of n, an object of kind k, through each
+// of the kind's spec paths in turn: a wildcard expands over a mapping's
+// keys in document order (its own, then those its merge keys bring) and a
+// sequence's items in order, aliases followed as lookup does.
+func podSpecs(n *yaml.Node, k *workload.Kind) ([]podSpec, error) {
+	var out []podSpec
+	budget := maxSpecWalk
+	var walk func(n *yaml.Node, fields, keys []string) error
+	walk = func(n *yaml.Node, fields, keys []string) error {
+		if budget--; budget < 0 {
+			return fmt.Errorf("its spec paths reach more than %d nodes (aliases under wildcards?)", maxSpecWalk)
+		}
+		n = dealias(n)
+		if n == nil {
+			return nil
+		}
+		if len(fields) == 0 {
+			if n.Kind == yaml.MappingNode {
+				out = append(out, podSpec{key: strings.Join(keys, "/"), node: n})
+			}
+			return nil
+		}
+		step, rest := fields[0], fields[1:]
+		if step != workload.Wildcard {
+			if v := lookupField(n, step); v != nil {
+				return walk(v, rest, keys)
+			}
+			return nil
+		}
+		switch n.Kind {
+		case yaml.MappingNode:
+			for _, e := range mappingEntries(n) {
+				if err := walk(e.value, rest, append(slices.Clone(keys), e.key)); err != nil {
+					return err
+				}
+			}
+		case yaml.SequenceNode:
+			for i, item := range n.Content {
+				key := strconv.Itoa(i)
+				if name := lookup(item, "name"); name != nil && name.Kind == yaml.ScalarNode && name.ShortTag() == "!!str" && name.Value != "" {
+					key = name.Value
+				}
+				if err := walk(item, rest, append(slices.Clone(keys), key)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	for _, p := range k.Specs {
+		var keys []string
+		if p.Name != "" {
+			keys = []string{p.Name}
+		}
+		if err := walk(n, p.Fields, keys); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// entry is one key of a mapping and its value as written.
+type entry struct {
+	key   string
+	value *yaml.Node
+}
+
+// mappingEntries returns the scalar keys of mapping n and their values as
+// lookupField finds them: its own keys in document order, then those its
+// `<<` merge keys bring that it does not have itself (an earlier merge
+// source winning over a later one).
+func mappingEntries(n *yaml.Node) []entry {
+	var out []entry
+	seen := map[string]bool{}
+	visited := map[*yaml.Node]bool{}
+	var add func(n *yaml.Node, depth int)
+	add = func(n *yaml.Node, depth int) {
+		n = dealias(n)
+		if n == nil || n.Kind != yaml.MappingNode || depth > 16 || visited[n] {
+			return
+		}
+		visited[n] = true
+		var merges []*yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := dealias(n.Content[i]), n.Content[i+1]
+			if k.Kind != yaml.ScalarNode {
+				continue
+			}
+			if k.Tag == yaml.MergeTag {
+				merges = append(merges, v)
+				continue
+			}
+			if !seen[k.Value] {
+				seen[k.Value] = true
+				out = append(out, entry{key: k.Value, value: v})
+			}
+		}
+		for _, m := range merges {
+			m = dealias(m)
+			sources := []*yaml.Node{m}
+			if m.Kind == yaml.SequenceNode {
+				sources = m.Content
+			}
+			for _, s := range sources {
+				add(s, depth+1)
+			}
+		}
+	}
+	add(n, 0)
+	return out
 }
 
 // containerLists are the pod spec fields whose items carry an image.
@@ -73,32 +214,53 @@ func parseInput(name string, raw []byte) (*input, error) {
 	}
 	in.resourceList = len(roots) == 1 && kindOf(roots[0]) == "ResourceList"
 	for _, root := range roots {
-		collect(root, name, &in.images)
+		if err := collect(root, name, &in.images); err != nil {
+			return nil, err
+		}
 	}
 	return in, nil
 }
 
-// collect finds every image field of a pod-bearing object, and in the
-// items of a List (a ResourceList's included).
-func collect(n *yaml.Node, file string, out *[]imageField) {
+// collect finds every image field of a pod-bearing object, in each of its
+// pod specs, and in the items of a List (a ResourceList's included).
+func collect(n *yaml.Node, file string, out *[]imageField) error {
 	kind := kindOf(n)
-	if strings.HasSuffix(kind, "List") {
+	k := kindOfObject(n)
+	if k == nil && strings.HasSuffix(kind, "List") {
 		if items := lookup(n, "items"); items != nil && items.Kind == yaml.SequenceNode {
 			for _, item := range items.Content {
-				collect(item, file, out)
+				if err := collect(item, file, out); err != nil {
+					return err
+				}
 			}
 		}
-		return
+		return nil
 	}
-	path, ok := podSpecPath(kind)
-	if !ok {
-		return
-	}
-	spec := lookup(n, path...)
-	if spec == nil {
-		return
+	if k == nil {
+		return nil
 	}
 	object := kind + "/" + scalarAt(n, "metadata", "name")
+	specs, err := podSpecs(n, k)
+	if err != nil {
+		return fmt.Errorf("%s:%d: %s: %w", file, n.Line, printable(object), err)
+	}
+	for _, s := range specs {
+		collectSpec(s, file, object, out)
+	}
+	return nil
+}
+
+// collectSpec finds the image fields of one pod spec of object. Their
+// container (or volume) names carry the template's key, "Worker/pytorch",
+// when it has one, so that messages tell replica specs apart.
+func collectSpec(s podSpec, file, object string, out *[]imageField) {
+	name := func(n *yaml.Node) string {
+		if s.key == "" {
+			return scalarAt(n, "name")
+		}
+		return s.key + "/" + scalarAt(n, "name")
+	}
+	spec := s.node
 	for _, list := range containerLists {
 		seq := lookup(spec, list)
 		if seq == nil || seq.Kind != yaml.SequenceNode {
@@ -113,7 +275,7 @@ func collect(n *yaml.Node, file string, out *[]imageField) {
 			if img.Kind != yaml.ScalarNode || img.Value == "" || img.Tag == "!!null" {
 				continue
 			}
-			*out = append(*out, imageField{node: img, file: file, line: field.Line, object: object, container: scalarAt(c, "name")})
+			*out = append(*out, imageField{node: img, file: file, line: field.Line, object: object, container: name(c)})
 		}
 	}
 	// Image volumes (Kubernetes 1.33+): volumes[].image.reference.
@@ -131,7 +293,7 @@ func collect(n *yaml.Node, file string, out *[]imageField) {
 			if img.Kind != yaml.ScalarNode || img.Value == "" || img.Tag == "!!null" {
 				continue
 			}
-			*out = append(*out, imageField{node: img, file: file, line: field.Line, object: object, container: scalarAt(v, "name"), volume: true})
+			*out = append(*out, imageField{node: img, file: file, line: field.Line, object: object, container: name(v), volume: true})
 		}
 	}
 }
