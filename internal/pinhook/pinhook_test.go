@@ -7,16 +7,19 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -29,6 +32,7 @@ import (
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/registry/registrytest"
 	"github.com/imagepin/imagepin/internal/testenv"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // The webhook is served by a manager and registered with envtest's real
@@ -96,7 +100,11 @@ func startCluster() error {
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: testenv.AssetsDir(),
 		// Argo Rollouts' CRDs too: the webhook pins Rollouts.
-		CRDDirectoryPaths:     []string{filepath.Join(testenv.RepoRoot(), "config", "crd", "bases"), filepath.Join(testenv.ArgoRolloutsDir(), "crds")},
+		// And the test pod-template CRDs the webhook is configured with.
+		CRDDirectoryPaths: []string{
+			filepath.Join(testenv.RepoRoot(), "config", "crd", "bases"), filepath.Join(testenv.ArgoRolloutsDir(), "crds"),
+			filepath.Join(testenv.RepoRoot(), "internal", "testenv", "crds"),
+		},
 		ErrorIfCRDPathMissing: true,
 		WebhookInstallOptions: envtest.WebhookInstallOptions{Paths: []string{filepath.Join(testenv.RepoRoot(), "config", "webhook")}},
 	}
@@ -107,6 +115,9 @@ func startCluster() error {
 		return err
 	}
 	cluster.stop = append(cluster.stop, func() { _ = env.Stop() })
+	if err := workload.ConfigureFlags(testenv.ConfiguredKinds); err != nil {
+		return err
+	}
 	// kube-controller-manager makes ReplicaSets and Pods, so that a pinned
 	// Deployment's rollout can be counted.
 	dir, err := os.MkdirTemp("", "imagepin-pinhook-")
@@ -119,6 +130,11 @@ func startCluster() error {
 		return err
 	}
 	cluster.stop = append(cluster.stop, stopKCM)
+	// The admin's part of configuring a kind: a rule for it in the
+	// webhook configuration (README: Other pod-template kinds).
+	if err := addConfiguredKindsRule(cfg, s); err != nil {
+		return err
+	}
 	warnCfg := rest.CopyConfig(cfg)
 	warnCfg.WarningHandlerWithContext = warnings
 	if k8s, err = client.New(warnCfg, client.Options{Scheme: s}); err != nil {
@@ -513,6 +529,82 @@ func TestRolloutWithWorkloadRefIsAdmitted(t *testing.T) {
 	}
 	ro.SetLabels(map[string]string{"app": "wref", "tier": "web"})
 	if err := k8s.Update(context.Background(), ro); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+}
+
+// addConfiguredKindsRule adds the test CRDs to the webhook's rules.
+func addConfiguredKindsRule(cfg *rest.Config, s *runtime.Scheme) error {
+	c, err := client.New(cfg, client.Options{Scheme: s})
+	if err != nil {
+		return err
+	}
+	var mwcs admissionregistrationv1.MutatingWebhookConfigurationList
+	if err := c.List(context.Background(), &mwcs); err != nil {
+		return err
+	}
+	for i := range mwcs.Items {
+		mwc := &mwcs.Items[i]
+		for j := range mwc.Webhooks {
+			mwc.Webhooks[j].Rules = append(mwc.Webhooks[j].Rules, admissionregistrationv1.RuleWithOperations{
+				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create, admissionregistrationv1.Update},
+				Rule: admissionregistrationv1.Rule{
+					APIGroups: []string{"training.example.com", "batch.example.com"}, APIVersions: []string{"v1"},
+					Resources: []string{"trainjobs", "batchsets"},
+				},
+			})
+		}
+		if err := c.Update(context.Background(), mwc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Issue 14 item 3: the webhook pins a configured kind's every replica spec
+// at admission: a map of them (TrainJob) and a list (BatchSet, whose
+// template is immutable: pinned when it is created).
+func TestConfiguredKindsAreStoredPinned(t *testing.T) {
+	ns := namespace(t)
+	a := reg.Push(t, "cfghook/model:v1")
+	l := reg.Push(t, "cfghook/log:v1")
+	image, sidecar := reg.Image("cfghook/model:v1"), reg.Image("cfghook/log:v1")
+	pinFor(t, ns, "bert")
+	tj := testenv.TrainJob(ns, "bert",
+		testenv.Replica{Name: "Master", Containers: [][2]string{{"trainer", image}}},
+		testenv.Replica{Name: "Worker", Containers: [][2]string{{"trainer", image}, {"log", sidecar}}})
+	if err := k8s.Create(context.Background(), tj); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		"Master/0": image + "@" + a, "Worker/0": image + "@" + a, "Worker/1": sidecar + "@" + l,
+	} {
+		replica, i, _ := strings.Cut(path, "/")
+		cs, _, _ := unstructured.NestedSlice(tj.Object, "spec", "replicaSpecs", replica, "template", "spec", "containers")
+		n, _ := strconv.Atoi(i)
+		if n >= len(cs) || cs[n].(map[string]any)["image"] != want {
+			t.Errorf("TrainJob %s stored as %v, want %s", path, cs, want)
+		}
+	}
+
+	pinFor(t, ns, "etl")
+	bs := testenv.BatchSet(ns, "etl",
+		testenv.Replica{Name: "driver", Containers: [][2]string{{"drv", image}}},
+		testenv.Replica{Name: "workers", Containers: [][2]string{{"wrk", sidecar}}})
+	if err := k8s.Create(context.Background(), bs); err != nil {
+		t.Fatal(err)
+	}
+	jobs, _, _ := unstructured.NestedSlice(bs.Object, "spec", "replicatedJobs")
+	for i, want := range []string{image + "@" + a, sidecar + "@" + l} {
+		cs, _, _ := unstructured.NestedSlice(jobs[i].(map[string]any), "template", "spec", "template", "spec", "containers")
+		if cs[0].(map[string]any)["image"] != want {
+			t.Errorf("BatchSet replicatedJobs[%d] stored as %v, want %s", i, cs[0], want)
+		}
+	}
+	// An update of the immutable kind that changes no image is admitted
+	// as it is.
+	bs.SetLabels(map[string]string{"app": "etl", "tier": "batch"})
+	if err := k8s.Update(context.Background(), bs); err != nil {
 		t.Fatalf("update: %v", err)
 	}
 }

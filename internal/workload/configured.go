@@ -177,7 +177,7 @@ func Configure(configured []*Kind) error {
 		}
 		for _, have := range next {
 			if have.Name == k.Name {
-				return fmt.Errorf("--workload-kind %s: the kind %s is already imagepin's (%s)", k.GVK, k.Name, have.GVK)
+				return fmt.Errorf("--workload-kind %q: the kind %s is already imagepin's (%s)", k.flag, k.Name, have.GVK.GroupVersion().String())
 			}
 		}
 		next = append(next, k)
