@@ -132,8 +132,10 @@ func TestAPIServerRefusesBadImagePins(t *testing.T) {
 			// A kind the manager does not know is Ready=False (the kinds
 			// it is configured with vary); what is not a kind name at all
 			// is refused here.
-			name:  "not a kind name",
-			pin:   imagePin("bad-kind", func(p *imagesv1alpha1.ImagePin) { p.Spec.Kinds = []imagesv1alpha1.WorkloadKind{"Deployment", "deployments.apps"} }),
+			name: "not a kind name",
+			pin: imagePin("bad-kind", func(p *imagesv1alpha1.ImagePin) {
+				p.Spec.Kinds = []imagesv1alpha1.WorkloadKind{"Deployment", "deployments.apps"}
+			}),
 			field: "spec.kinds[1]", says: `should match`,
 		},
 		{

@@ -184,7 +184,7 @@ func TestBadWorkloadKindIsAFlagError(t *testing.T) {
 		{"example.com/v1/widget,spec=spec.template.spec", "", "is not <group>/<version>/<Kind>"},
 		{"example.com/v1/Widget,spec=spec..spec", "", `field ""`},
 		{"example.com/v1/Widget,spec=spec.template.spec,replicas=3", "", `unknown option "replicas"`},
-		{"apps/v1/Deployment,spec=spec.template.spec", "--workload-kind apps/v1, Kind=Deployment", "the kind Deployment is already imagepin's"},
+		{"apps/v1/Deployment,spec=spec.template.spec", `--workload-kind "apps/v1/Deployment,spec=spec.template.spec"`, "the kind Deployment is already imagepin's"},
 	} {
 		if tc.names == "" {
 			tc.names = "--workload-kind " + strconv.Quote(tc.value)
