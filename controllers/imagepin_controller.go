@@ -64,7 +64,9 @@ type ImagePinReconciler struct {
 
 	servedMu sync.Mutex
 	served   map[imagesv1alpha1.WorkloadKind]bool
-	recheck  chan event.GenericEvent
+	// said: the kinds whose trouble (not listable) was logged once.
+	said    map[*workload.Kind]bool
+	recheck chan event.GenericEvent
 
 	conflictMu sync.Mutex
 	conflicts  map[types.UID]*pinConflicts
@@ -244,7 +246,7 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		if !k.Workload {
 			continue
 		}
-		if k.Optional && !servedBy(mgr.GetRESTMapper(), k) {
+		if k.Optional && !r.usable(context.Background(), mgr, k) {
 			// Said once; watched as soon as it is served (below).
 			mgr.GetLogger().Info("workload kind not served by this cluster: left out until it is", "kind", k.Name, "apiVersion", k.GVK.GroupVersion().String())
 			pending = append(pending, k)

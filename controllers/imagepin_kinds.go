@@ -41,7 +41,7 @@ func (r *ImagePinReconciler) watchWhenServed(ctx context.Context, mgr ctrl.Manag
 		}
 		left := pending[:0]
 		for _, k := range pending {
-			if !servedBy(mgr.GetRESTMapper(), k) {
+			if !r.usable(ctx, mgr, k) {
 				left = append(left, k)
 				continue
 			}
@@ -73,6 +73,55 @@ func (r *ImagePinReconciler) servedPollEvery() time.Duration {
 func servedBy(mapper meta.RESTMapper, k *workload.Kind) bool {
 	_, err := mapper.RESTMapping(k.GVK.GroupKind(), k.GVK.Version)
 	return err == nil
+}
+
+// usable reports whether an optional kind can be watched: the cluster
+// serves it, and for a configured kind, the manager may list it and the
+// custom kinds between it and its pods. Watching a kind the manager may
+// not list would hold up the controller's start (its informer never
+// syncs); the admin's RBAC is said once, and picked up when granted.
+func (r *ImagePinReconciler) usable(ctx context.Context, mgr ctrl.Manager, k *workload.Kind) bool {
+	if !servedBy(mgr.GetRESTMapper(), k) {
+		return false
+	}
+	if !k.Configured {
+		return true
+	}
+	for _, c := range append([]*workload.Kind{k}, k.Via...) {
+		if c.Type != nil {
+			continue // a built-in kind: the manager's own role grants it
+		}
+		if c != k && !servedBy(mgr.GetRESTMapper(), c) {
+			r.sayOnce(mgr, c, "kind between a configured workload kind and its pods not served by this cluster: left out until it is", nil)
+			return false
+		}
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := mgr.GetAPIReader().List(lctx, c.NewList(), client.Limit(1))
+		cancel()
+		if err != nil {
+			r.sayOnce(mgr, c, "configured kind cannot be listed: left out until it can (grant the manager get, list, watch and patch on it: README, Other pod-template kinds)", err)
+			return false
+		}
+	}
+	return true
+}
+
+// sayOnce logs a kind's trouble once.
+func (r *ImagePinReconciler) sayOnce(mgr ctrl.Manager, k *workload.Kind, msg string, err error) {
+	r.servedMu.Lock()
+	defer r.servedMu.Unlock()
+	if r.said == nil {
+		r.said = map[*workload.Kind]bool{}
+	}
+	if r.said[k] {
+		return
+	}
+	r.said[k] = true
+	kv := []any{"kind", k.Name, "apiVersion", k.GVK.GroupVersion().String()}
+	if err != nil {
+		kv = append(kv, "reason", err.Error())
+	}
+	mgr.GetLogger().Info(msg, kv...)
 }
 
 // servedKinds keeps of kinds those the cluster serves.

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -205,5 +206,39 @@ func TestSlimUnstructuredKeepsTheTemplatesWhereTheyAre(t *testing.T) {
 	}
 	if spec := slim.Object["spec"].(map[string]any); spec["suspend"] != nil {
 		t.Errorf("spec kept what nothing reads: %v", spec)
+	}
+}
+
+// configure adds kinds to the table for one test, and restores it after.
+func configure(t *testing.T, flags ...string) {
+	t.Helper()
+	saved, savedSelectable, savedVias := kinds, selectable, vias
+	t.Cleanup(func() { kinds, selectable, vias = saved, savedSelectable, savedVias })
+	if err := ConfigureFlags(flags); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A Deployment a configured kind's custom via kind controls (a Knative
+// Revision's) is part of that workload, not a Deployment of its own; one a
+// built-in kind between does not control is still its own.
+func TestObjectsUnderACustomViaArePartOfTheConfiguredWorkload(t *testing.T) {
+	configure(t, "serving.knative.dev/v1/Service,spec=spec.template.spec,via=serving.knative.dev/v1/Configuration,via=serving.knative.dev/v1/Revision,via=apps/v1/Deployment,via=apps/v1/ReplicaSet")
+	owned := func(apiVersion, kind string) client.Object {
+		u := &unstructured.Unstructured{}
+		u.SetOwnerReferences([]metav1.OwnerReference{{APIVersion: apiVersion, Kind: kind, Name: "x", UID: "u", Controller: new(true)}})
+		return u
+	}
+	if !partOfAnotherWorkload(owned("serving.knative.dev/v1", "Revision")) {
+		t.Error("a Revision's Deployment counted as a workload of its own")
+	}
+	if !partOfAnotherWorkload(owned("serving.knative.dev/v1", "Service")) {
+		t.Error("a Knative Service's Configuration is not part of it")
+	}
+	if partOfAnotherWorkload(owned("apps/v1", "ReplicaSet")) || partOfAnotherWorkload(owned("v1", "Pod")) {
+		t.Error("an object controlled by a built-in kind between is part of another workload")
+	}
+	if KindNamed("Service") == nil || !slices.Contains(SelectableKinds(), "Service") || !slices.Contains(vias, KindNamed("ReplicaSet")) {
+		t.Error("the configured kind is not in the table")
 	}
 }

@@ -210,12 +210,13 @@ func listKind(ctx context.Context, c client.Reader, k *Kind, list client.ObjectL
 }
 
 // partOfAnotherWorkload reports whether obj's controller is a workload
-// kind: a CronJob's Job.
+// kind (a CronJob's Job), or a custom kind between a configured workload
+// and its pods (a Knative Revision's Deployment).
 func partOfAnotherWorkload(obj client.Object) bool {
 	ref := metav1.GetControllerOf(obj)
 	if ref == nil {
 		return false
 	}
 	k := kindOfRef(ref.APIVersion, ref.Kind)
-	return k != nil && k.Workload
+	return k != nil && (k.Workload || (k.Configured && k.Type == nil))
 }
