@@ -218,7 +218,7 @@ func imageStatus(img string, cs []containerObs, prev imagesv1alpha1.ImageStatus,
 
 // entrySize estimates the serialized size of a workload entry.
 func entrySize(w imagesv1alpha1.WorkloadImage) int {
-	n := 160 + len(w.Kind) + len(w.Name) + len(w.Container) + len(w.PinnedDigest)
+	n := 160 + len(w.Kind) + len(w.Name) + len(w.Template) + len(w.Container) + len(w.PinnedDigest)
 	for _, r := range w.Running {
 		n += 100
 		for _, node := range r.Nodes {
@@ -310,7 +310,7 @@ func setDrifted(status *imagesv1alpha1.ImagePinStatus, generation int64) {
 					rs = append(rs, string(r))
 				}
 			}
-			parts = append(parts, fmt.Sprintf("%s %s/%s: %s", w.Kind, w.Name, w.Container, strings.Join(rs, ", ")))
+			parts = append(parts, fmt.Sprintf("%s %s/%s: %s", w.Kind, w.Name, slot(w.Template, w.Container, false), strings.Join(rs, ", ")))
 		}
 		if len(parts) > 0 {
 			driftedImages++

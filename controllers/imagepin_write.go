@@ -299,10 +299,11 @@ func (w imageWrite) slot() string { return slot(w.template, w.container, w.volum
 
 // what says what w writes, for an event.
 func (w imageWrite) what() string {
+	name := slot(w.template, w.container, false)
 	if w.volume {
-		return "image volume " + w.container
+		return "image volume " + name
 	}
-	return "container " + w.container
+	return "container " + name
 }
 
 // slot names a container, or an image volume ("volume:" and its name: a
