@@ -112,7 +112,7 @@ func TestWriteTestsWhatItReadAndOwnsNothing(t *testing.T) {
 	create(t, d)
 	r := &ImagePinReconciler{Client: k8s, APIReader: k8s}
 	w := workloadWrite{kind: imagesv1alpha1.KindDeployment, name: "web", uid: d.UID, writes: []imageWrite{{
-		container: "app", index: 0, stored: "reg.io/app:v1", to: "reg.io/app:v1@" + dg("a"),
+		container: "app", specPointer: "/spec/template/spec", index: 0, stored: "reg.io/app:v1", to: "reg.io/app:v1@" + dg("a"),
 	}}}
 	// The check read :v1; someone released :v2 since.
 	if _, err := r.writeImages(context.Background(), ns, w); err == nil {

@@ -63,7 +63,7 @@ func TestPinPinsEveryTemplateOfConfiguredKinds(t *testing.T) {
 		{"19", "PyTorchJob/train container Master/pytorch", "ml/trainer:v1"},
 		{"27", "PyTorchJob/train container Worker/pytorch", "ml/trainer:v1"},
 		{"28", "PyTorchJob/train container Worker/metrics", "ml/metrics:v9"},
-		{"43", "JobSet/js container driver/main", "batch/driver:v4"},
+		{"43", "JobSet/js container 0/main", "batch/driver:v4"},
 		{"51", "JobSet/js container 1/main", "batch/worker:v3"},
 		{"64", "LeaderWorkerSet/serve container leader/leader", "lws/server:v5"},
 		{"69", "LeaderWorkerSet/serve container worker/worker", "lws/server:v5"},

@@ -90,10 +90,22 @@ func podSpecs(n *yaml.Node, k *workload.Kind) ([]podSpec, error) {
 				}
 			}
 		case yaml.SequenceNode:
+			// Keyed by name when every item has a distinct one, else by
+			// index, as the controller keys them (workload.Templates).
+			names := make([]string, len(n.Content))
+			seen := map[string]bool{}
+			for i, item := range n.Content {
+				name := lookup(item, "name")
+				if name == nil || name.Kind != yaml.ScalarNode || name.ShortTag() != "!!str" || name.Value == "" || seen[name.Value] {
+					names = nil
+					break
+				}
+				names[i], seen[name.Value] = name.Value, true
+			}
 			for i, item := range n.Content {
 				key := strconv.Itoa(i)
-				if name := lookup(item, "name"); name != nil && name.Kind == yaml.ScalarNode && name.ShortTag() == "!!str" && name.Value != "" {
-					key = name.Value
+				if names != nil {
+					key = names[i]
 				}
 				if err := walk(item, rest, append(slices.Clone(keys), key)); err != nil {
 					return err

@@ -155,7 +155,7 @@ func admissionRequest(t *testing.T, kind string, obj runtime.Object) admission.R
 		t.Fatal(err)
 	}
 	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
-		UID: "uid", Kind: metav1.GroupVersionKind{Kind: kind}, Namespace: hookNS, Operation: admissionv1.Create,
+		UID: "uid", Kind: requestKind(kind), Namespace: hookNS, Operation: admissionv1.Create,
 		Object: runtime.RawExtension{Raw: raw},
 	}}
 }

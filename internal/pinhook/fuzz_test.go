@@ -27,6 +27,7 @@ import (
 	"github.com/imagepin/imagepin/internal/registry/registrytest"
 	"github.com/imagepin/imagepin/internal/selection"
 	"github.com/imagepin/imagepin/internal/testenv"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // The handler on its own, without an API server: ImagePins from a fake
@@ -111,7 +112,7 @@ func (e *hookEnv) expand(raw []byte) []byte {
 
 func (e *hookEnv) request(kind string, raw, old []byte) admission.Request {
 	req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
-		UID: "uid", Kind: metav1.GroupVersionKind{Kind: kind}, Namespace: hookNS, Operation: admissionv1.Create,
+		UID: "uid", Kind: requestKind(kind), Namespace: hookNS, Operation: admissionv1.Create,
 		Object: runtime.RawExtension{Raw: e.expand(raw)},
 	}}
 	if len(old) > 0 {
@@ -377,4 +378,14 @@ func TestAdmissionWarnsOfARegistryNotAllowed(t *testing.T) {
 	if h2, g2 := e.reg.ManifestRequests(); h2 != heads || g2 != gets {
 		t.Fatalf("the registry not allowed got %d HEAD and %d GET", h2-heads, g2-gets)
 	}
+}
+
+// requestKind is the kind a request names, with its group and version as
+// the API server sends them for the table's kinds.
+func requestKind(kind string) metav1.GroupVersionKind {
+	gvk := metav1.GroupVersionKind{Kind: kind}
+	if k := workload.KindNamed(imagesv1alpha1.WorkloadKind(kind)); k != nil {
+		gvk.Group, gvk.Version = k.GVK.Group, k.GVK.Version
+	}
+	return gvk
 }

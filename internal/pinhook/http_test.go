@@ -11,13 +11,20 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // admissionReview wraps an object in an AdmissionReview as the API server
 // sends it.
 func admissionReview(kind, operation string, object string) string {
-	return fmt.Sprintf(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","kind":{"group":"apps","version":"v1","kind":%q},"resource":{"group":"apps","version":"v1","resource":"x"},"namespace":%q,"operation":%q,"object":%s}}`,
-		kind, hookNS, operation, object)
+	group := "apps"
+	if k := workload.KindNamed(imagesv1alpha1.WorkloadKind(kind)); k != nil {
+		group = k.GVK.Group
+	}
+	return fmt.Sprintf(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","kind":{"group":%q,"version":"v1","kind":%q},"resource":{"group":%q,"version":"v1","resource":"x"},"namespace":%q,"operation":%q,"object":%s}}`,
+		group, kind, group, hookNS, operation, object)
 }
 
 // Malformed AdmissionReviews sent to the webhook's HTTP handler, as the

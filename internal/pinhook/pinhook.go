@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -114,13 +115,16 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		// pods/ephemeralcontainers, …/status: not the workload's images.
 		return admission.Allowed("imagepin does not pin through subresource " + req.SubResource), decisionUnchanged
 	}
+	if k := workload.KindNamed(imagesv1alpha1.WorkloadKind(req.Kind.Kind)); k == nil || k.GVK.Group != req.Kind.Group {
+		// (Or a kind of another group by the same name: a Knative Service
+		// configured, a core Service sent.)
+		return admission.Allowed("imagepin does not pin " + req.Kind.Kind), decisionUnchanged
+	}
 	obj, kind, err := decode(req.Kind.Kind, req.Object.Raw)
 	if err != nil {
 		return admission.Errored(http.StatusBadRequest, err), decisionUnchanged
 	}
-	if kind == "" || workload.KindNamed(kind).GVK.Group != req.Kind.Group {
-		// (A kind of another group by the same name: a Knative Service
-		// configured, a core Service sent.)
+	if kind == "" {
 		return admission.Allowed("imagepin does not pin " + req.Kind.Kind), decisionUnchanged
 	}
 	if kind == selection.KindPod && metav1.GetControllerOf(obj.meta()) != nil {
@@ -190,10 +194,18 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		return admission.Allowed("nothing to pin"), decisionUnchanged
 	}
 
+	// Templates with the same credentials (service account and pull
+	// secrets: nearly always all of them) resolve together, concurrently.
 	resolved := map[int]map[string]resolution{}
 	var credentialsErr error
+	groups := map[string][]int{}
 	for _, ti := range slices.Sorted(maps.Keys(toResolve)) {
-		kc, err := h.Keychains.ForPod(ctx, req.Namespace, obj.templates[ti].Spec)
+		key := credentialsKey(obj.templates[ti].Spec)
+		groups[key] = append(groups[key], ti)
+	}
+	for _, key := range slices.Sorted(maps.Keys(groups)) {
+		tis := groups[key]
+		kc, err := h.Keychains.ForPod(ctx, req.Namespace, obj.templates[tis[0]].Spec)
 		if err != nil {
 			if ctx.Err() == nil {
 				return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
@@ -202,7 +214,14 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 			credentialsErr = fmt.Errorf("credentials not read within the webhook's budget of %s: %w", budget, err)
 			break
 		}
-		resolved[ti] = h.resolveAll(ctx, toResolve[ti], kc, ttl, budget)
+		var refs []string
+		for _, ti := range tis {
+			refs = append(refs, toResolve[ti]...)
+		}
+		res := h.resolveAll(ctx, refs, kc, ttl, budget)
+		for _, ti := range tis {
+			resolved[ti] = res
+		}
 	}
 
 	var patches []jsonpatch.JsonPatchOperation
@@ -331,4 +350,15 @@ func warning(msg string) string {
 		msg = msg[:cut] + "…"
 	}
 	return msg
+}
+
+// credentialsKey says which credentials a pod spec's images are pulled
+// with: its service account and pull secrets.
+func credentialsKey(spec *corev1.PodSpec) string {
+	var b strings.Builder
+	b.WriteString(spec.ServiceAccountName)
+	for _, s := range spec.ImagePullSecrets {
+		b.WriteString("\x00" + s.Name)
+	}
+	return b.String()
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 )
@@ -16,7 +17,7 @@ import (
 // the admin names with --workload-kind, in the manager and in `imagepin
 // pin` alike:
 //
-//	--workload-kind=<group>/<version>/<Kind>,spec=[<name>:]<path>[,spec=…][,via=<group>/<version>/<Kind>…][,immutable]
+//	--workload-kind=<group>/<version>/<Kind>,spec=[<name>:]<path>[,spec=…][,via=<group>/<version>/<Kind>…][,template-label=<label>][,immutable]
 //
 // spec is where a pod spec lives, field names joined by dots, "*" for
 // every key of a map or item of a list of replica specs:
@@ -27,7 +28,8 @@ import (
 //
 // via lists the kinds between the workload and its pods, from the
 // workload down (a JobSet's Jobs), as its pods' owner references chain
-// them; without via its pods are its own. immutable says its templates
+// them; without via its pods are its own. template-label names the pod
+// label that says which template a pod came from. immutable says its templates
 // may not change after creation: imagepin then pins it at admission only,
 // as it does a Job. The kind's name (PyTorchJob) is what an ImagePin's
 // spec.kinds selects; it must not be one imagepin already knows.
@@ -40,7 +42,7 @@ import (
 
 // KindFlagUsage is the help of --workload-kind, the manager's and `imagepin
 // pin`'s.
-const KindFlagUsage = "a pod-template custom resource to handle as a workload: <group>/<version>/<Kind>,spec=[<name>:]<path>[,spec=…][,via=<group>/<version>/<Kind>…][,immutable], a path's fields dot-joined, \"*\" for every key or item of replica specs; repeatable (README: Other pod-template kinds)"
+const KindFlagUsage = "a pod-template custom resource to handle as a workload: <group>/<version>/<Kind>,spec=[<name>:]<path>[,spec=…][,via=<group>/<version>/<Kind>…][,template-label=<label>][,immutable], a path's fields dot-joined, \"*\" for every key or item of replica specs; repeatable (README: Other pod-template kinds)"
 
 // Limits on one --workload-kind, so that a typo cannot make a walk long.
 const (
@@ -84,13 +86,18 @@ func ParseKind(value string) (*Kind, error) {
 				return nil, fmt.Errorf("--workload-kind %q: via %q: %w", value, val, err)
 			}
 			k.Via = append(k.Via, viaKind(v))
+		case "template-label":
+			if errs := validation.IsQualifiedName(val); len(errs) > 0 {
+				return nil, fmt.Errorf("--workload-kind %q: template-label %q: %s", value, val, strings.Join(errs, "; "))
+			}
+			k.TemplateLabel = val
 		case "immutable":
 			if val != "" {
 				return nil, fmt.Errorf("--workload-kind %q: immutable takes no value", value)
 			}
 			k.TemplateMutable = false
 		default:
-			return nil, fmt.Errorf("--workload-kind %q: unknown option %q (spec=, via=, immutable)", value, key)
+			return nil, fmt.Errorf("--workload-kind %q: unknown option %q (spec=, via=, template-label=, immutable)", value, key)
 		}
 	}
 	switch {
@@ -171,16 +178,23 @@ func viaKind(gvk schema.GroupVersionKind) *Kind {
 // flag value before (Configure is then a no-op for it).
 func Configure(configured []*Kind) error {
 	next := slices.Clone(kinds)
+	var added []*Kind
 	for _, k := range configured {
 		if slices.ContainsFunc(next, func(have *Kind) bool { return have.flag != "" && have.flag == k.flag }) {
 			continue
 		}
 		for _, have := range next {
-			if have.Name == k.Name {
+			// (A custom kind another flag names as a via is no clash.)
+			if have.Name == k.Name && (have.Workload || !have.Configured) {
 				return fmt.Errorf("--workload-kind %q: the kind %s is already imagepin's (%s)", k.flag, k.Name, have.GVK.GroupVersion().String())
 			}
 		}
 		next = append(next, k)
+		added = append(added, k)
+	}
+	// Then the kinds between them and their pods: a via may name a kind
+	// another flag configures, in any order.
+	for _, k := range added {
 		for i, v := range k.Via {
 			// One entry per custom via kind, however many kinds name it.
 			if j := slices.IndexFunc(next, func(have *Kind) bool { return have.GVK == v.GVK }); j >= 0 {

@@ -71,6 +71,7 @@ func TestParseKind(t *testing.T) {
 		"kubeflow.org/v1/PyTorchJob,spec=" + strings.Repeat("a.", 16) + "a":                   "at most 16",
 		"kubeflow.org/v1/PyTorchJob,spec=Upper:spec.template.spec":                            "template name",
 		"kubeflow.org/v1/PyTorchJob,spec=spec.t,via=v1/A,via=v1/B,via=v1/C,via=v1/D,via=v1/E": "at most 4",
+		"kubeflow.org/v1/PyTorchJob,spec=spec.t,template-label=a b":                           "template-label",
 	} {
 		if _, err := ParseKind(value); err == nil || !strings.Contains(err.Error(), says) {
 			t.Errorf("ParseKind(%q) = %v, want an error saying %q", value, err, says)
@@ -120,7 +121,21 @@ func TestTemplatesExpandWildcards(t *testing.T) {
 			map[string]any{"name": "driver", "template": map[string]any{"spec": map[string]any{"template": map[string]any{"spec": podSpec(container("d", "reg.io/d:v1"))}}}},
 			map[string]any{"template": map[string]any{"spec": map[string]any{"template": map[string]any{"spec": podSpec(container("w", "reg.io/w:v1"))}}}},
 		}}),
-		[]string{"driver /spec/replicatedJobs/0/template/spec/template/spec reg.io/d:v1", "1 /spec/replicatedJobs/1/template/spec/template/spec reg.io/w:v1"},
+		// One item without a name: every item keyed by index.
+		[]string{"0 /spec/replicatedJobs/0/template/spec/template/spec reg.io/d:v1", "1 /spec/replicatedJobs/1/template/spec/template/spec reg.io/w:v1"},
+	}, {
+		jobset, obj("jobset.x-k8s.io/v1alpha2", "JobSet", map[string]any{"replicatedJobs": []any{
+			map[string]any{"name": "driver", "template": map[string]any{"spec": map[string]any{"template": map[string]any{"spec": podSpec(container("d", "reg.io/d:v1"))}}}},
+			map[string]any{"name": "workers", "template": map[string]any{"spec": map[string]any{"template": map[string]any{"spec": podSpec(container("w", "reg.io/w:v1"))}}}},
+		}}),
+		[]string{"driver /spec/replicatedJobs/0/template/spec/template/spec reg.io/d:v1", "workers /spec/replicatedJobs/1/template/spec/template/spec reg.io/w:v1"},
+	}, {
+		// Two of one name: by index, so that two templates never share a key.
+		jobset, obj("jobset.x-k8s.io/v1alpha2", "JobSet", map[string]any{"replicatedJobs": []any{
+			map[string]any{"name": "w", "template": map[string]any{"spec": map[string]any{"template": map[string]any{"spec": podSpec(container("d", "reg.io/d:v1"))}}}},
+			map[string]any{"name": "w", "template": map[string]any{"spec": map[string]any{"template": map[string]any{"spec": podSpec(container("w", "reg.io/w:v1"))}}}},
+		}}),
+		[]string{"0 /spec/replicatedJobs/0/template/spec/template/spec reg.io/d:v1", "1 /spec/replicatedJobs/1/template/spec/template/spec reg.io/w:v1"},
 	}, {
 		lws, obj("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", map[string]any{"leaderWorkerTemplate": map[string]any{
 			"leaderTemplate": map[string]any{"spec": podSpec(container("l", "reg.io/l:v1"))},
@@ -152,6 +167,15 @@ func TestTemplateOfPod(t *testing.T) {
 		{Key: "Worker", Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "pytorch", Image: "reg.io/train:v2@sha256:aa"}}}},
 		{Key: "Sidecar", Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "proxy", Image: "reg.io/train:v2"}}}},
 	}}
+	// With the kind's TemplateLabel, the label says, whatever the
+	// containers (Kubeflow names every replica's container "pytorch").
+	configure(t, "kubeflow.org/v1/PyTorchJob,spec=spec.pytorchReplicaSpecs.*.template.spec,template-label=training.kubeflow.org/replica-type")
+	labelled := Workload{Kind: "PyTorchJob", Templates: w.Templates[:2]}
+	worker := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"training.kubeflow.org/replica-type": "worker"}},
+		Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "pytorch", Image: "reg.io/train:v1"}}}}
+	if got := labelled.TemplateOf(worker); got != 1 {
+		t.Errorf("a pod labelled worker is told to template %d", got)
+	}
 	pod := func(name, image string) *corev1.Pod {
 		return &corev1.Pod{Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: name, Image: image}}}}
 	}

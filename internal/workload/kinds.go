@@ -54,6 +54,11 @@ type Kind struct {
 	Optional bool
 	// Configured: named by the admin (--workload-kind), not built in.
 	Configured bool
+	// TemplateLabel is the pod label whose value names the template a pod
+	// was created from (its key's last part, case aside): Kubeflow's
+	// training.kubeflow.org/replica-type, JobSet's
+	// jobset.sigs.k8s.io/replicatedjob-name.
+	TemplateLabel string
 	// flag is the --workload-kind value a configured kind was read from.
 	flag string
 	// TemplateRef is where an object of the kind without a pod spec of its

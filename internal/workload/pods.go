@@ -149,7 +149,7 @@ func OwningWorkload(ctx context.Context, c client.Reader, obj client.Object) (cl
 			return nil, "", nil
 		}
 		next := k.New()
-		if err := c.Get(ctx, client.ObjectKey{Namespace: obj.GetNamespace(), Name: ref.Name}, next); err != nil {
+		if err := getKind(ctx, c, k, client.ObjectKey{Namespace: obj.GetNamespace(), Name: ref.Name}, next); err != nil {
 			return nil, "", client.IgnoreNotFound(err)
 		}
 		if k.Workload && !partOfAnotherWorkload(next) {

@@ -11,6 +11,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
+// maxKeyLength is the longest template key status takes.
+const maxKeyLength = 253
+
 // Wildcard is the path segment that stands for every key of a map, or
 // every item of a list, of replica specs.
 const Wildcard = "*"
@@ -75,6 +78,10 @@ func (k *Kind) Templates(obj client.Object) []Template {
 			if p.Name != "" {
 				key = strings.Join(append([]string{p.Name}, keys...), "/")
 			}
+			if len(key) > maxKeyLength {
+				// Status holds a key of 253 bytes at most.
+				key = key[:maxKeyLength]
+			}
 			out = append(out, Template{Key: key, Pointer: pointerOf(at), Spec: &spec})
 		})
 	}
@@ -111,12 +118,24 @@ func expand(v any, fields, at, keys []string, found func(at, keys []string, raw 
 		if step != Wildcard {
 			return
 		}
+		// Items are keyed by name when every item has a distinct one (as
+		// JobSet requires), else by index: two templates never share a key.
+		names := make([]string, len(x))
+		byName := map[string]bool{}
+		for i, item := range x {
+			if m, ok := item.(map[string]any); ok {
+				if name, ok := m["name"].(string); ok && name != "" && !byName[name] {
+					names[i], byName[name] = name, true
+					continue
+				}
+			}
+			names = nil
+			break
+		}
 		for i, item := range x {
 			key := strconv.Itoa(i)
-			if m, ok := item.(map[string]any); ok {
-				if name, ok := m["name"].(string); ok && name != "" {
-					key = name
-				}
+			if names != nil {
+				key = names[i]
 			}
 			expand(item, rest, append(slicesClone(at), strconv.Itoa(i)), append(slicesClone(keys), key), found)
 		}

@@ -42,13 +42,24 @@ func (w Workload) Name() string { return w.Object.GetName() }
 
 // TemplateOf returns the index in w.Templates of the template pod p was
 // created from. With several, a pod carries no field that says which
-// (each operator labels its own way), so it is told by its containers as
-// its status reports them (the cache keeps no more of a pod): the
-// template with the most container names in common, and then images (tag,
-// digest aside); the first of equals.
+// (each operator labels its own way): the kind's TemplateLabel says when
+// it is configured; else it is told by its containers as its status
+// reports them (the cache keeps no more of a pod): the template with the
+// most container names in common, and then images (tag, digest aside); the
+// first of equals.
 func (w Workload) TemplateOf(p *corev1.Pod) int {
 	if len(w.Templates) < 2 {
 		return 0
+	}
+	if k := KindNamed(w.Kind); k != nil && k.TemplateLabel != "" {
+		if v := p.Labels[k.TemplateLabel]; v != "" {
+			for i, t := range w.Templates {
+				last := t.Key[strings.LastIndex(t.Key, "/")+1:]
+				if strings.EqualFold(last, v) {
+					return i
+				}
+			}
+		}
 	}
 	best, bestScore := 0, -1
 	for i, t := range w.Templates {
@@ -199,6 +210,21 @@ func referencedWorkload(ctx context.Context, c client.Reader, k *Kind, obj clien
 // optionalListTimeout bounds a list of an optional kind: through the cache,
 // a list waits for its informer to sync, which may never happen.
 const optionalListTimeout = 10 * time.Second
+
+// getKind gets an object of kind k, bounded as listKind is for an optional
+// kind (one whose informer may never sync: its RBAC not granted yet).
+func getKind(ctx context.Context, c client.Reader, k *Kind, key client.ObjectKey, obj client.Object) error {
+	if k.Optional {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, optionalGetTimeout)
+		defer cancel()
+	}
+	return c.Get(ctx, key, obj)
+}
+
+// optionalGetTimeout bounds a read of one object of an optional kind on
+// the way from a pod to its workload, which runs for every pod event.
+const optionalGetTimeout = 2 * time.Second
 
 func listKind(ctx context.Context, c client.Reader, k *Kind, list client.ObjectList, opts []client.ListOption) error {
 	if k.Optional {
