@@ -37,6 +37,15 @@ func DigestOfImageID(imageID string) (string, bool) {
 	return "", false
 }
 
+// StripDigest removes an "@sha256:…" suffix from an image reference: the
+// inverse of pinning it.
+func StripDigest(image string) string {
+	if i := strings.IndexByte(image, '@'); i >= 0 {
+		return image[:i]
+	}
+	return image
+}
+
 // DigestOfImage returns the digest an image reference names, if any.
 func DigestOfImage(image string) string {
 	if i := strings.LastIndexByte(image, '@'); i >= 0 && IsDigest(image[i+1:]) {

@@ -188,13 +188,13 @@ func checkResponse(t *testing.T, kind string, raw []byte, resp admission.Respons
 			t.Fatalf("patch replaces %s, which is not a string in the object", op.Path)
 		}
 		// Only an override re-pins an image that names a digest.
-		if base := selection.StripDigest(from); strings.Contains(from, "@") && ((base != overrideImage && base != badOverrideImage) || drift.DigestOfImage(to) != overrideDigest) {
+		if base := drift.StripDigest(from); strings.Contains(from, "@") && ((base != overrideImage && base != badOverrideImage) || drift.DigestOfImage(to) != overrideDigest) {
 			t.Fatalf("patch re-pins %q, which names a digest already, to %q", from, to)
 		}
 		if _, err := name.NewDigest(to); err != nil {
 			t.Fatalf("patch writes %q, not a digest reference: %v", to, err)
 		}
-		if want, err := selection.PinnedImage(selection.StripDigest(from), drift.DigestOfImage(to)); err != nil || want != to {
+		if want, err := selection.PinnedImage(drift.StripDigest(from), drift.DigestOfImage(to)); err != nil || want != to {
 			t.Fatalf("patch writes %q for %q, want that image pinned (%q, %v)", to, from, want, err)
 		}
 	}

@@ -61,7 +61,7 @@ func planImage(in imageInput) (imagePlan, bool) {
 	if in.update && !in.templateMutable && in.hadOld && in.old == in.image {
 		return imagePlan{}, false
 	}
-	ref := selection.StripDigest(in.image)
+	ref := drift.StripDigest(in.image)
 	if in.override != "" {
 		if drift.DigestOfImage(in.image) == in.override {
 			return imagePlan{}, false

@@ -3,5 +3,5 @@
 // once, so that the controller, the webhook and the CLI decide alike and a
 // spec that cannot be honoured is refused with one clear message. It also
 // owns the one rewrite all three write, PinnedImage ("repo:tag" to
-// "repo:tag@sha256:…"), and its inverse, StripDigest.
+// "repo:tag@sha256:…"), and its inverse, drift.StripDigest.
 package selection

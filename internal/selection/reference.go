@@ -53,8 +53,8 @@ var referenceName = func() *regexp.Regexp {
 //     nested paths, no whitespace.
 //
 // The error says what is wrong; on a nil error the result always parses
-// with name.NewDigest, names exactly digest, and StripDigest of it equals
-// WithImpliedTag(StripDigest(image)) (StripDigest(image) when image names a
+// with name.NewDigest, names exactly digest, and drift.StripDigest of it equals
+// WithImpliedTag(drift.StripDigest(image)) (drift.StripDigest(image) when image names a
 // digest).
 func PinnedImage(image, digest string) (string, error) {
 	if !drift.IsDigest(digest) {
@@ -100,7 +100,7 @@ func WithImpliedTag(image string) string {
 // HasTag reports whether a reference names a tag explicitly: a ':' after
 // its last '/' (a registry port comes before one).
 func HasTag(image string) bool {
-	name := StripDigest(image)
+	name := drift.StripDigest(image)
 	return strings.LastIndexByte(name, ':') > strings.LastIndexByte(name, '/')
 }
 
@@ -111,7 +111,7 @@ func HasTag(image string) bool {
 // ("repo@sha256:…") stays without a tag.
 func ImageKey(image string) string {
 	if strings.Contains(image, "@") {
-		return StripDigest(image)
+		return drift.StripDigest(image)
 	}
 	return WithImpliedTag(image)
 }

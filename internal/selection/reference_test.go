@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/imagepin/imagepin/internal/drift"
 )
 
 var (
@@ -129,7 +131,7 @@ func FuzzPinnedImage(f *testing.F) {
 		}
 		// A fully qualified reference (registry, path, tag or none) stays
 		// one under go-containerregistry's strict validation.
-		base := StripDigest(out)
+		base := drift.StripDigest(out)
 		_, tagErr := name.NewTag(base, name.StrictValidation)
 		_, repoErr := name.NewRepository(base, name.StrictValidation)
 		if tagErr == nil || repoErr == nil {
@@ -140,12 +142,12 @@ func FuzzPinnedImage(f *testing.F) {
 		if !referenceName.MatchString(base) {
 			t.Fatalf("PinnedImage(%q, %q) = %q, whose name is not in the distribution grammar", image, digest, out)
 		}
-		want := WithImpliedTag(StripDigest(image))
+		want := WithImpliedTag(drift.StripDigest(image))
 		if strings.Contains(image, "@") {
-			want = StripDigest(image)
+			want = drift.StripDigest(image)
 		}
-		if StripDigest(out) != want {
-			t.Fatalf("PinnedImage(%q, %q) = %q: StripDigest %q, want %q", image, digest, out, StripDigest(out), want)
+		if drift.StripDigest(out) != want {
+			t.Fatalf("PinnedImage(%q, %q) = %q: StripDigest %q, want %q", image, digest, out, drift.StripDigest(out), want)
 		}
 		again, err := PinnedImage(out, digest)
 		if err != nil || again != out {

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/drift"
 	"github.com/imagepin/imagepin/internal/workload"
 )
 
@@ -190,7 +191,7 @@ func (s *Selection) SelectsLabels(l map[string]string) bool {
 // pinned image ("repo:latest@…") stays selected by the filter that
 // selected it unpinned ("repo").
 func (s *Selection) SelectsImage(image string) bool {
-	ref := StripDigest(image)
+	ref := drift.StripDigest(image)
 	forms := []string{ref}
 	if !HasTag(ref) {
 		forms = append(forms, ref+":latest")
@@ -210,14 +211,6 @@ func matchesAny(globs []*regexp.Regexp, refs ...string) bool {
 		}
 	}
 	return false
-}
-
-// StripDigest removes an "@sha256:…" suffix from an image reference.
-func StripDigest(image string) string {
-	if i := strings.IndexByte(image, '@'); i >= 0 {
-		return image[:i]
-	}
-	return image
 }
 
 // KindPod names bare Pods, which the webhook pins: an ImagePin selects them

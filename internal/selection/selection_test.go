@@ -122,20 +122,6 @@ func TestSelectsImage(t *testing.T) {
 	}
 }
 
-func TestStripDigest(t *testing.T) {
-	d := "sha256:" + strings.Repeat("0", 64)
-	for in, want := range map[string]string{
-		"reg.io/app:v1@" + d:         "reg.io/app:v1",
-		"reg.io/app@" + d:            "reg.io/app",
-		"localhost:5000/app:v1":      "localhost:5000/app:v1",
-		"localhost:5000/app:v1@" + d: "localhost:5000/app:v1",
-	} {
-		if got := StripDigest(in); got != want {
-			t.Errorf("StripDigest(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestWriterOfIsTheFirstWritingImagePinByName(t *testing.T) {
 	pin := func(name string, mode imagesv1alpha1.Mode, suspend bool) imagesv1alpha1.ImagePin {
 		p := imagesv1alpha1.ImagePin{}

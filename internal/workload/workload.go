@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/drift"
 )
 
 // Workload is one workload of any selected kind.
@@ -61,16 +62,17 @@ func (w Workload) TemplateOf(p *corev1.Pod) int {
 			}
 		}
 	}
+	statuses := append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...)
 	best, bestScore := 0, -1
 	for i, t := range w.Templates {
 		score := 0
 		for _, c := range append(slices.Clone(t.Spec.InitContainers), t.Spec.Containers...) {
-			for _, pc := range append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...) {
+			for _, pc := range statuses {
 				if pc.Name != c.Name {
 					continue
 				}
 				score += 2
-				if imageKey(pc.Image) == imageKey(c.Image) {
+				if drift.StripDigest(pc.Image) == drift.StripDigest(c.Image) {
 					score++
 				}
 			}
@@ -80,14 +82,6 @@ func (w Workload) TemplateOf(p *corev1.Pod) int {
 		}
 	}
 	return best
-}
-
-// imageKey is an image reference without its digest.
-func imageKey(image string) string {
-	if i := strings.LastIndex(image, "@"); i >= 0 {
-		return image[:i]
-	}
-	return image
 }
 
 // NewObject returns an empty object of a workload kind, for watches and gets.
