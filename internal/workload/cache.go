@@ -3,10 +3,12 @@ package workload
 import (
 	"reflect"
 	"slices"
+	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -250,94 +252,85 @@ func unstructuredWorkloadKind(u *unstructured.Unstructured) *Kind {
 // place (a list of replica specs keeps its length, so that the pointers
 // the controller's patch names are the object's).
 func slimUnstructured(u *unstructured.Unstructured, k *Kind) *unstructured.Unstructured {
-	slim := &unstructured.Unstructured{Object: map[string]any{}}
-	slim.SetAPIVersion(u.GetAPIVersion())
-	slim.SetKind(u.GetKind())
 	m := slimMeta(metav1.ObjectMeta{
 		Name: u.GetName(), Namespace: u.GetNamespace(), UID: u.GetUID(), ResourceVersion: u.GetResourceVersion(),
 		Generation: u.GetGeneration(), CreationTimestamp: u.GetCreationTimestamp(), DeletionTimestamp: u.GetDeletionTimestamp(),
 		Labels: u.GetLabels(), OwnerReferences: u.GetOwnerReferences(), ManagedFields: u.GetManagedFields(),
 	})
-	slim.SetName(m.Name)
-	slim.SetNamespace(m.Namespace)
-	slim.SetUID(m.UID)
-	slim.SetResourceVersion(m.ResourceVersion)
-	slim.SetGeneration(m.Generation)
-	slim.SetCreationTimestamp(m.CreationTimestamp)
-	slim.SetDeletionTimestamp(m.DeletionTimestamp)
-	slim.SetLabels(m.Labels)
-	slim.SetOwnerReferences(m.OwnerReferences)
-	slim.SetManagedFields(m.ManagedFields)
+	meta, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&m)
+	if err != nil {
+		return u // not slimmed, never lost
+	}
+	slim := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": u.GetAPIVersion(), "kind": u.GetKind(), "metadata": meta,
+	}}
 	if len(k.TemplateRef) > 0 {
 		if ref, found, _ := unstructured.NestedFieldCopy(u.Object, k.TemplateRef...); found {
 			_ = unstructured.SetNestedField(slim.Object, ref, k.TemplateRef...)
 		}
 	}
 	for _, p := range k.Specs {
-		copyPodSpecs(u.Object, slim.Object, p.Fields)
+		expand(u.Object, p.Fields, nil, nil, func(at, _ []string, raw map[string]any) {
+			placeAt(u.Object, slim.Object, at, slimRawPodSpec(raw))
+		})
 	}
 	return slim
 }
 
-// copyPodSpecs copies the slimmed pod specs at fields (wildcards
-// included) from src to dst, creating the maps and lists on the way.
-func copyPodSpecs(src, dst map[string]any, fields []string) {
-	step, rest := fields[0], fields[1:]
-	keys := []string{step}
-	if step == Wildcard {
-		keys = keys[:0]
-		for key := range src {
-			keys = append(keys, key)
+// placeAt sets value at the path at (fields and list indices) in dst,
+// making on the way the maps and lists src has there: a list keeps src's
+// length and its items their names, so that a JSON pointer into src
+// points at the same place in dst.
+func placeAt(src, dst map[string]any, at []string, value any) {
+	var s, d any = src, dst
+	for i, step := range at {
+		last := i == len(at)-1
+		switch dv := d.(type) {
+		case map[string]any:
+			sv, _ := s.(map[string]any)
+			if last {
+				dv[step] = value
+				return
+			}
+			if dv[step] == nil {
+				dv[step] = shapeOf(sv[step])
+			}
+			s, d = sv[step], dv[step]
+		case []any:
+			sv, _ := s.([]any)
+			n, err := strconv.Atoi(step)
+			if err != nil || n >= len(dv) || n >= len(sv) {
+				return
+			}
+			if last {
+				dv[n] = value
+				return
+			}
+			s, d = sv[n], dv[n]
+		default:
+			return
 		}
-	}
-	for _, key := range keys {
-		copyPodSpecsAt(src[key], dst, key, rest)
 	}
 }
 
-func copyPodSpecsAt(src any, dst map[string]any, key string, rest []string) {
-	if len(rest) == 0 {
-		if raw, ok := src.(map[string]any); ok {
-			dst[key] = slimRawPodSpec(raw)
-		}
-		return
+// shapeOf is an empty value of v's shape: a list of v's length whose items
+// keep only their names, or a map.
+func shapeOf(v any) any {
+	l, ok := v.([]any)
+	if !ok {
+		return map[string]any{}
 	}
-	switch x := src.(type) {
-	case map[string]any:
-		next, _ := dst[key].(map[string]any)
-		if next == nil {
-			next = map[string]any{}
-			dst[key] = next
-		}
-		copyPodSpecs(x, next, rest)
-	case []any:
-		if rest[0] != Wildcard {
-			return
-		}
-		next, _ := dst[key].([]any)
-		if len(next) != len(x) {
-			next = make([]any, len(x))
-			for i := range next {
-				next[i] = map[string]any{}
-			}
-			dst[key] = next
-		}
-		for i, item := range x {
-			im, ok := item.(map[string]any)
-			if !ok {
-				continue
-			}
-			out := next[i].(map[string]any)
+	out := make([]any, len(l))
+	for i, item := range l {
+		m := map[string]any{}
+		if im, ok := item.(map[string]any); ok {
 			if name, ok := im["name"]; ok {
-				out["name"] = name
+				m["name"] = name
 			}
-			if len(rest) == 1 {
-				next[i] = slimRawPodSpec(im)
-				continue
-			}
-			copyPodSpecs(im, out, rest[1:])
 		}
+		out[i] = m
 	}
+	return out
 }
 
 // slimRawPodSpec keeps of an unstructured pod spec what slimPodSpec keeps

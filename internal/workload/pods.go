@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -26,7 +27,7 @@ func IndexOwners(ctx context.Context, indexer client.FieldIndexer) error {
 	for _, k := range vias {
 		// A custom kind (unstructured) is not indexed: its objects are
 		// few, listed by namespace and matched by owner (ownedBy).
-		if k.Type != nil && k.GVK.Kind != "Pod" {
+		if k.Type != nil && !k.isPod() {
 			objs = append(objs, k.New())
 		}
 	}
@@ -61,44 +62,65 @@ func controllerUID(obj client.Object) []string {
 	return nil
 }
 
-// Pods returns the pods a workload runs: those owned by it or by any
-// object of the kinds between it and its pods (Kind.Via), each level owned
-// by the one above: Deployment → ReplicaSets → Pods, CronJob → Jobs →
-// Pods, a configured JobSet → Jobs → Pods, the others → Pods. The reader
-// must have OwnerIndex.
+// Pods returns the pods a workload runs, through the kinds between it and
+// its pods (Kind.Via), each level owned by the one above: Deployment →
+// ReplicaSets → Pods, CronJob → Jobs → Pods, a configured JobSet → Jobs →
+// Pods, the others → Pods. Pods on the way (a LeaderWorkerSet's leaders,
+// which own its worker StatefulSets) are its pods too. The reader must
+// have OwnerIndex.
 func Pods(ctx context.Context, c client.Reader, w Workload) ([]corev1.Pod, error) {
 	ns := w.Object.GetNamespace()
 	runner, k := w.Object, KindNamed(w.Kind)
 	if w.Runner != nil {
 		runner, k = w.Runner, w.RunnerKind
 	}
+	var via []*Kind
+	if k != nil {
+		via = k.Via
+	}
 	owners := []types.UID{runner.GetUID()}
 	var out []corev1.Pod
-	seen := map[types.UID]bool{}
-	for level := 0; len(owners) > 0; level++ {
-		for _, uid := range owners {
-			var pods corev1.PodList
-			if err := c.List(ctx, &pods, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(uid)}); err != nil {
+	for _, v := range via {
+		if v.isPod() {
+			pods, err := podsOwnedBy(ctx, c, ns, owners)
+			if err != nil {
 				return nil, fmt.Errorf("list pods of %s %s/%s: %w", w.Kind, ns, w.Name(), err)
 			}
-			for _, p := range pods.Items {
-				if !seen[p.UID] {
-					seen[p.UID] = true
-					out = append(out, p)
-				}
+			out = append(out, pods...)
+			owners = owners[:0]
+			for _, p := range pods {
+				owners = append(owners, p.UID)
 			}
+			continue
 		}
-		if k == nil || level == len(k.Via) {
-			break
-		}
-		next, err := ownedBy(ctx, c, k.Via[level], ns, owners)
+		next, err := ownedBy(ctx, c, v, ns, owners)
 		if err != nil {
-			return nil, fmt.Errorf("list %ss of %s %s/%s: %w", k.Via[level].Name, w.Kind, ns, w.Name(), err)
+			return nil, fmt.Errorf("list %ss of %s %s/%s: %w", v.Name, w.Kind, ns, w.Name(), err)
 		}
 		owners = next
 	}
+	pods, err := podsOwnedBy(ctx, c, ns, owners)
+	if err != nil {
+		return nil, fmt.Errorf("list pods of %s %s/%s: %w", w.Kind, ns, w.Name(), err)
+	}
+	return append(out, pods...), nil
+}
+
+// podsOwnedBy lists the pods in ns whose controller is one of owners.
+func podsOwnedBy(ctx context.Context, c client.Reader, ns string, owners []types.UID) ([]corev1.Pod, error) {
+	var out []corev1.Pod
+	for _, uid := range owners {
+		var pods corev1.PodList
+		if err := c.List(ctx, &pods, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(uid)}); err != nil {
+			return nil, err
+		}
+		out = append(out, pods.Items...)
+	}
 	return out, nil
 }
+
+// isPod reports whether k is the Pod kind.
+func (k *Kind) isPod() bool { return k.Type == reflect.TypeFor[corev1.Pod]() }
 
 // ownedBy lists the UIDs of the objects of kind v in ns whose controller
 // is one of owners: through OwnerIndex for a built-in kind, by matching

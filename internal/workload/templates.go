@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -112,7 +113,7 @@ func expand(v any, fields, at, keys []string, found func(at, keys []string, raw 
 		}
 		sort.Strings(names)
 		for _, name := range names {
-			expand(x[name], rest, append(slicesClone(at), name), append(slicesClone(keys), name), found)
+			expand(x[name], rest, append(slices.Clone(at), name), append(slices.Clone(keys), name), found)
 		}
 	case []any:
 		if step != Wildcard {
@@ -137,12 +138,10 @@ func expand(v any, fields, at, keys []string, found func(at, keys []string, raw 
 			if names != nil {
 				key = names[i]
 			}
-			expand(item, rest, append(slicesClone(at), strconv.Itoa(i)), append(slicesClone(keys), key), found)
+			expand(item, rest, append(slices.Clone(at), strconv.Itoa(i)), append(slices.Clone(keys), key), found)
 		}
 	}
 }
-
-func slicesClone(s []string) []string { return append([]string(nil), s...) }
 
 // pointerOf is the JSON pointer (RFC 6901) of a path of field names.
 func pointerOf(fields []string) string {

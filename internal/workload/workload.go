@@ -201,31 +201,34 @@ func referencedWorkload(ctx context.Context, c client.Reader, k *Kind, obj clien
 	return &Workload{Kind: rk.Name, Object: target, Templates: templates, Runner: obj, RunnerKind: k}, nil
 }
 
-// optionalListTimeout bounds a list of an optional kind: through the cache,
-// a list waits for its informer to sync, which may never happen.
-const optionalListTimeout = 10 * time.Second
+// Through the cache, a read of an optional kind waits for its informer to
+// sync, which may never happen (its RBAC not granted yet): a list is
+// bounded by optionalListTimeout, and a get, which the walk from a pod to
+// its workload makes on every pod event, by optionalGetTimeout.
+const (
+	optionalListTimeout = 10 * time.Second
+	optionalGetTimeout  = 2 * time.Second
+)
 
-// getKind gets an object of kind k, bounded as listKind is for an optional
-// kind (one whose informer may never sync: its RBAC not granted yet).
-func getKind(ctx context.Context, c client.Reader, k *Kind, key client.ObjectKey, obj client.Object) error {
+// bounded returns ctx, with a deadline d away for an optional kind.
+func bounded(ctx context.Context, k *Kind, d time.Duration) (context.Context, context.CancelFunc) {
 	if k.Optional {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, optionalGetTimeout)
-		defer cancel()
+		return context.WithTimeout(ctx, d)
 	}
+	return ctx, func() {}
+}
+
+// getKind gets an object of kind k, bounded for an optional kind.
+func getKind(ctx context.Context, c client.Reader, k *Kind, key client.ObjectKey, obj client.Object) error {
+	ctx, cancel := bounded(ctx, k, optionalGetTimeout)
+	defer cancel()
 	return c.Get(ctx, key, obj)
 }
 
-// optionalGetTimeout bounds a read of one object of an optional kind on
-// the way from a pod to its workload, which runs for every pod event.
-const optionalGetTimeout = 2 * time.Second
-
+// listKind lists objects of kind k, bounded for an optional kind.
 func listKind(ctx context.Context, c client.Reader, k *Kind, list client.ObjectList, opts []client.ListOption) error {
-	if k.Optional {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, optionalListTimeout)
-		defer cancel()
-	}
+	ctx, cancel := bounded(ctx, k, optionalListTimeout)
+	defer cancel()
 	return c.List(ctx, list, opts...)
 }
 
