@@ -64,8 +64,9 @@ type ImagePinReconciler struct {
 
 	servedMu sync.Mutex
 	served   map[imagesv1alpha1.WorkloadKind]bool
-	// said: the kinds whose trouble (not listable) was logged once.
-	said    map[*workload.Kind]bool
+	// said: the troubles of optional kinds (not served, not listable)
+	// logged once.
+	said    map[string]bool
 	recheck chan event.GenericEvent
 
 	conflictMu sync.Mutex
@@ -247,8 +248,7 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			continue
 		}
 		if k.Optional && !r.usable(context.Background(), mgr, k) {
-			// Said once; watched as soon as it is served (below).
-			mgr.GetLogger().Info("workload kind not served by this cluster: left out until it is", "kind", k.Name, "apiVersion", k.GVK.GroupVersion().String())
+			// Said once (usable); watched as soon as it is usable (below).
 			pending = append(pending, k)
 			continue
 		}

@@ -76,24 +76,22 @@ func servedBy(mapper meta.RESTMapper, k *workload.Kind) bool {
 }
 
 // usable reports whether an optional kind can be watched: the cluster
-// serves it, and for a configured kind, the manager may list it and the
-// custom kinds between it and its pods. Watching a kind the manager may
-// not list would hold up the controller's start (its informer never
-// syncs); the admin's RBAC is said once, and picked up when granted.
+// serves it and the custom kinds between it and its pods, and for a
+// configured kind, the manager may list them. Watching a kind the manager
+// may not list would hold up the controller's start (its informer never
+// syncs). What is missing is said once; the kind is picked up when it
+// is there.
 func (r *ImagePinReconciler) usable(ctx context.Context, mgr ctrl.Manager, k *workload.Kind) bool {
-	if !servedBy(mgr.GetRESTMapper(), k) {
-		return false
-	}
-	if !k.Configured {
-		return true
-	}
 	for _, c := range append([]*workload.Kind{k}, k.Via...) {
 		if c.Type != nil {
-			continue // a built-in kind: the manager's own role grants it
+			continue // a built-in kind: always served, and granted by the manager's own role
 		}
-		if c != k && !servedBy(mgr.GetRESTMapper(), c) {
-			r.sayOnce(mgr, c, "kind between a configured workload kind and its pods not served by this cluster: left out until it is", nil)
+		if !servedBy(mgr.GetRESTMapper(), c) {
+			r.sayOnce(mgr, c, "workload kind not served by this cluster: left out until it is", nil)
 			return false
+		}
+		if !k.Configured {
+			continue // a built-in optional kind (Rollout): the manager's own role grants it
 		}
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := mgr.GetAPIReader().List(lctx, c.NewList(), client.Limit(1))
@@ -106,17 +104,18 @@ func (r *ImagePinReconciler) usable(ctx context.Context, mgr ctrl.Manager, k *wo
 	return true
 }
 
-// sayOnce logs a kind's trouble once.
+// sayOnce logs one trouble of a kind once.
 func (r *ImagePinReconciler) sayOnce(mgr ctrl.Manager, k *workload.Kind, msg string, err error) {
 	r.servedMu.Lock()
 	defer r.servedMu.Unlock()
 	if r.said == nil {
-		r.said = map[*workload.Kind]bool{}
+		r.said = map[string]bool{}
 	}
-	if r.said[k] {
+	key := k.GVK.String() + ": " + msg
+	if r.said[key] {
 		return
 	}
-	r.said[k] = true
+	r.said[key] = true
 	kv := []any{"kind", k.Name, "apiVersion", k.GVK.GroupVersion().String()}
 	if err != nil {
 		kv = append(kv, "reason", err.Error())

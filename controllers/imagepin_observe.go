@@ -87,10 +87,17 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 			i := w.TemplateOf(&p)
 			podsOf[i] = append(podsOf[i], p)
 		}
+		// Templates with the same credentials (nearly always all of
+		// them) share one keychain.
+		keychains := map[string]authn.Keychain{}
 		for ti, t := range w.Templates {
-			if err := r.observeTemplate(ctx, pin, sel, w, t, podsOf[ti], &obs); err != nil {
-				return obs, err
+			key := registry.CredentialsKey(t.Spec)
+			if keychains[key] == nil {
+				if keychains[key], err = r.Keychains.ForPod(ctx, pin.Namespace, t.Spec); err != nil {
+					return obs, err
+				}
 			}
+			obs.addTemplate(sel, w, t, keychains[key], podsOf[ti])
 		}
 	}
 	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval))
@@ -98,13 +105,9 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 	return obs, nil
 }
 
-// observeTemplate adds the selected containers and image volumes of one
-// pod template of w, with what its pods run, to obs.
-func (r *ImagePinReconciler) observeTemplate(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, w workload.Workload, t workload.Template, pods []corev1.Pod, obs *observation) error {
-	kc, err := r.Keychains.ForPod(ctx, pin.Namespace, t.Spec)
-	if err != nil {
-		return err
-	}
+// addTemplate adds the selected containers and image volumes of one pod
+// template of w, with what its pods run, to obs.
+func (obs *observation) addTemplate(sel *selection.Selection, w workload.Workload, t workload.Template, kc authn.Keychain, pods []corev1.Pod) {
 	running := runningDigests(pods)
 	add := func(name, image string, init, volume bool, index int) {
 		if image == "" || !sel.SelectsImage(image) {
@@ -136,7 +139,6 @@ func (r *ImagePinReconciler) observeTemplate(ctx context.Context, pin *imagesv1a
 			add(v.Name, v.Image.Reference, false, true, i)
 		}
 	}
-	return nil
 }
 
 // learnPinnedPlatforms has the resolver learn the platforms of every digest

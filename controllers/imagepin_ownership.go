@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,7 +39,7 @@ func (r *ImagePinReconciler) stillAsRead(ctx context.Context, namespace string, 
 	}
 	for _, iw := range w.writes {
 		list, field := iw.field()
-		spec, _ := atPointer(u.Object, iw.specPointer).(map[string]any)
+		spec, _ := workload.ValueAt(u.Object, iw.specPointer).(map[string]any)
 		items, _ := spec[list].([]any)
 		if iw.index >= len(items) {
 			return false
@@ -169,29 +168,4 @@ func ownsAnImage(raw []byte, writes []imageWrite) bool {
 	}
 	walk(fields)
 	return found
-}
-
-// atPointer returns the value at a JSON pointer (RFC 6901) in an
-// unstructured object, through maps and lists, or nil.
-func atPointer(obj map[string]any, pointer string) any {
-	var v any = obj
-	if pointer == "" {
-		return v
-	}
-	for _, step := range strings.Split(strings.TrimPrefix(pointer, "/"), "/") {
-		step = strings.NewReplacer("~1", "/", "~0", "~").Replace(step)
-		switch x := v.(type) {
-		case map[string]any:
-			v = x[step]
-		case []any:
-			i, err := strconv.Atoi(step)
-			if err != nil || i < 0 || i >= len(x) {
-				return nil
-			}
-			v = x[i]
-		default:
-			return nil
-		}
-	}
-	return v
 }

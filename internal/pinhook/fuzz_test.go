@@ -318,10 +318,10 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
-		if k == "" || obj.meta() == nil || obj.podSpec() == nil {
+		if k == "" || obj.meta() == nil || len(obj.templates) == 0 {
 			t.Fatalf("decode(%q) accepted the object without a kind, metadata or pod spec", kind)
 		}
-		for _, c := range containersOf(obj.podSpec(), obj.specPointer()) {
+		for _, c := range obj.containers() {
 			if !imagePointer.MatchString(c.pointer) {
 				t.Fatalf("container %s has image pointer %q", c.name, c.pointer)
 			}

@@ -31,22 +31,6 @@ type object struct {
 
 func (o object) meta() client.Object { return o.obj }
 
-// podSpec is the object's first pod spec.
-func (o object) podSpec() *corev1.PodSpec {
-	if len(o.templates) == 0 {
-		return nil
-	}
-	return o.templates[0].Spec
-}
-
-// specPointer is the JSON pointer of the object's first pod spec.
-func (o object) specPointer() string {
-	if len(o.templates) == 0 {
-		return ""
-	}
-	return o.templates[0].Pointer
-}
-
 // containers lists the image fields of every pod spec of the object, each
 // named by its template's key and "/" first where it has one (a
 // PyTorchJob's "Worker/pytorch"), with the index of its template.

@@ -24,7 +24,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -200,7 +199,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	var credentialsErr error
 	groups := map[string][]int{}
 	for _, ti := range slices.Sorted(maps.Keys(toResolve)) {
-		key := credentialsKey(obj.templates[ti].Spec)
+		key := registry.CredentialsKey(obj.templates[ti].Spec)
 		groups[key] = append(groups[key], ti)
 	}
 	for _, key := range slices.Sorted(maps.Keys(groups)) {
@@ -350,15 +349,4 @@ func warning(msg string) string {
 		msg = msg[:cut] + "…"
 	}
 	return msg
-}
-
-// credentialsKey says which credentials a pod spec's images are pulled
-// with: its service account and pull secrets.
-func credentialsKey(spec *corev1.PodSpec) string {
-	var b strings.Builder
-	b.WriteString(spec.ServiceAccountName)
-	for _, s := range spec.ImagePullSecrets {
-		b.WriteString("\x00" + s.Name)
-	}
-	return b.String()
 }

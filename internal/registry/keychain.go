@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -29,6 +30,18 @@ type Keychains struct {
 
 	once  sync.Once
 	cloud []*cloudKeychain // made once, so their tokens are reused
+}
+
+// CredentialsKey names what ForPod's keychain for spec depends on in
+// spec: its service account and pull secrets. Pod specs with one key
+// (the templates of one workload, nearly always) share one keychain.
+func CredentialsKey(spec *corev1.PodSpec) string {
+	var b strings.Builder
+	b.WriteString(spec.ServiceAccountName)
+	for _, s := range spec.ImagePullSecrets {
+		b.WriteString("\x00" + s.Name)
+	}
+	return b.String()
 }
 
 // ForPod returns the keychain for a pod spec in namespace. Pull secrets that

@@ -143,12 +143,43 @@ func expand(v any, fields, at, keys []string, found func(at, keys []string, raw 
 	}
 }
 
-// pointerOf is the JSON pointer (RFC 6901) of a path of field names.
+// JSON pointer (RFC 6901) escapes.
+var (
+	escapePointer   = strings.NewReplacer("~", "~0", "/", "~1")
+	unescapePointer = strings.NewReplacer("~1", "/", "~0", "~")
+)
+
+// pointerOf is the JSON pointer of a path of field names.
 func pointerOf(fields []string) string {
 	var b strings.Builder
 	for _, f := range fields {
 		b.WriteByte('/')
-		b.WriteString(strings.NewReplacer("~", "~0", "/", "~1").Replace(f))
+		b.WriteString(escapePointer.Replace(f))
 	}
 	return b.String()
+}
+
+// ValueAt returns the value at a JSON pointer (a Template's) in an
+// unstructured object, through maps and lists, or nil.
+func ValueAt(obj map[string]any, pointer string) any {
+	var v any = obj
+	if pointer == "" {
+		return v
+	}
+	for _, step := range strings.Split(strings.TrimPrefix(pointer, "/"), "/") {
+		step = unescapePointer.Replace(step)
+		switch x := v.(type) {
+		case map[string]any:
+			v = x[step]
+		case []any:
+			i, err := strconv.Atoi(step)
+			if err != nil || i < 0 || i >= len(x) {
+				return nil
+			}
+			v = x[i]
+		default:
+			return nil
+		}
+	}
+	return v
 }
