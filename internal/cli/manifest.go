@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -71,7 +70,7 @@ func podSpecs(n *yaml.Node, k *workload.Kind) ([]podSpec, error) {
 		}
 		if len(fields) == 0 {
 			if n.Kind == yaml.MappingNode {
-				out = append(out, podSpec{key: strings.Join(keys, "/"), node: n})
+				out = append(out, podSpec{key: workload.TemplateKey("", keys), node: n})
 			}
 			return nil
 		}
@@ -90,24 +89,15 @@ func podSpecs(n *yaml.Node, k *workload.Kind) ([]podSpec, error) {
 				}
 			}
 		case yaml.SequenceNode:
-			// Keyed by name when every item has a distinct one, else by
-			// index, as the controller keys them (workload.Templates).
-			names := make([]string, len(n.Content))
-			seen := map[string]bool{}
-			for i, item := range n.Content {
-				name := lookup(item, "name")
-				if name == nil || name.Kind != yaml.ScalarNode || name.ShortTag() != "!!str" || name.Value == "" || seen[name.Value] {
-					names = nil
-					break
+			// Keyed as the controller keys them.
+			itemKeys := workload.ItemKeys(len(n.Content), func(i int) string {
+				if name := lookup(n.Content[i], "name"); name != nil && name.Kind == yaml.ScalarNode && name.ShortTag() == "!!str" {
+					return name.Value
 				}
-				names[i], seen[name.Value] = name.Value, true
-			}
+				return ""
+			})
 			for i, item := range n.Content {
-				key := strconv.Itoa(i)
-				if names != nil {
-					key = names[i]
-				}
-				if err := walk(item, rest, append(slices.Clone(keys), key)); err != nil {
+				if err := walk(item, rest, append(slices.Clone(keys), itemKeys[i])); err != nil {
 					return err
 				}
 			}

@@ -75,18 +75,43 @@ func (k *Kind) Templates(obj client.Object) []Template {
 			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &spec); err != nil {
 				return
 			}
-			key := strings.Join(keys, "/")
-			if p.Name != "" {
-				key = strings.Join(append([]string{p.Name}, keys...), "/")
-			}
-			if len(key) > maxKeyLength {
-				// Status holds a key of 253 bytes at most.
-				key = key[:maxKeyLength]
-			}
-			out = append(out, Template{Key: key, Pointer: pointerOf(at), Spec: &spec})
+			out = append(out, Template{Key: TemplateKey(p.Name, keys), Pointer: pointerOf(at), Spec: &spec})
 		})
 	}
 	return out
+}
+
+// TemplateKey is the key of a template found through a spec path named
+// name (or not), its wildcards standing for keys: "/"-joined, 253 bytes at
+// most (what status holds).
+func TemplateKey(name string, keys []string) string {
+	if name != "" {
+		keys = append([]string{name}, keys...)
+	}
+	key := strings.Join(keys, "/")
+	if len(key) > maxKeyLength {
+		key = key[:maxKeyLength]
+	}
+	return key
+}
+
+// ItemKeys are the keys of the n items of a list of replica specs under a
+// wildcard: their names (name(i), "" for none) when every item has a
+// distinct one, as JobSet requires, else their indices, so that two
+// templates never share a key.
+func ItemKeys(n int, name func(i int) string) []string {
+	keys := make([]string, n)
+	seen := map[string]bool{}
+	for i := range keys {
+		if keys[i] = name(i); keys[i] == "" || seen[keys[i]] {
+			for j := range keys {
+				keys[j] = strconv.Itoa(j)
+			}
+			return keys
+		}
+		seen[keys[i]] = true
+	}
+	return keys
 }
 
 // expand walks fields through v, calling found with the concrete path,
@@ -119,26 +144,13 @@ func expand(v any, fields, at, keys []string, found func(at, keys []string, raw 
 		if step != Wildcard {
 			return
 		}
-		// Items are keyed by name when every item has a distinct one (as
-		// JobSet requires), else by index: two templates never share a key.
-		names := make([]string, len(x))
-		byName := map[string]bool{}
+		itemKeys := ItemKeys(len(x), func(i int) string {
+			m, _ := x[i].(map[string]any)
+			name, _ := m["name"].(string)
+			return name
+		})
 		for i, item := range x {
-			if m, ok := item.(map[string]any); ok {
-				if name, ok := m["name"].(string); ok && name != "" && !byName[name] {
-					names[i], byName[name] = name, true
-					continue
-				}
-			}
-			names = nil
-			break
-		}
-		for i, item := range x {
-			key := strconv.Itoa(i)
-			if names != nil {
-				key = names[i]
-			}
-			expand(item, rest, append(slices.Clone(at), strconv.Itoa(i)), append(slices.Clone(keys), key), found)
+			expand(item, rest, append(slices.Clone(at), strconv.Itoa(i)), append(slices.Clone(keys), itemKeys[i]), found)
 		}
 	}
 }
