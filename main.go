@@ -72,7 +72,7 @@ type options struct {
 	cloudKeychains          bool
 	workers                 int
 	conflictBackoff         time.Duration
-	workloadKinds           []string
+	workloadKinds           workload.KindFlag
 }
 
 // stringList is a repeatable string flag.
@@ -101,7 +101,7 @@ func run(args []string) error {
 	fs.BoolVar(&o.cloudKeychains, "cloud-keychains", true, "also resolve with the manager's own ECR, Google and ACR credentials")
 	fs.IntVar(&o.workers, "concurrent-checks", 4, "ImagePins checked at once, so that one slow registry does not delay the others")
 	fs.DurationVar(&o.conflictBackoff, "conflict-backoff", time.Hour, "how long imagepin remembers reverts of its writes and first stops writing a workload reverted 3 times (doubling per block in a row, up to 24h)")
-	fs.Var((*stringList)(&o.workloadKinds), "workload-kind", workload.KindFlagUsage)
+	fs.Var(&o.workloadKinds, "workload-kind", workload.KindFlagUsage)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -113,7 +113,7 @@ func run(args []string) error {
 	o.enableWebhooks = !strings.EqualFold(os.Getenv("ENABLE_WEBHOOKS"), "false")
 	// Before the manager reads the kind table (its cache, indexes and
 	// watches).
-	if err := workload.ConfigureFlags(o.workloadKinds); err != nil {
+	if err := workload.Configure(o.workloadKinds); err != nil {
 		return err
 	}
 

@@ -65,10 +65,8 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	caFile := fs.String("registry-ca-file", "", "PEM CA certificates trusted for registries")
 	qps := fs.Float64("registry-qps", 50, "requests per second sent to each registry host")
 	burst := fs.Int("registry-burst", 50, "requests one registry host may get in a burst")
-	var kinds workloadKindFlag
-	fs.Var(&kinds, "workload-kind", "a pod-template custom resource to pin too, as the manager's flag names it: "+
-		"<group>/<version>/<Kind>,spec=[<name>:]<path>[,spec=…][,via=…][,immutable], * in a path for every key or item "+
-		"(kubeflow.org/v1/PyTorchJob,spec=spec.pytorchReplicaSpecs.*.template.spec); repeatable")
+	var kinds workload.KindFlag
+	fs.Var(&kinds, "workload-kind", workload.KindFlagUsage)
 	fs.Usage = func() {
 		say(stderr, "usage: imagepin pin [-f FILE|DIR|-]... [--check] [--workload-kind <group>/<version>/<Kind>,spec=<path>]...")
 		say(stderr, "Pins every container image of the manifests to repo:tag@sha256:... and writes them to stdout.")
@@ -83,7 +81,7 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 	// Before the inputs are read: their kinds are looked up in the table.
-	if err := workload.ConfigureFlags(kinds); err != nil {
+	if err := workload.Configure(kinds); err != nil {
 		say(stderr, "imagepin pin:", err)
 		return 2
 	}
@@ -342,21 +340,6 @@ type stringList []string
 
 func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
-
-// workloadKindFlag is the flag.Value of --workload-kind: each value is
-// checked as it is parsed (workload.ParseKind), so that a bad one is a
-// flag error naming it; workload.ConfigureFlags adds them to the table.
-type workloadKindFlag []string
-
-func (l *workloadKindFlag) String() string { return strings.Join(*l, " ") }
-
-func (l *workloadKindFlag) Set(v string) error {
-	if _, err := workload.ParseKind(v); err != nil {
-		return err
-	}
-	*l = append(*l, v)
-	return nil
-}
 
 func plural(n int, word string) string {
 	if n == 1 {

@@ -210,6 +210,32 @@ func Configure(configured []*Kind) error {
 	return nil
 }
 
+// KindFlag is the flag.Value of --workload-kind, the manager's and
+// `imagepin pin`'s: each value is parsed as it is set, so that a bad one
+// is a flag error naming it; Configure adds them to the table.
+type KindFlag []*Kind
+
+func (f *KindFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	values := make([]string, len(*f))
+	for i, k := range *f {
+		values[i] = k.flag
+	}
+	return strings.Join(values, " ")
+}
+
+// Set parses one value.
+func (f *KindFlag) Set(value string) error {
+	k, err := ParseKind(value)
+	if err != nil {
+		return err
+	}
+	*f = append(*f, k)
+	return nil
+}
+
 // ConfigureFlags parses and adds the --workload-kind values.
 func ConfigureFlags(values []string) error {
 	var ks []*Kind
