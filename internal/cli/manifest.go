@@ -152,18 +152,26 @@ func mappingEntries(n *yaml.Node) []entry {
 				out = append(out, entry{key: k.Value, value: v})
 			}
 		}
-		for _, m := range merges {
-			m = dealias(m)
-			sources := []*yaml.Node{m}
-			if m.Kind == yaml.SequenceNode {
-				sources = m.Content
-			}
-			for _, s := range sources {
-				add(s, depth+1)
-			}
+		for _, s := range mergeSources(merges) {
+			add(s, depth+1)
 		}
 	}
 	add(n, 0)
+	return out
+}
+
+// mergeSources are the mappings `<<` merge keys with the values merges
+// bring, in precedence order: `<<: *a` one, `<<: [*a, *b]` each.
+func mergeSources(merges []*yaml.Node) []*yaml.Node {
+	var out []*yaml.Node
+	for _, m := range merges {
+		m = dealias(m)
+		if m.Kind == yaml.SequenceNode {
+			out = append(out, m.Content...)
+			continue
+		}
+		out = append(out, m)
+	}
 	return out
 }
 
@@ -350,16 +358,9 @@ func lookupFieldDepth(n *yaml.Node, key string, depth int) *yaml.Node {
 			merges = append(merges, v)
 		}
 	}
-	for _, m := range merges {
-		m = dealias(m)
-		sources := []*yaml.Node{m}
-		if m.Kind == yaml.SequenceNode {
-			sources = m.Content
-		}
-		for _, s := range sources {
-			if v := lookupFieldDepth(s, key, depth+1); v != nil {
-				return v
-			}
+	for _, s := range mergeSources(merges) {
+		if v := lookupFieldDepth(s, key, depth+1); v != nil {
+			return v
 		}
 	}
 	return nil
