@@ -343,11 +343,7 @@ func TestPlatformsOfAnOlderPinnedIndexAreLearnt(t *testing.T) {
 	create(t, pin)
 
 	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
-		img, w, err := entryFor(got, image, "rollback", "app")
+		img, w, err := checkedEntry(pin, image, "rollback", "app")
 		if err != nil {
 			return err
 		}
@@ -476,11 +472,7 @@ func TestImagePinsOutOfPhaseEachSeeAMoveWithinTheInterval(t *testing.T) {
 	}
 	for _, pin := range pins {
 		eventually(t, func() error {
-			got, err := checked(pin)
-			if err != nil {
-				return err
-			}
-			img, _, err := entryFor(got, image, "web", "app")
+			img, _, err := checkedEntry(pin, image, "web", "app")
 			if err != nil {
 				return err
 			}
@@ -503,11 +495,7 @@ func TestImagePinsOutOfPhaseEachSeeAMoveWithinTheInterval(t *testing.T) {
 	pushed := time.Now()
 	for _, pin := range pins {
 		eventually(t, func() error {
-			got, err := checked(pin)
-			if err != nil {
-				return err
-			}
-			img, w, err := entryFor(got, image, "web", "app")
+			img, w, err := checkedEntry(pin, image, "web", "app")
 			if err != nil {
 				return err
 			}
@@ -616,11 +604,7 @@ func TestImageVolumeIsReportedLikeAContainer(t *testing.T) {
 	create(t, pin)
 
 	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
-		img, w, err := entryFor(got, models, "ml", "models")
+		img, w, err := checkedEntry(pin, models, "ml", "models")
 		if err != nil {
 			return err
 		}
@@ -634,11 +618,7 @@ func TestImageVolumeIsReportedLikeAContainer(t *testing.T) {
 	})
 	m2 := reg.Push(t, "vol/models:v1")
 	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
-		img, w, err := entryFor(got, models, "ml", "models")
+		img, w, err := checkedEntry(pin, models, "ml", "models")
 		if err != nil {
 			return err
 		}
@@ -749,4 +729,13 @@ func TestRolloutWithWorkloadRefIsHandledThroughItsDeployment(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// checkedEntry is entryFor of the ImagePin once checked.
+func checkedEntry(p *imagesv1alpha1.ImagePin, image, workloadName, container string) (*imagesv1alpha1.ImageStatus, *imagesv1alpha1.WorkloadImage, error) {
+	got, err := checked(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	return entryFor(got, image, workloadName, container)
 }
