@@ -38,16 +38,7 @@ type containerObs struct {
 	// ownsFields is true when imagepin still owns fields of the workload
 	// (a write whose release failed, or an older imagepin's apply).
 	ownsFields bool
-	container  string
-	// template names the pod template among the workload's, for a kind
-	// with several; specPointer is its JSON pointer in the workload.
-	template    string
-	specPointer string
-	init        bool
-	// volume is true for an image volume, which container names.
-	volume bool
-	// index is the position in containers, initContainers or volumes.
-	index int
+	place
 	// raw is the image exactly as the workload names it.
 	raw string
 	// image is the reference as the workload names it, digest removed.
@@ -116,13 +107,13 @@ func (obs *observation) addTemplate(sel *selection.Selection, w workload.Workloa
 		obs.containers = append(obs.containers, containerObs{
 			kind: w.Kind, workload: w.Name(), uid: w.Object.GetUID(), generation: w.Object.GetGeneration(),
 			ownsFields: workload.OwnsFields(w.Object),
-			container:  name, template: t.Key, specPointer: t.Pointer,
-			init: init, volume: volume, index: index, raw: image,
-			image:    selection.ImageKey(image),
-			pinned:   drift.DigestOfImage(image),
-			hasTag:   hasTag(image),
-			running:  running[slot("", name, volume)],
-			keychain: kc,
+			place:      place{container: name, template: t.Key, specPointer: t.Pointer, init: init, volume: volume, index: index},
+			raw:        image,
+			image:      selection.ImageKey(image),
+			pinned:     drift.DigestOfImage(image),
+			hasTag:     hasTag(image),
+			running:    running[slot("", name, volume)],
+			keychain:   kc,
 		})
 	}
 	for i, c := range t.Spec.InitContainers {

@@ -33,7 +33,7 @@ func obsOf(containers ...containerObs) observation {
 
 func resolvedTo(image, workloadName, digest string, running ...imagesv1alpha1.RunningDigest) containerObs {
 	return containerObs{
-		kind: imagesv1alpha1.KindDeployment, workload: workloadName, container: "app",
+		kind: imagesv1alpha1.KindDeployment, workload: workloadName, place: place{container: "app"},
 		image: image, hasTag: true, running: running,
 		result: registry.Result{Digest: digest, ResolvedAt: t0},
 	}
@@ -129,7 +129,7 @@ func TestConditionsSayWhatToLookAt(t *testing.T) {
 		{
 			name: "unresolvable",
 			obs: obsOf(containerObs{
-				kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: "reg.io/app:nope", hasTag: true,
+				kind: imagesv1alpha1.KindDeployment, workload: "web", place: place{container: "app"}, image: "reg.io/app:nope", hasTag: true,
 				err: errors.New(`resolve reg.io/app:nope: tag "nope" not found in reg.io/app`),
 			}),
 			ready: metav1.ConditionFalse, readyReason: imagesv1alpha1.ReasonResolutionFailed,
@@ -138,7 +138,7 @@ func TestConditionsSayWhatToLookAt(t *testing.T) {
 		},
 		{
 			name:  "digest-only reference needs no resolution",
-			obs:   obsOf(containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: "reg.io/app", pinned: dg("a"), running: []imagesv1alpha1.RunningDigest{runningOn(dg("a"), 1)}}),
+			obs:   obsOf(containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", place: place{container: "app"}, image: "reg.io/app", pinned: dg("a"), running: []imagesv1alpha1.RunningDigest{runningOn(dg("a"), 1)}}),
 			ready: metav1.ConditionTrue, readyReason: imagesv1alpha1.ReasonResolved,
 			drifted: metav1.ConditionFalse, drReason: imagesv1alpha1.ReasonNoDrift,
 		},
@@ -200,7 +200,7 @@ func TestTransitionsEmitOnlyOnChange(t *testing.T) {
 	check(&s2, t0.Add(time.Minute), obsOf(resolvedTo("reg.io/app:v1", "web", dg("b"), runningOn(dg("a"), 1))))
 	s3 = *s2.DeepCopy()
 	check(&s3, t0.Add(2*time.Minute), obsOf(containerObs{
-		kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: "reg.io/app:v1", hasTag: true,
+		kind: imagesv1alpha1.KindDeployment, workload: "web", place: place{container: "app"}, image: "reg.io/app:v1", hasTag: true,
 		err: errors.New("registry down"), result: registry.Result{Digest: dg("b"), Stale: true},
 	}))
 	s4 := *s3.DeepCopy()

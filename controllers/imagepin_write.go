@@ -34,17 +34,26 @@ const (
 	writeOverride = "Override"
 )
 
-// imageWrite is one container image to set.
-type imageWrite struct {
+// place is where an image is in a workload: which container, init
+// container or image volume of which pod template.
+type place struct {
+	// container names the container, or the image volume.
 	container string
-	// template and specPointer say which pod template of the workload
-	// holds the container, and where (observation's).
+	// template names the pod template among the workload's, for a kind
+	// with several; specPointer is its JSON pointer in the workload.
 	template    string
 	specPointer string
 	init        bool
-	volume      bool
-	index       int
-	from, to    string
+	// volume is true for an image volume.
+	volume bool
+	// index is the position in containers, initContainers or volumes.
+	index int
+}
+
+// imageWrite is one container image to set.
+type imageWrite struct {
+	place
+	from, to string
 	// stored is the image as the workload stores it, which the write
 	// tests before it replaces it.
 	stored string
@@ -120,7 +129,7 @@ func desiredImage(c containerObs, in planInput) (imageWrite, bool) {
 		if to == current {
 			return imageWrite{}, false
 		}
-		return imageWrite{container: c.container, template: c.template, specPointer: c.specPointer, init: c.init, volume: c.volume, index: c.index, from: current, stored: c.raw, to: to, reason: reason}, true
+		return imageWrite{place: c.place, from: current, stored: c.raw, to: to, reason: reason}, true
 	}
 	if d, ok := in.overrides[c.image]; ok {
 		return write(d, writeOverride)
@@ -151,7 +160,7 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 	generations := map[types.UID]int64{}
 	live := map[types.UID]bool{}
 	for _, c := range obs.containers {
-		current[string(c.uid)+"/"+slot(c.template, c.container, c.volume)] = c.raw
+		current[string(c.uid)+"/"+c.slot()] = c.raw
 		generations[c.uid] = c.generation
 		live[c.uid] = true
 	}
@@ -282,25 +291,25 @@ func (r *ImagePinReconciler) writeImages(ctx context.Context, namespace string, 
 	return obj.GetGeneration(), nil
 }
 
-// field is where the image of w is: the list in the pod spec, and the
+// field is where the image of p is: the list in the pod spec, and the
 // path of the image in the list's item.
-func (w imageWrite) field() (list string, image []string) {
+func (p place) field() (list string, image []string) {
 	switch {
-	case w.volume:
+	case p.volume:
 		return "volumes", []string{"image", "reference"}
-	case w.init:
+	case p.init:
 		return "initContainers", []string{"image"}
 	}
 	return "containers", []string{"image"}
 }
 
-// slot names the container or image volume of w among a workload's.
-func (w imageWrite) slot() string { return slot(w.template, w.container, w.volume) }
+// slot names the container or image volume of p among a workload's.
+func (p place) slot() string { return slot(p.template, p.container, p.volume) }
 
-// what says what w writes, for an event.
-func (w imageWrite) what() string {
-	name := slot(w.template, w.container, false)
-	if w.volume {
+// what says what p names, for an event.
+func (p place) what() string {
+	name := slot(p.template, p.container, false)
+	if p.volume {
 		return "image volume " + name
 	}
 	return "container " + name

@@ -18,7 +18,7 @@ import (
 func TestPlanWrites(t *testing.T) {
 	const img = "reg.io/app:v1"
 	tagOnly := func(resolved string) containerObs {
-		return containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: img, hasTag: true,
+		return containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", place: place{container: "app"}, image: img, hasTag: true,
 			result: registry.Result{Digest: resolved}}
 	}
 	pinnedTo := func(pinned, resolved string) containerObs {
@@ -56,7 +56,7 @@ func TestPlanWrites(t *testing.T) {
 		{name: "override rolls back", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("b"), dg("b")), overrides: map[string]string{img: dg("a")},
 			want: fmt.Sprintf("[Deployment/web app %s@%s -> %s@%s (Override)]", img, dg("b"), img, dg("a"))},
 		{name: "override already in place", mode: imagesv1alpha1.ModePin, c: pinnedTo(dg("a"), dg("b")), overrides: map[string]string{img: dg("a")}, want: "[]"},
-		{name: "digest-only reference is left alone", mode: imagesv1alpha1.ModePin, c: containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", container: "app", image: "reg.io/app", pinned: dg("a")}, want: "[]"},
+		{name: "digest-only reference is left alone", mode: imagesv1alpha1.ModePin, c: containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", place: place{container: "app"}, image: "reg.io/app", pinned: dg("a")}, want: "[]"},
 		{name: "an override that is not a sha256 digest is never written", mode: imagesv1alpha1.ModePin, c: tagOnly(dg("a")), overrides: map[string]string{img: "sha256:abc"}, want: "[]"},
 		{name: "an image that is not a valid reference is never written", mode: imagesv1alpha1.ModePin, c: func() containerObs { c := tagOnly(dg("a")); c.image = "reg.io/App:v1"; return c }(), want: "[]"},
 		{name: "a registry port and an untagged image are kept as written", mode: imagesv1alpha1.ModePin, c: func() containerObs { c := tagOnly(dg("a")); c.image = "localhost:5000/team/app"; return c }(),
@@ -92,13 +92,13 @@ func TestPlanWrites(t *testing.T) {
 
 func TestOwnsAnImage(t *testing.T) {
 	raw := []byte(`{"f:spec":{"f:template":{"f:spec":{"f:containers":{"k:{\"name\":\"app\"}":{".":{},"f:image":{},"f:name":{}}}}}}}`)
-	if !ownsAnImage(raw, []imageWrite{{container: "app"}}) {
+	if !ownsAnImage(raw, []imageWrite{{place: place{container: "app"}}}) {
 		t.Error("the manager that set app's image was not found")
 	}
-	if ownsAnImage(raw, []imageWrite{{container: "proxy"}}) {
+	if ownsAnImage(raw, []imageWrite{{place: place{container: "proxy"}}}) {
 		t.Error("a manager of another container's image was named")
 	}
-	if ownsAnImage([]byte(`{"f:metadata":{"f:labels":{}}}`), []imageWrite{{container: "app"}}) {
+	if ownsAnImage([]byte(`{"f:metadata":{"f:labels":{}}}`), []imageWrite{{place: place{container: "app"}}}) {
 		t.Error("a manager that owns no image was named")
 	}
 }
@@ -112,7 +112,7 @@ func TestWriteTestsWhatItReadAndOwnsNothing(t *testing.T) {
 	create(t, d)
 	r := &ImagePinReconciler{Client: k8s, APIReader: k8s}
 	w := workloadWrite{kind: imagesv1alpha1.KindDeployment, name: "web", uid: d.UID, writes: []imageWrite{{
-		container: "app", specPointer: "/spec/template/spec", index: 0, stored: "reg.io/app:v1", to: "reg.io/app:v1@" + dg("a"),
+		place: place{container: "app", specPointer: "/spec/template/spec", index: 0}, stored: "reg.io/app:v1", to: "reg.io/app:v1@" + dg("a"),
 	}}}
 	// The check read :v1; someone released :v2 since.
 	if _, err := r.writeImages(context.Background(), ns, w); err == nil {
