@@ -69,8 +69,9 @@ func keepWhatSelectionReads(obj any) (any, error) {
 	}
 	var k *Kind
 	for _, c := range kinds {
-		if in.Kind() == reflect.Pointer && in.Elem().Type() == c.Type {
+		if in.Elem().Type() == c.Type {
 			k = c
+			break
 		}
 	}
 	if k == nil {
@@ -271,7 +272,9 @@ func slimUnstructured(u *unstructured.Unstructured, k *Kind) *unstructured.Unstr
 	}
 	for _, p := range k.Specs {
 		expand(u.Object, p.Fields, nil, nil, func(at, _ []string, raw map[string]any) {
-			placeAt(u.Object, slim.Object, at, slimRawPodSpec(raw))
+			if spec := slimRawPodSpec(raw); spec != nil {
+				placeAt(u.Object, slim.Object, at, spec)
+			}
 		})
 	}
 	return slim
@@ -334,37 +337,16 @@ func shapeOf(v any) any {
 }
 
 // slimRawPodSpec keeps of an unstructured pod spec what slimPodSpec keeps
-// of a typed one.
+// of a typed one, by way of the typed one; nil when it is not a pod spec.
 func slimRawPodSpec(raw map[string]any) map[string]any {
-	out := map[string]any{}
-	for _, list := range []string{"initContainers", "containers"} {
-		items, ok := raw[list].([]any)
-		if !ok {
-			continue
-		}
-		slim := make([]any, len(items))
-		for i, item := range items {
-			c, _ := item.(map[string]any)
-			slim[i] = map[string]any{"name": c["name"], "image": c["image"]}
-		}
-		out[list] = slim
+	var spec corev1.PodSpec
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &spec); err != nil {
+		return nil
 	}
-	if items, ok := raw["volumes"].([]any); ok {
-		slim := make([]any, len(items))
-		for i, item := range items {
-			v, _ := item.(map[string]any)
-			sv := map[string]any{"name": v["name"]}
-			if img, ok := v["image"]; ok {
-				sv["image"] = img
-			}
-			slim[i] = sv
-		}
-		out["volumes"] = slim
-	}
-	for _, keep := range []string{"imagePullSecrets", "serviceAccountName"} {
-		if v, ok := raw[keep]; ok {
-			out[keep] = v
-		}
+	slim := slimPodSpec(&spec)
+	out, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&slim)
+	if err != nil {
+		return nil
 	}
 	return out
 }
