@@ -161,11 +161,14 @@ func runManager(o options) error {
 	if err != nil {
 		return fmt.Errorf("registry resolver: %w", err)
 	}
+	// One for the controller and the webhook: the cloud keychains' tokens
+	// are fetched once and shared.
+	keychains := &registry.Keychains{Reader: mgr.GetClient(), Cloud: o.cloudKeychains}
 
 	if err := (&controllers.ImagePinReconciler{
 		Client:    mgr.GetClient(),
 		Resolver:  resolver,
-		Keychains: &registry.Keychains{Reader: mgr.GetClient(), Cloud: o.cloudKeychains},
+		Keychains: keychains,
 		Recorder:  mgr.GetEventRecorder("imagepin"),
 		APIReader: mgr.GetAPIReader(),
 		Workers:   o.workers,
@@ -178,7 +181,7 @@ func runManager(o options) error {
 		mgr.GetWebhookServer().Register(pinhook.Path, &webhook.Admission{Handler: &pinhook.Handler{
 			Reader:    mgr.GetClient(),
 			Resolver:  resolver,
-			Keychains: &registry.Keychains{Reader: mgr.GetClient(), Cloud: o.cloudKeychains},
+			Keychains: keychains,
 		}})
 	}
 

@@ -150,7 +150,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	plan := planWrites(planInput{
 		mode:      pin.Spec.Mode,
 		minAge:    minAgeOf(pin),
-		overrides: overridesOf(pin),
+		overrides: sel.Overrides(),
 		now:       now,
 		obs:       obs,
 		firstSeen: r.firstSeen(pin, status, obs, now),
@@ -348,16 +348,8 @@ func imageIDs(p *corev1.Pod) string {
 	return s
 }
 
-func overridesOf(pin *imagesv1alpha1.ImagePin) map[string]string {
-	out := map[string]string{}
-	for _, o := range pin.Spec.Overrides {
-		out[selection.ImageKey(o.Image)] = string(o.Digest)
-	}
-	return out
-}
-
 // ownWrites keeps the writes to containers this ImagePin is the writer of
-// (selection.Writer), the rule the webhook pins by.
+// (selection's Writer's rule), the rule the webhook pins by.
 func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.ImagePin, plan []workloadWrite, workloads []workload.Workload) ([]workloadWrite, error) {
 	if len(plan) == 0 {
 		return plan, nil
@@ -380,12 +372,13 @@ func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.
 		}
 		as[string(w.Kind)+"/"+w.Name()] = a
 	}
+	writing := selection.WritingOf(pins.Items)
 	out := plan[:0:0]
 	for _, w := range plan {
 		mine := w
 		mine.writes = nil
 		a := as[string(w.kind)+"/"+w.name]
-		writers := selection.WritersOf(pins.Items, a.kind, a.labels)
+		writers := writing.Of(a.kind, a.labels)
 		for _, iw := range w.writes {
 			writer, _ := writers.For(iw.stored)
 			if writer != nil && writer.Name == pin.Name {

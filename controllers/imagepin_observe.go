@@ -92,7 +92,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 		}
 	}
 	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval))
-	r.learnPinnedPlatforms(ctx, obs.containers, overridesOf(pin))
+	r.learnPinnedPlatforms(ctx, obs.containers, sel.Overrides())
 	return obs, nil
 }
 

@@ -142,8 +142,8 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
 	}
 
-	// Each container is pinned by its own writer (selection.Writer): the
-	// ImagePin that selects the object and that image.
+	// Each container is pinned by its own writer (selection's Writer's
+	// rule): the ImagePin that selects the object and that image.
 	type planned struct {
 		pointer  string
 		template int
@@ -173,7 +173,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 			templateMutable: obj.templateMutable,
 			old:             prev,
 			hadOld:          hadOld,
-			override:        overrideOf(pin, *c.image),
+			override:        sel.Override(*c.image),
 		})
 		if !ok {
 			continue
@@ -256,19 +256,6 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 type failure struct {
 	pin *imagesv1alpha1.ImagePin
 	msg string
-}
-
-// overrideOf is the digest pin's overrides hold an image to, or "": matched
-// on the image without its digest and with its implied tag, as the
-// controller matches them.
-func overrideOf(pin *imagesv1alpha1.ImagePin, image string) string {
-	key := selection.ImageKey(image)
-	for _, o := range pin.Spec.Overrides {
-		if selection.ImageKey(o.Image) == key {
-			return string(o.Digest)
-		}
-	}
-	return ""
 }
 
 // answer applies each writer's failurePolicy to the images it could not

@@ -31,6 +31,9 @@ type Selection struct {
 	include  []*regexp.Regexp
 	exclude  []*regexp.Regexp
 	Interval time.Duration
+	// overrides maps an image (ImageKey) to the digest spec.overrides
+	// holds it to.
+	overrides map[string]string
 }
 
 // Compile checks a spec and compiles what it selects. The error names the
@@ -78,13 +81,31 @@ func Compile(spec *imagesv1alpha1.ImagePinSpec) (*Selection, error) {
 		return nil, fmt.Errorf("spec.follow.minAge: %s is negative", spec.Follow.MinAge.Duration)
 	}
 
+	sel.overrides = make(map[string]string, len(spec.Overrides))
+	first := map[string]int{}
 	for i, o := range spec.Overrides {
 		if o.Digest == "" {
 			return nil, fmt.Errorf("spec.overrides[%d]: override for %s needs a digest", i, o.Image)
 		}
+		// "repo" and "repo:latest" are one image: two overrides of it
+		// would have the controller and the webhook each pick one.
+		key := ImageKey(o.Image)
+		if j, ok := first[key]; ok {
+			return nil, fmt.Errorf("spec.overrides[%d]: %s is the image spec.overrides[%d] (%s) already holds", i, o.Image, j, spec.Overrides[j].Image)
+		}
+		first[key] = i
+		sel.overrides[key] = string(o.Digest)
 	}
 	return sel, nil
 }
+
+// Overrides maps each overridden image (as ImageKey names it) to its
+// digest; read it, do not change it.
+func (s *Selection) Overrides() map[string]string { return s.overrides }
+
+// Override returns the digest spec.overrides holds image to, or "":
+// matched as ImageKey names it (digest removed, implied tag added).
+func (s *Selection) Override(image string) string { return s.overrides[ImageKey(image)] }
 
 func compileKinds(kinds []imagesv1alpha1.WorkloadKind) ([]imagesv1alpha1.WorkloadKind, error) {
 	all := workload.SelectableKinds()
@@ -217,20 +238,22 @@ func matchesAny(globs []*regexp.Regexp, refs ...string) bool {
 // by labels when it selects every workload kind.
 const KindPod imagesv1alpha1.WorkloadKind = "Pod"
 
-// Writer returns the ImagePin that writes image in objects of kind with
-// labels, and its compiled selection: of the ImagePins in Pin or Follow
-// mode, not suspended, whose spec is valid and selects the object and the
-// image (images.include and exclude count), the first by name; nil when
-// there is none. The controller writes only the containers an ImagePin is
-// the writer of and the webhook pins each container with its writer, so two
-// ImagePins with different overrides never take turns, and two with
-// disjoint image filters both pin.
-func Writer(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string, image string) (*imagesv1alpha1.ImagePin, *Selection) {
-	return WritersOf(pins, kind, labels).For(image)
+// Writer's rule: the writer of a container's image in an object of kind
+// with labels is, of the ImagePins in Pin or Follow mode (not suspended,
+// valid) that select the object and that image, the first by name. The
+// controller writes only the containers its ImagePin is the writer of and
+// the webhook pins each container with its writer, so two ImagePins with
+// different overrides never take turns, and two with disjoint image
+// filters both pin.
+
+// Writing is the ImagePins of a namespace that may write, each compiled
+// once, first by name first.
+type Writing struct {
+	candidates []writerCandidate
 }
 
-// Writers is Writer's rule for one object, its candidates compiled once:
-// the webhook and the controller ask it for each container.
+// Writers is Writing narrowed to one object: the webhook and the
+// controller ask it for each container.
 type Writers struct {
 	candidates []writerCandidate
 }
@@ -240,27 +263,38 @@ type writerCandidate struct {
 	sel *Selection
 }
 
-// WritersOf returns the ImagePins that may write objects of kind with
-// labels (Pin or Follow, not suspended, valid, selecting the object), first
-// by name first.
-func WritersOf(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string) *Writers {
-	w := &Writers{}
+// WritingOf compiles the ImagePins that may write (Pin or Follow, not
+// suspended, valid), first by name first.
+func WritingOf(pins []imagesv1alpha1.ImagePin) *Writing {
+	w := &Writing{}
 	for i := range pins {
 		p := &pins[i]
 		if p.Spec.Suspend || (p.Spec.Mode != imagesv1alpha1.ModePin && p.Spec.Mode != imagesv1alpha1.ModeFollow) {
 			continue
 		}
-		sel, err := Compile(&p.Spec)
-		if err != nil {
-			continue
-		}
-		kindOK := sel.SelectsKind(kind) || (kind == KindPod && len(p.Spec.Kinds) == 0)
-		if kindOK && sel.SelectsLabels(labels) {
+		if sel, err := Compile(&p.Spec); err == nil {
 			w.candidates = append(w.candidates, writerCandidate{p, sel})
 		}
 	}
 	sort.Slice(w.candidates, func(i, j int) bool { return w.candidates[i].pin.Name < w.candidates[j].pin.Name })
 	return w
+}
+
+// Of returns those that select objects of kind with labels.
+func (w *Writing) Of(kind imagesv1alpha1.WorkloadKind, labels map[string]string) *Writers {
+	out := &Writers{}
+	for _, c := range w.candidates {
+		kindOK := c.sel.SelectsKind(kind) || (kind == KindPod && len(c.pin.Spec.Kinds) == 0)
+		if kindOK && c.sel.SelectsLabels(labels) {
+			out.candidates = append(out.candidates, c)
+		}
+	}
+	return out
+}
+
+// WritersOf is WritingOf(pins).Of(kind, labels), for one object.
+func WritersOf(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string) *Writers {
+	return WritingOf(pins).Of(kind, labels)
 }
 
 // For returns the writer of image, or nil.

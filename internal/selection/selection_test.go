@@ -36,6 +36,12 @@ func TestCompileRefusesWhatItCannotHonour(t *testing.T) {
 		{name: "interval too short", spec: imagesv1alpha1.ImagePinSpec{Interval: &metav1.Duration{Duration: time.Second}}, wantErr: "spec.interval: 1s is shorter than the minimum of 10s"},
 		{name: "negative minAge", spec: imagesv1alpha1.ImagePinSpec{Follow: &imagesv1alpha1.FollowSpec{MinAge: &metav1.Duration{Duration: -time.Second}}}, wantErr: "spec.follow.minAge"},
 		{name: "override without digest", spec: imagesv1alpha1.ImagePinSpec{Overrides: []imagesv1alpha1.ImageOverride{{Image: "reg.io/app:v1"}}}, wantErr: "spec.overrides[0]: override for reg.io/app:v1 needs a digest"},
+		// repo and repo:latest are one image: the controller and the
+		// webhook must not each pick one of two overrides.
+		{name: "two overrides of one image", spec: imagesv1alpha1.ImagePinSpec{Overrides: []imagesv1alpha1.ImageOverride{
+			{Image: "reg.io/app", Digest: imagesv1alpha1.Digest("sha256:" + strings.Repeat("a", 64))},
+			{Image: "reg.io/app:latest", Digest: imagesv1alpha1.Digest("sha256:" + strings.Repeat("b", 64))},
+		}}, wantErr: "spec.overrides[1]: reg.io/app:latest is the image spec.overrides[0] (reg.io/app) already holds"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -141,7 +147,7 @@ func TestWriterOfIsTheFirstWritingImagePinByName(t *testing.T) {
 		{"nobody", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModeObserve, false)}, ""},
 	} {
 		got := ""
-		if w, _ := Writer(tc.pins, imagesv1alpha1.KindDeployment, labels, "reg.io/app:v1"); w != nil {
+		if w, _ := WritersOf(tc.pins, imagesv1alpha1.KindDeployment, labels).For("reg.io/app:v1"); w != nil {
 			got = w.Name
 		}
 		if got != tc.want {
@@ -166,7 +172,7 @@ func TestWriterRespectsImageFilters(t *testing.T) {
 		"docker.io/nginx:1.27":    "",
 	} {
 		got := ""
-		if w, _ := Writer(pins, imagesv1alpha1.KindDeployment, nil, image); w != nil {
+		if w, _ := WritersOf(pins, imagesv1alpha1.KindDeployment, nil).For(image); w != nil {
 			got = w.Name
 		}
 		if got != want {
