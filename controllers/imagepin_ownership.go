@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/workload"
 )
 
@@ -25,16 +26,8 @@ import (
 // answers a JSON patch whose test fails with a bare 422, as it answers one
 // it refuses for another reason: only the second is worth an event.
 func (r *ImagePinReconciler) stillAsRead(ctx context.Context, namespace string, w workloadWrite) bool {
-	if r.APIReader == nil {
-		return false
-	}
-	k := workload.KindNamed(w.kind)
-	if k == nil {
-		return false
-	}
-	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(k.GVK)
-	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: w.name}, u); err != nil || u.GetUID() != w.uid {
+	u := r.readLive(ctx, namespace, w.kind, w.name, w.uid)
+	if u == nil {
 		return false
 	}
 	for _, iw := range w.writes {
@@ -51,6 +44,22 @@ func (r *ImagePinReconciler) stillAsRead(ctx context.Context, namespace string, 
 		}
 	}
 	return true
+}
+
+// readLive reads the workload kind/name from the API server, not the cache
+// (which keeps no managedFields but imagepin's own, and a slimmed spec);
+// nil when it cannot, or when it is no longer the object with uid.
+func (r *ImagePinReconciler) readLive(ctx context.Context, namespace string, kind imagesv1alpha1.WorkloadKind, name string, uid types.UID) *unstructured.Unstructured {
+	k := workload.KindNamed(kind)
+	if r.APIReader == nil || k == nil {
+		return nil
+	}
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(k.GVK)
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, u); err != nil || u.GetUID() != uid {
+		return nil
+	}
+	return u
 }
 
 // releaseFields removes imagepin's entries from obj's managedFields, with
@@ -98,11 +107,8 @@ func (r *ImagePinReconciler) releaseStaleFields(ctx context.Context, namespace s
 			continue
 		}
 		done[c.uid] = true
-		obj, err := workload.NewObject(c.kind)
-		if err != nil {
-			continue
-		}
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: c.workload}, obj); err != nil || obj.GetUID() != c.uid {
+		obj := r.readLive(ctx, namespace, c.kind, c.workload, c.uid)
+		if obj == nil {
 			continue
 		}
 		if err := r.releaseFields(ctx, obj); err != nil {
@@ -115,16 +121,8 @@ func (r *ImagePinReconciler) releaseStaleFields(ctx context.Context, namespace s
 // image of the workload's containers, read live (the cache strips
 // managedFields).
 func (r *ImagePinReconciler) otherManager(ctx context.Context, namespace string, w workloadWrite) string {
-	if r.APIReader == nil {
-		return "another field manager"
-	}
-	k := workload.KindNamed(w.kind)
-	if k == nil {
-		return "another field manager"
-	}
-	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(k.GVK)
-	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: w.name}, u); err != nil {
+	u := r.readLive(ctx, namespace, w.kind, w.name, w.uid)
+	if u == nil {
 		return "another field manager"
 	}
 	var names []string

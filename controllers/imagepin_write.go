@@ -275,11 +275,10 @@ func (r *ImagePinReconciler) writeImages(ctx context.Context, namespace string, 
 		return 0, err
 	}
 	err = r.releaseFields(ctx, obj)
-	if apierrors.IsConflict(err) && r.APIReader != nil {
+	if apierrors.IsConflict(err) {
 		// Another writer came between (the workload's controller noting
 		// the new revision): read it again and release once more.
-		live := k.New()
-		if gerr := r.APIReader.Get(ctx, client.ObjectKeyFromObject(obj), live); gerr == nil && live.GetUID() == w.uid {
+		if live := r.readLive(ctx, namespace, w.kind, w.name, w.uid); live != nil {
 			err = r.releaseFields(ctx, live)
 		}
 	}
