@@ -47,7 +47,10 @@ type conflictState struct {
 
 // pinConflicts is the conflict state of one ImagePin generation.
 type pinConflicts struct {
-	key        types.NamespacedName
+	// uid and generation are the ImagePin's: another UID (the ImagePin
+	// deleted and created again) or generation (its spec changed) starts
+	// afresh.
+	uid        types.UID
 	generation int64
 	workloads  map[types.UID]*conflictState
 }
@@ -156,18 +159,13 @@ func (r *ImagePinReconciler) conflictBackoff() time.Duration {
 // selected, or deleted, is dropped. Called with conflictMu held.
 func (r *ImagePinReconciler) conflictsOf(pin *imagesv1alpha1.ImagePin, live map[types.UID]bool) map[types.UID]*conflictState {
 	if r.conflicts == nil {
-		r.conflicts = map[types.UID]*pinConflicts{}
+		r.conflicts = map[types.NamespacedName]*pinConflicts{}
 	}
 	key := types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}
-	for uid, pc := range r.conflicts {
-		if pc.key == key && uid != pin.UID {
-			delete(r.conflicts, uid) // an earlier ImagePin of that name
-		}
-	}
-	pc := r.conflicts[pin.UID]
-	if pc == nil || pc.generation != pin.Generation {
-		pc = &pinConflicts{key: key, generation: pin.Generation, workloads: map[types.UID]*conflictState{}}
-		r.conflicts[pin.UID] = pc
+	pc := r.conflicts[key]
+	if pc == nil || pc.uid != pin.UID || pc.generation != pin.Generation {
+		pc = &pinConflicts{uid: pin.UID, generation: pin.Generation, workloads: map[types.UID]*conflictState{}}
+		r.conflicts[key] = pc
 	}
 	for uid := range pc.workloads {
 		if !live[uid] {
@@ -181,9 +179,5 @@ func (r *ImagePinReconciler) conflictsOf(pin *imagesv1alpha1.ImagePin, live map[
 func (r *ImagePinReconciler) forgetConflicts(key types.NamespacedName) {
 	r.conflictMu.Lock()
 	defer r.conflictMu.Unlock()
-	for uid, pc := range r.conflicts {
-		if pc.key == key {
-			delete(r.conflicts, uid)
-		}
-	}
+	delete(r.conflicts, key)
 }

@@ -70,7 +70,7 @@ type ImagePinReconciler struct {
 	recheck chan event.GenericEvent
 
 	conflictMu sync.Mutex
-	conflicts  map[types.UID]*pinConflicts
+	conflicts  map[types.NamespacedName]*pinConflicts
 }
 
 // +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins,verbs=list;watch
