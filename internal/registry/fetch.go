@@ -37,6 +37,7 @@ func (r *Resolver) fetch(tag name.Tag, creds []credential, key string, started t
 	if e == nil {
 		e = &entry{}
 		r.cache[key] = e
+		r.addKnownLocked(key, 1)
 	}
 	r.fetches++
 	if r.fetches%sweepEvery == 0 || now.Sub(r.lastSweep) >= sweepInterval {
@@ -229,11 +230,14 @@ func (r *Resolver) puller(reg name.Registry, id string, cfg authn.AuthConfig) (*
 // entry whose digest may still be served stale is kept.
 func (r *Resolver) sweepLocked(now time.Time) {
 	r.lastSweep = now
+	keep := max(idleAfter, r.opts.MaxStale)
 	for k, e := range r.cache {
-		if now.Sub(e.checkedAt) > max(idleAfter, r.opts.MaxStale) {
+		if now.Sub(e.checkedAt) > keep {
 			delete(r.cache, k)
+			r.addKnownLocked(k, -1)
 		}
 	}
+	r.sweepHintsLocked(now, keep)
 	for k, pe := range r.pullers {
 		if now.Sub(pe.used) > pullerIdleAfter {
 			delete(r.pullers, k)

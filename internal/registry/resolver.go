@@ -127,6 +127,8 @@ type Resolver struct {
 	pullers     map[string]*pullerEntry
 	platforms   map[string][]string
 	learnFailed map[string]learnFailure
+	hints       map[TagRef]time.Time // hints.go
+	known       map[TagRef]int       // cache entries per tag and per repository
 }
 
 // entry is the cache's memory of one tag under one list of credentials.
@@ -196,6 +198,8 @@ func New(o Options) (*Resolver, error) {
 		pullers:     map[string]*pullerEntry{},
 		platforms:   map[string][]string{},
 		learnFailed: map[string]learnFailure{},
+		hints:       map[TagRef]time.Time{},
+		known:       map[TagRef]int{},
 	}, nil
 }
 
@@ -258,12 +262,14 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 func (r *Resolver) lookup(key string, req Request) (c *call, hit *call, leader bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e := r.cache[key]; e != nil && r.fresh(e.checkedAt, req) {
+	// Nothing asked for before a push event's hint is fresh.
+	hinted := r.hintedLocked(tagRefOfKey(key))
+	if e := r.cache[key]; e != nil && r.fresh(e.checkedAt, req) && !e.checkedAt.Before(hinted) {
 		return nil, &call{res: r.resultOf(e), err: e.err}, false
 	}
 	// A resolution that began before the caller's tick is not its answer:
 	// a new one starts, and becomes the one later callers join.
-	if c := r.calls[key]; c != nil && (req.FreshSince.IsZero() || !c.started.Before(req.FreshSince)) {
+	if c := r.calls[key]; c != nil && (req.FreshSince.IsZero() || !c.started.Before(req.FreshSince)) && !c.started.Before(hinted) {
 		return c, nil, false
 	}
 	c = &call{started: r.clock.Now(), done: make(chan struct{})}
