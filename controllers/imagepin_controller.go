@@ -71,6 +71,11 @@ type ImagePinReconciler struct {
 
 	conflictMu sync.Mutex
 	conflicts  map[types.NamespacedName]*pinConflicts
+
+	// tags: which tags each ImagePin names, for push events
+	// (imagepin_hints.go); hinted: ImagePins a push event asks to check.
+	tags   tagIndex
+	hinted chan event.GenericEvent
 }
 
 // +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins,verbs=list;watch
@@ -93,6 +98,7 @@ func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			forgetMetrics(req.Namespace, req.Name)
 			r.forgetConflicts(req.NamespacedName)
 			r.forgetSeen(req.NamespacedName)
+			r.tags.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -120,11 +126,13 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 		log.FromContext(ctx).Info("ImagePin spec cannot be honoured", "reason", err.Error())
 		setInvalidSpec(status, pin.Generation, err)
 		forgetMetrics(pin.Namespace, pin.Name)
+		r.tags.forget(client.ObjectKeyFromObject(pin))
 		return ctrl.Result{}, nil
 	}
 	if pin.Spec.Suspend {
 		setSuspended(status, pin.Generation)
 		forgetMetrics(pin.Namespace, pin.Name)
+		r.tags.forget(client.ObjectKeyFromObject(pin))
 		return ctrl.Result{}, nil
 	}
 
@@ -136,6 +144,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	r.tags.set(client.ObjectKeyFromObject(pin), obs.tagRefs())
 	now := r.Clock.Now()
 	setChecked(status, checkInput{
 		generation: pin.Generation,
@@ -147,7 +156,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	recordMetrics(pin, status)
 
 	// Pin and Follow: write what the status says should run.
-	plan := planWrites(planInput{
+	plan, followDue := planWrites(planInput{
 		mode:      pin.Spec.Mode,
 		minAge:    minAgeOf(pin),
 		overrides: sel.Overrides(),
@@ -163,7 +172,19 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	blocked := r.applyWrites(ctx, pin, plan, obs)
 	r.releaseStaleFields(ctx, pin.Namespace, obs, plan)
 	setConflict(status, pin.Generation, pin.Spec.Mode, blocked)
-	return ctrl.Result{RequeueAfter: untilNextTick(now, sel.Interval)}, nil
+	return ctrl.Result{RequeueAfter: nextCheck(now, sel.Interval, followDue)}, nil
+}
+
+// nextCheck is the next tick of interval, or earlier the time a Follow
+// write waiting for minAge falls due.
+func nextCheck(now time.Time, interval time.Duration, followDue time.Time) time.Duration {
+	next := untilNextTick(now, interval)
+	if !followDue.IsZero() {
+		if due := followDue.Sub(now) + tickSlack; due < next {
+			return due
+		}
+	}
+	return next
 }
 
 // Every ImagePin checks on one grid: the multiples of its interval (since
@@ -263,6 +284,8 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// ImagePins to check again at once, when a kind appears.
 	r.recheck = make(chan event.GenericEvent)
 	b = b.WatchesRawSource(source.Channel(r.recheck, &handler.EnqueueRequestForObject{}))
+	r.hinted = make(chan event.GenericEvent, hintQueue)
+	b = b.WatchesRawSource(source.Channel(r.hinted, &handler.EnqueueRequestForObject{}))
 	c, err := b.Build(r)
 	if err != nil {
 		return err

@@ -82,15 +82,21 @@ type planInput struct {
 
 // planWrites decides which container images to rewrite. It never writes a
 // stale digest, leaves digest-only references and Jobs alone, and in Pin
-// leaves a pinned image pinned whatever the tag does.
-func planWrites(in planInput) []workloadWrite {
+// leaves a pinned image pinned whatever the tag does. followDue is the
+// earliest time a Follow write waiting for follow.minAge falls due (zero
+// when none waits), so that the check that makes it runs then, not a
+// tick later: a push event plus minAge, not an interval.
+func planWrites(in planInput) (plan []workloadWrite, followDue time.Time) {
 	if in.mode != imagesv1alpha1.ModePin && in.mode != imagesv1alpha1.ModeFollow {
-		return nil
+		return nil, time.Time{}
 	}
 	byWorkload := map[string]*workloadWrite{}
 	var order []string
 	for _, c := range in.obs.containers {
-		w, ok := desiredImage(c, in)
+		w, ok, due := desiredImage(c, in)
+		if !due.IsZero() && (followDue.IsZero() || due.Before(followDue)) {
+			followDue = due
+		}
 		if !ok {
 			continue
 		}
@@ -102,51 +108,56 @@ func planWrites(in planInput) []workloadWrite {
 		byWorkload[key].writes = append(byWorkload[key].writes, w)
 	}
 	sort.Strings(order)
-	out := make([]workloadWrite, 0, len(order))
+	plan = make([]workloadWrite, 0, len(order))
 	for _, k := range order {
-		out = append(out, *byWorkload[k])
+		plan = append(plan, *byWorkload[k])
 	}
-	return out
+	return plan, followDue
 }
 
-func desiredImage(c containerObs, in planInput) (imageWrite, bool) {
+// desiredImage is the write c needs, if any; due is when a Follow write
+// waiting for minAge falls due.
+func desiredImage(c containerObs, in planInput) (w imageWrite, ok bool, due time.Time) {
 	// A Job's pod template is immutable: it is reported, not patched.
 	if !templateMutable(c.kind) {
-		return imageWrite{}, false
+		return imageWrite{}, false, time.Time{}
 	}
 	current := c.image
 	if c.pinned != "" {
 		current += "@" + c.pinned
 	}
-	write := func(digest, reason string) (imageWrite, bool) {
+	write := func(digest, reason string) (imageWrite, bool, time.Time) {
 		to, err := selection.PinnedImage(c.image, digest)
 		if err != nil {
 			// Not a reference imagepin can pin (its resolution fails and
 			// is reported as Unresolvable) or not a sha256 digest: never
 			// write a broken image.
-			return imageWrite{}, false
+			return imageWrite{}, false, time.Time{}
 		}
 		if to == current {
-			return imageWrite{}, false
+			return imageWrite{}, false, time.Time{}
 		}
-		return imageWrite{place: c.place, from: current, stored: c.raw, to: to, reason: reason}, true
+		return imageWrite{place: c.place, from: current, stored: c.raw, to: to, reason: reason}, true, time.Time{}
 	}
 	if d, ok := in.overrides[c.image]; ok {
 		return write(d, writeOverride)
 	}
 	if !c.hasTag || c.err != nil || c.result.Digest == "" {
-		return imageWrite{}, false
+		return imageWrite{}, false, time.Time{}
 	}
 	resolved := c.result.Digest
 	if c.pinned == "" {
 		return write(resolved, writePin)
 	}
 	if in.mode != imagesv1alpha1.ModeFollow || drift.Same(resolved, c.pinned, in.platforms) {
-		return imageWrite{}, false
+		return imageWrite{}, false, time.Time{}
 	}
-	seen, ok := in.firstSeen[c.image]
-	if !ok || in.now.Sub(seen) < in.minAge {
-		return imageWrite{}, false
+	seen, known := in.firstSeen[c.image]
+	if !known {
+		return imageWrite{}, false, time.Time{}
+	}
+	if in.now.Sub(seen) < in.minAge {
+		return imageWrite{}, false, seen.Add(in.minAge)
 	}
 	return write(resolved, writeFollow)
 }

@@ -42,13 +42,15 @@ func TestPlanWrites(t *testing.T) {
 		firstSeen map[string]time.Time
 		overrides map[string]string
 		want      string
+		// due is how long until a waiting Follow falls due, if one waits.
+		due time.Duration
 	}{
 		{name: "Observe never writes", mode: imagesv1alpha1.ModeObserve, c: tagOnly(dg("a")), want: "[]"},
 		{name: "Pin pins a tag", mode: imagesv1alpha1.ModePin, c: tagOnly(dg("a")), want: fmt.Sprintf("[Deployment/web app %s -> %s@%s (Pin)]", img, img, dg("a"))},
 		{name: "Pin holds a pinned image when the tag moves", mode: imagesv1alpha1.ModePin, c: pinnedTo(dg("a"), dg("b")), firstSeen: seenAgo(time.Hour), want: "[]"},
 		{name: "Follow moves a pinned image after minAge", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("a"), dg("b")), minAge: time.Minute, firstSeen: seenAgo(time.Minute),
 			want: fmt.Sprintf("[Deployment/web app %s@%s -> %s@%s (Follow)]", img, dg("a"), img, dg("b"))},
-		{name: "Follow waits for minAge", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("a"), dg("b")), minAge: time.Minute, firstSeen: seenAgo(59 * time.Second), want: "[]"},
+		{name: "Follow waits for minAge", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("a"), dg("b")), minAge: time.Minute, firstSeen: seenAgo(59 * time.Second), want: "[]", due: time.Second},
 		{name: "Follow without history waits", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("a"), dg("b")), want: "[]"},
 		{name: "Follow does nothing when in step", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("a"), dg("a")), firstSeen: seenAgo(time.Hour), want: "[]"},
 		{name: "a stale digest is never written", mode: imagesv1alpha1.ModeFollow, c: failing(dg("a")), firstSeen: seenAgo(time.Hour), want: "[]"},
@@ -73,7 +75,7 @@ func TestPlanWrites(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			plan := planWrites(planInput{
+			plan, followDue := planWrites(planInput{
 				mode: tt.mode, minAge: tt.minAge, overrides: tt.overrides, now: t0,
 				obs: obsOf(tt.c), firstSeen: tt.firstSeen,
 			})
@@ -85,6 +87,13 @@ func TestPlanWrites(t *testing.T) {
 			}
 			if fmt.Sprint(got) != tt.want {
 				t.Errorf("plan = %v\nwant   %s", got, tt.want)
+			}
+			var due time.Duration
+			if !followDue.IsZero() {
+				due = followDue.Sub(t0)
+			}
+			if due != tt.due {
+				t.Errorf("a waiting Follow falls due in %s, want %s", due, tt.due)
 			}
 		})
 	}

@@ -43,6 +43,7 @@ type Registry struct {
 	Dir string
 
 	bin     string
+	opts    RegistryOptions
 	ownDir  bool          // Dir was made by StartRegistry and is removed by Stop
 	cmd     *exec.Cmd     // nil while down
 	done    chan struct{} // closed when the process has exited
@@ -56,6 +57,9 @@ type RegistryOptions struct {
 	Dir string
 	// Addr is the "127.0.0.1:<port>" to listen on; empty picks a free port.
 	Addr string
+	// NotifyURL, if set, is where the registry POSTs its notifications
+	// (pushes of manifests only), with "Authorization: Bearer NotifyToken".
+	NotifyURL, NotifyToken string
 }
 
 // StartRegistry starts bin/registry-<version> in a temporary directory on a
@@ -72,7 +76,7 @@ func StartRegistryWith(o RegistryOptions) (*Registry, error) {
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("distribution registry not found at %s (run `make test`, which builds it): %w", bin, err)
 	}
-	r := &Registry{Dir: o.Dir, Host: o.Addr, bin: bin, User: "imagepin", Password: "s3cret-" + randomHex(8)}
+	r := &Registry{Dir: o.Dir, Host: o.Addr, bin: bin, User: "imagepin", Password: "s3cret-" + randomHex(8), opts: o}
 	if r.Dir == "" {
 		dir, err := os.MkdirTemp("", "imagepin-registry-")
 		if err != nil {
@@ -181,7 +185,7 @@ auth:
   htpasswd:
     realm: imagepin-test
     path: %[1]s/htpasswd
-`, r.Dir, r.Host),
+%[3]s`, r.Dir, r.Host, r.notifications()),
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(r.Dir, name), data, 0o600); err != nil {
@@ -189,6 +193,27 @@ auth:
 		}
 	}
 	return nil
+}
+
+// notifications is the configuration section that points the registry's
+// notifications at NotifyURL, as README's Push events section says.
+func (r *Registry) notifications() string {
+	if r.opts.NotifyURL == "" {
+		return ""
+	}
+	return fmt.Sprintf(`notifications:
+  endpoints:
+  - name: imagepin
+    url: %s
+    headers:
+      Authorization: [Bearer %s]
+    timeout: 2s
+    threshold: 3
+    backoff: 1s
+    ignore:
+      mediatypes: [application/octet-stream]
+      actions: [pull]
+`, r.opts.NotifyURL, r.opts.NotifyToken)
 }
 
 // waitReady polls /v2/ until the registry asks for credentials.

@@ -1,0 +1,127 @@
+package controllers
+
+import (
+	"sync"
+
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/registry"
+)
+
+// Push events (internal/receiver) reach the ImagePins that name the tag
+// they concern: each check records the tags its ImagePin names, and a hint
+// has those ImagePins checked at once. The check resolves as always (the
+// resolver's hint makes its cached answer unfresh), so an event is never
+// an answer, only a reason to ask.
+
+// hintQueue is how many hinted ImagePins may wait to be queued; past it a
+// hint is dropped and the ImagePin's next tick sees the tag.
+const hintQueue = 1024
+
+// tagIndex is which tags each ImagePin names, and the reverse, by tag and
+// by repository. It is safe for concurrent use; its zero value is empty.
+type tagIndex struct {
+	mu    sync.Mutex
+	byPin map[types.NamespacedName][]registry.TagRef
+	pins  map[registry.TagRef]map[types.NamespacedName]bool
+}
+
+// set records the tags pin names now, replacing what it named before.
+func (x *tagIndex) set(pin types.NamespacedName, refs []registry.TagRef) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.forgetLocked(pin)
+	if len(refs) == 0 {
+		return
+	}
+	if x.byPin == nil {
+		x.byPin = map[types.NamespacedName][]registry.TagRef{}
+		x.pins = map[registry.TagRef]map[types.NamespacedName]bool{}
+	}
+	var keys []registry.TagRef
+	for _, t := range refs {
+		for _, k := range []registry.TagRef{t, {Repository: t.Repository}} {
+			if x.pins[k] == nil {
+				x.pins[k] = map[types.NamespacedName]bool{}
+			}
+			if !x.pins[k][pin] {
+				x.pins[k][pin] = true
+				keys = append(keys, k)
+			}
+		}
+	}
+	x.byPin[pin] = keys
+}
+
+// forget drops an ImagePin that is gone, suspended or invalid.
+func (x *tagIndex) forget(pin types.NamespacedName) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.forgetLocked(pin)
+}
+
+func (x *tagIndex) forgetLocked(pin types.NamespacedName) {
+	for _, k := range x.byPin[pin] {
+		delete(x.pins[k], pin)
+		if len(x.pins[k]) == 0 {
+			delete(x.pins, k)
+		}
+	}
+	delete(x.byPin, pin)
+}
+
+// pinsOf returns the ImagePins naming t (any tag of t.Repository when
+// t.Tag is empty).
+func (x *tagIndex) pinsOf(t registry.TagRef) []types.NamespacedName {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]types.NamespacedName, 0, len(x.pins[t]))
+	for p := range x.pins[t] {
+		out = append(out, p)
+	}
+	return out
+}
+
+// tagRefs are the tags the observed containers resolve.
+func (o observation) tagRefs() []registry.TagRef {
+	seen := map[string]bool{}
+	var out []registry.TagRef
+	for _, c := range o.containers {
+		if !c.hasTag || seen[c.image] {
+			continue
+		}
+		seen[c.image] = true
+		if t, err := registry.TagRefOf(c.image); err == nil {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Names reports whether an ImagePin names t (any tag of t.Repository when
+// t.Tag is empty), as of its last check.
+func (r *ImagePinReconciler) Names(t registry.TagRef) bool {
+	return len(r.tags.pinsOf(t)) > 0
+}
+
+// Recheck has every ImagePin that names t checked now, and returns how
+// many were queued. It never blocks: a hint that finds the queue full is
+// dropped, and the ImagePin's next tick sees the tag.
+func (r *ImagePinReconciler) Recheck(t registry.TagRef) int {
+	if r.hinted == nil {
+		return 0 // not set up: no controller to tell
+	}
+	n := 0
+	for _, p := range r.tags.pinsOf(t) {
+		pin := &imagesv1alpha1.ImagePin{}
+		pin.Namespace, pin.Name = p.Namespace, p.Name
+		select {
+		case r.hinted <- event.GenericEvent{Object: pin}:
+			n++
+		default:
+		}
+	}
+	return n
+}
