@@ -42,6 +42,7 @@ import (
 	"github.com/imagepin/imagepin/controllers"
 	"github.com/imagepin/imagepin/internal/cli"
 	"github.com/imagepin/imagepin/internal/pinhook"
+	"github.com/imagepin/imagepin/internal/receiver"
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/workload"
 )
@@ -73,6 +74,9 @@ type options struct {
 	workers                 int
 	conflictBackoff         time.Duration
 	workloadKinds           workload.KindFlag
+	receiverAddr            string
+	receiverCertDir         string
+	receiverSecretDir       string
 }
 
 // stringList is a repeatable string flag.
@@ -102,6 +106,9 @@ func run(args []string) error {
 	fs.IntVar(&o.workers, "concurrent-checks", 4, "ImagePins checked at once, so that one slow registry does not delay the others")
 	fs.DurationVar(&o.conflictBackoff, "conflict-backoff", time.Hour, "how long imagepin remembers reverts of its writes and first stops writing a workload reverted 3 times (doubling per block in a row, up to 24h)")
 	fs.Var(&o.workloadKinds, "workload-kind", workload.KindFlagUsage)
+	fs.StringVar(&o.receiverAddr, "receiver-bind-address", "0", `address the registry push-notification receiver binds to (e.g. ":9292"); "0" disables it`)
+	fs.StringVar(&o.receiverCertDir, "receiver-cert-dir", "", "directory holding the receiver's tls.crt and tls.key; empty serves plain HTTP (TLS ended by an ingress)")
+	fs.StringVar(&o.receiverSecretDir, "receiver-secret-dir", "/etc/imagepin/receiver", "directory (a mounted Secret) with one file per receiver endpoint holding its token or HMAC key; an endpoint without one is not served")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -165,7 +172,7 @@ func runManager(o options) error {
 	// are fetched once and shared.
 	keychains := &registry.Keychains{Reader: mgr.GetClient(), Cloud: o.cloudKeychains}
 
-	if err := (&controllers.ImagePinReconciler{
+	reconciler := &controllers.ImagePinReconciler{
 		Client:    mgr.GetClient(),
 		Resolver:  resolver,
 		Keychains: keychains,
@@ -174,8 +181,14 @@ func runManager(o options) error {
 		Workers:   o.workers,
 
 		ConflictBackoff: o.conflictBackoff,
-	}).SetupWithManager(mgr); err != nil {
+	}
+	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the ImagePin controller: %w", err)
+	}
+	if o.receiverAddr != "0" && o.receiverAddr != "" {
+		if err := addReceiver(mgr, o, resolver, reconciler); err != nil {
+			return err
+		}
 	}
 	if o.enableWebhooks {
 		mgr.GetWebhookServer().Register(pinhook.Path, &webhook.Admission{Handler: &pinhook.Handler{
@@ -196,9 +209,33 @@ func runManager(o options) error {
 		return fmt.Errorf("add readiness check: %w", err)
 	}
 
-	setupLog.Info("starting manager", "leaderElect", o.leaderElect, "webhooks", o.enableWebhooks)
+	setupLog.Info("starting manager", "leaderElect", o.leaderElect, "webhooks", o.enableWebhooks, "receiver", o.receiverAddr)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}
 	return nil
+}
+
+// addReceiver serves registries' push notifications on their own address.
+// Every replica answers; a standby says 503, as only the leader checks.
+func addReceiver(mgr ctrl.Manager, o options, resolver *registry.Resolver, reconciler *controllers.ImagePinReconciler) error {
+	elected := mgr.Elected()
+	rc, err := receiver.New(receiver.Options{
+		Hinter:    resolver,
+		Checker:   reconciler,
+		SecretDir: o.receiverSecretDir,
+		Leading: func() bool {
+			select {
+			case <-elected:
+				return true
+			default:
+				return false
+			}
+		},
+		Metrics: receiver.NewMetrics(ctrlmetrics.Registry),
+	})
+	if err != nil {
+		return err
+	}
+	return mgr.Add(receiver.Server{Receiver: rc, Addr: o.receiverAddr, CertDir: o.receiverCertDir})
 }

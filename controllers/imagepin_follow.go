@@ -64,7 +64,10 @@ func (r *ImagePinReconciler) firstSeen(pin *imagesv1alpha1.ImagePin, status *ima
 			rec = seenDigest{digest: d, since: now}
 		}
 		next[c.image] = rec
-		if _, ok := out[c.image]; !ok {
+		// Status keeps whole seconds: the memory's instant within that
+		// second is the precise one, so minAge is not cut short by up
+		// to a second.
+		if st, ok := out[c.image]; !ok || (!rec.since.Before(st) && rec.since.Sub(st) < time.Second) {
 			out[c.image] = rec.since
 		}
 	}

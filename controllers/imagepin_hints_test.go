@@ -37,7 +37,7 @@ func TestTagIndexFindsTheImagePinsNamingATag(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := x.pinsOf(tt.tag)
-			slices.SortFunc(got, func(a, b types.NamespacedName) int { return cmpNames(a, b) })
+			slices.SortFunc(got, cmpNames)
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("pinsOf(%s) = %v, want %v", tt.tag, got, tt.want)
 			}

@@ -41,7 +41,7 @@ func replaceManager(t *testing.T) {
 	t.Helper()
 	local.Manager.Stop()
 	t.Cleanup(func() {
-		m, err := local.StartManager(context.Background(), cluster.ManagerOptions{Name: "imagepin"})
+		m, err := local.StartManager(context.Background(), cluster.ManagerOptions{Name: "imagepin", Receiver: true})
 		if err != nil {
 			t.Errorf("restart the cluster's manager: %v", err)
 			return

@@ -49,6 +49,15 @@ func TestInstallFromConfigDefault(t *testing.T) {
 		t.Fatalf("config/with-webhook-own-certs has no webhook configuration:\n%s", withWebhook)
 	}
 	kubectl(t, []byte(withWebhook), "apply", "--server-side", "--dry-run=server", "-f", "-")
+	// The overlay with the push-notification receiver serves it, from the
+	// Secret imagepin-receiver, behind Service imagepin-receiver.
+	withReceiver := kubectl(t, nil, "kustomize", "config/with-receiver")
+	for _, want := range []string{"--receiver-bind-address=:9292", "--receiver-secret-dir=/etc/imagepin/receiver", "secretName: imagepin-receiver", "name: imagepin-receiver"} {
+		if !strings.Contains(withReceiver, want) {
+			t.Fatalf("config/with-receiver lacks %q:\n%s", want, withReceiver)
+		}
+	}
+	kubectl(t, []byte(withReceiver), "apply", "--server-side", "--dry-run=server", "-f", "-")
 
 	sa := "system:serviceaccount:imagepin-system:imagepin-controller-manager"
 	tests := []struct {

@@ -11,6 +11,8 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -78,6 +80,11 @@ type Cluster struct {
 	// AuditLog is the API server's audit log of the manager's requests
 	// (JSON lines, level Metadata).
 	AuditLog string
+	// Receiver is the manager's push-notification receiver
+	// ("http://127.0.0.1:<port>"): the registry notifies its
+	// /hooks/distribution endpoint of every push. ReceiverToken
+	// authenticates the distribution and generic endpoints.
+	Receiver, ReceiverToken string
 
 	opts              Options
 	log               io.Writer
@@ -86,6 +93,8 @@ type Cluster struct {
 	stopNodes         context.CancelFunc
 	nodesDone         chan error
 	webhook           *testenv.WebhookServing
+	receiverAddr      string
+	receiverSecrets   string
 }
 
 // Start starts everything. On error it stops what it started.
@@ -130,8 +139,14 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return c, err
 	}
 
-	c.logf("starting the registry (htpasswd auth, TLS)")
-	if c.Registry, err = testenv.StartRegistryWith(testenv.RegistryOptions{Dir: filepath.Join(o.Dir, "registry"), Addr: o.RegistryAddr}); err != nil {
+	if err := c.makeReceiverSecrets(); err != nil {
+		return c, err
+	}
+	c.logf("starting the registry (htpasswd auth, TLS, notifications to imagepin's receiver)")
+	if c.Registry, err = testenv.StartRegistryWith(testenv.RegistryOptions{
+		Dir: filepath.Join(o.Dir, "registry"), Addr: o.RegistryAddr,
+		NotifyURL: c.Receiver + "/hooks/distribution", NotifyToken: c.ReceiverToken,
+	}); err != nil {
 		return c, err
 	}
 	if err := c.writeDockerConfig(); err != nil {
@@ -152,7 +167,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := c.makeWebhookCerts(); err != nil {
 		return c, err
 	}
-	if c.Manager, err = c.StartManager(ctx, ManagerOptions{Name: "imagepin"}); err != nil {
+	if c.Manager, err = c.StartManager(ctx, ManagerOptions{Name: "imagepin", Receiver: true}); err != nil {
 		return c, err
 	}
 	if err := c.registerWebhook(ctx); err != nil {
@@ -368,6 +383,33 @@ export IMAGEPIN_METRICS=%q
 	return os.WriteFile(filepath.Join(c.opts.Dir, "env"), []byte(env), 0o600)
 }
 
+// makeReceiverSecrets picks the receiver's address and writes its token
+// for the distribution and generic endpoints, as a mounted Secret would
+// hold it.
+func (c *Cluster) makeReceiverSecrets() error {
+	port, err := testenv.FreePort()
+	if err != nil {
+		return err
+	}
+	c.receiverAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	c.Receiver = "http://" + c.receiverAddr
+	token := make([]byte, 16)
+	if _, err := rand.Read(token); err != nil {
+		return err
+	}
+	c.ReceiverToken = hex.EncodeToString(token)
+	c.receiverSecrets = filepath.Join(c.opts.Dir, "receiver-secrets")
+	if err := os.MkdirAll(c.receiverSecrets, 0o700); err != nil {
+		return err
+	}
+	for _, endpoint := range []string{"distribution", "generic"} {
+		if err := os.WriteFile(filepath.Join(c.receiverSecrets, endpoint), []byte(c.ReceiverToken), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Stop stops every process Start started, the last started first. It is
 // safe on a partly started cluster.
 func (c *Cluster) Stop() {
@@ -414,6 +456,9 @@ type ManagerOptions struct {
 	// APIServer, if set, is the "https://host:port" the manager reaches the
 	// API server at instead (a proxy that a test can cut).
 	APIServer string
+	// Receiver serves the push-notification receiver the registry
+	// notifies (one manager at a time: it has one address).
+	Receiver bool
 }
 
 // StartManager starts an imagepin manager process as the manager's service
@@ -444,6 +489,9 @@ func (c *Cluster) StartManager(ctx context.Context, o ManagerOptions) (*Manager,
 		"--leader-election-namespace=" + ManagerNamespace,
 		// Nothing here has a cloud identity; asking for one only waits.
 		"--cloud-keychains=false",
+	}
+	if o.Receiver {
+		args = append(args, "--receiver-bind-address="+c.receiverAddr, "--receiver-secret-dir="+c.receiverSecrets)
 	}
 	args = append(append(args, c.opts.ManagerArgs...), o.Args...)
 	var env []string
