@@ -8,7 +8,8 @@
 // micro-benchmarks.
 //
 //	go run ./hack/bench [--deployments 1000] [--namespaces 10] [--tags 50]
-//	    [--repos 50] [--memory-10k] [--out tmp/bench/results]
+//	    [--repos 50] [--memory-10k] [--push-rounds 20] [--only push]
+//	    [--out tmp/bench/results]
 //
 // It prints a markdown table (figure | value | goal / limit | met?) and the
 // machine, and writes <out>.md and <out>.json.
@@ -92,6 +93,16 @@
 //     has seen imagepin HEAD the tag after that push, one more interval is
 //     watched (a fixed window: nothing should happen in it) and the changes
 //     counted (must be 0).
+//  8. Push events. A second distribution registry notifies the manager's
+//     receiver of every push. One Observe and one Follow (minAge 0)
+//     ImagePin, each on one Deployment pinned to its own tag; each round
+//     pushes both tags and times, from the end of the push, until the
+//     ImagePin shows TagMoved with the new digest (goal with the receiver:
+//     ≤ 2 s at p99, with an interval of 10m) and until Follow has written
+//     the new digest; --push-rounds (20) rounds with the receiver, then
+//     --push-rounds-poll (5) with a manager without it at interval 10s.
+//     HEADs per event from the manager's metrics (limit 2: a hint and its
+//     confirmation).
 //
 // Every wait for a state polls for it with a deadline. Fixed waits are used
 // only where the time itself is what is arranged or counted (the
@@ -133,6 +144,8 @@ type options struct {
 	admissionSamples  int
 	missSamples       int
 	cliDocuments      int
+	pushRounds        int
+	pushRoundsPoll    int
 	memory10k         bool
 	memoryLarge       int
 	shape             string
@@ -185,6 +198,8 @@ func run() int {
 	flag.IntVar(&o.followDeployments, "follow-deployments", 20, "Deployments in the Follow ImagePin")
 	flag.IntVar(&o.admissionSamples, "admission-samples", 200, "Deployments created per admission case (cache miss: half as many)")
 	flag.IntVar(&o.cliDocuments, "cli-documents", 1000, "documents `imagepin pin` pins")
+	flag.IntVar(&o.pushRounds, "push-rounds", 20, "pushes of each tag timed with the receiver")
+	flag.IntVar(&o.pushRoundsPoll, "push-rounds-poll", 5, "pushes of each tag timed without the receiver (interval 10s)")
 	flag.BoolVar(&o.memory10k, "memory-10k", false, "also measure the manager's memory with 10,000 Deployments")
 	flag.IntVar(&o.memoryLarge, "memory-10k-count", 10000, "how many Deployments --memory-10k measures with (for trying it small)")
 	flag.StringVar(&o.shape, "shape", shapeService, "Deployment shape: service (labels, a port, env, resources, a probe) or minimal (a name and an image)")
@@ -208,7 +223,7 @@ func run() int {
 		Parameters: map[string]any{
 			"deployments": o.deployments, "namespaces": o.namespaces, "tags": o.tags, "repositories": o.repos,
 			"interval": o.interval.String(), "followInterval": o.followInterval.String(),
-			"admissionSamples": o.admissionSamples, "cliDocuments": o.cliDocuments, "memory10k": o.memory10k, "memory10kCount": o.memoryLarge, "shape": o.shape,
+			"admissionSamples": o.admissionSamples, "cliDocuments": o.cliDocuments, "pushRounds": o.pushRounds, "pushRoundsPoll": o.pushRoundsPoll, "memory10k": o.memory10k, "memory10kCount": o.memoryLarge, "shape": o.shape,
 			"managerFlags": []string(o.managerFlags),
 		},
 		Methods: map[string]string{},
@@ -229,6 +244,7 @@ func run() int {
 		{"admission", b.admission},
 		{"cli", b.cli},
 		{"writes", b.writes},
+		{"push", b.pushEvents},
 	} {
 		if !o.runs(ph.name) {
 			continue
@@ -277,6 +293,8 @@ func (o *options) validate() error {
 		return errors.New("--deployments must be at least --namespaces")
 	case o.interval < 10*time.Second || o.followInterval < 10*time.Second:
 		return errors.New("intervals must be at least 10s, as the API requires")
+	case o.pushRounds < 1 || o.pushRoundsPoll < 1:
+		return errors.New("--push-rounds and --push-rounds-poll must be positive")
 	case o.detectTags < 1 || o.detectTags > o.tags:
 		return errors.New("--detect-tags must be between 1 and --tags")
 	case o.shape != shapeService && o.shape != shapeMinimal:
@@ -284,9 +302,9 @@ func (o *options) validate() error {
 	}
 	for _, name := range strings.Split(o.only, ",") {
 		switch strings.TrimSpace(name) {
-		case "", "cluster", "admission", "cli", "writes":
+		case "", "cluster", "admission", "cli", "writes", "push":
 		default:
-			return fmt.Errorf("--only: unknown benchmark %q (cluster, admission, cli, writes)", name)
+			return fmt.Errorf("--only: unknown benchmark %q (cluster, admission, cli, writes, push)", name)
 		}
 	}
 	return nil

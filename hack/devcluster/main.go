@@ -115,11 +115,12 @@ func up(args []string) error {
   registry        https://%s (user %s; CA %s)
   nodes           node-a node-b node-c (simulated)
   imagepin        metrics %s, log %s
+  receiver        %s/hooks/distribution (the registry notifies it of every push)
 
   KUBECONFIG=%s
   source %s   # exports KUBECONFIG, REGISTRY, DOCKER_CONFIG, REGISTRY_CA
 `, c.Env.Config.Host, c.Registry.Host, c.Registry.User, c.Registry.CAFile, c.Manager.MetricsURL, c.Manager.LogFile,
-		c.Kubeconfig, envFile)
+		c.Receiver, c.Kubeconfig, envFile)
 	serveRegistrySignals(ctx, c, *dir, outages)
 	return nil
 }
