@@ -363,7 +363,7 @@ func (b *bench) setup(ctx context.Context) error {
 		return err
 	}
 	b.defers = append(b.defers, func() { _ = b.reg.Stop() })
-	if b.proxy, err = startProxy(b.reg, b.dir); err != nil {
+	if b.proxy, err = startProxy(b.reg, b.dir, "proxy", false); err != nil {
 		return err
 	}
 	b.defers = append(b.defers, b.proxy.Close)

@@ -35,6 +35,8 @@ type regEvent struct {
 	// digest asked for.
 	repo, ref string
 	status    int
+	// agent is the User-Agent: imagepin's requests carry "imagepin".
+	agent string
 }
 
 // countingProxy is a TLS reverse proxy in front of the real registry that
@@ -54,8 +56,11 @@ type countingProxy struct {
 }
 
 // startProxy serves a counting proxy to reg on a free port, with a
-// certificate from a CA of its own written to dir/proxy-ca.pem.
-func startProxy(reg *testenv.Registry, dir string) (*countingProxy, error) {
+// certificate from a CA of its own written to dir/<name>-ca.pem. With
+// keepHost the registry sees the proxy's host in each request's Host, as
+// if clients spoke to it directly: its notifications then name the
+// proxy's host, as workloads do.
+func startProxy(reg *testenv.Registry, dir, name string, keepHost bool) (*countingProxy, error) {
 	caPEM, certPEM, keyPEM, err := testenv.MakeCerts("imagepin bench proxy CA")
 	if err != nil {
 		return nil, err
@@ -64,7 +69,7 @@ func startProxy(reg *testenv.Registry, dir string) (*countingProxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &countingProxy{CAFile: filepath.Join(dir, "proxy-ca.pem")}
+	p := &countingProxy{CAFile: filepath.Join(dir, name+"-ca.pem")}
 	if err := os.WriteFile(p.CAFile, caPEM, 0o600); err != nil {
 		return nil, err
 	}
@@ -72,6 +77,9 @@ func startProxy(reg *testenv.Registry, dir string) (*countingProxy, error) {
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
+			if keepHost {
+				pr.Out.Host = pr.In.Host
+			}
 		},
 		Transport: reg.Transport(),
 	}
@@ -116,7 +124,7 @@ func (s *statusRecorder) Flush() {
 }
 
 func (p *countingProxy) record(r *http.Request, status int) {
-	ev := regEvent{at: time.Now(), method: r.Method, status: status}
+	ev := regEvent{at: time.Now(), method: r.Method, status: status, agent: r.UserAgent()}
 	path := r.URL.Path
 	switch {
 	case path == "/v2/" || path == "/v2":
