@@ -107,21 +107,23 @@ func (r *ImagePinReconciler) Names(t registry.TagRef) bool {
 }
 
 // Recheck has every ImagePin that names t checked now, and returns how
-// many were queued. It never blocks: a hint that finds the queue full is
-// dropped, and the ImagePin's next tick sees the tag.
-func (r *ImagePinReconciler) Recheck(t registry.TagRef) int {
+// many were queued and how many found the queue full. It never blocks: a
+// hint that finds the queue full is dropped, and the ImagePin's next tick
+// sees the tag.
+func (r *ImagePinReconciler) Recheck(t registry.TagRef) (queued, full int) {
+	pins := r.tags.pinsOf(t)
 	if r.hinted == nil {
-		return 0 // not set up: no controller to tell
+		return 0, len(pins) // not set up: no controller to tell
 	}
-	n := 0
-	for _, p := range r.tags.pinsOf(t) {
+	for _, p := range pins {
 		pin := &imagesv1alpha1.ImagePin{}
 		pin.Namespace, pin.Name = p.Namespace, p.Name
 		select {
 		case r.hinted <- event.GenericEvent{Object: pin}:
-			n++
+			queued++
 		default:
+			full++
 		}
 	}
-	return n
+	return queued, full
 }

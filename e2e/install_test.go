@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -58,6 +60,23 @@ func TestInstallFromConfigDefault(t *testing.T) {
 		}
 	}
 	kubectl(t, []byte(withReceiver), "apply", "--server-side", "--dry-run=server", "-f", "-")
+	// The receiver's component added to the webhook's overlay keeps the
+	// webhook's certificate, flags and port.
+	both := t.TempDir()
+	withWebhookDir, err := filepath.Rel(both, filepath.Join(testenv.RepoRoot(), "config", "with-webhook"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(both, "kustomization.yaml"), fmt.Appendf(nil, "resources: [%s]\ncomponents: [%s]\n",
+		withWebhookDir, filepath.Join(filepath.Dir(withWebhookDir), "receiver")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	composed := kubectl(t, nil, "kustomize", "--load-restrictor=LoadRestrictionsNone", both)
+	for _, want := range []string{"--webhook-cert-dir=", "secretName: imagepin-webhook-server-cert", "containerPort: 9443", "--receiver-bind-address=:9292", "secretName: imagepin-receiver", "containerPort: 9292"} {
+		if !strings.Contains(composed, want) {
+			t.Fatalf("config/with-webhook with config/receiver lacks %q:\n%s", want, composed)
+		}
+	}
 
 	sa := "system:serviceaccount:imagepin-system:imagepin-controller-manager"
 	tests := []struct {

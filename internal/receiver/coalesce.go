@@ -11,16 +11,17 @@ import (
 )
 
 // What one tag's events may cost. The first is hinted at once, and once
-// more MinGap later to confirm it: registries send the event as the
+// more half a MinGap later to confirm it: registries send the event as the
 // manifest is stored, which can be before the tag points at it (the
 // distribution registry links the tag after it notifies), and replicated
 // registries may answer from a replica that lags. Every event that comes
 // while a hint is due is folded into it, and a tag is never hinted twice
-// within MinGap. A hint costs one HEAD per credential the tag is resolved
-// with, so a burst of any size costs two, and a sustained forged flood at
-// most one per MinGap; its answers are the registry's, never the event's.
-// Past the hint budget (all tags together), hints are dropped: polling
-// sees those tags within the interval.
+// within MinGap, counting hints of its whole repository. A hint costs one
+// HEAD per credential the tag is resolved with, so a burst of any size
+// costs two, and a sustained forged flood at most one per MinGap; its
+// answers are the registry's, never the event's. Every hint, confirmations
+// and deferred ones included, spends the budget of all tags together;
+// past it a hint is dropped, and polling sees the tag within the interval.
 
 // Results of an offered push, as the metric counts them.
 const (
@@ -43,8 +44,10 @@ type gate struct {
 type coalescer struct {
 	gap    time.Duration
 	clock  clock.WithDelayedExecution
-	budget *rate.Limiter // hints at once, of all tags
+	budget *rate.Limiter // hints of all tags together
 	apply  func(registry.TagRef)
+	// dropped is told of a hint the budget refused.
+	dropped func()
 
 	mu     sync.Mutex
 	gates  map[registry.TagRef]*gate
@@ -52,47 +55,70 @@ type coalescer struct {
 }
 
 // offer hints t now, at the end of its gap, or not again, and says which.
+// The clock is read and timers are set outside c.mu: a fake clock runs
+// timer functions under its own lock, and they take c.mu.
 func (c *coalescer) offer(t registry.TagRef) string {
-	c.mu.Lock()
 	now := c.clock.Now()
+	c.mu.Lock()
 	c.offers++
 	if c.offers%gatesSweepEvery == 0 {
 		c.sweepLocked(now)
 	}
+	g := c.gateLocked(t)
+	last, pending := g.last, g.pending
+	if t.Tag != "" {
+		// A hint of the repository covers the tag.
+		if rg := c.gates[registry.TagRef{Repository: t.Repository}]; rg != nil {
+			pending = pending || rg.pending
+			if rg.last.After(last) {
+				last = rg.last
+			}
+		}
+	}
+	switch {
+	case pending:
+		c.mu.Unlock()
+		return resultCoalesced
+	case !last.IsZero() && now.Sub(last) < c.gap:
+		due := last.Add(c.gap)
+		g.pending = true
+		c.mu.Unlock()
+		c.schedule(t, g, due, now)
+		return resultDeferred
+	case !c.budget.AllowN(now, 1):
+		c.mu.Unlock()
+		c.dropped()
+		return resultDropped
+	}
+	g.last, g.pending = now, true
+	c.mu.Unlock()
+	c.apply(t)
+	c.schedule(t, g, now.Add(c.gap/2), now) // the confirmation
+	return resultHinted
+}
+
+func (c *coalescer) gateLocked(t registry.TagRef) *gate {
 	g := c.gates[t]
 	if g == nil {
 		g = &gate{}
 		c.gates[t] = g
 	}
-	if g.pending {
-		c.mu.Unlock()
-		return resultCoalesced
-	}
-	if !g.last.IsZero() && now.Sub(g.last) < c.gap {
-		c.scheduleLocked(t, g, g.last.Add(c.gap), now)
-		c.mu.Unlock()
-		return resultDeferred
-	}
-	if !c.budget.AllowN(now, 1) {
-		c.mu.Unlock()
-		return resultDropped
-	}
-	g.last = now
-	c.scheduleLocked(t, g, now.Add(c.gap), now) // the confirmation
-	c.mu.Unlock()
-	c.apply(t)
-	return resultHinted
+	return g
 }
 
-// scheduleLocked has t hinted at due; c.mu is held. The fake clock of the
-// tests runs the function while holding its own lock, so it must not ask
-// the clock for the time.
-func (c *coalescer) scheduleLocked(t registry.TagRef, g *gate, due, now time.Time) {
-	g.pending = true
+// schedule hints t at due, if the budget allows; g.pending is set. The
+// timer function does not ask the clock for the time (a fake clock's lock
+// is held while it runs).
+func (c *coalescer) schedule(t registry.TagRef, g *gate, due, now time.Time) {
 	c.clock.AfterFunc(due.Sub(now), func() {
 		c.mu.Lock()
 		g.pending, g.last = false, due
+		allowed := c.budget.AllowN(due, 1)
 		c.mu.Unlock()
+		if !allowed {
+			c.dropped()
+			return
+		}
 		c.apply(t)
 	})
 }

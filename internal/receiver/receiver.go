@@ -49,10 +49,11 @@ type Hinter interface {
 }
 
 // Checker is the ImagePin controller: Names says whether an ImagePin names
-// a tag, Recheck has those ImagePins checked now.
+// a tag, Recheck has those ImagePins checked now and says how many were
+// queued and how many found the queue full.
 type Checker interface {
 	Names(registry.TagRef) bool
-	Recheck(registry.TagRef) int
+	Recheck(registry.TagRef) (queued, full int)
 }
 
 // Options configure a Receiver.
@@ -72,7 +73,7 @@ type Options struct {
 	HintQPS   float64
 	HintBurst int
 	// SenderQPS and SenderBurst are each sender's (remote address's)
-	// request budget; past it, 429.
+	// budget of authentic requests; past it, 429.
 	SenderQPS   float64
 	SenderBurst int
 	// Leading, if set, says whether this manager is the leader; others
@@ -142,7 +143,8 @@ func New(o Options) (*Receiver, error) {
 	}
 	rc.coalesce = &coalescer{
 		gap: o.MinGap, clock: o.Clock, apply: rc.hint, gates: map[registry.TagRef]*gate{},
-		budget: rate.NewLimiter(rate.Limit(o.HintQPS), o.HintBurst),
+		budget:  rate.NewLimiter(rate.Limit(o.HintQPS), o.HintBurst),
+		dropped: rc.metrics.HintsDropped.Inc,
 	}
 	return rc, nil
 }
@@ -151,7 +153,9 @@ func New(o Options) (*Receiver, error) {
 // that order, so that their checks do not find the old answer fresh.
 func (rc *Receiver) hint(t registry.TagRef) {
 	rc.opts.Hinter.Hint(t)
-	rc.metrics.Rechecks.Add(float64(rc.opts.Checker.Recheck(t)))
+	queued, full := rc.opts.Checker.Recheck(t)
+	rc.metrics.Rechecks.WithLabelValues("queued").Add(float64(queued))
+	rc.metrics.Rechecks.WithLabelValues("queue_full").Add(float64(full))
 }
 
 // ServeHTTP answers one notification.
@@ -166,12 +170,10 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rc.answer(w, endpoint, http.StatusMethodNotAllowed, "POST only")
 		return
 	}
-	if !rc.allow(r.RemoteAddr) {
-		w.Header().Set("Retry-After", "1")
-		rc.answer(w, endpoint, http.StatusTooManyRequests, "too many notifications from this sender")
-		return
-	}
 	if rc.opts.Leading != nil && !rc.opts.Leading() {
+		// A new connection may reach the leader behind a Service; this
+		// one would come back here.
+		w.Header().Set("Connection", "close")
 		w.Header().Set("Retry-After", "5")
 		rc.answer(w, endpoint, http.StatusServiceUnavailable, "not the leader; retry")
 		return
@@ -201,6 +203,14 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if (method == authGitHub || method == authGeneric) && !authentic(method, secret, r, token, body) {
 		rc.answer(w, endpoint, http.StatusUnauthorized, "not authentic")
+		return
+	}
+	// Only authentic requests spend a sender's budget: requests without
+	// the secret (behind an Ingress, all from one address) cannot crowd
+	// out the registries'.
+	if !rc.allow(r.RemoteAddr) {
+		w.Header().Set("Retry-After", "1")
+		rc.answer(w, endpoint, http.StatusTooManyRequests, "too many notifications from this sender")
 		return
 	}
 	pushes, err := parsers[endpoint](body, r.Header)

@@ -46,8 +46,7 @@ func (c *resolvingChecker) Names(t registry.TagRef) bool {
 	return false
 }
 
-func (c *resolvingChecker) Recheck(t registry.TagRef) int {
-	n := 0
+func (c *resolvingChecker) Recheck(t registry.TagRef) (queued, full int) {
 	for ref, image := range c.images {
 		if ref != t && (t.Tag != "" || ref.Repository != t.Repository) {
 			continue
@@ -59,9 +58,9 @@ func (c *resolvingChecker) Recheck(t registry.TagRef) int {
 			c.got = append(c.got, res.Digest)
 		}
 		c.mu.Unlock()
-		n++
+		queued++
 	}
-	return n
+	return queued, 0
 }
 
 func (c *resolvingChecker) last() string {
@@ -152,7 +151,7 @@ func TestFloodOfForgedEventsCostsTwoHEADsAndChangesNothing(t *testing.T) {
 	if got := f.heads() - before; got != 1 {
 		t.Fatalf("HEADs for 1000 events in one instant = %d, want 1 (the rest wait for the confirmation)", got)
 	}
-	f.clock.Step(DefaultMinGap)
+	f.clock.Step(DefaultMinGap / 2)
 	waitFor(t, func() bool { return f.heads()-before == 2 }, "the confirmation's HEAD")
 	if got := f.checker.last(); got != first {
 		t.Errorf("after the flood the tag resolves to %s, want the unmoved %s: an event is never an answer", got, first)
@@ -162,7 +161,7 @@ func TestFloodOfForgedEventsCostsTwoHEADsAndChangesNothing(t *testing.T) {
 	if hinted != 1 || coalesced != 999 {
 		t.Errorf("pushes hinted %v, coalesced %v; want 1 and 999", hinted, coalesced)
 	}
-	if got := testutil.ToFloat64(f.metrics.Rechecks); got != 2 {
+	if got := testutil.ToFloat64(f.metrics.Rechecks.WithLabelValues("queued")); got != 2 {
 		t.Errorf("rechecks = %v, want 2", got)
 	}
 }
@@ -179,7 +178,7 @@ func TestPushIsSeenAtOnceConfirmedAndAgainAfterTheGap(t *testing.T) {
 	}
 	// The confirmation asks once more (a registry may notify before the
 	// tag points at the new manifest).
-	f.clock.Step(DefaultMinGap)
+	f.clock.Step(DefaultMinGap / 2)
 	waitFor(t, func() bool { f.checker.mu.Lock(); defer f.checker.mu.Unlock(); return f.checker.checked == 2 }, "the confirmation")
 	// CI pushes again within the gap of the confirmation: seen at its end.
 	third := f.reg.Push(t, "team/app:v1")
@@ -202,7 +201,7 @@ func TestHintsOverTheBudgetAreDropped(t *testing.T) {
 	f.reg.Push(t, "team/app:v2")
 	v2, _ := registry.TagRefOf(f.reg.Image("team/app:v2"))
 	f.checker.images[v2] = f.reg.Image("team/app:v2")
-	rc, err := New(Options{Hinter: f.resolver, Checker: f.checker, SecretDir: f.dir, Clock: f.clock, Metrics: f.metrics, HintQPS: 1, HintBurst: 1})
+	rc, err := New(Options{Hinter: f.resolver, Checker: f.checker, SecretDir: f.dir, Clock: f.clock, Metrics: f.metrics, HintQPS: 0.001, HintBurst: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,6 +213,32 @@ func TestHintsOverTheBudgetAreDropped(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(f.metrics.Pushes.WithLabelValues(Generic, resultDropped)); got != 1 {
 		t.Errorf("dropped pushes = %v, want 1 (a budget of one hint)", got)
+	}
+	// The confirmation spends the budget too: it has none left.
+	before := f.heads()
+	f.clock.Step(DefaultMinGap)
+	if got := testutil.ToFloat64(f.metrics.HintsDropped); got != 2 {
+		t.Errorf("hints dropped = %v, want 2 (the push and the confirmation)", got)
+	}
+	if got := f.heads() - before; got != 0 {
+		t.Errorf("a confirmation over the budget sent %d HEADs", got)
+	}
+}
+
+func TestARepositoryHintCoversItsTags(t *testing.T) {
+	f, _ := newFixture(t)
+	before := f.heads()
+	repo := fmt.Sprintf(`{"repository": %q}`, f.reg.Image("team/app"))
+	for _, body := range []string{repo, genericBody(f.reg.Image("team/app:v1")), repo} {
+		if code := f.post(Generic, "10.4.0.1", body, bearer()); code != http.StatusAccepted {
+			t.Fatalf("status %d, want 202", code)
+		}
+	}
+	if got := f.heads() - before; got != 1 {
+		t.Errorf("a repository's and its tag's events in one instant sent %d HEADs, want 1", got)
+	}
+	if got := testutil.ToFloat64(f.metrics.Pushes.WithLabelValues(Generic, resultCoalesced)); got != 2 {
+		t.Errorf("coalesced = %v, want 2", got)
 	}
 }
 
@@ -324,6 +349,16 @@ func TestOneSenderIsRateLimited(t *testing.T) {
 	}
 	if limited != 50 {
 		t.Errorf("%d of %d requests from one sender limited, want 50 (its burst is %d)", limited, DefaultSenderBurst+50, DefaultSenderBurst)
+	}
+	// Requests without the secret spend nothing: behind an Ingress they
+	// come from the registries' address.
+	for range 3 * DefaultSenderBurst {
+		if got := f.post(Generic, "10.2.0.3", body, map[string]string{"Authorization": "Bearer nope"}); got != http.StatusUnauthorized {
+			t.Fatalf("a request without the secret gets %d, want 401", got)
+		}
+	}
+	if got := f.post(Generic, "10.2.0.3", body, bearer()); got != http.StatusAccepted {
+		t.Errorf("after %d refused requests from its address, an authentic one gets %d, want 202", 3*DefaultSenderBurst, got)
 	}
 	if got := f.post(Generic, "10.2.0.2", body, bearer()); got != http.StatusAccepted {
 		t.Errorf("another sender gets %d, want 202", got)

@@ -39,8 +39,12 @@ func TagRefOf(image string) (TagRef, error) {
 	if err != nil {
 		return TagRef{}, fmt.Errorf("%q is not an image reference with a tag: %w", image, err)
 	}
-	return TagRef{Repository: tag.Context().Name(), Tag: tag.TagStr()}, nil
+	return TagRef{Repository: repositoryKey(tag.Context()), Tag: tag.TagStr()}, nil
 }
+
+// repositoryKey names a repository case-blind: host names are, and
+// repository paths are lower case already. Tags keep their case.
+func repositoryKey(repo name.Repository) string { return strings.ToLower(repo.Name()) }
 
 // ParseTagRef names repository's tag (every tag when tag is empty) the way
 // TagRefOf names an image's: "docker.io/nginx" and
@@ -51,13 +55,13 @@ func ParseTagRef(repository, tag string) (TagRef, error) {
 		return TagRef{}, fmt.Errorf("%q is not a repository: %w", repository, err)
 	}
 	if tag == "" {
-		return TagRef{Repository: repo.Name()}, nil
+		return TagRef{Repository: repositoryKey(repo)}, nil
 	}
 	t, err := name.NewTag(repo.Name() + ":" + tag)
 	if err != nil {
 		return TagRef{}, fmt.Errorf("%q is not a tag of %s: %w", tag, repo.Name(), err)
 	}
-	return TagRef{Repository: repo.Name(), Tag: t.TagStr()}, nil
+	return TagRef{Repository: repositoryKey(repo), Tag: t.TagStr()}, nil
 }
 
 // tagRefOfKey is the tag a cache key is for: keys are "<repo>:<tag>|<creds>".
@@ -67,7 +71,7 @@ func tagRefOfKey(key string) TagRef {
 		k = k[:i]
 	}
 	i := strings.LastIndexByte(k, ':')
-	return TagRef{Repository: k[:i], Tag: k[i+1:]}
+	return TagRef{Repository: strings.ToLower(k[:i]), Tag: k[i+1:]}
 }
 
 // Hint says that t may have moved: every answer for it asked for before

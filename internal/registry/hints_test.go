@@ -91,6 +91,7 @@ func TestTagRefsNameOneTagOneWay(t *testing.T) {
 		{"Docker Hub short name", "nginx", "docker.io/library/nginx", "latest"},
 		{"Docker Hub with digest", "docker.io/library/nginx:1.27@sha256:0000000000000000000000000000000000000000000000000000000000000000", "index.docker.io/library/nginx", "1.27"},
 		{"registry with port", "registry.example.com:5000/team/app:v1", "registry.example.com:5000/team/app", "v1"},
+		{"host names are case-blind, tags are not", "Registry.Example.com/team/app:V1", "registry.example.COM/team/app", "V1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
