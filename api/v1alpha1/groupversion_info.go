@@ -38,7 +38,7 @@ var (
 )
 
 func addKnownTypes(s *runtime.Scheme) error {
-	s.AddKnownTypes(GroupVersion, &ImagePin{}, &ImagePinList{})
+	s.AddKnownTypes(GroupVersion, &ImagePin{}, &ImagePinList{}, &ClusterImagePin{}, &ClusterImagePinList{})
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil
 }

@@ -347,6 +347,11 @@ type DigestRecord struct {
 
 // WorkloadImage is one container of one workload that uses an image.
 type WorkloadImage struct {
+	// namespace of the workload, in a ClusterImagePin's status; empty in
+	// an ImagePin's, whose namespace it is.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	Namespace string `json:"namespace,omitempty"`
 	// kind of the workload.
 	// +required
 	Kind WorkloadKind `json:"kind"`
