@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -76,6 +77,9 @@ type ImagePinReconciler struct {
 	// (imagepin_hints.go); hinted: ImagePins a push event asks to check.
 	tags   tagIndex
 	hinted chan event.GenericEvent
+	// clusterHinted: ClusterImagePins a push event asks to check (the
+	// tag index knows them with an empty namespace).
+	clusterHinted chan event.GenericEvent
 }
 
 // +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins,verbs=list;watch
@@ -381,6 +385,15 @@ func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.
 	if err := r.List(ctx, &pins, client.InNamespace(pin.Namespace)); err != nil {
 		return nil, fmt.Errorf("list ImagePins in %s: %w", pin.Namespace, err)
 	}
+	// The namespace's ImagePins come first in Writer's rule, so the
+	// ClusterImagePins matter only to one of them.
+	var clusterPins []imagesv1alpha1.ImagePin
+	if strings.HasPrefix(pin.Name, selection.ClusterPinPrefix) {
+		var err error
+		if clusterPins, err = selection.ClusterPinsIn(ctx, r.Client, pin.Namespace); err != nil {
+			return nil, err
+		}
+	}
 	// Who writes a workload is decided as it was selected: a Deployment
 	// that a Rollout references (workloadRef) as that Rollout.
 	type selectedAs struct {
@@ -395,7 +408,7 @@ func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.
 		}
 		as[string(w.Kind)+"/"+w.Name()] = a
 	}
-	writing := selection.WritingOf(pins.Items)
+	writing := selection.WritingOf(pins.Items, clusterPins...)
 	out := plan[:0:0]
 	for _, w := range plan {
 		mine := w

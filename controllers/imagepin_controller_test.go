@@ -94,12 +94,17 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if err := (&ImagePinReconciler{
+	pins := &ImagePinReconciler{
 		Client: mgr.GetClient(), Resolver: resolver,
 		Recorder: mgr.GetEventRecorder("imagepin"),
 		// Argo Rollouts' CRD is installed by a test, after the start.
 		ServedPoll: time.Second,
-	}).SetupWithManager(mgr); err != nil {
+	}
+	if err := pins.SetupWithManager(mgr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := (&ClusterImagePinReconciler{ImagePinReconciler: pins}).SetupWithManager(mgr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
@@ -100,7 +101,7 @@ func (o observation) tagRefs() []registry.TagRef {
 	return out
 }
 
-// Names reports whether an ImagePin names t (any tag of t.Repository when
+// Names reports whether an ImagePin or a ClusterImagePin names t (any tag of t.Repository when
 // t.Tag is empty), as of its last check.
 func (r *ImagePinReconciler) Names(t registry.TagRef) bool {
 	return len(r.tags.pinsOf(t)) > 0
@@ -111,15 +112,21 @@ func (r *ImagePinReconciler) Names(t registry.TagRef) bool {
 // hint that finds the queue full is dropped, and the ImagePin's next tick
 // sees the tag.
 func (r *ImagePinReconciler) Recheck(t registry.TagRef) (queued, full int) {
-	pins := r.tags.pinsOf(t)
-	if r.hinted == nil {
-		return 0, len(pins) // not set up: no controller to tell
-	}
-	for _, p := range pins {
-		pin := &imagesv1alpha1.ImagePin{}
-		pin.Namespace, pin.Name = p.Namespace, p.Name
+	for _, p := range r.tags.pinsOf(t) {
+		// ClusterImagePins are known by their name alone.
+		var obj client.Object = &imagesv1alpha1.ImagePin{}
+		queue := r.hinted
+		if p.Namespace == "" {
+			obj, queue = &imagesv1alpha1.ClusterImagePin{}, r.clusterHinted
+		}
+		obj.SetNamespace(p.Namespace)
+		obj.SetName(p.Name)
+		if queue == nil {
+			full++ // not set up: no controller to tell
+			continue
+		}
 		select {
-		case r.hinted <- event.GenericEvent{Object: pin}:
+		case queue <- event.GenericEvent{Object: obj}:
 			queued++
 		default:
 			full++

@@ -28,8 +28,11 @@ const resolveWorkers = 8
 
 // containerObs is what was seen of one selected container of one workload.
 type containerObs struct {
-	kind     imagesv1alpha1.WorkloadKind
-	workload string
+	// namespace is the workload's, for a ClusterImagePin's check; empty
+	// for an ImagePin's (its own namespace).
+	namespace string
+	kind      imagesv1alpha1.WorkloadKind
+	workload  string
 	// uid is the workload's UID: state kept about a workload is keyed by
 	// it, so a workload deleted and created again starts afresh.
 	uid types.UID

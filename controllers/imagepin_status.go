@@ -75,6 +75,9 @@ type checkInput struct {
 	interval   time.Duration
 	obs        observation
 	platforms  drift.Platforms
+	// driftedFirst lists drifted images and containers first, and keeps
+	// them when the bounds leave entries out (a ClusterImagePin's status).
+	driftedFirst bool
 }
 
 // setChecked writes the result of a check into status: images with their
@@ -113,15 +116,33 @@ func sameCheck(a, b *imagesv1alpha1.ImagePinStatus) bool {
 func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1alpha1.ImageStatus, imagesv1alpha1.Summary) {
 	summary := imagesv1alpha1.Summary{Workloads: int32(in.obs.workloads)}
 
-	byImage := map[string][]containerObs{}
+	type reasoned struct {
+		c       containerObs
+		reasons []imagesv1alpha1.DriftReason
+	}
+	byImage := map[string][]reasoned{}
+	driftedImage := map[string]bool{}
 	for _, c := range in.obs.containers {
-		byImage[c.image] = append(byImage[c.image], c)
+		reasons := drift.Reasons(drift.Input{
+			Pinned:        c.pinned,
+			Resolved:      c.result.Digest,
+			ResolveFailed: c.hasTag && c.err != nil,
+			Running:       runningList(c.running),
+			Platforms:     in.platforms,
+		})
+		byImage[c.image] = append(byImage[c.image], reasoned{c, reasons})
+		driftedImage[c.image] = driftedImage[c.image] || drift.Drifted(reasons)
 	}
 	names := make([]string, 0, len(byImage))
 	for n := range byImage {
 		names = append(names, n)
 	}
-	sort.Strings(names)
+	sort.Slice(names, func(i, j int) bool {
+		if in.driftedFirst && driftedImage[names[i]] != driftedImage[names[j]] {
+			return driftedImage[names[i]]
+		}
+		return names[i] < names[j]
+	})
 	summary.Images = int32(len(names))
 
 	prevByImage := map[string]imagesv1alpha1.ImageStatus{}
@@ -132,16 +153,17 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 	var out []imagesv1alpha1.ImageStatus
 	entries, bytes := 0, 0
 	for _, img := range names {
-		cs := byImage[img]
+		rcs := byImage[img]
+		if in.driftedFirst {
+			sort.SliceStable(rcs, func(i, j int) bool { return drift.Drifted(rcs[i].reasons) && !drift.Drifted(rcs[j].reasons) })
+		}
+		cs := make([]containerObs, len(rcs))
+		for i, rc := range rcs {
+			cs[i] = rc.c
+		}
 		st := imageStatus(img, cs, prevByImage[img], in.now)
-		for _, c := range cs {
-			reasons := drift.Reasons(drift.Input{
-				Pinned:        c.pinned,
-				Resolved:      c.result.Digest,
-				ResolveFailed: c.hasTag && c.err != nil,
-				Running:       runningList(c.running),
-				Platforms:     in.platforms,
-			})
+		for _, rc := range rcs {
+			c, reasons := rc.c, rc.reasons
 			if c.pinned != "" {
 				summary.Pinned++
 			}
@@ -149,7 +171,8 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 				summary.Drifted++
 			}
 			entry := imagesv1alpha1.WorkloadImage{
-				Kind: c.kind, Name: c.workload, Template: c.template, Container: c.container, Init: c.init, Volume: c.volume,
+				Namespace: c.namespace,
+				Kind:      c.kind, Name: c.workload, Template: c.template, Container: c.container, Init: c.init, Volume: c.volume,
 				PinnedDigest: imagesv1alpha1.Digest(c.pinned),
 				Running:      c.running,
 				Drift:        reasons,
@@ -171,7 +194,13 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 		// its workload entries were left out: its history is where Follow
 		// and a rollback find their digests.
 		if len(out) < maxImages && len(img) <= maxImageLength {
-			sort.Slice(st.Workloads, func(i, j int) bool { return workloadLess(st.Workloads[i], st.Workloads[j]) })
+			sort.Slice(st.Workloads, func(i, j int) bool {
+				a, b := st.Workloads[i], st.Workloads[j]
+				if in.driftedFirst && drift.Drifted(a.Drift) != drift.Drifted(b.Drift) {
+					return drift.Drifted(a.Drift)
+				}
+				return workloadLess(a, b)
+			})
 			out = append(out, st)
 		}
 	}
@@ -245,6 +274,9 @@ func runningList(r []imagesv1alpha1.RunningDigest) []string {
 }
 
 func workloadLess(a, b imagesv1alpha1.WorkloadImage) bool {
+	if a.Namespace != b.Namespace {
+		return a.Namespace < b.Namespace
+	}
 	ka, kb := workload.KindOrder(a.Kind), workload.KindOrder(b.Kind)
 	if ka != kb {
 		return ka < kb
@@ -310,7 +342,11 @@ func setDrifted(status *imagesv1alpha1.ImagePinStatus, generation int64) {
 					rs = append(rs, string(r))
 				}
 			}
-			parts = append(parts, fmt.Sprintf("%s %s/%s: %s", w.Kind, w.Name, slot(w.Template, w.Container, false), strings.Join(rs, ", ")))
+			where := fmt.Sprintf("%s %s/%s", w.Kind, w.Name, slot(w.Template, w.Container, false))
+			if w.Namespace != "" {
+				where = w.Namespace + ": " + where
+			}
+			parts = append(parts, fmt.Sprintf("%s: %s", where, strings.Join(rs, ", ")))
 		}
 		if len(parts) > 0 {
 			driftedImages++

@@ -238,8 +238,22 @@ func (r *ImagePinReconciler) applyWrites(ctx context.Context, pin *imagesv1alpha
 
 func (r *ImagePinReconciler) event(pin *imagesv1alpha1.ImagePin, kind, reason, note string) {
 	if r.Recorder != nil {
-		r.Recorder.Eventf(pin, nil, kind, reason, "Write", "%s", truncateNote(note))
+		target, note := eventTarget(pin, note)
+		r.Recorder.Eventf(target, nil, kind, reason, "Write", "%s", truncateNote(note))
 	}
+}
+
+// eventTarget is the object an event about pin is about: a ClusterImagePin
+// for the ImagePin it acts as in a namespace (the note then names the
+// namespace), else pin.
+func eventTarget(pin *imagesv1alpha1.ImagePin, note string) (client.Object, string) {
+	name, ok := strings.CutPrefix(pin.Name, selection.ClusterPinPrefix)
+	if !ok {
+		return pin, note
+	}
+	cp := &imagesv1alpha1.ClusterImagePin{}
+	cp.Name, cp.UID = name, pin.UID
+	return cp, pin.Namespace + ": " + note
 }
 
 // writeImages sets only the image fields of the listed containers, then

@@ -141,6 +141,10 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
 	}
+	clusterPins, err := selection.ClusterPinsIn(ctx, h.Reader, req.Namespace)
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err), decisionUnchanged
+	}
 
 	// Each container is pinned by its own writer (selection's Writer's
 	// rule): the ImagePin that selects the object and that image.
@@ -155,7 +159,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	toResolve := map[int][]string{}
 	var ttl time.Duration
 	selected := false
-	writers := selection.WritersOf(pins, kind, obj.meta().GetLabels())
+	writers := selection.WritersOf(pins, clusterPins, kind, obj.meta().GetLabels())
 	for _, c := range obj.containers() {
 		if *c.image == "" {
 			continue
@@ -187,7 +191,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		}
 	}
 	if !selected {
-		return admission.Allowed("no ImagePin in Pin or Follow mode selects this object"), decisionUnchanged
+		return admission.Allowed("no ImagePin or ClusterImagePin in Pin or Follow mode selects this object"), decisionUnchanged
 	}
 	if len(plans) == 0 {
 		return admission.Allowed("nothing to pin"), decisionUnchanged

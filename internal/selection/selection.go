@@ -239,70 +239,113 @@ func matchesAny(globs []*regexp.Regexp, refs ...string) bool {
 const KindPod imagesv1alpha1.WorkloadKind = "Pod"
 
 // Writer's rule: the writer of a container's image in an object of kind
-// with labels is, of the ImagePins in Pin or Follow mode (not suspended,
-// valid) that select the object and that image, the first by name. The
-// controller writes only the containers its ImagePin is the writer of and
-// the webhook pins each container with its writer, so two ImagePins with
+// with labels is decided first among the ImagePins of its namespace (not
+// suspended, valid) that select the object and that image: the first by
+// name in Pin or Follow mode writes; if only ImagePins in Observe select
+// it, nobody writes it. Only when no ImagePin of the namespace selects it
+// do the ClusterImagePins that select the namespace decide, the same way:
+// the first by name in Pin or Follow mode. The namespaced one wins, so a
+// team can opt out of a ClusterImagePin (an Observe ImagePin) or hold
+// another digest (its own Pin ImagePin). The controller writes only the
+// containers its ImagePin or ClusterImagePin is the writer of, and the
+// webhook pins each container with its writer, so two of them with
 // different overrides never take turns, and two with disjoint image
 // filters both pin.
 
-// Writing is the ImagePins of a namespace that may write, each compiled
-// once, first by name first.
+// Writing is the ImagePins of a namespace and the ClusterImagePins that
+// select it, each compiled once, first by name first.
 type Writing struct {
-	candidates []writerCandidate
+	own, cluster []writerCandidate
 }
 
 // Writers is Writing narrowed to one object: the webhook and the
 // controller ask it for each container.
 type Writers struct {
-	candidates []writerCandidate
+	own, cluster []writerCandidate
 }
 
 type writerCandidate struct {
 	pin *imagesv1alpha1.ImagePin
 	sel *Selection
+	// writes: in Pin or Follow mode; an ImagePin in Observe mode still
+	// keeps the ClusterImagePins off what it selects.
+	writes bool
 }
 
-// WritingOf compiles the ImagePins that may write (Pin or Follow, not
-// suspended, valid), first by name first.
-func WritingOf(pins []imagesv1alpha1.ImagePin) *Writing {
-	w := &Writing{}
-	for i := range pins {
-		p := &pins[i]
-		if p.Spec.Suspend || (p.Spec.Mode != imagesv1alpha1.ModePin && p.Spec.Mode != imagesv1alpha1.ModeFollow) {
-			continue
+// WritingOf compiles pins (a namespace's ImagePins) and cluster (the
+// ClusterImagePins that select that namespace, as ClusterPinsFor gives
+// them) for Writer's rule. Suspended and invalid ones take no part.
+func WritingOf(pins []imagesv1alpha1.ImagePin, cluster ...imagesv1alpha1.ImagePin) *Writing {
+	compile := func(pins []imagesv1alpha1.ImagePin, observers bool) []writerCandidate {
+		var out []writerCandidate
+		for i := range pins {
+			p := &pins[i]
+			writes := p.Spec.Mode == imagesv1alpha1.ModePin || p.Spec.Mode == imagesv1alpha1.ModeFollow
+			if p.Spec.Suspend || (!writes && !observers) {
+				continue
+			}
+			if sel, err := Compile(&p.Spec); err == nil {
+				out = append(out, writerCandidate{p, sel, writes})
+			}
 		}
-		if sel, err := Compile(&p.Spec); err == nil {
-			w.candidates = append(w.candidates, writerCandidate{p, sel})
-		}
+		sort.Slice(out, func(i, j int) bool { return out[i].pin.Name < out[j].pin.Name })
+		return out
 	}
-	sort.Slice(w.candidates, func(i, j int) bool { return w.candidates[i].pin.Name < w.candidates[j].pin.Name })
-	return w
+	return &Writing{own: compile(pins, true), cluster: compile(cluster, false)}
 }
 
 // Of returns those that select objects of kind with labels.
 func (w *Writing) Of(kind imagesv1alpha1.WorkloadKind, labels map[string]string) *Writers {
-	out := &Writers{}
-	for _, c := range w.candidates {
-		kindOK := c.sel.SelectsKind(kind) || (kind == KindPod && len(c.pin.Spec.Kinds) == 0)
-		if kindOK && c.sel.SelectsLabels(labels) {
-			out.candidates = append(out.candidates, c)
+	narrow := func(cs []writerCandidate) []writerCandidate {
+		var out []writerCandidate
+		for _, c := range cs {
+			kindOK := c.sel.SelectsKind(kind) || (kind == KindPod && len(c.pin.Spec.Kinds) == 0)
+			if kindOK && c.sel.SelectsLabels(labels) {
+				out = append(out, c)
+			}
 		}
+		return out
 	}
-	return out
+	return &Writers{own: narrow(w.own), cluster: narrow(w.cluster)}
 }
 
-// WritersOf is WritingOf(pins).Of(kind, labels), for one object.
-func WritersOf(pins []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string) *Writers {
-	return WritingOf(pins).Of(kind, labels)
+// WritersOf is WritingOf(pins, cluster...).Of(kind, labels), for one object.
+func WritersOf(pins []imagesv1alpha1.ImagePin, cluster []imagesv1alpha1.ImagePin, kind imagesv1alpha1.WorkloadKind, labels map[string]string) *Writers {
+	return WritingOf(pins, cluster...).Of(kind, labels)
 }
 
-// For returns the writer of image, or nil.
+// For returns the writer of image, or nil: nil too when an ImagePin of
+// the namespace in Observe mode selects it and none in Pin or Follow does.
 func (w *Writers) For(image string) (*imagesv1alpha1.ImagePin, *Selection) {
-	for _, c := range w.candidates {
+	claimed := false
+	for _, c := range w.own {
+		if !c.sel.SelectsImage(image) {
+			continue
+		}
+		if c.writes {
+			return c.pin, c.sel
+		}
+		claimed = true
+	}
+	if claimed {
+		return nil, nil
+	}
+	for _, c := range w.cluster {
 		if c.sel.SelectsImage(image) {
 			return c.pin, c.sel
 		}
 	}
 	return nil, nil
+}
+
+// YieldsTo returns the ImagePins of the namespace that select image here:
+// a ClusterImagePin does not write it when there are any.
+func (w *Writers) YieldsTo(image string) []string {
+	var out []string
+	for _, c := range w.own {
+		if c.sel.SelectsImage(image) {
+			out = append(out, c.pin.Name)
+		}
+	}
+	return out
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
@@ -134,24 +135,68 @@ func TestWriterOfIsTheFirstWritingImagePinByName(t *testing.T) {
 		p.Name, p.Spec.Mode, p.Spec.Suspend = name, mode, suspend
 		return p
 	}
+	cluster := func(name string, mode imagesv1alpha1.Mode) imagesv1alpha1.ImagePin {
+		cp := &imagesv1alpha1.ClusterImagePin{}
+		cp.Name, cp.Spec.Mode = name, mode
+		return AsImagePin(cp, "team")
+	}
 	labels := map[string]string{"app": "web"}
 	for _, tc := range []struct {
-		name string
-		pins []imagesv1alpha1.ImagePin
-		want string
+		name    string
+		pins    []imagesv1alpha1.ImagePin
+		cluster []imagesv1alpha1.ImagePin
+		want    string
 	}{
-		{"one", []imagesv1alpha1.ImagePin{pin("web", imagesv1alpha1.ModePin, false)}, "web"},
-		{"first by name", []imagesv1alpha1.ImagePin{pin("z", imagesv1alpha1.ModeFollow, false), pin("a", imagesv1alpha1.ModePin, false)}, "a"},
-		{"observers do not write", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModeObserve, false), pin("b", imagesv1alpha1.ModePin, false)}, "b"},
-		{"suspended ones do not write", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModePin, true), pin("b", imagesv1alpha1.ModeFollow, false)}, "b"},
-		{"nobody", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModeObserve, false)}, ""},
+		{"one", []imagesv1alpha1.ImagePin{pin("web", imagesv1alpha1.ModePin, false)}, nil, "web"},
+		{"first by name", []imagesv1alpha1.ImagePin{pin("z", imagesv1alpha1.ModeFollow, false), pin("a", imagesv1alpha1.ModePin, false)}, nil, "a"},
+		{"observers do not write", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModeObserve, false), pin("b", imagesv1alpha1.ModePin, false)}, nil, "b"},
+		{"suspended ones do not write", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModePin, true), pin("b", imagesv1alpha1.ModeFollow, false)}, nil, "b"},
+		{"nobody", []imagesv1alpha1.ImagePin{pin("a", imagesv1alpha1.ModeObserve, false)}, nil, ""},
+		// Issue 16 item 2: the namespaced one wins.
+		{"a ClusterImagePin writes where no ImagePin selects", nil, []imagesv1alpha1.ImagePin{cluster("platform", imagesv1alpha1.ModePin)}, ClusterPinPrefix + "platform"},
+		{"the first ClusterImagePin by name", nil, []imagesv1alpha1.ImagePin{cluster("z", imagesv1alpha1.ModePin), cluster("a", imagesv1alpha1.ModeFollow)}, ClusterPinPrefix + "a"},
+		{"a ClusterImagePin in Observe writes nothing", nil, []imagesv1alpha1.ImagePin{cluster("a", imagesv1alpha1.ModeObserve), cluster("b", imagesv1alpha1.ModePin)}, ClusterPinPrefix + "b"},
+		{"a namespaced Observe ImagePin opts out", []imagesv1alpha1.ImagePin{pin("mine", imagesv1alpha1.ModeObserve, false)}, []imagesv1alpha1.ImagePin{cluster("platform", imagesv1alpha1.ModePin)}, ""},
+		{"a namespaced Pin ImagePin holds its own digest", []imagesv1alpha1.ImagePin{pin("zz", imagesv1alpha1.ModePin, false)}, []imagesv1alpha1.ImagePin{cluster("aa", imagesv1alpha1.ModeFollow)}, "zz"},
+		{"a suspended namespaced ImagePin does not", []imagesv1alpha1.ImagePin{pin("mine", imagesv1alpha1.ModeObserve, true)}, []imagesv1alpha1.ImagePin{cluster("platform", imagesv1alpha1.ModePin)}, ClusterPinPrefix + "platform"},
 	} {
 		got := ""
-		if w, _ := WritersOf(tc.pins, imagesv1alpha1.KindDeployment, labels).For("reg.io/app:v1"); w != nil {
+		if w, _ := WritersOf(tc.pins, tc.cluster, imagesv1alpha1.KindDeployment, labels).For("reg.io/app:v1"); w != nil {
 			got = w.Name
 		}
 		if got != tc.want {
 			t.Errorf("%s: writer = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestClusterImagePinsSelectNamespaces(t *testing.T) {
+	ns := func(name string, labels map[string]string) *corev1.Namespace {
+		n := &corev1.Namespace{}
+		n.Name, n.Labels = name, labels
+		return n
+	}
+	cp := func(sel *metav1.LabelSelector, exclude ...string) *imagesv1alpha1.ClusterImagePin {
+		c := &imagesv1alpha1.ClusterImagePin{}
+		c.Name, c.Spec.NamespaceSelector, c.Spec.ExcludeNamespaces = "platform", sel, exclude
+		return c
+	}
+	opted := &metav1.LabelSelector{MatchLabels: map[string]string{"imagepin.dev/pin": "enabled"}}
+	for _, tc := range []struct {
+		name string
+		cp   *imagesv1alpha1.ClusterImagePin
+		ns   *corev1.Namespace
+		want bool
+	}{
+		{"empty selector, every namespace", cp(nil), ns("team-a", nil), true},
+		{"excluded by name", cp(nil, "kube-system"), ns("kube-system", nil), false},
+		{"excluded whatever its labels", cp(opted, "kube-system"), ns("kube-system", map[string]string{"imagepin.dev/pin": "enabled"}), false},
+		{"opted in by label", cp(opted), ns("team-a", map[string]string{"imagepin.dev/pin": "enabled"}), true},
+		{"not opted in", cp(opted), ns("team-b", nil), false},
+		{"an invalid selector selects nothing", cp(&metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "a", Operator: "Near"}}}), ns("team-a", nil), false},
+	} {
+		if got := SelectsNamespace(tc.cp, tc.ns); got != tc.want {
+			t.Errorf("%s: SelectsNamespace = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
@@ -172,7 +217,7 @@ func TestWriterRespectsImageFilters(t *testing.T) {
 		"docker.io/nginx:1.27":    "",
 	} {
 		got := ""
-		if w, _ := WritersOf(pins, imagesv1alpha1.KindDeployment, nil).For(image); w != nil {
+		if w, _ := WritersOf(pins, nil, imagesv1alpha1.KindDeployment, nil).For(image); w != nil {
 			got = w.Name
 		}
 		if got != want {
