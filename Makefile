@@ -107,6 +107,7 @@ test-unit: ## Run the tests that need no control plane.
 .PHONY: build
 build: manifests generate fmt vet ## Build the imagepin binary into bin/imagepin.
 	$(GO) build -o $(BIN)/imagepin .
+	ln -sf imagepin $(BIN)/kubectl-imagepin
 
 .PHONY: run
 run: manifests generate ## Run the manager against the cluster of $KUBECONFIG (webhooks off).

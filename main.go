@@ -41,6 +41,7 @@ import (
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/controllers"
 	"github.com/imagepin/imagepin/internal/cli"
+	"github.com/imagepin/imagepin/internal/driftcmd"
 	"github.com/imagepin/imagepin/internal/pinhook"
 	"github.com/imagepin/imagepin/internal/receiver"
 	"github.com/imagepin/imagepin/internal/registry"
@@ -51,8 +52,17 @@ import (
 const leaderElectionID = "imagepin.images.imagepin.dev"
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "pin" {
-		os.Exit(cli.Pin(context.Background(), os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+	// As the kubectl plugin kubectl-imagepin, the subcommand is os.Args[1]
+	// too, and without one the binary says so: it never starts the manager.
+	sub, args, plugin := driftcmd.Subcommand(os.Args)
+	switch sub {
+	case "pin":
+		os.Exit(cli.Pin(context.Background(), args, os.Stdin, os.Stdout, os.Stderr))
+	case "drift":
+		os.Exit(driftcmd.Run(context.Background(), args, os.Stdout, os.Stderr))
+	}
+	if plugin {
+		os.Exit(driftcmd.PluginUsage(os.Args, os.Stdout, os.Stderr))
 	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "imagepin:", err)
