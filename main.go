@@ -15,8 +15,11 @@ limitations under the License.
 */
 
 // Command imagepin is the imagepin operator: without a subcommand it runs
-// the manager (the ImagePin controller, metrics, health probes and, when
-// enabled, the admission webhook); `imagepin pin` pins manifests in CI.
+// the manager (the ImagePin and ClusterImagePin controllers, metrics,
+// health probes and, when enabled, the admission webhook and the push
+// receiver); `imagepin pin` pins manifests in CI; `imagepin drift` (also
+// the kubectl plugin `kubectl imagepin drift`) prints the drift across the
+// cluster.
 package main
 
 import (
@@ -194,6 +197,9 @@ func runManager(o options) error {
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the ImagePin controller: %w", err)
+	}
+	if err := (&controllers.ClusterImagePinReconciler{ImagePinReconciler: reconciler}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up the ClusterImagePin controller: %w", err)
 	}
 	if o.receiverAddr != "0" && o.receiverAddr != "" {
 		if err := addReceiver(mgr, o, resolver, reconciler); err != nil {
