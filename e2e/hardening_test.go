@@ -551,6 +551,27 @@ spec:
 	waitPin(t, ns, "the status written", func(p *imagesv1alpha1.ImagePin) error {
 		return condition(p, imagesv1alpha1.ConditionReady, metav1.ConditionTrue)
 	})
+	// A ClusterImagePin (Observe) over this namespace alone: its status.
+	apply(t, ns, `apiVersion: images.imagepin.dev/v1alpha1
+kind: ClusterImagePin
+metadata: {name: e2e-rbac}
+spec:
+  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: rbac}}
+  mode: Observe
+`)
+	t.Cleanup(func() {
+		_ = local.Client.Delete(ctx, &imagesv1alpha1.ClusterImagePin{ObjectMeta: metav1.ObjectMeta{Name: "e2e-rbac"}})
+	})
+	poll(t, "the ClusterImagePin's status written", 60*time.Second, func() error {
+		var cp imagesv1alpha1.ClusterImagePin
+		if err := local.Client.Get(ctx, client.ObjectKey{Name: "e2e-rbac"}, &cp); err != nil {
+			return err
+		}
+		if cp.Status.Summary.Namespaces != 1 {
+			return fmt.Errorf("status %+v", cp.Status.Summary)
+		}
+		return nil
+	})
 	m.Stop() // a clean stop releases the Lease: one more verb used
 
 	granted := grantsIn(t, filepath.Join(testenv.RepoRoot(), "config", "rbac", "role.yaml"))
@@ -593,8 +614,8 @@ var grantedButNotExercisedHere = func() map[grant]string {
 	// Informers stream their initial state with a watch (WatchList) and
 	// fall back to a list when the API server does not serve that.
 	for _, r := range []struct{ group, resource string }{
-		{"images.imagepin.dev", "imagepins"}, {"apps", "deployments"}, {"apps", "statefulsets"}, {"apps", "daemonsets"},
-		{"apps", "replicasets"}, {"batch", "jobs"}, {"batch", "cronjobs"}, {"", "pods"}, {"", "serviceaccounts"}, {"", "secrets"},
+		{"images.imagepin.dev", "imagepins"}, {"images.imagepin.dev", "clusterimagepins"}, {"apps", "deployments"}, {"apps", "statefulsets"}, {"apps", "daemonsets"},
+		{"apps", "replicasets"}, {"batch", "jobs"}, {"batch", "cronjobs"}, {"", "pods"}, {"", "serviceaccounts"}, {"", "secrets"}, {"", "namespaces"},
 	} {
 		m[grant{r.group, r.resource, "list"}] = "the informer's initial list when the API server does not stream it (client-go's WatchList fallback)"
 	}

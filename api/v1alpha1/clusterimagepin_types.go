@@ -5,8 +5,8 @@ import (
 )
 
 // ClusterImagePinSpec is an ImagePin's spec for many namespaces: the
-// namespaces it selects, then what an ImagePin says for each of them.
-// +kubebuilder:validation:XValidation:rule="!has(self.overrides) || self.overrides.all(o, !has(self.images) || !has(self.images.exclude) || !self.images.exclude.exists(e, e == o.image))",message="an override names an image that spec.images.exclude excludes; remove one of them"
+// namespaces it selects, then what an ImagePin says for each of them (the
+// ImagePinSpec's own validation rules come with it).
 type ClusterImagePinSpec struct {
 	// namespaceSelector selects namespaces by their labels; empty selects
 	// every namespace but those in excludeNamespaces. Namespaces created or

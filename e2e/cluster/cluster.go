@@ -444,6 +444,10 @@ func (c *Cluster) Stop() {
 // Manager is one running imagepin manager process.
 type Manager = testenv.ManagerProcess
 
+// Binary is the imagepin binary the managers run (its subcommands, drift
+// and pin, included).
+func (c *Cluster) Binary() string { return c.opts.Manager }
+
 // ManagerOptions say how to run one more manager.
 type ManagerOptions struct {
 	// Name names the log file, Dir/<Name>.log.
