@@ -252,3 +252,8 @@ curl -s "$IMAGEPIN_METRICS" | grep -E '^imagepin_(registry_requests_total|regist
 
 step "A spec imagepin cannot honour is refused, naming the field"
 show kubectl patch ipin web --type merge -p '{"spec":{"interval":"1s"}}' || true
+
+step "The drift view: one table across the cluster (imagepin drift, also the kubectl plugin kubectl imagepin)"
+say "web runs build 1 by override while :v1 names build 3: the one drifted container of the cluster. bin/kubectl-imagepin on PATH makes it a kubectl plugin:"
+export PATH="$PWD/bin:$PATH"
+show kubectl imagepin drift -A
