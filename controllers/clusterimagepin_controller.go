@@ -98,14 +98,13 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 		return ctrl.Result{}, err
 	}
 
-	now := r.Clock.Now()
 	var all observation
 	var blocked []string
 	var breakdown []imagesv1alpha1.NamespaceSummary
-	requeue := untilNextTick(now, sel.Interval)
+	var followDue time.Time
 	for _, ns := range namespaces {
 		pin := selection.AsImagePin(cp, ns)
-		res, err := r.checkNamespace(ctx, &pin, sel, &ps, now)
+		res, err := r.checkNamespace(ctx, &pin, sel, &ps, r.Clock.Now())
 		if err != nil {
 			return ctrl.Result{}, err
 		}
@@ -114,24 +113,33 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 		for _, b := range res.blocked {
 			blocked = append(blocked, ns+"/"+b)
 		}
+		// Namespaces where it selects nothing are counted, not listed.
 		if res.obs.workloads > 0 || len(res.yieldedTo) > 0 {
-			_, summary := buildImages(nil, checkInput{obs: res.obs, platforms: r.Resolver.Platforms})
-			summary.Omitted = 0
+			_, summary, _ := buildImages(nil, checkInput{obs: res.obs, platforms: r.Resolver.Platforms})
 			breakdown = append(breakdown, imagesv1alpha1.NamespaceSummary{Name: ns, Summary: summary, YieldedTo: res.yieldedTo})
 		}
-		requeue = min(requeue, nextCheck(now, sel.Interval, res.followDue))
+		if !res.followDue.IsZero() && (followDue.IsZero() || res.followDue.Before(followDue)) {
+			followDue = res.followDue
+		}
 	}
 	r.tags.set(self, all.tagRefs())
 	r.forgetNamespacesLeft(cp.Name, namespaces)
 
-	setChecked(&ps, checkInput{
+	now := r.Clock.Now()
+	in := checkInput{
 		generation:   cp.Generation,
 		now:          now,
 		interval:     sel.Interval,
 		obs:          all,
 		platforms:    r.Resolver.Platforms,
 		driftedFirst: true,
-	})
+	}
+	setChecked(&ps, in)
+	// What the merged status left out, per namespace.
+	_, _, omittedBy := buildImages(nil, in)
+	for i := range breakdown {
+		breakdown[i].Omitted = omittedBy[breakdown[i].Name]
+	}
 	sort.Strings(blocked)
 	setConflict(&ps, cp.Generation, cp.Spec.Mode, blocked)
 	metricsPin := &imagesv1alpha1.ImagePin{}
@@ -139,7 +147,7 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 	recordMetrics(metricsPin, &ps)
 	status.Summary.Namespaces = int32(len(namespaces))
 	status.Namespaces = boundBreakdown(breakdown)
-	return ctrl.Result{RequeueAfter: requeue}, nil
+	return ctrl.Result{RequeueAfter: nextCheck(now, sel.Interval, followDue)}, nil
 }
 
 // nsCheck is what one namespace's check found and did.
@@ -350,11 +358,14 @@ func (r *ClusterImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		if !k.Workload || !r.served[k.Name] {
 			continue
 		}
-		b = b.Watches(k.New(), handler.EnqueueRequestsFromMapFunc(r.clusterPinsOfNamespace),
+		b = b.Watches(k.New(), handler.EnqueueRequestsFromMapFunc(r.clusterPinsSelecting(k.Name)),
 			builder.WithPredicates(workloadChanged))
 	}
-	b = b.Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.clusterPinsOfNamespace),
+	b = b.Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.clusterPinsOfOwner),
 		builder.WithPredicates(podRunsSomethingElse()))
+	// An ImagePin created or deleted changes who writes in its namespace.
+	b = b.Watches(&imagesv1alpha1.ImagePin{}, handler.EnqueueRequestsFromMapFunc(r.clusterPinsOfNamespace),
+		builder.WithPredicates(predicate.GenerationChangedPredicate{}))
 	r.clusterHinted = make(chan event.GenericEvent, hintQueue)
 	b = b.WatchesRawSource(source.Channel(r.clusterHinted, &handler.EnqueueRequestForObject{}))
 	return b.Complete(r)
@@ -399,23 +410,57 @@ func (r *ClusterImagePinReconciler) allClusterPins(ctx context.Context, _ client
 	return out
 }
 
-// clusterPinsOfNamespace maps a workload or pod to the ClusterImagePins
-// that select its namespace (whether they select the workload is theirs to
-// find out on the check: a cheap check of a namespace with nothing new).
+// clusterPinsOfNamespace maps an object to the ClusterImagePins that select
+// its namespace.
 func (r *ClusterImagePinReconciler) clusterPinsOfNamespace(ctx context.Context, obj client.Object) []reconcile.Request {
+	return r.clusterPinsFor(ctx, obj.GetNamespace(), nil)
+}
+
+// clusterPinsSelecting maps a workload to the ClusterImagePins that select
+// it (its namespace, kind and labels): a change of a workload none selects
+// costs no check of every namespace.
+func (r *ClusterImagePinReconciler) clusterPinsSelecting(kind imagesv1alpha1.WorkloadKind) handler.MapFunc {
+	return func(ctx context.Context, obj client.Object) []reconcile.Request {
+		return r.clusterPinsFor(ctx, obj.GetNamespace(), func(s *selection.Selection) bool {
+			return s.SelectsKind(kind) && s.SelectsLabels(obj.GetLabels())
+		})
+	}
+}
+
+// clusterPinsOfOwner maps a pod to the ClusterImagePins that select its
+// workload.
+func (r *ClusterImagePinReconciler) clusterPinsOfOwner(ctx context.Context, obj client.Object) []reconcile.Request {
+	owner, kind, err := workload.OwningWorkload(ctx, r.Client, obj)
+	if err != nil || owner == nil {
+		return nil
+	}
+	return r.clusterPinsSelecting(kind)(ctx, owner)
+}
+
+// clusterPinsFor lists the ClusterImagePins that select namespace ns and,
+// if selects is set, whose selection it accepts.
+func (r *ClusterImagePinReconciler) clusterPinsFor(ctx context.Context, ns string, selects func(*selection.Selection) bool) []reconcile.Request {
 	var list imagesv1alpha1.ClusterImagePinList
 	if err := r.List(ctx, &list); err != nil || len(list.Items) == 0 {
 		return nil
 	}
-	var ns corev1.Namespace
-	if err := r.Get(ctx, client.ObjectKey{Name: obj.GetNamespace()}, &ns); err != nil {
+	var n corev1.Namespace
+	if err := r.Get(ctx, client.ObjectKey{Name: ns}, &n); err != nil {
 		return nil
 	}
 	var out []reconcile.Request
 	for i := range list.Items {
-		if selection.SelectsNamespace(&list.Items[i], &ns) {
-			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Name: list.Items[i].Name}})
+		cp := &list.Items[i]
+		if !selection.SelectsNamespace(cp, &n) {
+			continue
 		}
+		if selects != nil {
+			sel, err := selection.Compile(&cp.Spec.ImagePinSpec)
+			if err != nil || !selects(sel) {
+				continue
+			}
+		}
+		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Name: cp.Name}})
 	}
 	return out
 }

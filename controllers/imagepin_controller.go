@@ -184,7 +184,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 func nextCheck(now time.Time, interval time.Duration, followDue time.Time) time.Duration {
 	next := untilNextTick(now, interval)
 	if !followDue.IsZero() {
-		if due := followDue.Sub(now) + tickSlack; due < next {
+		if due := max(followDue.Sub(now), 0) + tickSlack; due < next {
 			return due
 		}
 	}

@@ -32,7 +32,21 @@ type seenDigest struct {
 // out of status (past its bounds) from the manager's memory, so that
 // Follow keeps moving every image however many an ImagePin selects.
 func (r *ImagePinReconciler) firstSeen(pin *imagesv1alpha1.ImagePin, status *imagesv1alpha1.ImagePinStatus, obs observation, now time.Time) map[string]time.Time {
-	out := firstSeenOf(status)
+	// The status's word counts only for the digest the tag resolves to
+	// now: a ClusterImagePin plans from the status of its last check,
+	// whose newest history entry may be the digest the tag just left.
+	resolved := map[string]string{}
+	for _, c := range obs.containers {
+		if c.hasTag && c.err == nil && c.result.Digest != "" {
+			resolved[c.image] = c.result.Digest
+		}
+	}
+	out := map[string]time.Time{}
+	for img, rec := range firstSeenOf(status) {
+		if resolved[img] == rec.digest {
+			out[img] = rec.since
+		}
+	}
 	r.seenMu.Lock()
 	defer r.seenMu.Unlock()
 	if r.seen == nil {
@@ -82,13 +96,13 @@ func (r *ImagePinReconciler) forgetSeen(key types.NamespacedName) {
 	delete(r.seen, key)
 }
 
-// firstSeenOf returns, per image, when its current digest was first seen:
-// the newest entry of its history.
-func firstSeenOf(status *imagesv1alpha1.ImagePinStatus) map[string]time.Time {
-	out := map[string]time.Time{}
+// firstSeenOf returns, per image, its current digest and when it was
+// first seen: the newest entry of its history.
+func firstSeenOf(status *imagesv1alpha1.ImagePinStatus) map[string]seenDigest {
+	out := map[string]seenDigest{}
 	for _, img := range status.Images {
 		if len(img.History) > 0 && img.History[0].Digest == img.Digest {
-			out[img.Image] = img.History[0].FirstSeen.Time
+			out[img.Image] = seenDigest{digest: string(img.Digest), since: img.History[0].FirstSeen.Time}
 		}
 	}
 	return out

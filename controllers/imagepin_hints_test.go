@@ -2,11 +2,14 @@ package controllers
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/registry"
 )
 
@@ -83,5 +86,29 @@ func TestNextCheckIsTheTickOrAFollowFallingDue(t *testing.T) {
 				t.Errorf("nextCheck = %s, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+// A ClusterImagePin plans from the status of its last check: when the tag
+// has just moved, that status's newest history entry is the digest it
+// left, and Follow must not take its age for the new digest's.
+func TestFirstSeenIgnoresTheStatusOfAnotherDigest(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	const img = "reg.io/app:v1"
+	old, moved := "sha256:"+strings.Repeat("a", 64), "sha256:"+strings.Repeat("b", 64)
+	status := &imagesv1alpha1.ImagePinStatus{Images: []imagesv1alpha1.ImageStatus{{
+		Image: img, Digest: imagesv1alpha1.Digest(old),
+		History: []imagesv1alpha1.DigestRecord{{Digest: imagesv1alpha1.Digest(old), FirstSeen: metav1.NewTime(now.Add(-48 * time.Hour))}},
+	}}}
+	obs := observation{containers: []containerObs{{image: img, hasTag: true, result: registry.Result{Digest: moved}}}}
+	pin := &imagesv1alpha1.ImagePin{}
+	pin.Namespace, pin.Name, pin.UID = "team", "ClusterImagePin/platform", "u1"
+	r := &ImagePinReconciler{}
+	if got := r.firstSeen(pin, status, obs, now)[img]; !got.Equal(now) {
+		t.Fatalf("the moved digest is first seen at %s, want now (%s): the status's 48h belong to the digest the tag left", got, now)
+	}
+	obs.containers[0].result.Digest = old
+	if got := r.firstSeen(pin, status, obs, now)[img]; !got.Equal(now.Add(-48 * time.Hour)) {
+		t.Fatalf("the unmoved digest is first seen at %s, want the status's %s", got, now.Add(-48*time.Hour))
 	}
 }

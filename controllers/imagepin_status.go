@@ -90,7 +90,7 @@ func setChecked(status *imagesv1alpha1.ImagePinStatus, in checkInput) {
 	// or every check would look like a change.
 	in.now = in.now.Truncate(time.Second)
 
-	images, summary := buildImages(status.Images, in)
+	images, summary, _ := buildImages(status.Images, in)
 	status.Images = images
 	status.Summary = summary
 	status.ObservedGeneration = in.generation
@@ -112,9 +112,11 @@ func sameCheck(a, b *imagesv1alpha1.ImagePinStatus) bool {
 }
 
 // buildImages groups the observed containers by image, newest history
-// first, within the status bounds.
-func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1alpha1.ImageStatus, imagesv1alpha1.Summary) {
-	summary := imagesv1alpha1.Summary{Workloads: int32(in.obs.workloads)}
+// first, within the status bounds. omittedBy counts, per namespace (""
+// for an ImagePin's), the entries the bounds left out.
+func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) (out []imagesv1alpha1.ImageStatus, summary imagesv1alpha1.Summary, omittedBy map[string]int32) {
+	summary = imagesv1alpha1.Summary{Workloads: int32(in.obs.workloads)}
+	omittedBy = map[string]int32{}
 
 	type reasoned struct {
 		c       containerObs
@@ -130,6 +132,15 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 			Running:       runningList(c.running),
 			Platforms:     in.platforms,
 		})
+		if len(reasons) > maxDriftReasons {
+			reasons = reasons[:maxDriftReasons]
+		}
+		if c.pinned != "" {
+			summary.Pinned++
+		}
+		if drift.Drifted(reasons) {
+			summary.Drifted++
+		}
 		byImage[c.image] = append(byImage[c.image], reasoned{c, reasons})
 		driftedImage[c.image] = driftedImage[c.image] || drift.Drifted(reasons)
 	}
@@ -149,62 +160,70 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) ([]imagesv1al
 	for _, p := range prev {
 		prevByImage[p.Image] = p
 	}
-
-	var out []imagesv1alpha1.ImageStatus
-	entries, bytes := 0, 0
+	// An image stays listed while there is room for images, even when its
+	// workload entries are left out: its history is where Follow and a
+	// rollback find their digests.
+	sts := map[string]*imagesv1alpha1.ImageStatus{}
+	var listed []string
 	for _, img := range names {
-		rcs := byImage[img]
-		if in.driftedFirst {
-			sort.SliceStable(rcs, func(i, j int) bool { return drift.Drifted(rcs[i].reasons) && !drift.Drifted(rcs[j].reasons) })
+		if len(listed) >= maxImages || len(img) > maxImageLength {
+			continue
 		}
-		cs := make([]containerObs, len(rcs))
-		for i, rc := range rcs {
+		cs := make([]containerObs, len(byImage[img]))
+		for i, rc := range byImage[img] {
 			cs[i] = rc.c
 		}
 		st := imageStatus(img, cs, prevByImage[img], in.now)
-		for _, rc := range rcs {
-			c, reasons := rc.c, rc.reasons
-			if c.pinned != "" {
-				summary.Pinned++
-			}
-			if drift.Drifted(reasons) {
-				summary.Drifted++
-			}
-			entry := imagesv1alpha1.WorkloadImage{
-				Namespace: c.namespace,
-				Kind:      c.kind, Name: c.workload, Template: c.template, Container: c.container, Init: c.init, Volume: c.volume,
-				PinnedDigest: imagesv1alpha1.Digest(c.pinned),
-				Running:      c.running,
-				Drift:        reasons,
-			}
-			if len(entry.Drift) > maxDriftReasons {
-				entry.Drift = entry.Drift[:maxDriftReasons]
-			}
-			size := entrySize(entry)
-			if len(out) >= maxImages || len(img) > maxImageLength || len(st.Workloads) >= maxWorkloadsPerImage ||
-				entries >= maxWorkloadEntries || bytes+size > maxStatusBytes {
-				summary.Omitted++
-				continue
-			}
-			entries++
-			bytes += size
-			st.Workloads = append(st.Workloads, entry)
-		}
-		// An image stays listed while there is room for images, even when
-		// its workload entries were left out: its history is where Follow
-		// and a rollback find their digests.
-		if len(out) < maxImages && len(img) <= maxImageLength {
-			sort.Slice(st.Workloads, func(i, j int) bool {
-				a, b := st.Workloads[i], st.Workloads[j]
-				if in.driftedFirst && drift.Drifted(a.Drift) != drift.Drifted(b.Drift) {
-					return drift.Drifted(a.Drift)
+		sts[img] = &st
+		listed = append(listed, img)
+	}
+
+	// Entries in one pass, or (driftedFirst) the drifted ones of every
+	// image before any other, so that the bounds leave out clean ones.
+	passes := []func([]imagesv1alpha1.DriftReason) bool{func([]imagesv1alpha1.DriftReason) bool { return true }}
+	if in.driftedFirst {
+		passes = []func([]imagesv1alpha1.DriftReason) bool{drift.Drifted, func(r []imagesv1alpha1.DriftReason) bool { return !drift.Drifted(r) }}
+	}
+	entries, bytes := 0, 0
+	for _, take := range passes {
+		for _, img := range names {
+			st := sts[img]
+			for _, rc := range byImage[img] {
+				if !take(rc.reasons) {
+					continue
 				}
-				return workloadLess(a, b)
-			})
-			out = append(out, st)
+				c := rc.c
+				entry := imagesv1alpha1.WorkloadImage{
+					Namespace: c.namespace,
+					Kind:      c.kind, Name: c.workload, Template: c.template, Container: c.container, Init: c.init, Volume: c.volume,
+					PinnedDigest: imagesv1alpha1.Digest(c.pinned),
+					Running:      c.running,
+					Drift:        rc.reasons,
+				}
+				size := entrySize(entry)
+				if st == nil || len(st.Workloads) >= maxWorkloadsPerImage || entries >= maxWorkloadEntries || bytes+size > maxStatusBytes {
+					summary.Omitted++
+					omittedBy[c.namespace]++
+					continue
+				}
+				entries++
+				bytes += size
+				st.Workloads = append(st.Workloads, entry)
+			}
 		}
 	}
-	return out, summary
+	for _, img := range listed {
+		st := sts[img]
+		sort.Slice(st.Workloads, func(i, j int) bool {
+			a, b := st.Workloads[i], st.Workloads[j]
+			if in.driftedFirst && drift.Drifted(a.Drift) != drift.Drifted(b.Drift) {
+				return drift.Drifted(a.Drift)
+			}
+			return workloadLess(a, b)
+		})
+		out = append(out, *st)
+	}
+	return out, summary, omittedBy
 }
 
 // imageStatus is the image-level part: what the tag resolves to, the
@@ -247,7 +266,7 @@ func imageStatus(img string, cs []containerObs, prev imagesv1alpha1.ImageStatus,
 
 // entrySize estimates the serialized size of a workload entry.
 func entrySize(w imagesv1alpha1.WorkloadImage) int {
-	n := 160 + len(w.Kind) + len(w.Name) + len(w.Template) + len(w.Container) + len(w.PinnedDigest)
+	n := 160 + len(w.Namespace) + len(w.Kind) + len(w.Name) + len(w.Template) + len(w.Container) + len(w.PinnedDigest)
 	for _, r := range w.Running {
 		n += 100
 		for _, node := range r.Nodes {

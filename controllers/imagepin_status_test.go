@@ -290,3 +290,56 @@ func TestStatusStaysSmallWithManyDigestsAndNodes(t *testing.T) {
 		t.Fatal("nothing was left out, yet the status must have been cut")
 	}
 }
+
+// A ClusterImagePin's status keeps the drifted entries of every image
+// before any clean one, lists drifted images first, and counts what it
+// leaves out per namespace.
+func TestDriftedEntriesAreKeptFirstWhenBounded(t *testing.T) {
+	var cs []containerObs
+	clean := func(image, ns string, n int) {
+		for i := range n {
+			c := resolvedTo(image, fmt.Sprintf("clean-%03d", i), dg("a"), runningOn(dg("a"), 1, "node-a"))
+			c.pinned, c.namespace = dg("a"), ns
+			cs = append(cs, c)
+		}
+	}
+	drifted := func(image, ns string) {
+		c := resolvedTo(image, "drifted", dg("b"), runningOn(dg("a"), 1, "node-a"))
+		c.pinned, c.namespace = dg("a"), ns
+		cs = append(cs, c)
+	}
+	clean("reg.io/a:v1", "ns-a", 300)
+	drifted("reg.io/a:v1", "ns-a")
+	clean("reg.io/b:v1", "ns-b", 300)
+	drifted("reg.io/b:v1", "ns-b")
+	drifted("reg.io/c:v1", "ns-c")
+	clean("reg.io/0-clean:v1", "ns-d", 1)
+	images, summary, omittedBy := buildImages(nil, checkInput{now: t0, obs: obsOf(cs...), driftedFirst: true})
+	if summary.Drifted != 3 {
+		t.Fatalf("summary.drifted = %d, want 3", summary.Drifted)
+	}
+	listedDrift := 0
+	for _, img := range images {
+		for _, w := range img.Workloads {
+			if w.Name == "drifted" {
+				listedDrift++
+			}
+		}
+		if len(img.Workloads) > 0 && img.Workloads[0].Name != "drifted" && img.Image != "reg.io/0-clean:v1" {
+			t.Errorf("%s lists %s first, want its drifted entry first", img.Image, img.Workloads[0].Name)
+		}
+	}
+	if listedDrift != 3 {
+		t.Errorf("%d of 3 drifted entries listed: the bounds left a drifted one out for clean ones", listedDrift)
+	}
+	if images[len(images)-1].Image != "reg.io/0-clean:v1" {
+		t.Errorf("the image without drift is listed at %v, want last", images)
+	}
+	var sum int32
+	for _, n := range omittedBy {
+		sum += n
+	}
+	if summary.Omitted == 0 || sum != summary.Omitted || omittedBy["ns-c"] != 0 {
+		t.Errorf("omitted %d, by namespace %v: want the total split over the namespaces left out", summary.Omitted, omittedBy)
+	}
+}

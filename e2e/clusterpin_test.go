@@ -129,7 +129,7 @@ spec:
 	poll(t, "drift -A to show the moved tag and the split", 60*time.Second, func() error {
 		stdout, stderr, err := kubectlPlugin(t, "imagepin", "drift", "-A")
 		if err != nil {
-			return fmt.Errorf("%v: %s", err, stderr)
+			return fmt.Errorf("%w: %s", err, stderr)
 		}
 		out = stdout
 		for _, want := range []string{"cpin-a", "cpin-later", "TagMoved", "ClusterImagePin/e2e-platform", "cpin-team", "MixedReplicas", "ImagePin/web"} {
@@ -160,7 +160,7 @@ spec:
 	waitPods(t, "cpin-team", "app", allRun(build2, 2))
 	poll(t, "--fail-on MixedReplicas to pass once the split is over", 60*time.Second, func() error {
 		if _, stderr, err := kubectlPlugin(t, "imagepin", "drift", "-n", "cpin-team", "--fail-on", "MixedReplicas"); err != nil {
-			return fmt.Errorf("%v: %s", err, stderr)
+			return fmt.Errorf("%w: %s", err, stderr)
 		}
 		return nil
 	})

@@ -134,7 +134,7 @@ spec:
 	t.Logf("step 4: Drifted: %s", drifted.Message)
 
 	// 5. Pin: the Deployment names the tag's digest; every replica runs it.
-	kubectl("", "patch", "imagepin", "web", "--type=merge", "-p", `{"spec":{"mode":"Pin"}}`)
+	kubectl("", "patch", "ipin", "web", "--type=merge", "-p", `{"spec":{"mode":"Pin"}}`)
 	waitImage(t, ns, "web", image+"@"+string(build2))
 	pods = waitPods(t, ns, "web", allRun(build2, 2))
 	t.Logf("step 5: %s", describe(pods))
@@ -147,7 +147,7 @@ spec:
 	rsPinned := replicaSets(t, ns, "web")
 
 	// 6. Follow: the tag moves once, the Deployment rolls out once.
-	kubectl("", "patch", "imagepin", "web", "--type=merge", "-p", `{"spec":{"mode":"Follow"}}`)
+	kubectl("", "patch", "ipin", "web", "--type=merge", "-p", `{"spec":{"mode":"Follow"}}`)
 	build3 := push(t, "demo/web:v1", "build 3")
 	waitImage(t, ns, "web", image+"@"+string(build3))
 	pods = waitPods(t, ns, "web", allRun(build3, 2))
@@ -171,7 +171,7 @@ spec:
 	}
 
 	// 7. Roll back by override to build 1, although the tag names build 3.
-	kubectl("", "patch", "imagepin", "web", "--type=merge", "-p",
+	kubectl("", "patch", "ipin", "web", "--type=merge", "-p",
 		fmt.Sprintf(`{"spec":{"overrides":[{"image":%q,"digest":%q}]}}`, image, build1))
 	waitImage(t, ns, "web", image+"@"+string(build1))
 	pods = waitPods(t, ns, "web", allRun(build1, 2))

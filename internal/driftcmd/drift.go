@@ -212,8 +212,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		say(stderr, noneFound(namespace, o.all))
 	}
 	if len(o.failOn) > 0 {
+		// Every row in the namespaces asked about counts, whatever
+		// --reason and --all show: a runbook's check does not depend on
+		// what it prints.
 		matched := 0
-		for _, r := range rows {
+		for _, r := range report.rows {
 			if o.failOn.has(r.w.Drift) {
 				matched++
 			}

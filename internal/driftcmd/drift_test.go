@@ -105,12 +105,13 @@ Deployment/worker   worker      registry.example.com/batch/worker:latest   sha25
 `,
 		stderr: batchOmitted,
 	}, {
-		name: "--fail-on looks at the rows --reason keeps only",
+		name: "--fail-on looks at every row, whatever --reason shows",
 		args: []string{"-A", "--reason", "Unresolvable", "--fail-on", "MixedReplicas"},
+		code: 1,
 		stdout: `NAMESPACE   WORKLOAD         CONTAINER      IMAGE                                 TAG NOW   RUNNING   DRIFT                   PIN
 shop        Deployment/web   init:migrate   registry.example.com/shop/migrate:1   <error>   -         Unpinned,Unresolvable   ImagePin/pins
 `,
-		stderr: batchOmitted + cipOmitted,
+		stderr: batchOmitted + cipOmitted + "imagepin drift: 1 container with MixedReplicas (--fail-on)\n",
 	}, {
 		name:   "--fail-on with nothing listed: exit 0",
 		args:   []string{"-n", "quiet", "--fail-on", "TagMoved"},

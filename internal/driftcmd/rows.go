@@ -67,12 +67,19 @@ func (r row) key() key {
 func collect(pins []imagesv1alpha1.ImagePin, cpins []imagesv1alpha1.ClusterImagePin, namespace string) report {
 	var rep report
 	namespaced := map[key]bool{}
+	// A suspended ImagePin's status is its last check's, and by Writer's
+	// rule it takes no part: its rows give way to a ClusterImagePin's.
+	var suspended []row
 	for i := range pins {
 		p := &pins[i]
 		src := source{Kind: sourceImagePin, Name: p.Name}
 		for _, img := range p.Status.Images {
 			for _, w := range img.Workloads {
 				r := newRow(p.Namespace, w, img, src)
+				if p.Spec.Suspend {
+					suspended = append(suspended, r)
+					continue
+				}
 				namespaced[r.key()] = true
 				rep.rows = append(rep.rows, r)
 			}
@@ -98,6 +105,17 @@ func collect(pins []imagesv1alpha1.ImagePin, cpins []imagesv1alpha1.ClusterImage
 		}
 		if n := clusterOmitted(p, namespace); n > 0 {
 			rep.omitted = append(rep.omitted, omittedWarning(n, "ClusterImagePin "+p.Name))
+		}
+	}
+	fromCluster := map[key]bool{}
+	for _, r := range rep.rows {
+		if r.source.Kind == sourceClusterImagePin {
+			fromCluster[r.key()] = true
+		}
+	}
+	for _, r := range suspended {
+		if !fromCluster[r.key()] {
+			rep.rows = append(rep.rows, r)
 		}
 	}
 	slices.SortStableFunc(rep.rows, func(a, b row) int {
@@ -135,11 +153,17 @@ func clusterOmitted(p *imagesv1alpha1.ClusterImagePin, namespace string) int32 {
 			return ns.Omitted
 		}
 	}
-	if len(p.Status.Namespaces) >= int(p.Status.Summary.Namespaces) {
-		return 0 // namespace is not one it selects
+	if len(p.Status.Namespaces) < maxBreakdown {
+		// The breakdown is whole: a namespace it does not name has
+		// nothing there (or is not one it selects).
+		return 0
 	}
 	return p.Status.Summary.Omitted
 }
+
+// maxBreakdown is the CRD's maxItems of a ClusterImagePin's
+// status.namespaces.
+const maxBreakdown = 256
 
 func omittedWarning(n int32, object string) string {
 	return fmt.Sprintf("%d %s of %s %s not listed (status is bounded)", n, plural(int(n), "container"), object, plural2(int(n), "is", "are"))

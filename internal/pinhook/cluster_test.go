@@ -28,7 +28,9 @@ func TestClusterImagePinPinsAtAdmission(t *testing.T) {
 		return ns.Name
 	}
 	optIn := map[string]string{"imagepin-hook-test": "cluster"}
-	pinned, optedOut, other := labelled(optIn), labelled(optIn), labelled(nil)
+	// Created in this order, so that once the webhook's cache shows the
+	// last one's labels (the probe below) it holds the others too.
+	optedOut, other, pinned := labelled(optIn), labelled(nil), labelled(optIn)
 	if err := k8s.Create(ctx, &imagesv1alpha1.ImagePin{
 		ObjectMeta: metav1.ObjectMeta{Namespace: optedOut, Name: "mine"},
 		Spec: imagesv1alpha1.ImagePinSpec{
@@ -38,6 +40,9 @@ func TestClusterImagePinPinsAtAdmission(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// And once it pins for an ImagePin created after "mine", it holds
+	// "mine".
+	pinFor(t, optedOut, "probe")
 	cp := &imagesv1alpha1.ClusterImagePin{ObjectMeta: metav1.ObjectMeta{Name: "hook-platform"}}
 	cp.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: optIn}
 	cp.Spec.Mode = imagesv1alpha1.ModePin
