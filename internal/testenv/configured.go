@@ -21,6 +21,8 @@ var (
 
 // InstallConfiguredKindCRDs installs the TrainJob and BatchSet CRDs.
 func (e *Env) InstallConfiguredKindCRDs() error {
+	installCRDs.Lock()
+	defer installCRDs.Unlock()
 	_, err := envtest.InstallCRDs(e.Config, envtest.CRDInstallOptions{
 		Paths:              []string{filepath.Join(RepoRoot(), "internal", "testenv", "crds")},
 		ErrorIfPathMissing: true,

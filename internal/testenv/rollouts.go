@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -20,10 +21,17 @@ func ArgoRolloutsDir() string {
 	return filepath.Join(RepoRoot(), "bin", "argo-rollouts-"+ArgoRolloutsVersion)
 }
 
+// installCRDs serialises CRD installs of one process.
+var installCRDs sync.Mutex
+
 // InstallArgoRolloutsCRDs installs Argo Rollouts' CRDs (Rollout,
 // AnalysisRun, …) of the pinned version. A missing file is an error, never a
 // skip: run `make test`, which builds them.
 func (e *Env) InstallArgoRolloutsCRDs() error {
+	// Parallel tests install them at once: envtest reads, then creates, so
+	// two calls at a time would both create.
+	installCRDs.Lock()
+	defer installCRDs.Unlock()
 	_, err := envtest.InstallCRDs(e.Config, envtest.CRDInstallOptions{
 		Paths:              []string{filepath.Join(ArgoRolloutsDir(), "crds")},
 		ErrorIfPathMissing: true,
