@@ -20,6 +20,7 @@ CRANE_VERSION          ?= v0.22.1
 # Argo Rollouts is pinned by hack/tools/argo-rollouts/go.mod; keep this in
 # step with it and with internal/testenv.ArgoRolloutsVersion.
 ARGO_ROLLOUTS_VERSION  ?= v1.10.0
+HELM_VERSION           ?= v4.3.1
 
 ROOT      := $(abspath .)
 BIN       := $(ROOT)/bin
@@ -31,6 +32,7 @@ GOLANGCI_LINT  := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 REGISTRY       := $(BIN)/registry-$(REGISTRY_VERSION)
 CRANE          := $(BIN)/crane-$(CRANE_VERSION)
 ARGO_ROLLOUTS  := $(BIN)/argo-rollouts-$(ARGO_ROLLOUTS_VERSION)/rollouts-controller
+HELM           := $(BIN)/helm-$(HELM_VERSION)
 KUBE_APISERVER := $(K8S_DIR)/kube-apiserver
 KUBE_CM        := $(K8S_DIR)/kube-controller-manager
 KUBECTL        := $(K8S_DIR)/kubectl
@@ -60,11 +62,16 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate the CRD, RBAC role and webhook configuration from markers.
+manifests: $(CONTROLLER_GEN) ## Generate the CRD, RBAC role and webhook configuration from markers, and the chart's copies of them.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd webhook paths="./..." \
 		output:crd:artifacts:config=config/crd/bases \
 		output:rbac:artifacts:config=config/rbac \
 		output:webhook:artifacts:config=config/webhook
+	@# The chart renders these, so that there is one source of truth.
+	cp config/crd/bases/*.yaml charts/imagepin/crds/
+	cp config/rbac/role.yaml config/rbac/leader_election_role.yaml charts/imagepin/files/
+	cp config/webhook/manifests.yaml charts/imagepin/files/webhook.yaml
+	cp config/prometheus/rules.yaml config/prometheus/dashboard.json charts/imagepin/files/
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate DeepCopy methods from markers.
@@ -85,10 +92,10 @@ lint: $(GOLANGCI_LINT) ## Run golangci-lint.
 .PHONY: verify
 verify: manifests generate fmt ## Fail if generated or formatted files differ from what is committed.
 	@git diff --exit-code -- . || { echo "generated or formatted files are out of date: run make manifests generate fmt and commit"; exit 1; }
-	@test -z "$$(git status --porcelain --untracked-files=all -- api config)" || { git status --porcelain -- api config; echo "untracked generated files"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- api config charts)" || { git status --porcelain -- api config charts; echo "untracked generated files"; exit 1; }
 
 .PHONY: test
-test: manifests generate fmt vet control-plane $(REGISTRY) $(ARGO_ROLLOUTS) ## Run every test: unit, and integration against the real API server and registry.
+test: manifests generate fmt vet control-plane $(REGISTRY) $(ARGO_ROLLOUTS) $(HELM) test-prometheus ## Run every test: unit, and integration against the real API server and registry.
 	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) test $(TEST_FLAGS) ./...
 
 BENCH_FLAGS ?=
@@ -97,6 +104,10 @@ BENCH_FLAGS ?=
 bench: control-plane $(REGISTRY) ## Run the Go benchmarks, then the cluster benchmarks (hack/bench; BENCH_FLAGS): figures in tmp/bench/results.{md,json}.
 	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) test -run '^$$' -bench . -benchmem ./...
 	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) run ./hack/bench --out tmp/bench/results $(BENCH_FLAGS)
+
+.PHONY: test-prometheus
+test-prometheus: ## Check config/prometheus: rules and dashboard parse, use only metrics imagepin exports, and each alert fires when it should.
+	cd hack/tools/promcheck && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 .PHONY: test-unit
 test-unit: ## Run the tests that need no control plane.
@@ -108,6 +119,13 @@ test-unit: ## Run the tests that need no control plane.
 build: manifests generate fmt vet ## Build the imagepin binary into bin/imagepin.
 	$(GO) build -o $(BIN)/imagepin .
 	ln -sf imagepin $(BIN)/kubectl-imagepin
+
+# --insecure (plain HTTP) or --ca-file FILE for the registry of IMAGE.
+IMAGE_FLAGS ?=
+
+.PHONY: image
+image: ## Build the manager's multi-arch OCI image (linux/amd64, linux/arm64) without a Docker engine; IMAGE=<registry>/<repo>:<tag> pushes it, else it is written as an OCI layout to tmp/image.
+	$(GO) run ./hack/image $(if $(IMAGE),--push $(IMAGE),--layout tmp/image) $(IMAGE_FLAGS)
 
 .PHONY: run
 run: manifests generate ## Run the manager against the cluster of $KUBECONFIG (webhooks off).
@@ -140,7 +158,7 @@ docker-build: ## Build the container image (needs a Docker engine; none runs on 
 control-plane: $(KUBE_APISERVER) $(KUBE_CM) $(KUBECTL) $(ETCD) ## Build etcd, kube-apiserver, kube-controller-manager and kubectl.
 
 .PHONY: tools
-tools: control-plane $(CONTROLLER_GEN) $(GOLANGCI_LINT) $(REGISTRY) $(CRANE) $(ARGO_ROLLOUTS) ## Build every pinned tool.
+tools: control-plane $(CONTROLLER_GEN) $(GOLANGCI_LINT) $(REGISTRY) $(CRANE) $(ARGO_ROLLOUTS) $(HELM) ## Build every pinned tool.
 
 $(KUBE_APISERVER): hack/tools/kubernetes/go.mod
 	cd hack/tools/kubernetes && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/kube-apiserver
@@ -185,3 +203,6 @@ $(GOLANGCI_LINT):
 
 $(CRANE):
 	$(call go-install,github.com/google/go-containerregistry/cmd/crane,$(CRANE_VERSION))
+
+$(HELM):
+	$(call go-install,helm.sh/helm/v4/cmd/helm,$(HELM_VERSION))

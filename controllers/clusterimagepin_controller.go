@@ -142,6 +142,7 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 	}
 	sort.Strings(blocked)
 	setConflict(&ps, cp.Generation, cp.Spec.Mode, blocked)
+	recordConflicts("", metricsName, blocked)
 	metricsPin := &imagesv1alpha1.ImagePin{}
 	metricsPin.Name = metricsName
 	recordMetrics(metricsPin, &ps)

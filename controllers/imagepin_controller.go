@@ -176,6 +176,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	blocked := r.applyWrites(ctx, pin, plan, obs)
 	r.releaseStaleFields(ctx, pin.Namespace, obs, plan)
 	setConflict(status, pin.Generation, pin.Spec.Mode, blocked)
+	recordConflicts(pin.Namespace, pin.Name, blocked)
 	return ctrl.Result{RequeueAfter: nextCheck(now, sel.Interval, followDue)}, nil
 }
 

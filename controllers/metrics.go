@@ -20,8 +20,21 @@ var workloadWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Container images imagepin wrote into workloads, by namespace, ImagePin, workload kind and reason (Pin, Follow, Override).",
 }, []string{"namespace", "imagepin", "kind", "reason"})
 
+// conflictWorkloads is imagepin_conflict_workloads: per ImagePin, the
+// workloads imagepin stopped writing because another actor keeps setting
+// their image back (the Conflict condition).
+var conflictWorkloads = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Name: "imagepin_conflict_workloads",
+	Help: "Workloads imagepin has stopped writing because another actor keeps setting their image back, by namespace and ImagePin (the Conflict condition).",
+}, []string{"namespace", "imagepin"})
+
 func init() {
-	ctrlmetrics.Registry.MustRegister(driftedContainers, workloadWrites)
+	ctrlmetrics.Registry.MustRegister(driftedContainers, workloadWrites, conflictWorkloads)
+}
+
+// recordConflicts sets the conflict gauge of one ImagePin.
+func recordConflicts(namespace, name string, blocked []string) {
+	conflictWorkloads.WithLabelValues(namespace, name).Set(float64(len(blocked)))
 }
 
 var allDriftReasons = []imagesv1alpha1.DriftReason{
@@ -48,4 +61,5 @@ func recordMetrics(pin *imagesv1alpha1.ImagePin, status *imagesv1alpha1.ImagePin
 // forgetMetrics drops the series of a deleted ImagePin.
 func forgetMetrics(namespace, name string) {
 	driftedContainers.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "imagepin": name})
+	conflictWorkloads.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "imagepin": name})
 }

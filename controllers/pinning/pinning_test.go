@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
@@ -415,6 +417,9 @@ func TestRevertingActorIsNotFought(t *testing.T) {
 		}
 		return nil
 	})
+	if got := gaugeValue(t, "imagepin_conflict_workloads", map[string]string{"namespace": ns, "imagepin": "synced"}); got != 1 {
+		t.Errorf("imagepin_conflict_workloads = %v, want 1 while the Deployment is not written", got)
+	}
 	gen := rolloutOf(t, ns, "synced").generation
 	checksAfter(t, pin, time.Now())
 	if r := rolloutOf(t, ns, "synced"); r.generation != gen || r.images["app"] != app {
@@ -509,4 +514,30 @@ func TestTwoImagePinsDoNotFight(t *testing.T) {
 	if r := rolloutOf(t, ns, "shared"); r.generation != gen || r.images["app"] != app+"@"+a {
 		t.Fatalf("the ImagePins took turns: generation %d -> %d, image %s", gen, r.generation, r.images["app"])
 	}
+}
+
+// gaugeValue reads a gauge of the manager's metrics registry by its labels.
+func gaugeValue(t *testing.T, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			match := 0
+			for _, l := range m.GetLabel() {
+				if labels[l.GetName()] == l.GetValue() {
+					match++
+				}
+			}
+			if match == len(labels) {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	return -1
 }

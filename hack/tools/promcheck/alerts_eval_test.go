@@ -152,6 +152,24 @@ func TestRegistryResolutionFailingFiresAfter15Minutes(t *testing.T) {
 	}
 }
 
+func TestConflictFiresAfter5Minutes(t *testing.T) {
+	timeline := evalAlert(t, "ImagePinConflict", `
+  imagepin_conflict_workloads{namespace="team",imagepin="web",pod="a"} 0x5 2x20
+  imagepin_conflict_workloads{namespace="team",imagepin="calm",pod="a"} 0x25
+  imagepin_conflict_workloads{namespace="",imagepin="ClusterImagePin/platform",pod="a"} 1x3 0x22
+`, 25)
+	web := `{imagepin="web", namespace="team"}`
+	wantFired(t, timeline, web)
+	if m := firstFired(timeline, web); m != 11 {
+		t.Errorf("fired at %dm, want 11m (5m after the conflict at 6m)", m)
+	}
+	for m, firing := range timeline {
+		if len(firing) > 1 {
+			t.Errorf("at %dm %d alerts fire, want only %s (a 3-minute conflict is below for: 5m)", m, len(firing), web)
+		}
+	}
+}
+
 func TestWebhookRefusingFiresOnARefusalAndClears(t *testing.T) {
 	timeline := evalAlert(t, "ImagePinWebhookRefusing", `
   imagepin_admission_decisions_total{decision="refused",pod="a"} 0x10 1x30

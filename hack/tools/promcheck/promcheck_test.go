@@ -41,6 +41,7 @@ var (
 var wantAlerts = []string{
 	"ImagePinDriftPersists",
 	"ImagePinRegistryResolutionFailing",
+	"ImagePinConflict",
 	"ImagePinWebhookRefusing",
 	"ImagePinRegistryRateLimited",
 	"ImagePinReceiverRefusing",
