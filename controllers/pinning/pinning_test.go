@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"strings"
 	"testing"
 	"time"
