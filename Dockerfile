@@ -1,5 +1,8 @@
 # syntax=docker/dockerfile:1
-# A static imagepin binary on distroless, running as nonroot.
+# A static imagepin binary on distroless, running as nonroot, for those with
+# a Docker engine (make docker-build). `make image` (hack/image) builds the
+# multi-arch image without one: the same binary and user on no base, with
+# an SBOM, reproducibly; that is the image to release.
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
