@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -195,7 +196,17 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 	// envtest installs the CRDs itself: remove them, so that the chart's
 	// are the ones installed.
 	for _, name := range []string{"imagepins.images.imagepin.dev", "clusterimagepins.images.imagepin.dev"} {
-		_ = k8s.Delete(ctx, &apiextensionsv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: name}})
+		crd := &apiextensionsv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		_ = k8s.Delete(ctx, crd)
+		// Deleting a CRD finishes later (its objects are removed first):
+		// wait, or it would take the chart's CRD of the same name with it.
+		deadline := time.Now().Add(30 * time.Second)
+		for k8s.Get(ctx, client.ObjectKeyFromObject(crd), crd) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("CRD %s is still there 30s after its deletion", name)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 
 	install := []string{"--namespace", "imagepin-system", "--set", "webhook.enabled=true"}
