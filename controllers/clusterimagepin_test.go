@@ -146,8 +146,9 @@ func TestClusterImagePinPinsEverySelectedNamespace(t *testing.T) {
 	if err := k8s.Get(ctx, client.ObjectKey{Name: later}, &n); err != nil {
 		t.Fatal(err)
 	}
+	before := n.DeepCopy()
 	delete(n.Labels, "imagepin-test")
-	if err := k8s.Update(ctx, &n); err != nil {
+	if err := k8s.Patch(ctx, &n, client.MergeFrom(before)); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, func() error {
@@ -208,10 +209,11 @@ func TestNamespacedPinHoldsItsDigestAgainstAClusterImagePin(t *testing.T) {
 	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(cp), &c); err != nil {
 		t.Fatal(err)
 	}
-	// Ask the ClusterImagePin to check again (a spec change), and wait
-	// until it has.
+	// Ask the ClusterImagePin to check again (a spec change, patched: its
+	// status is written meanwhile), and wait until it has.
+	before := c.DeepCopy()
 	c.Spec.Interval = &metav1.Duration{Duration: 2 * c.Spec.Interval.Duration}
-	if err := k8s.Update(context.Background(), &c); err != nil {
+	if err := k8s.Patch(context.Background(), &c, client.MergeFrom(before)); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, func() error {

@@ -41,11 +41,12 @@ func TestClusterImagePinThroughTheBinary(t *testing.T) {
 		if err := local.Client.Get(ctx, client.ObjectKey{Name: ns}, &n); err != nil {
 			t.Fatal(err)
 		}
+		before := n.DeepCopy()
 		if n.Labels == nil {
 			n.Labels = map[string]string{}
 		}
 		n.Labels[label] = "cluster"
-		if err := local.Client.Update(ctx, &n); err != nil {
+		if err := local.Client.Patch(ctx, &n, client.MergeFrom(before)); err != nil {
 			t.Fatal(err)
 		}
 	}
