@@ -71,6 +71,11 @@ var (
 
 func init() {
 	ctrlmetrics.Registry.MustRegister(admissionLatency, admissionDecisions)
+	// Every decision from zero, so that the first refusal after a start
+	// is an increase an alert sees.
+	for _, d := range []string{decisionPinned, decisionUnchanged, decisionWarned, decisionRefused} {
+		admissionDecisions.WithLabelValues(d)
+	}
 }
 
 // Handler pins images at admission.

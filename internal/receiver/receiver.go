@@ -134,6 +134,13 @@ func New(o Options) (*Receiver, error) {
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
 	}
+	// The answers an alert watches, from zero: a first 401 after a start
+	// is an increase.
+	for ep := range authOf {
+		for _, code := range []int{http.StatusAccepted, http.StatusBadRequest, http.StatusUnauthorized} {
+			o.Metrics.Requests.WithLabelValues(ep, strconv.Itoa(code))
+		}
+	}
 	rc := &Receiver{
 		opts:    o,
 		metrics: o.Metrics,

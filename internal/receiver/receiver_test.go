@@ -387,3 +387,10 @@ func waitFor(t *testing.T, ok func() bool, what string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestAnswersAnAlertWatchesStartAtZero(t *testing.T) {
+	f, _ := newFixture(t)
+	if n, want := testutil.CollectAndCount(f.metrics.Requests), 3*len(authOf); n != want {
+		t.Errorf("%d request series at the start, want %d (202, 400 and 401 of every endpoint, at zero)", n, want)
+	}
+}
