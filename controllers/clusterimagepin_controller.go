@@ -208,15 +208,13 @@ func (r *ClusterImagePinReconciler) yieldedTo(ctx context.Context, ns string, ob
 	if len(pins.Items) == 0 {
 		return nil, nil
 	}
-	labelsOf := map[string]map[string]string{}
-	for _, w := range workloads {
-		labelsOf[string(w.Kind)+"/"+w.Name()] = w.Object.GetLabels()
-	}
+	as := selectedAsOf(workloads)
 	writing := selection.WritingOf(pins.Items)
 	seen := map[string]bool{}
 	var out []string
 	for _, c := range obs.containers {
-		for _, name := range writing.Of(c.kind, labelsOf[string(c.kind)+"/"+c.workload]).YieldsTo(c.raw) {
+		a := as[string(c.kind)+"/"+c.workload]
+		for _, name := range writing.Of(a.kind, a.labels).YieldsTo(c.raw) {
 			if !seen[name] {
 				seen[name] = true
 				out = append(out, name)

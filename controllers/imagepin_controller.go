@@ -395,20 +395,7 @@ func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.
 			return nil, err
 		}
 	}
-	// Who writes a workload is decided as it was selected: a Deployment
-	// that a Rollout references (workloadRef) as that Rollout.
-	type selectedAs struct {
-		kind   imagesv1alpha1.WorkloadKind
-		labels map[string]string
-	}
-	as := map[string]selectedAs{}
-	for _, w := range workloads {
-		a := selectedAs{w.Kind, w.Object.GetLabels()}
-		if w.Runner != nil {
-			a = selectedAs{w.RunnerKind.Name, w.Runner.GetLabels()}
-		}
-		as[string(w.Kind)+"/"+w.Name()] = a
-	}
+	as := selectedAsOf(workloads)
 	writing := selection.WritingOf(pins.Items, clusterPins...)
 	out := plan[:0:0]
 	for _, w := range plan {
@@ -429,4 +416,25 @@ func (r *ImagePinReconciler) ownWrites(ctx context.Context, pin *imagesv1alpha1.
 		}
 	}
 	return out, nil
+}
+
+// selectedAs is the kind and labels a workload was selected by.
+type selectedAs struct {
+	kind   imagesv1alpha1.WorkloadKind
+	labels map[string]string
+}
+
+// selectedAsOf gives, by "Kind/name", how each workload was selected: who
+// writes it is decided so, a Deployment that a Rollout references
+// (workloadRef) as that Rollout.
+func selectedAsOf(workloads []workload.Workload) map[string]selectedAs {
+	as := map[string]selectedAs{}
+	for _, w := range workloads {
+		a := selectedAs{w.Kind, w.Object.GetLabels()}
+		if w.Runner != nil {
+			a = selectedAs{w.RunnerKind.Name, w.Runner.GetLabels()}
+		}
+		as[string(w.Kind)+"/"+w.Name()] = a
+	}
+	return as
 }
