@@ -100,7 +100,7 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 
 	var all observation
 	var blocked []string
-	var breakdown []imagesv1alpha1.NamespaceSummary
+	var listed []nsCheck // namespaces where it selects something
 	var followDue time.Time
 	for _, ns := range namespaces {
 		pin := selection.AsImagePin(cp, ns)
@@ -115,8 +115,7 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 		}
 		// Namespaces where it selects nothing are counted, not listed.
 		if res.obs.workloads > 0 || len(res.yieldedTo) > 0 {
-			_, summary, _ := buildImages(nil, checkInput{obs: res.obs, platforms: r.Resolver.Platforms})
-			breakdown = append(breakdown, imagesv1alpha1.NamespaceSummary{Name: ns, Summary: summary, YieldedTo: res.yieldedTo})
+			listed = append(listed, res)
 		}
 		if !res.followDue.IsZero() && (followDue.IsZero() || res.followDue.Before(followDue)) {
 			followDue = res.followDue
@@ -134,11 +133,15 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 		platforms:    r.Resolver.Platforms,
 		driftedFirst: true,
 	}
-	setChecked(&ps, in)
-	// What the merged status left out, per namespace.
-	_, _, omittedBy := buildImages(nil, in)
-	for i := range breakdown {
-		breakdown[i].Omitted = omittedBy[breakdown[i].Name]
+	byNamespace := setChecked(&ps, in)
+	breakdown := make([]imagesv1alpha1.NamespaceSummary, 0, len(listed))
+	for _, res := range listed {
+		var summary imagesv1alpha1.Summary
+		if s := byNamespace[res.namespace]; s != nil {
+			summary = *s
+		}
+		summary.Workloads = int32(res.obs.workloads)
+		breakdown = append(breakdown, imagesv1alpha1.NamespaceSummary{Name: res.namespace, Summary: summary, YieldedTo: res.yieldedTo})
 	}
 	sort.Strings(blocked)
 	setConflict(&ps, cp.Generation, cp.Spec.Mode, blocked)
@@ -153,6 +156,7 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 
 // nsCheck is what one namespace's check found and did.
 type nsCheck struct {
+	namespace string
 	obs       observation
 	blocked   []string
 	followDue time.Time
@@ -163,7 +167,7 @@ type nsCheck struct {
 // namespace, what reconcile does for an ImagePin: observe, plan the
 // writes, keep those it is the writer of, write them.
 func (r *ClusterImagePinReconciler) checkNamespace(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, ps *imagesv1alpha1.ImagePinStatus, now time.Time) (nsCheck, error) {
-	var res nsCheck
+	res := nsCheck{namespace: pin.Namespace}
 	workloads, err := workload.List(ctx, r.Client, pin.Namespace, r.servedKinds(sel.Kinds()), sel.Labels())
 	if err != nil {
 		return res, err

@@ -84,13 +84,13 @@ type checkInput struct {
 // history and workloads, summary, Ready and Drifted. lastCheckTime moves
 // only when something else changed or an interval has passed, so that pod
 // churn does not turn into a status write per event.
-func setChecked(status *imagesv1alpha1.ImagePinStatus, in checkInput) {
+func setChecked(status *imagesv1alpha1.ImagePinStatus, in checkInput) (byNamespace map[string]*imagesv1alpha1.Summary) {
 	before := status.DeepCopy()
 	// The API stores times to the second: compute with what it will keep,
 	// or every check would look like a change.
 	in.now = in.now.Truncate(time.Second)
 
-	images, summary, _ := buildImages(status.Images, in)
+	images, summary, byNamespace := buildImages(status.Images, in)
 	status.Images = images
 	status.Summary = summary
 	status.ObservedGeneration = in.generation
@@ -102,6 +102,7 @@ func setChecked(status *imagesv1alpha1.ImagePinStatus, in checkInput) {
 		t := metav1.NewTime(in.now)
 		status.LastCheckTime = &t
 	}
+	return byNamespace
 }
 
 // sameCheck compares two statuses but for lastCheckTime.
@@ -112,11 +113,19 @@ func sameCheck(a, b *imagesv1alpha1.ImagePinStatus) bool {
 }
 
 // buildImages groups the observed containers by image, newest history
-// first, within the status bounds. omittedBy counts, per namespace (""
-// for an ImagePin's), the entries the bounds left out.
-func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) (out []imagesv1alpha1.ImageStatus, summary imagesv1alpha1.Summary, omittedBy map[string]int32) {
+// first, within the status bounds. byNamespace counts images, pinned,
+// drifted and omitted entries per namespace ("" for an ImagePin's; its
+// workloads are the caller's to count): a ClusterImagePin's breakdown.
+func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) (out []imagesv1alpha1.ImageStatus, summary imagesv1alpha1.Summary, byNamespace map[string]*imagesv1alpha1.Summary) {
 	summary = imagesv1alpha1.Summary{Workloads: int32(in.obs.workloads)}
-	omittedBy = map[string]int32{}
+	byNamespace = map[string]*imagesv1alpha1.Summary{}
+	nsSummary := func(ns string) *imagesv1alpha1.Summary {
+		if byNamespace[ns] == nil {
+			byNamespace[ns] = &imagesv1alpha1.Summary{}
+		}
+		return byNamespace[ns]
+	}
+	imageIn := map[[2]string]bool{}
 
 	type reasoned struct {
 		c       containerObs
@@ -135,11 +144,18 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) (out []images
 		if len(reasons) > maxDriftReasons {
 			reasons = reasons[:maxDriftReasons]
 		}
+		ns := nsSummary(c.namespace)
+		if !imageIn[[2]string{c.namespace, c.image}] {
+			imageIn[[2]string{c.namespace, c.image}] = true
+			ns.Images++
+		}
 		if c.pinned != "" {
 			summary.Pinned++
+			ns.Pinned++
 		}
 		if drift.Drifted(reasons) {
 			summary.Drifted++
+			ns.Drifted++
 		}
 		byImage[c.image] = append(byImage[c.image], reasoned{c, reasons})
 		driftedImage[c.image] = driftedImage[c.image] || drift.Drifted(reasons)
@@ -203,7 +219,7 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) (out []images
 				size := entrySize(entry)
 				if st == nil || len(st.Workloads) >= maxWorkloadsPerImage || entries >= maxWorkloadEntries || bytes+size > maxStatusBytes {
 					summary.Omitted++
-					omittedBy[c.namespace]++
+					nsSummary(c.namespace).Omitted++
 					continue
 				}
 				entries++
@@ -223,7 +239,7 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) (out []images
 		})
 		out = append(out, *st)
 	}
-	return out, summary, omittedBy
+	return out, summary, byNamespace
 }
 
 // imageStatus is the image-level part: what the tag resolves to, the

@@ -314,7 +314,11 @@ func TestDriftedEntriesAreKeptFirstWhenBounded(t *testing.T) {
 	drifted("reg.io/b:v1", "ns-b")
 	drifted("reg.io/c:v1", "ns-c")
 	clean("reg.io/0-clean:v1", "ns-d", 1)
-	images, summary, omittedBy := buildImages(nil, checkInput{now: t0, obs: obsOf(cs...), driftedFirst: true})
+	images, summary, byNamespace := buildImages(nil, checkInput{now: t0, obs: obsOf(cs...), driftedFirst: true})
+	omittedBy := map[string]int32{}
+	for ns, s := range byNamespace {
+		omittedBy[ns] = s.Omitted
+	}
 	if summary.Drifted != 3 {
 		t.Fatalf("summary.drifted = %d, want 3", summary.Drifted)
 	}
