@@ -103,10 +103,21 @@ spec:
 }
 
 // metric returns the value of the first sample of a metric whose line
-// starts with prefix on a manager's /metrics, or "" if there is none. A
-// manager whose /metrics does not answer fails the test: an absent sample
-// must mean absent, not unreachable.
+// starts with prefix on a manager's /metrics, or "" if there is none.
 func metric(t *testing.T, m *cluster.Manager, prefix string) string {
+	t.Helper()
+	for _, line := range metricLines(t, m) {
+		if strings.HasPrefix(line, prefix) {
+			return line[strings.LastIndex(line, " ")+1:]
+		}
+	}
+	return ""
+}
+
+// metricLines reads a manager's /metrics. A manager whose /metrics does
+// not answer fails the test: an absent sample must mean absent, not
+// unreachable.
+func metricLines(t *testing.T, m *cluster.Manager) []string {
 	t.Helper()
 	resp, err := http.Get(m.MetricsURL) //nolint:noctx // a test helper against 127.0.0.1
 	if err != nil {
@@ -115,18 +126,17 @@ func metric(t *testing.T, m *cluster.Manager, prefix string) string {
 	defer func() { _ = resp.Body.Close() }()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	value, seen := "", false
+	var lines []string
+	seen := false
 	for sc.Scan() {
 		line := sc.Text()
 		seen = seen || strings.HasPrefix(line, "go_goroutines ")
-		if value == "" && strings.HasPrefix(line, prefix) {
-			value = line[strings.LastIndex(line, " ")+1:]
-		}
+		lines = append(lines, line)
 	}
 	if err := sc.Err(); err != nil || !seen {
 		t.Fatalf("metrics of %s: unreadable (%v) or without go_goroutines", m.Name, err)
 	}
-	return value
+	return lines
 }
 
 const leaderMetric = `leader_election_master_status{name="imagepin.images.imagepin.dev"}`

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -245,16 +244,8 @@ func flood(t *testing.T, n int, body []byte) map[int]int {
 // with prefix and contains every one of labels.
 func metricSum(t *testing.T, m *cluster.Manager, prefix string, labels ...string) float64 {
 	t.Helper()
-	resp, err := http.Get(m.MetricsURL) //nolint:noctx // a test helper against 127.0.0.1
-	if err != nil {
-		t.Fatalf("metrics of %s: %v", m.Name, err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	var sum float64
-	for sc.Scan() {
-		line := sc.Text()
+	for _, line := range metricLines(t, m) {
 		if !strings.HasPrefix(line, prefix) {
 			continue
 		}
@@ -265,8 +256,7 @@ func metricSum(t *testing.T, m *cluster.Manager, prefix string, labels ...string
 		if !matches {
 			continue
 		}
-		v, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
-		if err == nil {
+		if v, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64); err == nil {
 			sum += v
 		}
 	}
