@@ -136,6 +136,15 @@ type ImagePinSpec struct {
 	// status keeps what was last seen.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
+
+	// verify, when set, makes Pin and Follow write only digests whose
+	// signatures verify, and the admission webhook pin only those: a
+	// digest that does not verify is reported (drift Unverified) and not
+	// rolled out, and admission refuses it or admits the workload
+	// unpinned with a warning, per failurePolicy. Observe reports
+	// verification without acting.
+	// +optional
+	Verify *VerifySpec `json:"verify,omitempty"`
 }
 
 // ImageFilter selects container images by reference. A reference is matched
@@ -191,7 +200,7 @@ type ImageOverride struct {
 
 // DriftReason names one way a workload container differs from what its tag
 // means.
-// +kubebuilder:validation:Enum=Unpinned;TagMoved;MixedReplicas;RolloutPending;Unresolvable
+// +kubebuilder:validation:Enum=Unpinned;TagMoved;MixedReplicas;RolloutPending;Unresolvable;Unverified
 type DriftReason string
 
 // Drift reasons, per workload container. docs/reference.md explains each.
@@ -207,6 +216,9 @@ const (
 	DriftRolloutPending DriftReason = "RolloutPending"
 	// DriftUnresolvable: the registry could not resolve the tag.
 	DriftUnresolvable DriftReason = "Unresolvable"
+	// DriftUnverified: spec.verify is set, and the digest the tag resolves
+	// to, or the one the spec pins, does not verify; it is not rolled out.
+	DriftUnverified DriftReason = "Unverified"
 )
 
 // Condition types an ImagePin reports.
@@ -219,6 +231,9 @@ const (
 	// ConditionConflict is True when another actor keeps reverting images
 	// imagepin wrote, and imagepin has stopped writing that workload.
 	ConditionConflict = "Conflict"
+	// ConditionVerified, with spec.verify set, is True when every digest
+	// the selected images resolve to or pin verifies.
+	ConditionVerified = "Verified"
 )
 
 // Condition reasons an ImagePin reports.
@@ -242,6 +257,15 @@ const (
 	// ReasonImageReverted (Conflict=True): another field manager keeps
 	// setting an image back.
 	ReasonImageReverted = "ImageReverted"
+	// ReasonSignaturesVerified (Verified=True): every digest verifies.
+	ReasonSignaturesVerified = "SignaturesVerified"
+	// ReasonUnverified (Verified=False): a digest does not verify; the
+	// message names the image, the digest and why.
+	ReasonUnverified = "Unverified"
+	// ReasonVerifyConfigError (Verified=False): spec.verify's keys or
+	// trusted root cannot be read or parsed; the message names the field.
+	// Nothing is written until they can.
+	ReasonVerifyConfigError = "VerifyConfigError"
 )
 
 // ImagePinStatus is what imagepin last saw. It stays bounded however many
@@ -321,6 +345,11 @@ type ImageStatus struct {
 	// +kubebuilder:validation:MaxLength=1024
 	Error string `json:"error,omitempty"`
 
+	// verification is what signature verification said of digest, with
+	// spec.verify set.
+	// +optional
+	Verification *Verification `json:"verification,omitempty"`
+
 	// history lists digests this tag has pointed to, newest first, capped
 	// at 10: where to find a digest to roll back to.
 	// +optional
@@ -343,6 +372,10 @@ type DigestRecord struct {
 	// firstSeen is when imagepin first saw the tag point to digest.
 	// +required
 	FirstSeen metav1.Time `json:"firstSeen"`
+	// verification is what signature verification last said of digest,
+	// with spec.verify set: whether it is a digest to roll back to.
+	// +optional
+	Verification *Verification `json:"verification,omitempty"`
 }
 
 // WorkloadImage is one container of one workload that uses an image.
@@ -391,7 +424,7 @@ type WorkloadImage struct {
 	// empty when it does not.
 	// +optional
 	// +listType=set
-	// +kubebuilder:validation:MaxItems=5
+	// +kubebuilder:validation:MaxItems=6
 	Drift []DriftReason `json:"drift,omitempty"`
 }
 

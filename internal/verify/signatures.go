@@ -1,0 +1,335 @@
+package verify
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/root"
+	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
+)
+
+// What is read of a registry, bounded: input from outside.
+const (
+	// maxSignatures is how many legacy signature layers and how many
+	// bundle referrers are looked at per digest.
+	maxSignatures = 16
+	// maxBlob bounds a signature payload or a bundle.
+	maxBlob = 256 << 10
+)
+
+// Media types and annotations of cosign's formats.
+const (
+	simpleSigningMediaType = "application/vnd.dev.cosign.simplesigning.v1+json"
+	legacySigAnnotation    = "dev.cosignproject.cosign/signature"
+	legacyCertAnnotation   = "dev.sigstore.cosign/certificate"
+	bundleArtifactPrefix   = "application/vnd.dev.sigstore.bundle"
+	cosignSignatureType    = "cosign container image signature"
+)
+
+// legacySig is one layer of a "sha256-<hex>.sig" manifest: a payload and
+// the signature over it.
+type legacySig struct {
+	payload   []byte
+	signature []byte
+	keyless   bool // carries a Fulcio certificate
+}
+
+// found is every signature read for a digest.
+type found struct {
+	legacy  []legacySig
+	bundles []*bundle.Bundle
+	// malformed says what could not be read as a signature (a bad
+	// annotation, a bundle that does not parse): evidence of tampering,
+	// reported when nothing verifies.
+	malformed []string
+}
+
+func (f *found) none() bool {
+	return len(f.legacy) == 0 && len(f.bundles) == 0 && len(f.malformed) == 0
+}
+
+// read fetches the signatures of digest in repo: the legacy tag (a GET of
+// its manifest, 404 when there is none, then a GET of each payload) and
+// the referrers (one GET of the referrers list, then the manifest and the
+// blob of each bundle). A registry failure is returned: verification then
+// fails closed.
+func read(ctx context.Context, repo name.Repository, p *remote.Puller, digest string) (*found, error) {
+	f := &found{}
+	if err := readLegacy(ctx, repo, p, digest, f); err != nil {
+		return nil, fmt.Errorf("read %s: %w", legacyTag(repo, digest), err)
+	}
+	if err := readBundles(ctx, repo, p, digest, f); err != nil {
+		return nil, fmt.Errorf("read the referrers of %s: %w", repo.Digest(digest), err)
+	}
+	return f, nil
+}
+
+// legacyTag is where cosign stores a digest's signatures by default.
+func legacyTag(repo name.Repository, digest string) name.Tag {
+	return repo.Tag(strings.Replace(digest, ":", "-", 1) + ".sig")
+}
+
+func notFound(err error) bool {
+	var terr *transport.Error
+	return errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound
+}
+
+func readLegacy(ctx context.Context, repo name.Repository, p *remote.Puller, digest string, f *found) error {
+	desc, err := p.Get(ctx, legacyTag(repo, digest))
+	if notFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
+	if err != nil {
+		f.malformed = append(f.malformed, "the .sig manifest does not parse")
+		return nil
+	}
+	for i, l := range m.Layers {
+		if i == maxSignatures {
+			f.malformed = append(f.malformed, fmt.Sprintf("more than %d signature layers; the rest not read", maxSignatures))
+			break
+		}
+		if l.MediaType != simpleSigningMediaType {
+			continue
+		}
+		sig, err := base64.StdEncoding.DecodeString(l.Annotations[legacySigAnnotation])
+		if err != nil || len(sig) == 0 {
+			f.malformed = append(f.malformed, fmt.Sprintf(".sig layer %d has no valid %s annotation", i, legacySigAnnotation))
+			continue
+		}
+		payload, err := readBlob(ctx, repo, p, l)
+		if err != nil {
+			return err
+		}
+		f.legacy = append(f.legacy, legacySig{payload: payload, signature: sig, keyless: l.Annotations[legacyCertAnnotation] != ""})
+	}
+	return nil
+}
+
+func readBundles(ctx context.Context, repo name.Repository, p *remote.Puller, digest string, f *found) error {
+	idx, err := remote.Referrers(repo.Digest(digest), remote.Reuse(p), remote.WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, d := range im.Manifests {
+		if !strings.HasPrefix(d.ArtifactType, bundleArtifactPrefix) {
+			continue
+		}
+		if n == maxSignatures {
+			f.malformed = append(f.malformed, fmt.Sprintf("more than %d bundle referrers; the rest not read", maxSignatures))
+			break
+		}
+		n++
+		desc, err := p.Get(ctx, repo.Digest(d.Digest.String()))
+		if err != nil {
+			return err
+		}
+		m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
+		if err != nil || len(m.Layers) == 0 {
+			f.malformed = append(f.malformed, fmt.Sprintf("bundle referrer %s has no layer", d.Digest))
+			continue
+		}
+		raw, err := readBlob(ctx, repo, p, m.Layers[0])
+		if err != nil {
+			return err
+		}
+		b := &bundle.Bundle{}
+		if err := b.UnmarshalJSON(raw); err != nil {
+			f.malformed = append(f.malformed, fmt.Sprintf("bundle referrer %s does not parse: %v", d.Digest, err))
+			continue
+		}
+		f.bundles = append(f.bundles, b)
+	}
+	return nil
+}
+
+// readBlob GETs a blob, at most maxBlob bytes; the registry's bytes are
+// checked against the digest as they are read.
+func readBlob(ctx context.Context, repo name.Repository, p *remote.Puller, d v1.Descriptor) ([]byte, error) {
+	if d.Size > maxBlob {
+		return nil, fmt.Errorf("blob %s is %d bytes, more than the %d a signature may have", d.Digest, d.Size, maxBlob)
+	}
+	l, err := p.Layer(ctx, repo.Digest(d.Digest.String()))
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, maxBlob+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxBlob {
+		return nil, fmt.Errorf("blob %s is larger than the %d bytes a signature may have", d.Digest, maxBlob)
+	}
+	return b, nil
+}
+
+// outcome is one signature's verdict.
+type outcome struct {
+	verified bool
+	by       string // who signed, when verified
+	invalid  string // why it does not count for this digest at all
+	untrust  string // why no trusted key or identity verifies it
+}
+
+// checkLegacy verifies a legacy signature: the signature over the payload
+// by one of the keys, and a payload that names this digest.
+func (p *Policy) checkLegacy(s legacySig, digest string) outcome {
+	var payload struct {
+		Critical struct {
+			Image struct {
+				Digest string `json:"docker-manifest-digest"`
+			} `json:"image"`
+			Type string `json:"type"`
+		} `json:"critical"`
+	}
+	if err := json.Unmarshal(s.payload, &payload); err != nil {
+		return outcome{invalid: "a .sig payload is not a cosign signature payload"}
+	}
+	if payload.Critical.Type != cosignSignatureType {
+		return outcome{invalid: fmt.Sprintf("a .sig payload is of type %q, not %q", payload.Critical.Type, cosignSignatureType)}
+	}
+	if payload.Critical.Image.Digest != digest {
+		return outcome{invalid: fmt.Sprintf("a .sig payload signs %s, not this digest", payload.Critical.Image.Digest)}
+	}
+	for _, k := range p.keys {
+		if err := k.verifier.VerifySignature(bytes.NewReader(s.signature), bytes.NewReader(s.payload)); err == nil {
+			if p.requireLog {
+				return outcome{untrust: fmt.Sprintf("a legacy .sig signature by %s, but transparencyLog is Require and legacy signatures are not checked against the log: sign with the bundle format", k.name)}
+			}
+			return outcome{verified: true, by: k.name + ", legacy .sig"}
+		}
+	}
+	if s.keyless {
+		return outcome{untrust: "a legacy keyless .sig signature: keyless signatures are verified in the bundle format only"}
+	}
+	if len(p.keys) == 0 {
+		return outcome{untrust: "a legacy .sig signature, and no keys are trusted"}
+	}
+	return outcome{untrust: "a legacy .sig signature that none of the trusted keys verifies (another key, or altered)"}
+}
+
+// checkBundle verifies a Sigstore bundle with sigstore-go: by a trusted
+// key, or by a certificate of a trusted identity chaining to the trusted
+// root; in both cases over this digest, and logged in Rekor when the
+// policy requires it.
+func (p *Policy) checkBundle(b sgverify.SignedEntity, digest string) outcome {
+	raw, err := hex.DecodeString(strings.TrimPrefix(digest, "sha256:"))
+	if err != nil {
+		return outcome{invalid: "not a sha256 digest"}
+	}
+	artifact := sgverify.WithArtifactDigest("sha256", raw)
+	vc, err := b.VerificationContent()
+	if err != nil {
+		return outcome{invalid: fmt.Sprintf("a bundle without verification material: %v", err)}
+	}
+	var reasons []string
+	if vc.Certificate() == nil {
+		for _, k := range p.keys {
+			err := p.verifyWith(b, p.keyMaterial(k), false, artifact, sgverify.WithKey())
+			if err == nil {
+				return outcome{verified: true, by: k.name + ", bundle"}
+			}
+			if errors.Is(err, errLogMissing) {
+				return outcome{untrust: fmt.Sprintf("a bundle signed by %s, but %v", k.name, err)}
+			}
+			reasons = append(reasons, err.Error())
+		}
+		if len(p.keys) == 0 {
+			return outcome{untrust: "a bundle signed by a key, and no keys are trusted"}
+		}
+		return outcome{untrust: "a bundle that none of the trusted keys verifies (another key, or altered)"}
+	}
+	if len(p.identities) == 0 {
+		return outcome{untrust: "a keyless bundle, and no keyless identities are trusted"}
+	}
+	opts := make([]sgverify.PolicyOption, 0, len(p.identities))
+	for _, id := range p.identities {
+		opts = append(opts, sgverify.WithCertificateIdentity(id))
+	}
+	err = p.verifyWith(b, p.root, true, artifact, opts...)
+	if err == nil {
+		return outcome{verified: true, by: "keyless, bundle"}
+	}
+	return outcome{untrust: "a keyless bundle that does not verify: " + oneLine(err.Error())}
+}
+
+var errLogMissing = errors.New("transparencyLog is Require and it has no Rekor entry the trusted root verifies")
+
+// keyMaterial trusts k whatever key hint a bundle gives, and with a root
+// its logs and timestamp authorities.
+func (p *Policy) keyMaterial(k trustedKey) root.TrustedMaterial {
+	km := root.NewTrustedPublicKeyMaterial(func(string) (root.TimeConstrainedVerifier, error) {
+		return root.NewExpiringKey(k.verifier, time.Time{}, time.Time{}), nil
+	})
+	if p.root != nil {
+		return root.TrustedMaterialCollection{p.root, km}
+	}
+	return km
+}
+
+// verifyWith runs sigstore-go's verifier.
+func (p *Policy) verifyWith(b sgverify.SignedEntity, tm root.TrustedMaterial, keyless bool, artifact sgverify.ArtifactPolicyOption, opts ...sgverify.PolicyOption) error {
+	var vopts []sgverify.VerifierOption
+	switch {
+	case p.requireLog:
+		vopts = append(vopts, sgverify.WithTransparencyLog(1), sgverify.WithObserverTimestamps(1))
+	case keyless:
+		// A certificate is checked at the time a log or a timestamp
+		// authority observed the signature.
+		vopts = append(vopts, sgverify.WithObserverTimestamps(1))
+	default:
+		vopts = append(vopts, sgverify.WithNoObserverTimestamps())
+	}
+	if keyless && p.root != nil && len(p.root.CTLogs()) > 0 {
+		vopts = append(vopts, sgverify.WithSignedCertificateTimestamps(1))
+	}
+	v, err := sgverify.NewVerifier(tm, vopts...)
+	if err != nil {
+		return err
+	}
+	_, err = v.Verify(b, sgverify.NewPolicy(artifact, opts...))
+	if err != nil && p.requireLog && isLogError(err) {
+		return fmt.Errorf("%w: %v", errLogMissing, oneLine(err.Error()))
+	}
+	return err
+}
+
+func isLogError(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "transparency log") || strings.Contains(s, "tlog") || strings.Contains(s, "threshold not met")
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}
