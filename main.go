@@ -51,6 +51,7 @@ import (
 	"github.com/imagepin/imagepin/internal/pinhook"
 	"github.com/imagepin/imagepin/internal/receiver"
 	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/verify"
 	"github.com/imagepin/imagepin/internal/workload"
 )
 
@@ -187,6 +188,10 @@ func runManager(o options) error {
 	// One for the controller and the webhook: the cloud keychains' tokens
 	// are fetched once and shared.
 	keychains := &registry.Keychains{Reader: mgr.GetClient(), Cloud: o.cloudKeychains}
+	// One verifier too: a digest verified by a check is admitted from
+	// its cache, and the other way round.
+	verifier := verify.New(resolver, nil, verify.NewMetrics(ctrlmetrics.Registry))
+	verifyLoader := &verify.Loader{Reader: mgr.GetAPIReader()}
 
 	reconciler := &controllers.ImagePinReconciler{
 		Client:    mgr.GetClient(),
@@ -195,6 +200,9 @@ func runManager(o options) error {
 		Recorder:  mgr.GetEventRecorder("imagepin"),
 		APIReader: mgr.GetAPIReader(),
 		Workers:   o.workers,
+
+		Verifier:     verifier,
+		VerifyLoader: verifyLoader,
 
 		ConflictBackoff: o.conflictBackoff,
 	}
@@ -214,6 +222,9 @@ func runManager(o options) error {
 			Reader:    mgr.GetClient(),
 			Resolver:  resolver,
 			Keychains: keychains,
+
+			Verifier:     verifier,
+			VerifyLoader: verifyLoader,
 		}})
 	}
 

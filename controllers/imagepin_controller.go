@@ -28,6 +28,7 @@ import (
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/selection"
+	"github.com/imagepin/imagepin/internal/verify"
 	"github.com/imagepin/imagepin/internal/workload"
 )
 
@@ -40,6 +41,11 @@ type ImagePinReconciler struct {
 	Resolver *registry.Resolver
 	// Keychains builds each workload's credentials from the cache.
 	Keychains *registry.Keychains
+	// Verifier verifies signatures for spec.verify, shared with the
+	// webhook; VerifyLoader reads its keys. SetupWithManager makes them
+	// when nil.
+	Verifier     *verify.Verifier
+	VerifyLoader *verify.Loader
 	// Recorder emits events on transitions; nil emits none.
 	Recorder events.EventRecorder
 	// Clock stamps lastCheckTime and history; tests inject a fake one.
@@ -90,7 +96,8 @@ type ImagePinReconciler struct {
 // +kubebuilder:rbac:groups=batch,resources=cronjobs,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=argoproj.io,resources=rollouts,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=pods;serviceaccounts,verbs=list;watch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile computes an ImagePin's status once and patches it once, only
@@ -249,6 +256,12 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if r.Keychains == nil {
 		r.Keychains = &registry.Keychains{Reader: mgr.GetClient()}
+	}
+	if r.Verifier == nil {
+		r.Verifier = verify.New(r.Resolver, r.Clock, nil)
+	}
+	if r.VerifyLoader == nil {
+		r.VerifyLoader = &verify.Loader{Reader: mgr.GetAPIReader(), Clock: r.Clock}
 	}
 	if err := workload.IndexOwners(context.Background(), mgr.GetFieldIndexer()); err != nil {
 		return err

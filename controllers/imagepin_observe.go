@@ -16,6 +16,7 @@ import (
 	"github.com/imagepin/imagepin/internal/drift"
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/selection"
+	"github.com/imagepin/imagepin/internal/verify"
 	"github.com/imagepin/imagepin/internal/workload"
 )
 
@@ -56,12 +57,19 @@ type containerObs struct {
 	keychain authn.Keychain
 	result   registry.Result
 	err      error
+	// verdicts: with spec.verify, what verification said of the digests
+	// c may be written with or runs pinned (imagepin_verify.go).
+	verdicts map[string]verify.Result
 }
 
 // observation is everything one check saw.
 type observation struct {
 	workloads  int
 	containers []containerObs
+	// verifying: spec.verify is set; verifyErr: its policy could not be
+	// built, so no digest verifies.
+	verifying bool
+	verifyErr error
 }
 
 // observe lists what each selected workload's containers name and run, and
@@ -96,6 +104,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 	}
 	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval))
 	r.learnPinnedPlatforms(ctx, obs.containers, sel.Overrides())
+	r.verifyAll(ctx, pin, sel, &obs)
 	return obs, nil
 }
 

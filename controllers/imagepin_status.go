@@ -28,7 +28,7 @@ const (
 	// reference is not valid anyway, and is counted, not listed.
 	maxImageLength = 512
 	// maxDriftReasons is the CRD's maxItems of a workload's drift.
-	maxDriftReasons = 5
+	maxDriftReasons = 6
 	// maxStatusBytes budgets the workload entries' approximate size, as
 	// entries with many digests and nodes are far larger than average.
 	maxStatusBytes = 512 << 10
@@ -41,6 +41,7 @@ var driftPriority = []imagesv1alpha1.DriftReason{
 	imagesv1alpha1.DriftMixedReplicas,
 	imagesv1alpha1.DriftRolloutPending,
 	imagesv1alpha1.DriftUnresolvable,
+	imagesv1alpha1.DriftUnverified,
 }
 
 // setInvalidSpec says the spec of this generation cannot be honoured. What
@@ -96,6 +97,7 @@ func setChecked(status *imagesv1alpha1.ImagePinStatus, in checkInput) (byNamespa
 	status.ObservedGeneration = in.generation
 	setReady(status, in.generation)
 	setDrifted(status, in.generation)
+	setVerified(status, in.generation, in.obs)
 
 	last := before.LastCheckTime
 	if last == nil || in.now.Sub(last.Time) >= in.interval || !sameCheck(before, status) {
@@ -140,6 +142,7 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) (out []images
 			ResolveFailed: c.hasTag && c.err != nil,
 			Running:       runningList(c.running),
 			Platforms:     in.platforms,
+			Unverified:    c.unverified(),
 		})
 		if len(reasons) > maxDriftReasons {
 			reasons = reasons[:maxDriftReasons]
@@ -276,6 +279,20 @@ func imageStatus(img string, cs []containerObs, prev imagesv1alpha1.ImageStatus,
 	}
 	if len(st.History) > maxHistory {
 		st.History = st.History[:maxHistory]
+	}
+	// Verification of the digest, and of each earlier one this check
+	// verified (a pinned one): which are digests to roll back to.
+	if st.Digest != "" {
+		st.Verification = verdictOf(cs, st.Digest)
+	}
+	st.History = slices.Clone(st.History) // prev's is not this check's to change
+	verifying := slices.ContainsFunc(cs, func(c containerObs) bool { return c.verdicts != nil })
+	for i := range st.History {
+		if v := verdictOf(cs, st.History[i].Digest); v != nil || !verifying {
+			// Without verification this check, earlier words are
+			// dropped: spec.verify removed, or its keys unreadable.
+			st.History[i].Verification = v
+		}
 	}
 	return st
 }

@@ -127,6 +127,11 @@ func desiredImage(c containerObs, in planInput) (w imageWrite, ok bool, due time
 		current += "@" + c.pinned
 	}
 	write := func(digest, reason string) (imageWrite, bool, time.Time) {
+		if !c.mayWrite(in.obs.verifying, digest) {
+			// spec.verify: only a digest that verified is written; Follow
+			// stays on what it runs (drift Unverified says why).
+			return imageWrite{}, false, time.Time{}
+		}
 		to, err := selection.PinnedImage(c.image, digest)
 		if err != nil {
 			// Not a reference imagepin can pin (its resolution fails and

@@ -84,6 +84,9 @@ type Input struct {
 	Running []string
 	// Platforms knows the children of indexes.
 	Platforms Platforms
+	// Unverified is true when spec.verify is set and the resolved or the
+	// pinned digest did not verify.
+	Unverified bool
 }
 
 // Reasons returns the drift reasons of a container, in the API's order.
@@ -98,6 +101,7 @@ func Reasons(in Input) []imagesv1alpha1.DriftReason {
 		{imagesv1alpha1.DriftMixedReplicas, mixedReplicas},
 		{imagesv1alpha1.DriftRolloutPending, rolloutPending},
 		{imagesv1alpha1.DriftUnresolvable, unresolvable},
+		{imagesv1alpha1.DriftUnverified, func(in Input) bool { return in.Unverified }},
 	} {
 		if check.holds(in) {
 			out = append(out, check.reason)

@@ -21,6 +21,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/prometheus/client_golang/prometheus"
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -32,6 +33,7 @@ import (
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/selection"
+	"github.com/imagepin/imagepin/internal/verify"
 	"github.com/imagepin/imagepin/internal/workload"
 )
 
@@ -86,6 +88,11 @@ type Handler struct {
 	Resolver *registry.Resolver
 	// Keychains builds the object's credentials.
 	Keychains *registry.Keychains
+	// Verifier and VerifyLoader verify signatures for an ImagePin with
+	// spec.verify (the controller's, whose cache they share); nil refuses
+	// or warns about every image such an ImagePin writes.
+	Verifier     *verify.Verifier
+	VerifyLoader *verify.Loader
 	// Budget bounds the work of one request (credentials and every
 	// resolution that misses the cache, together); DefaultBudget if 0.
 	// Keep it below the webhook's timeoutSeconds.
@@ -204,10 +211,21 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 
 	// Templates with the same credentials (service account and pull
 	// secrets: nearly always all of them) resolve together, concurrently.
+	// Signatures are read with the same credentials.
 	resolved := map[int]map[string]resolution{}
+	keychains := map[int]authn.Keychain{}
 	var credentialsErr error
 	groups := map[string][]int{}
-	for _, ti := range slices.Sorted(maps.Keys(toResolve)) {
+	needKeychain := map[int]bool{}
+	for ti := range toResolve {
+		needKeychain[ti] = true
+	}
+	for _, p := range plans {
+		if p.pin.Spec.Verify != nil {
+			needKeychain[p.template] = true
+		}
+	}
+	for _, ti := range slices.Sorted(maps.Keys(needKeychain)) {
 		key := registry.CredentialsKey(obj.templates[ti].Spec)
 		groups[key] = append(groups[key], ti)
 	}
@@ -225,12 +243,14 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		var refs []string
 		for _, ti := range tis {
 			refs = append(refs, toResolve[ti]...)
+			keychains[ti] = kc
 		}
 		res := h.resolveAll(ctx, refs, kc, ttl, budget)
 		for _, ti := range tis {
 			resolved[ti] = res
 		}
 	}
+	verifier := h.verifier(req.Namespace)
 
 	var patches []jsonpatch.JsonPatchOperation
 	var failures []failure
@@ -247,6 +267,17 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 				continue
 			}
 			digest = r.digest
+		}
+		if p.pin.Spec.Verify != nil {
+			kc, ok := keychains[p.template]
+			if !ok {
+				failures = append(failures, failure{p.pin, fmt.Sprintf("%s@%s: signatures not verified: %v", p.ref, digest, credentialsErr)})
+				continue
+			}
+			if msg := verifier.check(ctx, p.pin, p.ref, digest, kc); msg != "" {
+				failures = append(failures, failure{p.pin, msg})
+				continue
+			}
 		}
 		pinned, err := selection.PinnedImage(p.ref, digest)
 		if err != nil {

@@ -1,0 +1,195 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/selection"
+	"github.com/imagepin/imagepin/internal/verify"
+)
+
+// Signature verification (spec.verify): every digest a container could be
+// written with (what its tag resolves to, its override) or runs pinned is
+// verified before planWrites decides; a digest that does not verify is
+// never written, and is reported as drift Unverified and in the Verified
+// condition. Answers are cached by the Verifier: a verified digest costs
+// its signature reads once, ever.
+
+// verifyAll fills each container's verdicts. A policy that cannot be built
+// (a key Secret missing, a bad PEM) is kept in obs.verifyErr: nothing
+// verifies, so nothing is written.
+func (r *ImagePinReconciler) verifyAll(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, obs *observation) {
+	if pin.Spec.Verify == nil {
+		return
+	}
+	obs.verifying = true
+	cluster := strings.HasPrefix(pin.Name, selection.ClusterPinPrefix)
+	policy, err := r.VerifyLoader.Policy(ctx, pin.Spec.Verify, pin.Namespace, cluster)
+	if err != nil {
+		obs.verifyErr = err
+		return
+	}
+	type job struct {
+		image, digest string
+		kc            authn.Keychain
+	}
+	// One verification per repository, digest and credentials.
+	type jobKey struct {
+		image, digest string
+		kc            authn.Keychain
+	}
+	jobs := map[jobKey]*verify.Result{}
+	var order []job
+	overrides := sel.Overrides()
+	for _, c := range obs.containers {
+		for _, d := range c.digestsToVerify(overrides[c.image]) {
+			k := jobKey{c.image, d, c.keychain}
+			if _, ok := jobs[k]; !ok {
+				jobs[k] = &verify.Result{}
+				order = append(order, job{c.image, d, c.keychain})
+			}
+		}
+	}
+	fresh := tickStart(r.Clock.Now(), sel.Interval)
+	work := make(chan job)
+	var wg sync.WaitGroup
+	for range resolveWorkers {
+		wg.Go(func() {
+			for j := range work {
+				*jobs[jobKey(j)] = r.Verifier.Verify(ctx, verify.Request{
+					Image: j.image, Digest: j.digest, Keychain: j.kc, Policy: policy, FreshSince: fresh,
+				})
+			}
+		})
+	}
+	for _, j := range order {
+		work <- j
+	}
+	close(work)
+	wg.Wait()
+	for i := range obs.containers {
+		c := &obs.containers[i]
+		for _, d := range c.digestsToVerify(overrides[c.image]) {
+			if c.verdicts == nil {
+				c.verdicts = map[string]verify.Result{}
+			}
+			c.verdicts[d] = *jobs[jobKey{c.image, d, c.keychain}]
+		}
+	}
+}
+
+// digestsToVerify: what the tag resolves to (stale included: it may be
+// written once the registry answers), the pinned digest, the override's.
+func (c *containerObs) digestsToVerify(override string) []string {
+	var out []string
+	for _, d := range []string{c.result.Digest, c.pinned, override} {
+		if d != "" && !containsString(out, d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+func containsString(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// mayWrite says whether digest may be written into c: always without
+// spec.verify, else only when it verified.
+func (c *containerObs) mayWrite(verifying bool, digest string) bool {
+	return !verifying || c.verdicts[digest].Verified
+}
+
+// unverified says whether c's resolved or pinned digest was verified and
+// did not pass: drift Unverified.
+func (c *containerObs) unverified() bool {
+	for _, d := range []string{c.result.Digest, c.pinned} {
+		if v, ok := c.verdicts[d]; ok && d != "" && !v.Verified {
+			return true
+		}
+	}
+	return false
+}
+
+// verdictOf returns what any container said of digest.
+func verdictOf(cs []containerObs, digest imagesv1alpha1.Digest) *imagesv1alpha1.Verification {
+	for _, c := range cs {
+		if v, ok := c.verdicts[string(digest)]; ok {
+			return v.Status()
+		}
+	}
+	return nil
+}
+
+// maxUnverifiedListed caps the digests the Verified condition names.
+const maxUnverifiedListed = 5
+
+// setVerified sets the Verified condition from the check, or removes it
+// without spec.verify.
+func setVerified(status *imagesv1alpha1.ImagePinStatus, generation int64, obs observation) {
+	if !obs.verifying {
+		meta.RemoveStatusCondition(&status.Conditions, imagesv1alpha1.ConditionVerified)
+		return
+	}
+	c := metav1.Condition{Type: imagesv1alpha1.ConditionVerified, ObservedGeneration: generation}
+	if obs.verifyErr != nil {
+		c.Status, c.Reason = metav1.ConditionFalse, imagesv1alpha1.ReasonVerifyConfigError
+		c.Message = "no digest can be verified, so none is written: " + obs.verifyErr.Error()
+		if ce := (*verify.ConfigError)(nil); !errors.As(obs.verifyErr, &ce) {
+			c.Message = "no digest can be verified, so none is written: spec.verify: " + obs.verifyErr.Error()
+		}
+		meta.SetStatusCondition(&status.Conditions, c)
+		return
+	}
+	seen := map[string]bool{}
+	var failed []string
+	verified := 0
+	for _, o := range obs.containers {
+		for _, d := range sortedKeys(o.verdicts) {
+			v := o.verdicts[d]
+			key := o.image + "@" + d
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			if v.Verified {
+				verified++
+				continue
+			}
+			failed = append(failed, fmt.Sprintf("%s@%s: %s (%s)", o.image, d, v.Reason, v.Message))
+		}
+	}
+	sort.Strings(failed)
+	if len(failed) == 0 {
+		c.Status, c.Reason = metav1.ConditionTrue, imagesv1alpha1.ReasonSignaturesVerified
+		c.Message = fmt.Sprintf("%d %s verified", verified, plural(verified, "digest"))
+	} else {
+		c.Status, c.Reason = metav1.ConditionFalse, imagesv1alpha1.ReasonUnverified
+		c.Message = fmt.Sprintf("%d of %d %s did not verify, and %s never written: %s",
+			len(failed), len(failed)+verified, plural(len(failed)+verified, "digest"), map[bool]string{true: "is", false: "are"}[len(failed) == 1], joinCapped(failed, maxUnverifiedListed))
+	}
+	meta.SetStatusCondition(&status.Conditions, c)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
