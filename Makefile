@@ -21,6 +21,7 @@ CRANE_VERSION          ?= v0.22.1
 # step with it and with internal/testenv.ArgoRolloutsVersion.
 ARGO_ROLLOUTS_VERSION  ?= v1.10.0
 HELM_VERSION           ?= v4.3.1
+COSIGN_VERSION         ?= v3.1.3
 
 ROOT      := $(abspath .)
 BIN       := $(ROOT)/bin
@@ -33,6 +34,7 @@ REGISTRY       := $(BIN)/registry-$(REGISTRY_VERSION)
 CRANE          := $(BIN)/crane-$(CRANE_VERSION)
 ARGO_ROLLOUTS  := $(BIN)/argo-rollouts-$(ARGO_ROLLOUTS_VERSION)/rollouts-controller
 HELM           := $(BIN)/helm-$(HELM_VERSION)
+COSIGN         := $(BIN)/cosign-$(COSIGN_VERSION)
 KUBE_APISERVER := $(K8S_DIR)/kube-apiserver
 KUBE_CM        := $(K8S_DIR)/kube-controller-manager
 KUBECTL        := $(K8S_DIR)/kubectl
@@ -161,7 +163,7 @@ docker-build: ## Build the container image (needs a Docker engine; none runs on 
 control-plane: $(KUBE_APISERVER) $(KUBE_CM) $(KUBECTL) $(ETCD) ## Build etcd, kube-apiserver, kube-controller-manager and kubectl.
 
 .PHONY: tools
-tools: control-plane $(CONTROLLER_GEN) $(GOLANGCI_LINT) $(REGISTRY) $(CRANE) $(ARGO_ROLLOUTS) $(HELM) ## Build every pinned tool.
+tools: control-plane $(CONTROLLER_GEN) $(GOLANGCI_LINT) $(REGISTRY) $(CRANE) $(ARGO_ROLLOUTS) $(HELM) $(COSIGN) ## Build every pinned tool.
 
 $(KUBE_APISERVER): hack/tools/kubernetes/go.mod
 	cd hack/tools/kubernetes && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/kube-apiserver
@@ -209,3 +211,6 @@ $(CRANE):
 
 $(HELM):
 	$(call go-install,helm.sh/helm/v4/cmd/helm,$(HELM_VERSION))
+
+$(COSIGN):
+	$(call go-install,github.com/sigstore/cosign/v3/cmd/cosign,$(COSIGN_VERSION))
