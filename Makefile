@@ -97,7 +97,7 @@ verify: manifests generate fmt ## Fail if generated or formatted files differ fr
 	@test -z "$$(git status --porcelain --untracked-files=all -- api config charts)" || { git status --porcelain -- api config charts; echo "untracked generated files"; exit 1; }
 
 .PHONY: test
-test: manifests generate fmt vet control-plane $(REGISTRY) $(ARGO_ROLLOUTS) $(HELM) test-prometheus ## Run every test: unit, and integration against the real API server and registry.
+test: manifests generate fmt vet control-plane $(REGISTRY) $(ARGO_ROLLOUTS) $(HELM) $(COSIGN) test-prometheus ## Run every test: unit, and integration against the real API server and registry.
 	KUBEBUILDER_ASSETS=$(K8S_DIR) $(GO) test $(TEST_FLAGS) $$($(GO) list ./... | grep -v '/hack/image$$')
 	@# The image test cross-compiles the manager twice: after the others,
 	@# so that it does not crowd the timed end-to-end tests.

@@ -620,6 +620,12 @@ spec:
 var grantedButNotExercisedHere = func() map[grant]string {
 	m := map[grant]string{
 		{"", "events", "patch"}: "the event recorder of leader election patches an Event that repeats, instead of creating another",
+		// spec.verify's keys and trusted root are read live (the cache
+		// keeps no Secret data but pull secrets', and no ConfigMaps);
+		// TestFollowOnlyWhatIsSigned and internal/verify's loader tests
+		// take these paths.
+		{"", "secrets", "get"}:    "spec.verify.keys[].secretKeyRef, read live",
+		{"", "configmaps", "get"}: "spec.verify.keys[].configMapKeyRef and spec.verify.trustedRoot, read live",
 	}
 	// Informers stream their initial state with a watch (WatchList) and
 	// fall back to a list when the API server does not serve that.
