@@ -213,7 +213,7 @@ func runManager(o options) error {
 		return fmt.Errorf("set up the ClusterImagePin controller: %w", err)
 	}
 	if o.receiverAddr != "0" && o.receiverAddr != "" {
-		if err := addReceiver(mgr, o, resolver, reconciler); err != nil {
+		if err := addReceiver(mgr, o, resolver, reconciler, verifier); err != nil {
 			return err
 		}
 	}
@@ -248,12 +248,13 @@ func runManager(o options) error {
 
 // addReceiver serves registries' push notifications on their own address.
 // Every replica answers; a standby says 503, as only the leader checks.
-func addReceiver(mgr ctrl.Manager, o options, resolver *registry.Resolver, reconciler *controllers.ImagePinReconciler) error {
+func addReceiver(mgr ctrl.Manager, o options, resolver *registry.Resolver, reconciler *controllers.ImagePinReconciler, verifier *verify.Verifier) error {
 	elected := mgr.Elected()
 	rc, err := receiver.New(receiver.Options{
-		Hinter:    resolver,
-		Checker:   reconciler,
-		SecretDir: o.receiverSecretDir,
+		Hinter:     resolver,
+		Checker:    reconciler,
+		Signatures: verifier,
+		SecretDir:  o.receiverSecretDir,
 		Leading: func() bool {
 			select {
 			case <-elected:

@@ -56,10 +56,22 @@ type Checker interface {
 	Recheck(registry.TagRef) (queued, full int)
 }
 
+// Signatures is the signature verifier: a push of a digest's signature
+// (cosign's "sha256-<hex>.sig" tag, or the "sha256-<hex>" referrers tag)
+// makes its cached word that the digest did not verify unfresh.
+type Signatures interface {
+	Signed(repository, digest string)
+}
+
 // Options configure a Receiver.
 type Options struct {
 	Hinter  Hinter
 	Checker Checker
+	// Signatures, if set, hears of pushed signatures: the ImagePins
+	// naming a tag of the repository are then checked at once, so a
+	// digest signed after its push is rolled out in a second, not at the
+	// next tick.
+	Signatures Signatures
 	// SecretDir holds one file per endpoint (named as the endpoint) with
 	// its token or HMAC key; an endpoint without one is not served.
 	SecretDir string
@@ -236,11 +248,47 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // offer passes a push on, unless nothing uses its tag.
 func (rc *Receiver) offer(endpoint string, p Push) string {
 	result := resultUnused
-	if t, err := registry.ParseTagRef(p.Repository, p.Tag); err == nil && rc.used(t) {
+	if digest, ok := signatureTag(p.Tag); ok {
+		result = rc.signed(p.Repository, digest)
+	} else if t, err := registry.ParseTagRef(p.Repository, p.Tag); err == nil && rc.used(t) {
 		result = rc.coalesce.offer(t)
 	}
 	rc.metrics.Pushes.WithLabelValues(endpoint, result).Inc()
 	return result
+}
+
+// signatureTag reads the digest a signature tag is for: cosign's legacy
+// "sha256-<hex>.sig", or the OCI referrers tag "sha256-<hex>".
+func signatureTag(tag string) (string, bool) {
+	hex, ok := strings.CutPrefix(tag, "sha256-")
+	if !ok {
+		return "", false
+	}
+	hex = strings.TrimSuffix(hex, ".sig")
+	if len(hex) != 64 || strings.Trim(hex, "0123456789abcdef") != "" {
+		return "", false
+	}
+	return "sha256:" + hex, true
+}
+
+// signed passes on a pushed signature: the verifier forgets that the
+// digest did not verify, and the ImagePins naming a tag of the repository
+// check now. It spends the hint budget like a tag's push; the tags' cached
+// digests stay fresh (a signature moves no tag).
+func (rc *Receiver) signed(repository, digest string) string {
+	repo, err := registry.ParseTagRef(repository, "")
+	if err != nil || rc.opts.Signatures == nil || !rc.opts.Checker.Names(repo) {
+		return resultUnused
+	}
+	if !rc.coalesce.budget.AllowN(rc.coalesce.clock.Now(), 1) {
+		rc.coalesce.dropped()
+		return resultDropped
+	}
+	rc.opts.Signatures.Signed(repo.Repository, digest)
+	queued, full := rc.opts.Checker.Recheck(repo)
+	rc.metrics.Rechecks.WithLabelValues("queued").Add(float64(queued))
+	rc.metrics.Rechecks.WithLabelValues("queue_full").Add(float64(full))
+	return resultHinted
 }
 
 // used: an ImagePin names the tag, or a caller (the webhook) asked about it.

@@ -15,6 +15,7 @@ import (
 	"k8s.io/utils/clock"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/registry"
 )
 
 // Source is the way to a registry: the resolver's WithRepository.
@@ -158,20 +159,33 @@ func (v *Verifier) remember(key string, r Result) {
 }
 
 // cacheKey: a digest's signatures live in its repository, so the answer
-// is per repository, digest and policy.
+// is per repository (named as push events name it), digest and policy.
 func cacheKey(req Request) string {
 	repo := req.Image
-	if i := strings.IndexByte(repo, '@'); i >= 0 {
-		repo = repo[:i]
-	}
-	if r, err := name.NewTag(repo); err == nil {
-		repo = r.Context().Name()
+	if t, err := registry.TagRefOf(req.Image); err == nil {
+		repo = t.Repository
 	}
 	id := ""
 	if req.Policy != nil {
 		id = req.Policy.ID
 	}
 	return repo + "@" + req.Digest + "|" + id
+}
+
+// Signed is told that a signature of digest was pushed to repository (as
+// registry.TagRef names it): every remembered answer that the digest did
+// not verify is dropped, whatever the policy, so the next check reads the
+// signatures again. A verified answer stays: a new signature does not
+// unsign a digest.
+func (v *Verifier) Signed(repository, digest string) {
+	prefix := repository + "@" + digest + "|"
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for k, r := range v.cache {
+		if !r.Verified && strings.HasPrefix(k, prefix) {
+			delete(v.cache, k)
+		}
+	}
 }
 
 // check reads the signatures and verifies them, without the cache.
