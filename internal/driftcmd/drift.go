@@ -61,6 +61,7 @@ var reasons = []imagesv1alpha1.DriftReason{
 	imagesv1alpha1.DriftMixedReplicas,
 	imagesv1alpha1.DriftRolloutPending,
 	imagesv1alpha1.DriftUnresolvable,
+	imagesv1alpha1.DriftUnverified,
 }
 
 // Output formats of -o.
@@ -171,7 +172,7 @@ Flags:
       --kubeconfig PATH  kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)
       --context NAME     kubeconfig context to use (default: the current context)
 
-Drift reasons: Unpinned, TagMoved, MixedReplicas, RolloutPending, Unresolvable.
+Drift reasons: Unpinned, TagMoved, MixedReplicas, RolloutPending, Unresolvable, Unverified.
 Exit codes: 0 listed; 1 --fail-on matched a listed row; 2 usage or cluster error.
 `
 
