@@ -252,12 +252,16 @@ func (p *Policy) checkBundle(b sgverify.SignedEntity, digest string) outcome {
 	var reasons []string
 	if vc.Certificate() == nil {
 		for _, k := range p.keys {
-			err := p.verifyWith(b, p.keyMaterial(k), false, artifact, sgverify.WithKey())
+			tm := p.keyMaterial(k)
+			err := p.verifyWith(b, tm, false, artifact, sgverify.WithKey())
 			if err == nil {
 				return outcome{verified: true, by: k.name + ", bundle"}
 			}
 			if errors.Is(err, errLogMissing) {
 				return outcome{untrust: fmt.Sprintf("a bundle signed by %s, but %v", k.name, err)}
+			}
+			if p.signsOther(b, tm, false, sgverify.WithKey()) {
+				return outcome{invalid: fmt.Sprintf("a bundle signed by %s over another artifact, not this digest", k.name)}
 			}
 			reasons = append(reasons, err.Error())
 		}
@@ -277,7 +281,26 @@ func (p *Policy) checkBundle(b sgverify.SignedEntity, digest string) outcome {
 	if err == nil {
 		return outcome{verified: true, by: "keyless, bundle"}
 	}
+	if p.signsOther(b, p.root, true, opts...) {
+		return outcome{invalid: "a keyless bundle of a trusted identity over another artifact, not this digest"}
+	}
 	return outcome{untrust: "a keyless bundle that does not verify: " + oneLine(err.Error())}
+}
+
+// signsOther reports whether b, which does not verify for this digest,
+// verifies for what it says it signs (its message digest, or its DSSE
+// envelope without the statement's subjects): a trusted signature of
+// another artifact. It only tells Invalid from Untrusted.
+func (p *Policy) signsOther(b sgverify.SignedEntity, tm root.TrustedMaterial, keyless bool, opts ...sgverify.PolicyOption) bool {
+	sc, err := b.SignatureContent()
+	if err != nil {
+		return false
+	}
+	artifact := sgverify.WithoutArtifactUnsafe()
+	if m := sc.MessageSignatureContent(); m != nil {
+		artifact = sgverify.WithArtifactDigest("sha256", m.Digest())
+	}
+	return p.verifyWith(b, tm, keyless, artifact, opts...) == nil
 }
 
 var errLogMissing = errors.New("transparencyLog is Require and it has no Rekor entry the trusted root verifies")

@@ -79,6 +79,11 @@ type Verifier struct {
 
 	mu    sync.Mutex
 	cache map[string]Result
+	// signed counts Signed calls. A verification under way at one may
+	// have read the signatures before that push: its answer that the
+	// digest does not verify is not remembered, and callers after the
+	// push do not join it.
+	signed uint64
 }
 
 // New returns a Verifier reading through source; metrics may be nil.
@@ -114,7 +119,10 @@ func (v *Verifier) Verify(ctx context.Context, req Request) Result {
 		return r
 	}
 	key := cacheKey(req)
-	ch := v.group.DoChan(key, func() (any, error) {
+	v.mu.Lock()
+	signed := v.signed
+	v.mu.Unlock()
+	ch := v.group.DoChan(fmt.Sprintf("%s#%d", key, signed), func() (any, error) {
 		// The answer serves every caller: it is not cut short by the
 		// first one's deadline.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.Timeout)
@@ -122,7 +130,7 @@ func (v *Verifier) Verify(ctx context.Context, req Request) Result {
 		r := v.check(cctx, req)
 		v.metrics.Results.WithLabelValues(metricResult(r)).Inc()
 		if r.Reason != imagesv1alpha1.VerificationError {
-			v.remember(key, r)
+			v.remember(key, r, signed)
 		}
 		return r, nil
 	})
@@ -142,9 +150,12 @@ const (
 
 func metricResult(r Result) string { return strings.ToLower(string(r.Reason)) }
 
-func (v *Verifier) remember(key string, r Result) {
+func (v *Verifier) remember(key string, r Result, signed uint64) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if !r.Verified && v.signed != signed {
+		return
+	}
 	if _, ok := v.cache[key]; !ok && len(v.cache) >= maxEntries {
 		var oldest string
 		var at time.Time
@@ -181,6 +192,7 @@ func (v *Verifier) Signed(repository, digest string) {
 	prefix := repository + "@" + digest + "|"
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.signed++
 	for k, r := range v.cache {
 		if !r.Verified && strings.HasPrefix(k, prefix) {
 			delete(v.cache, k)
