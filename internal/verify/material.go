@@ -85,9 +85,9 @@ func (l *Loader) Policy(ctx context.Context, spec *imagesv1alpha1.VerifySpec, na
 	h := sha256.New()
 	h.Write(specJSON)
 	for _, k := range m.Keys {
-		fmt.Fprintf(h, "\x00%d:%s", len(k), k)
+		_, _ = fmt.Fprintf(h, "\x00%d:%s", len(k), k)
 	}
-	fmt.Fprintf(h, "\x00root:%s", m.RootJSON)
+	_, _ = fmt.Fprintf(h, "\x00root:%s", m.RootJSON)
 	var sum [32]byte
 	copy(sum[:], h.Sum(nil))
 	l.mu.Lock()

@@ -47,9 +47,8 @@ type trustedKey struct {
 // the order of spec.verify.keys, and the trusted root's JSON (nil without
 // one). Field names the spec field each came from, for errors.
 type Material struct {
-	Keys      [][]byte
-	RootJSON  []byte
-	rootField string
+	Keys     [][]byte
+	RootJSON []byte
 }
 
 // ConfigError is spec.verify's material that cannot be used: the field and
@@ -91,7 +90,7 @@ func Compile(spec *imagesv1alpha1.VerifySpec, m Material) (*Policy, error) {
 		}
 		sum := sha256.Sum256(der)
 		p.keys = append(p.keys, trustedKey{name: fmt.Sprintf("%s (sha256:%s)", field, hex.EncodeToString(sum[:6])), verifier: v})
-		fmt.Fprintf(h, "key:%x\n", der)
+		_, _ = fmt.Fprintf(h, "key:%x\n", der)
 	}
 	for i, id := range spec.Keyless {
 		ci, err := sgverify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegExp, id.Subject, id.SubjectRegExp)
@@ -100,7 +99,7 @@ func Compile(spec *imagesv1alpha1.VerifySpec, m Material) (*Policy, error) {
 		}
 		p.identities = append(p.identities, ci)
 		p.idNames = append(p.idNames, identityName(id))
-		fmt.Fprintf(h, "identity:%q %q %q %q\n", id.Issuer, id.IssuerRegExp, id.Subject, id.SubjectRegExp)
+		_, _ = fmt.Fprintf(h, "identity:%q %q %q %q\n", id.Issuer, id.IssuerRegExp, id.Subject, id.SubjectRegExp)
 	}
 	if m.RootJSON != nil {
 		tr, err := root.NewTrustedRootFromJSON(m.RootJSON)
@@ -108,7 +107,7 @@ func Compile(spec *imagesv1alpha1.VerifySpec, m Material) (*Policy, error) {
 			return nil, &ConfigError{Field: "trustedRoot", Err: fmt.Errorf("not a Sigstore trusted root: %w", err)}
 		}
 		p.root = tr
-		fmt.Fprintf(h, "root:%x\n", sha256.Sum256(m.RootJSON))
+		_, _ = fmt.Fprintf(h, "root:%x\n", sha256.Sum256(m.RootJSON))
 	}
 	if len(p.identities) > 0 && p.root == nil {
 		return nil, &ConfigError{Field: "trustedRoot", Err: fmt.Errorf("keyless verification needs a trusted root")}
@@ -116,13 +115,13 @@ func Compile(spec *imagesv1alpha1.VerifySpec, m Material) (*Policy, error) {
 	switch spec.TransparencyLog {
 	case imagesv1alpha1.TransparencyLogRequire:
 		if p.root == nil {
-			return nil, &ConfigError{Field: "transparencyLog", Err: fmt.Errorf("Require needs trustedRoot: the Rekor keys to check log entries with")}
+			return nil, &ConfigError{Field: "transparencyLog", Err: fmt.Errorf("transparencyLog Require needs trustedRoot: the Rekor keys to check log entries with")}
 		}
 		p.requireLog = true
 	case "":
 		p.requireLog = p.root != nil
 	}
-	fmt.Fprintf(h, "log:%v\n", p.requireLog)
+	_, _ = fmt.Fprintf(h, "log:%v\n", p.requireLog)
 	p.ID = hex.EncodeToString(h.Sum(nil))[:32]
 	return p, nil
 }

@@ -96,8 +96,8 @@ func readLegacy(ctx context.Context, repo name.Repository, p *remote.Puller, dig
 	if err != nil {
 		return err
 	}
-	m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
-	if err != nil {
+	m, ok := parseManifest(desc.Manifest)
+	if !ok {
 		f.malformed = append(f.malformed, "the .sig manifest does not parse")
 		return nil
 	}
@@ -115,6 +115,10 @@ func readLegacy(ctx context.Context, repo name.Repository, p *remote.Puller, dig
 			continue
 		}
 		payload, err := readBlob(ctx, repo, p, l)
+		if unusable(err) {
+			f.malformed = append(f.malformed, fmt.Sprintf(".sig layer %d: %v", i, err))
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -152,6 +156,10 @@ func readBundles(ctx context.Context, repo name.Repository, p *remote.Puller, di
 			continue
 		}
 		raw, err := readBlob(ctx, repo, p, m.Layers[0])
+		if unusable(err) {
+			f.malformed = append(f.malformed, fmt.Sprintf("bundle referrer %s: %v", d.Digest, err))
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -165,11 +173,29 @@ func readBundles(ctx context.Context, repo name.Repository, p *remote.Puller, di
 	return nil
 }
 
+// parseManifest reads a signature's manifest; one that does not parse is a
+// bad signature, not a registry failure.
+func parseManifest(raw []byte) (*v1.Manifest, bool) {
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	return m, err == nil
+}
+
+// errBadBlob: a signature blob too large to be one.
+var errBadBlob = errors.New("not a signature")
+
+// unusable says whether a blob's error is of that one signature (too
+// large, or gone): it does not count, and the others are still read, so
+// that nobody who can push a referrer can block verification. Any other
+// error (the registry failing) fails the whole verification, closed.
+func unusable(err error) bool {
+	return err != nil && (errors.Is(err, errBadBlob) || notFound(err))
+}
+
 // readBlob GETs a blob, at most maxBlob bytes; the registry's bytes are
 // checked against the digest as they are read.
 func readBlob(ctx context.Context, repo name.Repository, p *remote.Puller, d v1.Descriptor) ([]byte, error) {
 	if d.Size > maxBlob {
-		return nil, fmt.Errorf("blob %s is %d bytes, more than the %d a signature may have", d.Digest, d.Size, maxBlob)
+		return nil, fmt.Errorf("blob %s is %d bytes, more than the %d a signature may have: %w", d.Digest, d.Size, maxBlob, errBadBlob)
 	}
 	l, err := p.Layer(ctx, repo.Digest(d.Digest.String()))
 	if err != nil {
@@ -179,13 +205,13 @@ func readBlob(ctx context.Context, repo name.Repository, p *remote.Puller, d v1.
 	if err != nil {
 		return nil, err
 	}
-	defer rc.Close()
+	defer func() { _ = rc.Close() }()
 	b, err := io.ReadAll(io.LimitReader(rc, maxBlob+1))
 	if err != nil {
 		return nil, err
 	}
 	if len(b) > maxBlob {
-		return nil, fmt.Errorf("blob %s is larger than the %d bytes a signature may have", d.Digest, maxBlob)
+		return nil, fmt.Errorf("blob %s is larger than the %d bytes a signature may have: %w", d.Digest, maxBlob, errBadBlob)
 	}
 	return b, nil
 }
@@ -268,7 +294,7 @@ func (p *Policy) checkBundle(b sgverify.SignedEntity, digest string) outcome {
 		if len(p.keys) == 0 {
 			return outcome{untrust: "a bundle signed by a key, and no keys are trusted"}
 		}
-		return outcome{untrust: "a bundle that none of the trusted keys verifies (another key, or altered)"}
+		return outcome{untrust: "a bundle that none of the trusted keys verifies (another key, or altered): " + oneLine(reasons[0])}
 	}
 	if len(p.identities) == 0 {
 		return outcome{untrust: "a keyless bundle, and no keyless identities are trusted"}
