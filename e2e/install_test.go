@@ -91,7 +91,11 @@ func TestInstallFromConfigDefault(t *testing.T) {
 		{"list", "replicasets.apps", "", true},
 		{"watch", "secrets", "", true},
 		{"list", "serviceaccounts", "", true},
-		{"get", "secrets", "", false},
+		// spec.verify's keys and trusted root, read live (list and watch
+		// of Secrets, for pull secrets, could read them already).
+		{"get", "secrets", "", true},
+		{"get", "configmaps", "", true},
+		{"list", "configmaps", "", false},
 		{"create", "events.events.k8s.io", "", true},
 		{"create", "leases.coordination.k8s.io", "imagepin-system", true},
 		{"patch", "deployments.apps", "", true},

@@ -62,6 +62,7 @@ const (
 	serve     failure = iota
 	status500         // answer 500
 	hangUp            // close the connection without an answer
+	notFound404       // answer 404 MANIFEST_UNKNOWN
 )
 
 // newTestRegistry starts a registry; referrers turns on its OCI 1.1
@@ -88,6 +89,10 @@ func newTestRegistry(t testing.TB, referrers bool) *testRegistry {
 		switch f {
 		case status500:
 			http.Error(w, "the registry failed, for the test", http.StatusInternalServerError)
+		case notFound404:
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = io.WriteString(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"gone, for the test"}]}`)
 		case hangUp:
 			conn, _, err := http.NewResponseController(w).Hijack()
 			if err != nil {

@@ -38,10 +38,15 @@ type Loader struct {
 	policies map[[32]byte]*Policy
 }
 
+// readObject is one key of one object as read: only the key's bytes are
+// kept (a Secret made by "cosign generate-key-pair k8s://…" holds the
+// private key and its password too), or that the object or the key is
+// not there. A failure to read (the API server slow or refusing) is not
+// kept: the next check reads again.
 type readObject struct {
-	at   time.Time
-	data map[string][]byte
-	err  error
+	at      time.Time
+	value   []byte
+	missing error
 }
 
 // Policy compiles spec for an ImagePin in namespace; cluster is true for a
@@ -124,47 +129,55 @@ func (l *Loader) read(ctx context.Context, obj client.Object, field string, ref 
 	if _, ok := obj.(*corev1.ConfigMap); ok {
 		kind = "ConfigMap"
 	}
-	key := kind + "/" + ns + "/" + ref.Name
+	key := kind + "/" + ns + "/" + ref.Name + "/" + ref.Key
 	now := l.now()
 	l.mu.Lock()
 	o, ok := l.objects[key]
 	l.mu.Unlock()
 	if !ok || now.Sub(o.at) >= materialTTL {
-		o = readObject{at: now}
-		o.err = l.Reader.Get(ctx, client.ObjectKey{Namespace: ns, Name: ref.Name}, obj)
-		switch v := obj.(type) {
-		case *corev1.Secret:
-			o.data = v.Data
-		case *corev1.ConfigMap:
-			o.data = map[string][]byte{}
-			for k, s := range v.Data {
-				o.data[k] = []byte(s)
+		err := l.Reader.Get(ctx, client.ObjectKey{Namespace: ns, Name: ref.Name}, obj)
+		switch {
+		case apierrors.IsNotFound(err):
+			o = readObject{at: now, missing: fmt.Errorf("%s %s/%s not found", kind, ns, ref.Name)}
+		case err != nil:
+			return nil, &ConfigError{Field: field, Err: fmt.Errorf("read %s %s/%s: %w", kind, ns, ref.Name, err)}
+		default:
+			o = readObject{at: now}
+			var found bool
+			switch v := obj.(type) {
+			case *corev1.Secret:
+				o.value, found = v.Data[ref.Key]
+			case *corev1.ConfigMap:
+				var str string
+				if str, found = v.Data[ref.Key]; found {
+					o.value = []byte(str)
+				} else {
+					o.value, found = v.BinaryData[ref.Key]
+				}
 			}
-			for k, b := range v.BinaryData {
-				o.data[k] = b
+			if !found {
+				o.missing = fmt.Errorf("%s %s/%s has no key %q", kind, ns, ref.Name, ref.Key)
 			}
-		}
-		if apierrors.IsNotFound(o.err) {
-			o.err = fmt.Errorf("%s %s/%s not found", kind, ns, ref.Name)
 		}
 		l.mu.Lock()
-		if l.objects == nil || len(l.objects) >= 1000 {
+		if l.objects == nil {
 			l.objects = map[string]readObject{}
+		}
+		for k, old := range l.objects {
+			if now.Sub(old.at) >= materialTTL {
+				delete(l.objects, k) // nothing outlives its TTL
+			}
 		}
 		l.objects[key] = o
 		l.mu.Unlock()
 	}
-	if o.err != nil {
-		return nil, &ConfigError{Field: field, Err: o.err}
-	}
-	b, ok := o.data[ref.Key]
 	switch {
-	case !ok:
-		return nil, &ConfigError{Field: field, Err: fmt.Errorf("%s %s/%s has no key %q", kind, ns, ref.Name, ref.Key)}
-	case len(b) > maxMaterial:
+	case o.missing != nil:
+		return nil, &ConfigError{Field: field, Err: o.missing}
+	case len(o.value) > maxMaterial:
 		return nil, &ConfigError{Field: field, Err: fmt.Errorf("%s %s/%s key %q is larger than %d bytes", kind, ns, ref.Name, ref.Key, maxMaterial)}
 	}
-	return b, nil
+	return o.value, nil
 }
 
 func (l *Loader) now() time.Time {

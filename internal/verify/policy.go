@@ -10,6 +10,7 @@ import (
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"sort"
@@ -40,6 +41,7 @@ type Policy struct {
 
 type trustedKey struct {
 	name     string // "keys[0] (sha256:0123456789ab)"
+	hint     string // base64 of the SHA-256 of its DER: cosign's bundle hint
 	verifier signature.Verifier
 }
 
@@ -89,7 +91,7 @@ func Compile(spec *imagesv1alpha1.VerifySpec, m Material) (*Policy, error) {
 			return nil, &ConfigError{Field: field, Err: fmt.Errorf("unsupported public key: %w", err)}
 		}
 		sum := sha256.Sum256(der)
-		p.keys = append(p.keys, trustedKey{name: fmt.Sprintf("%s (sha256:%s)", field, hex.EncodeToString(sum[:6])), verifier: v})
+		p.keys = append(p.keys, trustedKey{name: fmt.Sprintf("%s (sha256:%s)", field, hex.EncodeToString(sum[:6])), hint: base64.StdEncoding.EncodeToString(sum[:]), verifier: v})
 		_, _ = fmt.Fprintf(h, "key:%x\n", der)
 	}
 	for i, id := range spec.Keyless {

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -20,6 +22,8 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
+
+	"github.com/imagepin/imagepin/internal/registry"
 )
 
 // What is read of a registry, bounded: input from outside.
@@ -38,6 +42,13 @@ const (
 	legacyCertAnnotation   = "dev.sigstore.cosign/certificate"
 	bundleArtifactPrefix   = "application/vnd.dev.sigstore.bundle"
 	cosignSignatureType    = "cosign container image signature"
+	// A bundle is a signature of the image when its DSSE statement's
+	// predicate is cosign's signing predicate; any other predicate
+	// (SLSA provenance, an SBOM, a scan) is an attestation about the
+	// image, which cosign verify does not take as a signature either.
+	bundlePredicateAnnotation = "dev.sigstore.bundle.predicateType"
+	cosignSignPredicate       = "https://sigstore.dev/cosign/sign/v1"
+	inTotoPayloadType         = "application/vnd.in-toto+json"
 )
 
 // legacySig is one layer of a "sha256-<hex>.sig" manifest: a payload and
@@ -65,14 +76,19 @@ func (f *found) none() bool {
 // read fetches the signatures of digest in repo: the legacy tag (a GET of
 // its manifest, 404 when there is none, then a GET of each payload) and
 // the referrers (one GET of the referrers list, then the manifest and the
-// blob of each bundle). A registry failure is returned: verification then
-// fails closed.
-func read(ctx context.Context, repo name.Repository, p *remote.Puller, digest string) (*found, error) {
+// blob of each bundle), until one verifies under pol: the rest are not
+// read. A registry failure is returned: verification then fails closed.
+func read(ctx context.Context, repo name.Repository, p *remote.Puller, digest string, pol *Policy) (*found, error) {
 	f := &found{}
 	if err := readLegacy(ctx, repo, p, digest, f); err != nil {
 		return nil, fmt.Errorf("read %s: %w", legacyTag(repo, digest), err)
 	}
-	if err := readBundles(ctx, repo, p, digest, f); err != nil {
+	for _, s := range f.legacy {
+		if pol.checkLegacy(s, digest).verified {
+			return f, nil
+		}
+	}
+	if err := readBundles(ctx, repo, p, digest, f, pol); err != nil {
 		return nil, fmt.Errorf("read the referrers of %s: %w", repo.Digest(digest), err)
 	}
 	return f, nil
@@ -116,7 +132,7 @@ func readLegacy(ctx context.Context, repo name.Repository, p *remote.Puller, dig
 		}
 		payload, err := readBlob(ctx, repo, p, l)
 		if unusable(err) {
-			f.malformed = append(f.malformed, fmt.Sprintf(".sig layer %d: %v", i, err))
+			f.malformed = append(f.malformed, fmt.Sprintf(".sig layer %d: %s", i, oneLine(err.Error())))
 			continue
 		}
 		if err != nil {
@@ -127,7 +143,7 @@ func readLegacy(ctx context.Context, repo name.Repository, p *remote.Puller, dig
 	return nil
 }
 
-func readBundles(ctx context.Context, repo name.Repository, p *remote.Puller, digest string, f *found) error {
+func readBundles(ctx context.Context, repo name.Repository, p *remote.Puller, digest string, f *found, pol *Policy) error {
 	idx, err := remote.Referrers(repo.Digest(digest), remote.Reuse(p), remote.WithContext(ctx))
 	if err != nil {
 		return err
@@ -136,10 +152,20 @@ func readBundles(ctx context.Context, repo name.Repository, p *remote.Puller, di
 	if err != nil {
 		return err
 	}
+	// Signatures before other attestations, where the list says which
+	// (the referrers API gives the manifests' annotations; the referrers
+	// tag does not): junk referrers cannot push a signature out of reach.
+	manifests := slices.Clone(im.Manifests)
+	sort.SliceStable(manifests, func(i, j int) bool {
+		return manifests[i].Annotations[bundlePredicateAnnotation] == cosignSignPredicate && manifests[j].Annotations[bundlePredicateAnnotation] != cosignSignPredicate
+	})
 	n := 0
-	for _, d := range im.Manifests {
+	for _, d := range manifests {
 		if !strings.HasPrefix(d.ArtifactType, bundleArtifactPrefix) {
 			continue
+		}
+		if pa, ok := d.Annotations[bundlePredicateAnnotation]; ok && pa != cosignSignPredicate {
+			continue // an attestation (provenance, SBOM …), not a signature
 		}
 		if n == maxSignatures {
 			f.malformed = append(f.malformed, fmt.Sprintf("more than %d bundle referrers; the rest not read", maxSignatures))
@@ -147,17 +173,23 @@ func readBundles(ctx context.Context, repo name.Repository, p *remote.Puller, di
 		}
 		n++
 		desc, err := p.Get(ctx, repo.Digest(d.Digest.String()))
+		if unusable(err) {
+			// Listed but gone (deleted, or collected), or not a manifest:
+			// that one signature does not count.
+			f.malformed = append(f.malformed, fmt.Sprintf("bundle referrer %s: %s", d.Digest, oneLine(err.Error())))
+			continue
+		}
 		if err != nil {
 			return err
 		}
-		m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
-		if err != nil || len(m.Layers) == 0 {
+		m, ok := parseManifest(desc.Manifest)
+		if !ok || len(m.Layers) == 0 {
 			f.malformed = append(f.malformed, fmt.Sprintf("bundle referrer %s has no layer", d.Digest))
 			continue
 		}
 		raw, err := readBlob(ctx, repo, p, m.Layers[0])
 		if unusable(err) {
-			f.malformed = append(f.malformed, fmt.Sprintf("bundle referrer %s: %v", d.Digest, err))
+			f.malformed = append(f.malformed, fmt.Sprintf("bundle referrer %s: %s", d.Digest, oneLine(err.Error())))
 			continue
 		}
 		if err != nil {
@@ -165,10 +197,13 @@ func readBundles(ctx context.Context, repo name.Repository, p *remote.Puller, di
 		}
 		b := &bundle.Bundle{}
 		if err := b.UnmarshalJSON(raw); err != nil {
-			f.malformed = append(f.malformed, fmt.Sprintf("bundle referrer %s does not parse: %v", d.Digest, err))
+			f.malformed = append(f.malformed, fmt.Sprintf("bundle referrer %s does not parse: %s", d.Digest, oneLine(err.Error())))
 			continue
 		}
 		f.bundles = append(f.bundles, b)
+		if pol.checkBundle(b, digest).verified {
+			return nil
+		}
 	}
 	return nil
 }
@@ -188,7 +223,9 @@ var errBadBlob = errors.New("not a signature")
 // that nobody who can push a referrer can block verification. Any other
 // error (the registry failing) fails the whole verification, closed.
 func unusable(err error) bool {
-	return err != nil && (errors.Is(err, errBadBlob) || notFound(err))
+	var tooLarge *registry.TooLargeError
+	var mismatch *registry.DigestMismatchError
+	return err != nil && (errors.Is(err, errBadBlob) || notFound(err) || errors.As(err, &tooLarge) || errors.As(err, &mismatch))
 }
 
 // readBlob GETs a blob, at most maxBlob bytes; the registry's bytes are
@@ -275,26 +312,41 @@ func (p *Policy) checkBundle(b sgverify.SignedEntity, digest string) outcome {
 	if err != nil {
 		return outcome{invalid: fmt.Sprintf("a bundle without verification material: %v", err)}
 	}
-	var reasons []string
+	if why := notASignature(b); why != "" {
+		return outcome{invalid: why}
+	}
 	if vc.Certificate() == nil {
-		for _, k := range p.keys {
+		if len(p.keys) == 0 {
+			return outcome{untrust: "a bundle signed by a key, and no keys are trusted"}
+		}
+		hint := ""
+		if pk := vc.PublicKey(); pk != nil {
+			hint = pk.Hint()
+		}
+		var first string
+		var logged outcome
+		// Every key is tried (the hint is only a hint), the one it names
+		// first.
+		for _, k := range p.keysFor(hint) {
 			tm := p.keyMaterial(k)
 			err := p.verifyWith(b, tm, false, artifact, sgverify.WithKey())
 			if err == nil {
 				return outcome{verified: true, by: k.name + ", bundle"}
 			}
-			if errors.Is(err, errLogMissing) {
-				return outcome{untrust: fmt.Sprintf("a bundle signed by %s, but %v", k.name, err)}
+			if errors.Is(err, errLogMissing) && k.hint == hint && logged.untrust == "" {
+				logged = outcome{untrust: fmt.Sprintf("a bundle signed by %s, but %v", k.name, err)}
 			}
 			if p.signsOther(b, tm, false, sgverify.WithKey()) {
 				return outcome{invalid: fmt.Sprintf("a bundle signed by %s over another artifact, not this digest", k.name)}
 			}
-			reasons = append(reasons, err.Error())
+			if first == "" {
+				first = err.Error()
+			}
 		}
-		if len(p.keys) == 0 {
-			return outcome{untrust: "a bundle signed by a key, and no keys are trusted"}
+		if logged.untrust != "" {
+			return logged
 		}
-		return outcome{untrust: "a bundle that none of the trusted keys verifies (another key, or altered): " + oneLine(reasons[0])}
+		return outcome{untrust: "a bundle that none of the trusted keys verifies (another key, or altered): " + oneLine(first)}
 	}
 	if len(p.identities) == 0 {
 		return outcome{untrust: "a keyless bundle, and no keyless identities are trusted"}
@@ -330,6 +382,45 @@ func (p *Policy) signsOther(b sgverify.SignedEntity, tm root.TrustedMaterial, ke
 }
 
 var errLogMissing = errors.New("transparencyLog is Require and it has no Rekor entry the trusted root verifies")
+
+// notASignature says why a bundle is not a signature of an image, or "":
+// a DSSE envelope must carry an in-toto statement with cosign's signing
+// predicate. A message signature is one (its digest is checked by the
+// verification).
+func notASignature(b sgverify.SignedEntity) string {
+	sc, err := b.SignatureContent()
+	if err != nil {
+		return "a bundle without a signature: " + oneLine(err.Error())
+	}
+	env := sc.EnvelopeContent()
+	if env == nil {
+		return ""
+	}
+	if raw := env.RawEnvelope(); raw == nil || raw.PayloadType != inTotoPayloadType {
+		return "a DSSE bundle whose payload is not an in-toto statement"
+	}
+	st, err := env.Statement()
+	if err != nil {
+		return "a DSSE bundle whose statement does not parse: " + oneLine(err.Error())
+	}
+	if st.GetPredicateType() != cosignSignPredicate {
+		return fmt.Sprintf("an attestation (%s), not a signature", truncate(st.GetPredicateType(), 120))
+	}
+	return ""
+}
+
+// keysFor lists the trusted keys, the one hint names first.
+func (p *Policy) keysFor(hint string) []trustedKey {
+	out := make([]trustedKey, 0, len(p.keys))
+	for _, k := range p.keys {
+		if hint != "" && k.hint == hint {
+			out = append([]trustedKey{k}, out...)
+		} else {
+			out = append(out, k)
+		}
+	}
+	return out
+}
 
 // keyMaterial trusts k whatever key hint a bundle gives, and with a root
 // its logs and timestamp authorities.

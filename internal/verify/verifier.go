@@ -210,7 +210,7 @@ func (v *Verifier) check(ctx context.Context, req Request) Result {
 	var f *found
 	err := v.source.WithRepository(ctx, req.Image, req.Keychain, func(ctx context.Context, repo name.Repository, p *remote.Puller) error {
 		var err error
-		f, err = read(ctx, repo, p, req.Digest)
+		f, err = read(ctx, repo, p, req.Digest, req.Policy)
 		return err
 	})
 	if err != nil {
