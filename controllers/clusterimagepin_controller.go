@@ -98,7 +98,8 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 		return ctrl.Result{}, err
 	}
 
-	var all observation
+	// spec.verify: the Verified condition, even where nothing is selected.
+	all := observation{verifying: cp.Spec.Verify != nil}
 	var blocked []string
 	var listed []nsCheck // namespaces where it selects something
 	var followDue time.Time
@@ -110,6 +111,9 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 		}
 		all.workloads += res.obs.workloads
 		all.containers = append(all.containers, res.obs.containers...)
+		if all.verifyErr == nil {
+			all.verifyErr = res.obs.verifyErr
+		}
 		for _, b := range res.blocked {
 			blocked = append(blocked, ns+"/"+b)
 		}

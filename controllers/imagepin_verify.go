@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -152,7 +153,7 @@ func setVerified(status *imagesv1alpha1.ImagePinStatus, generation int64, obs ob
 		if ce := (*verify.ConfigError)(nil); !errors.As(obs.verifyErr, &ce) {
 			c.Message = "no digest can be verified, so none is written: spec.verify: " + obs.verifyErr.Error()
 		}
-		meta.SetStatusCondition(&status.Conditions, c)
+		meta.SetStatusCondition(&status.Conditions, metav1.Condition{Type: c.Type, ObservedGeneration: c.ObservedGeneration, Status: c.Status, Reason: c.Reason, Message: capMessage(c.Message)})
 		return
 	}
 	seen := map[string]bool{}
@@ -170,7 +171,7 @@ func setVerified(status *imagesv1alpha1.ImagePinStatus, generation int64, obs ob
 				verified++
 				continue
 			}
-			failed = append(failed, fmt.Sprintf("%s@%s: %s (%s)", o.image, d, v.Reason, v.Message))
+			failed = append(failed, fmt.Sprintf("%s@%s: %s (%s)", o.image, d, v.Reason, v.Status().Message))
 		}
 	}
 	sort.Strings(failed)
@@ -182,7 +183,23 @@ func setVerified(status *imagesv1alpha1.ImagePinStatus, generation int64, obs ob
 		c.Message = fmt.Sprintf("%d of %d %s did not verify, and %s never written: %s",
 			len(failed), len(failed)+verified, plural(len(failed)+verified, "digest"), map[bool]string{true: "is", false: "are"}[len(failed) == 1], joinCapped(failed, maxUnverifiedListed))
 	}
+	c.Message = capMessage(c.Message)
 	meta.SetStatusCondition(&status.Conditions, c)
+}
+
+// maxVerifiedMessage bounds the Verified condition's message, whatever
+// the registries said.
+const maxVerifiedMessage = 4096
+
+func capMessage(s string) string {
+	if len(s) <= maxVerifiedMessage {
+		return s
+	}
+	cut := maxVerifiedMessage - 3
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -254,6 +254,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 
 	var patches []jsonpatch.JsonPatchOperation
 	var failures []failure
+	var notes []string // warnings that refuse nothing
 	for _, p := range plans {
 		digest := p.digest
 		if digest == "" {
@@ -275,8 +276,14 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 				continue
 			}
 			if msg := verifier.check(ctx, p.pin, p.ref, digest, kc); msg != "" {
-				failures = append(failures, failure{p.pin, msg})
-				continue
+				if !p.kept {
+					failures = append(failures, failure{p.pin, msg})
+					continue
+				}
+				// A re-apply of the tag keeps the digest the workload
+				// runs: nothing new is admitted, and admitting it
+				// unpinned would let the tag's unverified digest in.
+				notes = append(notes, warning("imagepin: kept the digest the workload runs, "+msg))
 			}
 		}
 		pinned, err := selection.PinnedImage(p.ref, digest)
@@ -289,7 +296,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		// API types do not know (a newer API server's) and rewrite others.
 		patches = append(patches, jsonpatch.NewOperation("replace", p.pointer, pinned))
 	}
-	return answer(failures, patches)
+	return answer(failures, patches, notes...)
 }
 
 // failure is an image its writer could not pin.
@@ -301,8 +308,9 @@ type failure struct {
 // answer applies each writer's failurePolicy to the images it could not
 // pin: an image whose writer says Fail refuses the request, the others are
 // admitted with a warning per image.
-func answer(failures []failure, patches []jsonpatch.JsonPatchOperation) (admission.Response, string) {
-	var warnings, refusals []string
+func answer(failures []failure, patches []jsonpatch.JsonPatchOperation, notes ...string) (admission.Response, string) {
+	warnings := notes
+	var refusals []string
 	var refusing []string
 	for _, f := range failures {
 		if f.pin.Spec.FailurePolicy == imagesv1alpha1.FailurePolicyFail {

@@ -32,6 +32,7 @@ import (
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/registry/registrytest"
 	"github.com/imagepin/imagepin/internal/testenv"
+	"github.com/imagepin/imagepin/internal/verify"
 	"github.com/imagepin/imagepin/internal/workload"
 )
 
@@ -163,6 +164,7 @@ func startCluster() error {
 	}
 	mgr.GetWebhookServer().Register(Path, &webhook.Admission{Handler: &Handler{
 		Reader: mgr.GetClient(), Resolver: resolver, Keychains: &registry.Keychains{Reader: mgr.GetClient()},
+		Verifier: verify.New(resolver, nil, nil), VerifyLoader: &verify.Loader{Reader: mgr.GetAPIReader()},
 	}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

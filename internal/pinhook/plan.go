@@ -34,6 +34,9 @@ type imageInput struct {
 type imagePlan struct {
 	ref    string
 	digest string
+	// kept: digest is the one the old object runs, kept on a re-apply of
+	// its tag.
+	kept bool
 }
 
 // planImage decides whether and how one container image is pinned; ok is
@@ -73,7 +76,7 @@ func planImage(in imageInput) (imagePlan, bool) {
 	}
 	if in.hadOld && strings.Contains(in.old, "@") && selection.ImageKey(in.old) == selection.ImageKey(in.image) {
 		if d := drift.DigestOfImage(in.old); d != "" {
-			return imagePlan{ref: ref, digest: d}, true
+			return imagePlan{ref: ref, digest: d, kept: true}, true
 		}
 	}
 	return imagePlan{ref: ref}, true

@@ -39,13 +39,13 @@ func TestPlanImage(t *testing.T) {
 		// Item 6: Jobs and bare Pods on UPDATE.
 		{"job or pod update with the image unchanged", imageInput{image: tag, selected: true, update: true, old: tag, hadOld: true}, nil},
 		{"pod update that changes the image", imageInput{image: tag2, selected: true, update: true, old: tag + "@" + x, hadOld: true}, resolve(tag2)},
-		{"pod update back to the tag it runs pinned", imageInput{image: tag, selected: true, update: true, old: tag + "@" + x, hadOld: true}, pinTo(tag, x)},
+		{"pod update back to the tag it runs pinned", imageInput{image: tag, selected: true, update: true, old: tag + "@" + x, hadOld: true}, &imagePlan{ref: tag, digest: x, kept: true}},
 		{"job update with an override but the image unchanged", imageInput{image: tag + "@" + x, selected: true, update: true, old: tag + "@" + x, hadOld: true, override: y}, nil},
 		{"pod update adds a container", imageInput{image: tag, selected: true, update: true}, resolve(tag)},
 
 		// Templates that may change pin on any UPDATE.
 		{"deployment update pins an unchanged tag", imageInput{image: tag, selected: true, update: true, templateMutable: true, old: tag, hadOld: true}, resolve(tag)},
-		{"deployment re-apply keeps the running digest", imageInput{image: tag, selected: true, update: true, templateMutable: true, old: tag + "@" + x, hadOld: true}, pinTo(tag, x)},
+		{"deployment re-apply keeps the running digest", imageInput{image: tag, selected: true, update: true, templateMutable: true, old: tag + "@" + x, hadOld: true}, &imagePlan{ref: tag, digest: x, kept: true}},
 		{"deployment release of a new tag resolves it", imageInput{image: tag2, selected: true, update: true, templateMutable: true, old: tag + "@" + x, hadOld: true}, resolve(tag2)},
 
 		// Item 7: overrides apply to pinned images too.

@@ -13,6 +13,10 @@ import (
 	"github.com/imagepin/imagepin/internal/verify"
 )
 
+// negativeFreshFor is how long admission takes a cached word that a
+// digest does not verify.
+const negativeFreshFor = 30 * time.Second
+
 // requestVerifier verifies, for one admission request, the digests an
 // ImagePin with spec.verify would have written: each policy built once per
 // request, answers from the shared Verifier's cache when it has them.
@@ -46,13 +50,16 @@ func (v *requestVerifier) check(ctx context.Context, pin *imagesv1alpha1.ImagePi
 	if pe.err != nil {
 		return fmt.Sprintf("%s@%s: signatures not verified: %v", ref, digest, pe.err)
 	}
-	interval := 5 * time.Minute
-	if pin.Spec.Interval != nil && pin.Spec.Interval.Duration > 0 {
-		interval = pin.Spec.Interval.Duration
+	// A word that the digest does not verify is taken for 30 s at most
+	// (or the interval, when shorter): a digest signed since is admitted
+	// soon, on every replica, push events or not.
+	fresh := negativeFreshFor
+	if pin.Spec.Interval != nil && pin.Spec.Interval.Duration > 0 && pin.Spec.Interval.Duration < fresh {
+		fresh = pin.Spec.Interval.Duration
 	}
 	r := v.h.Verifier.Verify(ctx, verify.Request{
 		Image: ref, Digest: digest, Keychain: kc, Policy: pe.p,
-		FreshSince: time.Now().Add(-interval),
+		FreshSince: time.Now().Add(-fresh),
 	})
 	if r.Verified {
 		return ""

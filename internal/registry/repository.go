@@ -3,7 +3,7 @@ package registry
 import (
 	"context"
 	"fmt"
-	"time"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -33,11 +33,10 @@ func (r *Resolver) WithRepository(ctx context.Context, image string, kc authn.Ke
 		return do(ctx, repo, p)
 	})
 	if err != nil {
-		return explainFor(tag, err, r.opts.Timeout)
+		// Explained as a resolution's failure (secrets redacted), then
+		// said as what it was: not a resolution of the tag.
+		e := explainFor(tag, err, r.opts.Timeout)
+		return &redactedError{msg: strings.Replace(e.Error(), "resolve "+tag.String()+": ", "", 1), err: e}
 	}
 	return nil
 }
-
-// Timeout is the deadline of one resolution; verification bounds each of
-// its registry conversations with it too.
-func (r *Resolver) Timeout() time.Duration { return r.opts.Timeout }
