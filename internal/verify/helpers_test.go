@@ -59,10 +59,10 @@ type testRegistry struct {
 type failure int
 
 const (
-	serve     failure = iota
-	status500         // answer 500
-	hangUp            // close the connection without an answer
-	notFound404       // answer 404 MANIFEST_UNKNOWN
+	serve       failure = iota
+	status500           // answer 500
+	hangUp              // close the connection without an answer
+	notFound404         // answer 404 MANIFEST_UNKNOWN
 )
 
 // newTestRegistry starts a registry; referrers turns on its OCI 1.1
