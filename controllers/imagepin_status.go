@@ -291,6 +291,12 @@ func imageStatus(img string, cs []containerObs, prev imagesv1alpha1.ImageStatus,
 		if v := verdictOf(cs, st.History[i].Digest); v != nil || !verifying {
 			// Without verification this check, earlier words are
 			// dropped: spec.verify removed, or its keys unreadable.
+			// History says verified and why in a word; the message is
+			// images[].verification's, so that ten entries per image
+			// keep the status small.
+			if v != nil {
+				v.Message = ""
+			}
 			st.History[i].Verification = v
 		}
 	}

@@ -87,7 +87,10 @@ func TestStatusReportsVerification(t *testing.T) {
 		t.Errorf("images[0].verification = %+v, want Untrusted", st.Verification)
 	}
 	if len(st.History) != 2 || st.History[1].Verification == nil || !st.History[1].Verification.Verified {
-		t.Errorf("history = %+v, want the earlier digest verified", st.History)
+		t.Fatalf("history = %+v, want the earlier digest verified", st.History)
+	}
+	if st.History[1].Verification.Message != "" || st.Verification.Message == "" {
+		t.Errorf("the message belongs in images[].verification only, to keep ten history entries small: %+v, %+v", st.History[1].Verification, st.Verification)
 	}
 	if got := st.Workloads[0].Drift; !containsReason(got, imagesv1alpha1.DriftUnverified) {
 		t.Errorf("drift = %v, want Unverified among them", got)

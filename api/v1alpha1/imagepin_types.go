@@ -373,7 +373,8 @@ type DigestRecord struct {
 	// +required
 	FirstSeen metav1.Time `json:"firstSeen"`
 	// verification is what signature verification last said of digest,
-	// with spec.verify set: whether it is a digest to roll back to.
+	// with spec.verify set (verified and reason; the message is in
+	// images[].verification): whether it is a digest to roll back to.
 	// +optional
 	Verification *Verification `json:"verification,omitempty"`
 }
