@@ -7,7 +7,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -191,16 +190,7 @@ func setVerified(status *imagesv1alpha1.ImagePinStatus, generation int64, obs ob
 // the registries said.
 const maxVerifiedMessage = 4096
 
-func capMessage(s string) string {
-	if len(s) <= maxVerifiedMessage {
-		return s
-	}
-	cut := maxVerifiedMessage - 3
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "..."
-}
+func capMessage(s string) string { return verify.Truncate(s, maxVerifiedMessage) }
 
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))

@@ -222,8 +222,13 @@ func pinFor(t testing.TB, ns, app string, opts ...func(*imagesv1alpha1.ImagePin)
 		t.Fatal(err)
 	}
 	// Probe with a dry-run until the webhook pins: its cache has the pin.
-	probe := deployment(ns, "probe", app, reg.Image("probe/app:v1"))
 	reg.Push(t, "probe/app:v1")
+	waitPinned(t, deployment(ns, "probe", app, reg.Image("probe/app:v1")))
+}
+
+// waitPinned dry-runs probe until the webhook pins it.
+func waitPinned(t testing.TB, probe *appsv1.Deployment) {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		d := probe.DeepCopy()

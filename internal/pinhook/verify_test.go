@@ -4,7 +4,6 @@ import (
 	"context"
 	"strings"
 	"testing"
-	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -38,20 +37,8 @@ func verifyingPin(t *testing.T, ns, app string, key *registrytest.SigningKey, po
 	if err := k8s.Create(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	probe := deployment(ns, "probe", app, reg.Image("probe/"+app+":v1"))
 	reg.SignLegacy(t, "probe/"+app, reg.Push(t, "probe/"+app+":v1"), key)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		d := probe.DeepCopy()
-		if err := k8s.Create(ctx, d, client.DryRunAll); err == nil && strings.Contains(d.Spec.Template.Spec.Containers[0].Image, "@sha256:") {
-			warnings.take()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the webhook never pinned a signed probe")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitPinned(t, deployment(ns, "probe", app, reg.Image("probe/"+app+":v1")))
 }
 
 // Issue 18: with spec.verify, the webhook pins only digests that verify.

@@ -404,7 +404,7 @@ func notASignature(b sgverify.SignedEntity) string {
 		return "a DSSE bundle whose statement does not parse: " + oneLine(err.Error())
 	}
 	if st.GetPredicateType() != cosignSignPredicate {
-		return fmt.Sprintf("an attestation (%s), not a signature", truncate(st.GetPredicateType(), 120))
+		return fmt.Sprintf("an attestation (%s), not a signature", Truncate(st.GetPredicateType(), 120))
 	}
 	return ""
 }

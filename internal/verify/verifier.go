@@ -35,7 +35,7 @@ type Result struct {
 
 // Status is r as an ImagePin's status says it.
 func (r Result) Status() *imagesv1alpha1.Verification {
-	return &imagesv1alpha1.Verification{Verified: r.Verified, Reason: r.Reason, Message: truncate(r.Message, 512)}
+	return &imagesv1alpha1.Verification{Verified: r.Verified, Reason: r.Reason, Message: Truncate(r.Message, 512)}
 }
 
 // DefaultTimeout bounds one verification: its manifests, referrers and
@@ -269,8 +269,9 @@ func summarize(first, then []string) string {
 	return strings.Join(all, "; ")
 }
 
-// truncate keeps s within n bytes, cut on a character boundary.
-func truncate(s string, n int) string {
+// Truncate keeps s within n bytes, cut on a character boundary, "..."
+// saying so.
+func Truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
