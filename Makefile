@@ -149,9 +149,9 @@ dev-cluster-down: ## Stop the local cluster `make dev-cluster` started, and ever
 	$(BIN)/devcluster down --dir $(DEV_CLUSTER_DIR)
 
 .PHONY: demo
-demo: build control-plane $(REGISTRY) $(CRANE) ## Replay the mutable-tag story on the local cluster, narrated; clean up.
+demo: build control-plane $(REGISTRY) $(CRANE) $(COSIGN) ## Replay the mutable-tag story on the local cluster, narrated; clean up.
 	$(GO) build -o $(BIN)/devcluster ./hack/devcluster
-	KUBEBUILDER_ASSETS=$(K8S_DIR) K8S_DIR=$(K8S_DIR) CRANE=$(CRANE) hack/demo.sh
+	KUBEBUILDER_ASSETS=$(K8S_DIR) K8S_DIR=$(K8S_DIR) CRANE=$(CRANE) COSIGN=$(COSIGN) hack/demo.sh
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine; none runs on the dev machines).

@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 
 K8S_DIR=${K8S_DIR:?set by make demo}
 CRANE=${CRANE:?set by make demo}
+COSIGN=${COSIGN:?set by make demo}
 export PATH="$K8S_DIR:$PATH"
 WORK=$PWD/tmp/demo
 DEVCLUSTER="bin/devcluster"
@@ -52,16 +53,17 @@ wait_for() { # wait_for <seconds> <what> <command...>
 	return 1
 }
 
-# push_build <text>: push a one-file image holding <text> as demo/web:v1,
-# the way a CI pipeline pushes a tag again; print its digest.
+# push_build <text> [tag] [repo]: push a one-file image holding <text> as
+# demo/<repo>:<tag> (demo/web:v1), the way a CI pipeline pushes a tag
+# again; print its digest.
 push_build() {
-	local tag=${2:-v1}
+	local tag=${2:-v1} repo=${3:-web}
 	mkdir -p "$WORK/build"
 	printf '%s\n' "$1" >"$WORK/build/version.txt"
 	tar -C "$WORK/build" -cf "$WORK/layer.tar" version.txt
 	local ref
-	ref=$(SSL_CERT_FILE=$REGISTRY_CA "$CRANE" append --oci-empty-base -f "$WORK/layer.tar" -t "$REGISTRY/demo/web:$tag" 2>>"$WORK/crane.log")
-	[[ $ref == *@sha256:* ]] || { echo "push of demo/web:$tag failed; see tmp/demo/crane.log" >&2; return 1; }
+	ref=$(SSL_CERT_FILE=$REGISTRY_CA "$CRANE" append --oci-empty-base -f "$WORK/layer.tar" -t "$REGISTRY/demo/$repo:$tag" 2>>"$WORK/crane.log")
+	[[ $ref == *@sha256:* ]] || { echo "push of demo/$repo:$tag failed; see tmp/demo/crane.log" >&2; return 1; }
 	echo "${ref##*@}"
 }
 
@@ -247,8 +249,52 @@ show "$DEVCLUSTER" registry up --dir "$WORK"
 show kubectl wait --for=condition=Ready --timeout=60s imagepin/web
 show kubectl get ipin -o wide
 
+step "Follow only what is signed: an ImagePin with spec.verify rolls out only digests signed with the team's key"
+say "CI makes a key pair once; imagepin gets the public half in a Secret. (cosign signs offline here: no Rekor, no Fulcio.)"
+mkdir -p "$WORK/keys"
+rm -f "$WORK/keys/cosign.key" "$WORK/keys/cosign.pub"
+(cd "$WORK/keys" && COSIGN_PASSWORD=demo "$COSIGN" generate-key-pair >/dev/null 2>&1)
+show kubectl create secret generic signing-keys --from-file=cosign.pub="$WORK/keys/cosign.pub"
+sign() { # sign <digest>: what CI does after pushing demo/signed
+	show env COSIGN_PASSWORD=demo SSL_CERT_FILE="$REGISTRY_CA" "$COSIGN" sign --key "$WORK/keys/cosign.key" \
+		--tlog-upload=false --use-signing-config=false -y "$REGISTRY/demo/signed@$1" 2>&1 | grep -v -e '^Flag --' || true
+}
+signed1=$(push_build "signed build 1" v1 signed)
+echo "pushed $REGISTRY/demo/signed:v1 -> $signed1"
+sign "$signed1"
+{
+	cat <<EOF
+apiVersion: images.imagepin.dev/v1alpha1
+kind: ImagePin
+metadata: {name: signed}
+spec:
+  selector: {matchLabels: {app: signed}}
+  mode: Follow
+  interval: 10s
+  verify:
+    keys:
+    - secretKeyRef: {name: signing-keys, key: cosign.pub}
+---
+EOF
+	deployment_yaml signed v1 | sed -e 's/app: web/app: signed/' -e 's|demo/web:v1|demo/signed:v1|'
+} >"$WORK/signed.yaml"
+show cat "$WORK/signed.yaml"
+show kubectl apply -f "$WORK/signed.yaml"
+show kubectl wait --for=jsonpath='{.spec.template.spec.containers[0].image}'="$REGISTRY/demo/signed:v1@$signed1" --timeout=45s deployment/signed
+show kubectl wait --for=condition=Verified --timeout=30s imagepin/signed
+say "CI pushes :v1 again, but nobody signs it: imagepin reports it and writes nothing."
+unsigned=$(push_build "unsigned build 2" v1 signed)
+echo "pushed $REGISTRY/demo/signed:v1 -> $unsigned"
+show kubectl wait --for=condition=Verified=false --timeout=30s imagepin/signed
+show kubectl get ipin signed -o jsonpath='{.status.conditions[?(@.type=="Verified")].message}{"\n"}'
+show kubectl get deployment signed -o jsonpath='{.spec.template.spec.containers[0].image}{"\n"}'
+say "Still the signed build 1. Once the new build is signed, it rolls out (the signature's push event has imagepin check at once):"
+sign "$unsigned"
+show kubectl wait --for=jsonpath='{.spec.template.spec.containers[0].image}'="$REGISTRY/demo/signed:v1@$unsigned" --timeout=45s deployment/signed
+show kubectl get ipin signed -o jsonpath='{range .status.images[0].history[*]}{.digest}  verified={.verification.verified} ({.verification.reason}){"\n"}{end}'
+
 step "What imagepin exports to Prometheus (a few series)"
-curl -s "$IMAGEPIN_METRICS" | grep -E '^imagepin_(registry_requests_total|registry_cache_results_total|drifted_containers|workload_writes_total|admission_decisions_total|receiver_pushes_total)' | sort || true
+curl -s "$IMAGEPIN_METRICS" | grep -E '^imagepin_(registry_requests_total|registry_cache_results_total|drifted_containers|workload_writes_total|admission_decisions_total|receiver_pushes_total|verification_total)' | sort || true
 
 step "A spec imagepin cannot honour is refused, naming the field"
 show kubectl patch ipin web --type merge -p '{"spec":{"interval":"1s"}}' || true
