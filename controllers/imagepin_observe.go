@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -103,7 +104,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 		}
 	}
 	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval))
-	r.learnPinnedPlatforms(ctx, obs.containers, sel.Overrides())
+	r.learnNeededPlatforms(ctx, obs.containers, sel.Overrides())
 	r.verifyAll(ctx, pin, sel, &obs)
 	return obs, nil
 }
@@ -144,22 +145,35 @@ func (obs *observation) addTemplate(sel *selection.Selection, w workload.Workloa
 	}
 }
 
-// learnPinnedPlatforms has the resolver learn the platforms of every digest
-// a spec pins or an override names that the tag does not resolve to now: a
-// rollback to an older multi-arch index would otherwise show its pods'
-// platform digests as RolloutPending and MixedReplicas. A digest's
-// platforms never change, so the resolver reads each digest once, ever,
-// and answers from memory after that.
-func (r *ImagePinReconciler) learnPinnedPlatforms(ctx context.Context, containers []containerObs, overrides map[string]string) {
+// learnNeededPlatforms has the resolver learn the platforms of the digests
+// a container's pods might run as platform manifests (what its tag
+// resolves to, what its spec pins, its override), only when a pod runs a
+// digest other than those: then the platform rule must decide whether
+// that is drift (an amd64 node reports the amd64 manifest's digest under
+// some runtimes), and a rollback to an older multi-arch index must not
+// show its pods as RolloutPending. Containerd reports the index digest,
+// so this is rare. A digest's platforms never change: each is read once,
+// ever (a GET of the index; nothing for a single manifest).
+func (r *ImagePinReconciler) learnNeededPlatforms(ctx context.Context, containers []containerObs, overrides map[string]string) {
 	seen := map[string]bool{}
 	for _, c := range containers {
-		for _, d := range []string{c.pinned, overrides[c.image]} {
-			if d == "" || d == c.result.Digest || seen[d] {
+		named := []string{c.result.Digest, c.pinned, overrides[c.image]}
+		other := false
+		for _, run := range c.running {
+			if !slices.Contains(named, string(run.Digest)) {
+				other = true
+			}
+		}
+		if !other {
+			continue
+		}
+		for _, d := range named {
+			if d == "" || seen[d] {
 				continue
 			}
 			seen[d] = true
 			if _, err := r.Resolver.LearnPlatforms(ctx, c.image, d, c.keychain); err != nil {
-				log.FromContext(ctx).V(1).Info("learn the platforms of a pinned digest", "image", c.image, "digest", d, "reason", err.Error())
+				log.FromContext(ctx).V(1).Info("learn the platforms of a digest", "image", c.image, "digest", d, "reason", err.Error())
 			}
 		}
 	}

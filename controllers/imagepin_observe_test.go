@@ -739,3 +739,39 @@ func checkedEntry(p *imagesv1alpha1.ImagePin, image, workloadName, container str
 	}
 	return entryFor(got, image, workloadName, container)
 }
+
+// Issue 19: an index whose digest the pods run (as containerd reports it)
+// is resolved with HEADs alone: its platforms are never read, so no GET,
+// which Docker Hub would count as a pull. TestMultiArchPlatformDigestIsNotDrift
+// is the other side: pods that run platform digests have them learnt.
+func TestAnIndexThePodsRunIsNeverRead(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	var gets atomic.Int32
+	remove := reg.Route("multi-idx/app", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") {
+			gets.Add(1)
+		}
+		reg.Backend().ServeHTTP(w, r)
+	}))
+	defer remove()
+	image := reg.Image("multi-idx/app:v1")
+	index, _ := reg.PushIndex(t, "multi-idx/app:v1")
+	gets.Store(0)
+	deploymentRunning(t, ns, "idx", image, podRun{"node-a", index}, podRun{"node-b", index})
+	pin := observePin(ns, "idx")
+	create(t, pin)
+	eventually(t, func() error {
+		img, w, err := checkedEntry(pin, image, "idx", "app")
+		if err != nil {
+			return err
+		}
+		if string(img.Digest) != index {
+			return fmt.Errorf("digest = %s, want the index %s", img.Digest, index)
+		}
+		return driftIs(w, imagesv1alpha1.DriftUnpinned)
+	})
+	if n := gets.Load(); n != 0 {
+		t.Errorf("%d manifest GETs for an index the pods run, want none", n)
+	}
+}

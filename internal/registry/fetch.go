@@ -150,8 +150,8 @@ func (r *Resolver) withCredentials(ctx context.Context, repo name.Repository, cr
 	return fail
 }
 
-// resolveDigest HEADs the tag and, for an index seen for the first time,
-// GETs it once by digest to learn its platforms.
+// resolveDigest HEADs the tag, and never GETs but when the registry does
+// not answer HEAD properly.
 func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, p *remote.Puller) (string, error) {
 	desc, err := p.Head(ctx, tag)
 	if err != nil && headNotAnswered(err) {
@@ -173,10 +173,14 @@ func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, p *remote.Pu
 		// Never handed on, so never written into a workload.
 		return "", fmt.Errorf("registry %s gave %q for the tag, not a sha256 digest; not used", tag.RegistryStr(), digest)
 	}
-	if desc.MediaType.IsIndex() && !r.knowsPlatforms(digest) {
-		// The digest is known; its platforms are a bonus learned once. If
-		// the GET fails (a pull limit, say), it is tried again next time.
-		_ = r.learnPlatforms(ctx, p, tag.Context().Digest(digest))
+	// The HEAD says whether it is an index; its platforms are learnt only
+	// when a caller needs them (LearnPlatforms: a GET, which Docker Hub
+	// counts as a pull): the CLI and the webhook never do, the controller
+	// when a pod runs a digest other than the one a spec or tag names.
+	if desc.MediaType.IsIndex() {
+		r.markIndex(digest)
+	} else {
+		r.remember(digest, nil) // a single manifest: no platforms, no request
 	}
 	return digest, nil
 }

@@ -33,13 +33,6 @@ func (r *Resolver) Platforms(digest string) []string {
 	return r.platforms[digest]
 }
 
-func (r *Resolver) knowsPlatforms(digest string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	_, ok := r.platforms[digest]
-	return ok
-}
-
 // LearnPlatforms reads the platform manifests of digest, a manifest of
 // image's repository that no tag resolution showed the resolver — a digest
 // pinned in a spec, an override's, a tag's earlier index — and returns
@@ -83,6 +76,10 @@ func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc 
 		fctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
 		defer cancel()
 		err := r.withCredentials(fctx, tag.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
+			if r.isIndex(digest) {
+				// A tag's HEAD said so: the GET alone.
+				return r.learnPlatforms(ctx, p, ref)
+			}
 			desc, err := p.Head(ctx, ref)
 			switch {
 			case err == nil && !desc.MediaType.IsIndex():
@@ -138,6 +135,26 @@ func (r *Resolver) learnPlatforms(ctx context.Context, p *remote.Puller, ref nam
 	return nil
 }
 
+// markIndex remembers that digest is an index whose platforms are not
+// read yet.
+func (r *Resolver) markIndex(digest string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, known := r.platforms[digest]; known {
+		return
+	}
+	if len(r.indexes) >= maxPlatformEntries {
+		clear(r.indexes) // refilled by the next resolutions
+	}
+	r.indexes[digest] = true
+}
+
+func (r *Resolver) isIndex(digest string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.indexes[digest]
+}
+
 // remember keeps an index's children (nil for a single manifest).
 func (r *Resolver) remember(digest string, children []string) {
 	r.mu.Lock()
@@ -149,4 +166,5 @@ func (r *Resolver) remember(digest string, children []string) {
 		}
 	}
 	r.platforms[digest] = children
+	delete(r.indexes, digest)
 }

@@ -97,8 +97,9 @@ type Result struct {
 	// Digest is what a kubelet would pull: the index digest of a
 	// multi-arch image.
 	Digest string
-	// Platforms are the digests of an index's platform manifests; empty
-	// for a single-platform image.
+	// Platforms are the digests of an index's platform manifests, once
+	// learnt (LearnPlatforms); empty for a single-platform image, and for
+	// an index whose platforms nobody needed yet.
 	Platforms []string
 	// ResolvedAt is when the registry last confirmed Digest.
 	ResolvedAt time.Time
@@ -126,6 +127,7 @@ type Resolver struct {
 	calls       map[string]*call // resolutions in flight, by cache key
 	pullers     map[string]*pullerEntry
 	platforms   map[string][]string
+	indexes     map[string]bool // indexes whose platforms are not read yet
 	learnFailed map[string]learnFailure
 	hints       map[TagRef]time.Time // hints.go
 	known       map[TagRef]int       // cache entries per tag and per repository
@@ -197,6 +199,7 @@ func New(o Options) (*Resolver, error) {
 		calls:       map[string]*call{},
 		pullers:     map[string]*pullerEntry{},
 		platforms:   map[string][]string{},
+		indexes:     map[string]bool{},
 		learnFailed: map[string]learnFailure{},
 		hints:       map[TagRef]time.Time{},
 		known:       map[TagRef]int{},

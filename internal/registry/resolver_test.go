@@ -254,6 +254,11 @@ func TestDigestOnTheReferenceIsIgnored(t *testing.T) {
 	}
 }
 
+// Issue 19: a tag naming a multi-arch index resolves to the index digest
+// with a HEAD alone: no GET (Docker Hub counts manifest GETs as pulls),
+// however often. Its platforms are learnt only when a caller asks
+// (LearnPlatforms, the controller when a pod runs another digest): one
+// GET, once, and no HEAD, since the tag's HEAD said it is an index.
 func TestMultiArchIndexGivesIndexDigestAndPlatforms(t *testing.T) {
 	f := newFixture(t)
 	index, children := f.reg.pushIndex("team/multi:v1")
@@ -262,26 +267,33 @@ func TestMultiArchIndexGivesIndexDigestAndPlatforms(t *testing.T) {
 	if res.Digest != index {
 		t.Fatalf("digest = %s, want the index digest %s", res.Digest, index)
 	}
-	if fmt.Sprint(res.Platforms) != fmt.Sprint(children) {
-		t.Fatalf("platforms = %v, want %v", res.Platforms, children)
+	if len(res.Platforms) != 0 {
+		t.Fatalf("platforms = %v learnt without being asked for", res.Platforms)
 	}
-	if got := f.reg.count("GET manifests"); got != 1 {
-		t.Fatalf("GETs to learn a new index = %d, want 1", got)
-	}
-
-	// Steady state: the index is known, so only HEADs follow.
 	for range 3 {
 		f.clock.Step(time.Minute)
-		res = f.mustResolve(t, f.reg.image("team/multi:v1"), time.Minute)
-		if fmt.Sprint(res.Platforms) != fmt.Sprint(children) {
-			t.Fatalf("platforms = %v, want %v", res.Platforms, children)
-		}
+		f.mustResolve(t, f.reg.image("team/multi:v1"), time.Minute)
 	}
-	if got := f.reg.count("GET manifests"); got != 1 {
-		t.Errorf("GETs in steady state = %d, want none after the first", got)
+	if got := f.reg.count("GET manifests"); got != 0 {
+		t.Fatalf("GETs to resolve an index = %d, want none", got)
 	}
 	if got := f.reg.count("HEAD manifests"); got != 4 {
 		t.Errorf("HEADs = %d, want one per TTL (4)", got)
+	}
+
+	got, err := f.resolver.LearnPlatforms(context.Background(), f.reg.image("team/multi:v1"), index, nil)
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(children) {
+		t.Fatalf("LearnPlatforms = %v, %v; want %v", got, err, children)
+	}
+	if gets, heads := f.reg.count("GET manifests"), f.reg.count("HEAD manifests"); gets != 1 || heads != 4 {
+		t.Errorf("learning the platforms of a known index sent %d GETs and %d more HEADs, want 1 and 0", gets, heads-4)
+	}
+	f.clock.Step(time.Minute)
+	if res := f.mustResolve(t, f.reg.image("team/multi:v1"), time.Minute); fmt.Sprint(res.Platforms) != fmt.Sprint(children) {
+		t.Fatalf("platforms after learning = %v, want %v", res.Platforms, children)
+	}
+	if _, err := f.resolver.LearnPlatforms(context.Background(), f.reg.image("team/multi:v1"), index, nil); err != nil || f.reg.count("GET manifests") != 1 {
+		t.Errorf("platforms learnt twice: %d GETs, %v", f.reg.count("GET manifests"), err)
 	}
 }
 
