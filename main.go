@@ -35,6 +35,7 @@ import (
 	_ "golang.org/x/crypto/x509roots/fallback"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -57,6 +58,15 @@ import (
 
 // leaderElectionID names the Lease the managers of one installation share.
 const leaderElectionID = "imagepin.images.imagepin.dev"
+
+// leaderElectionIDOf is a shard's Lease: the replicas of one shard elect
+// their leader among themselves, and shards run side by side.
+func leaderElectionIDOf(shard string) string {
+	if shard == "" {
+		return leaderElectionID
+	}
+	return shard + "." + leaderElectionID
+}
 
 func main() {
 	// As the kubectl plugin kubectl-imagepin, the subcommand is os.Args[1]
@@ -89,6 +99,7 @@ type options struct {
 	registry                registry.Options
 	cloudKeychains          bool
 	workers                 int
+	shard                   string
 	conflictBackoff         time.Duration
 	workloadKinds           workload.KindFlag
 	receiverAddr            string
@@ -121,6 +132,7 @@ func run(args []string) error {
 	fs.StringVar(&o.registry.CAFile, "registry-ca-file", "", "PEM file of CA certificates trusted for registries, added to the system roots (SSL_CERT_FILE also works)")
 	fs.BoolVar(&o.cloudKeychains, "cloud-keychains", true, "also resolve with the manager's own ECR, Google and ACR credentials")
 	fs.IntVar(&o.workers, "concurrent-checks", 4, "ImagePins checked at once, so that one slow registry does not delay the others")
+	fs.StringVar(&o.shard, "shard", "", "reconcile only the ImagePins and ClusterImagePins labelled "+imagesv1alpha1.ShardLabel+"=<this value>, with a leader-election Lease of the shard's own; empty reconciles those without the label. The webhook pins for all of them")
 	fs.DurationVar(&o.conflictBackoff, "conflict-backoff", time.Hour, "how long imagepin remembers reverts of its writes and first stops writing a workload reverted 3 times (doubling per block in a row, up to 24h)")
 	fs.Var(&o.workloadKinds, "workload-kind", workload.KindFlagUsage)
 	fs.StringVar(&o.receiverAddr, "receiver-bind-address", "0", `address the registry push-notification receiver binds to (e.g. ":9292"); "0" disables it`)
@@ -133,6 +145,9 @@ func run(args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unknown command %q; run without arguments to start the manager, or see --help", fs.Arg(0))
+	}
+	if errs := validation.IsValidLabelValue(o.shard); len(errs) > 0 {
+		return fmt.Errorf("--shard %q is not a label value: %s", o.shard, strings.Join(errs, "; "))
 	}
 	o.enableWebhooks = !strings.EqualFold(os.Getenv("ENABLE_WEBHOOKS"), "false")
 	// Before the manager reads the kind table (its cache, indexes and
@@ -162,7 +177,7 @@ func runManager(o options) error {
 		Metrics:                 metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress:  o.probeAddr,
 		LeaderElection:          o.leaderElect,
-		LeaderElectionID:        leaderElectionID,
+		LeaderElectionID:        leaderElectionIDOf(o.shard),
 		LeaderElectionNamespace: o.leaderElectionNamespace,
 		// Managers hand over at once when one stops cleanly.
 		LeaderElectionReleaseOnCancel: true,
@@ -181,6 +196,10 @@ func runManager(o options) error {
 
 	o.registry.Metrics = registry.NewMetrics(ctrlmetrics.Registry)
 	o.registry.UserAgent = "imagepin"
+	if o.shard != "" {
+		// A registry's access log tells the shards apart.
+		o.registry.UserAgent = "imagepin shard/" + o.shard
+	}
 	resolver, err := registry.New(o.registry)
 	if err != nil {
 		return fmt.Errorf("registry resolver: %w", err)
@@ -200,6 +219,7 @@ func runManager(o options) error {
 		Recorder:  mgr.GetEventRecorder("imagepin"),
 		APIReader: mgr.GetAPIReader(),
 		Workers:   o.workers,
+		Shard:     o.shard,
 
 		Verifier:     verifier,
 		VerifyLoader: verifyLoader,

@@ -44,9 +44,10 @@ type ClusterImagePinReconciler struct {
 // only when it changed.
 func (r *ClusterImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var cp imagesv1alpha1.ClusterImagePin
-	if err := r.Get(ctx, req.NamespacedName, &cp); err != nil {
+	err := r.Get(ctx, req.NamespacedName, &cp)
+	if err != nil || !r.owns(&cp) {
 		if client.IgnoreNotFound(err) == nil {
-			r.forgetCluster(req.Name)
+			r.forgetCluster(req.Name) // gone, or another shard's now
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -358,7 +359,7 @@ func (r *ClusterImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("clusterimagepin").
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(1, r.Workers)}).
-		For(&imagesv1alpha1.ClusterImagePin{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		For(&imagesv1alpha1.ClusterImagePin{}, builder.WithPredicates(specOrShardChanged())).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.allClusterPins),
 			builder.WithPredicates(namespaceLabelsChanged()))
 	for _, k := range workload.Kinds() {
@@ -412,7 +413,9 @@ func (r *ClusterImagePinReconciler) allClusterPins(ctx context.Context, _ client
 	}
 	out := make([]reconcile.Request, 0, len(list.Items))
 	for _, cp := range list.Items {
-		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Name: cp.Name}})
+		if r.owns(&cp) {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Name: cp.Name}})
+		}
 	}
 	return out
 }
@@ -458,7 +461,7 @@ func (r *ClusterImagePinReconciler) clusterPinsFor(ctx context.Context, ns strin
 	var out []reconcile.Request
 	for i := range list.Items {
 		cp := &list.Items[i]
-		if !selection.SelectsNamespace(cp, &n) {
+		if !r.owns(cp) || !selection.SelectsNamespace(cp, &n) {
 			continue
 		}
 		if selects != nil {

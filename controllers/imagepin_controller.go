@@ -59,6 +59,10 @@ type ImagePinReconciler struct {
 	ConflictBackoff time.Duration
 	// Workers is how many ImagePins are checked at once; zero means 4.
 	Workers int
+	// Shard is the value of the ShardLabel of the ImagePins and
+	// ClusterImagePins this manager reconciles; empty reconciles those
+	// without the label. Others are left to their shard's manager.
+	Shard string
 
 	seenMu sync.Mutex
 	// seen is, per ImagePin and image, the digest its tag resolves to and
@@ -104,8 +108,11 @@ type ImagePinReconciler struct {
 // when it changed.
 func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var pin imagesv1alpha1.ImagePin
-	if err := r.Get(ctx, req.NamespacedName, &pin); err != nil {
+	err := r.Get(ctx, req.NamespacedName, &pin)
+	if err != nil || !r.owns(&pin) {
 		if client.IgnoreNotFound(err) == nil {
+			// Gone, or moved to another shard: what this manager knew
+			// of it goes; the other shard starts from its status.
 			forgetMetrics(req.Namespace, req.Name)
 			r.forgetConflicts(req.NamespacedName)
 			r.forgetSeen(req.NamespacedName)
@@ -277,8 +284,9 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// never checked by two at once.
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		// Status patches do not bump the generation; reacting to them would
-		// make every status write trigger another reconcile.
-		For(&imagesv1alpha1.ImagePin{}, builder.WithPredicates(predicate.GenerationChangedPredicate{}))
+		// make every status write trigger another reconcile. A label
+		// change may move it between shards.
+		For(&imagesv1alpha1.ImagePin{}, builder.WithPredicates(specOrShardChanged()))
 
 	r.served = map[imagesv1alpha1.WorkloadKind]bool{}
 	var pending []*workload.Kind
@@ -317,6 +325,18 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}))
 }
 
+// owns says whether this manager's shard reconciles obj (an ImagePin or a
+// ClusterImagePin).
+func (r *ImagePinReconciler) owns(obj client.Object) bool {
+	return obj.GetLabels()[imagesv1alpha1.ShardLabel] == r.Shard
+}
+
+// specOrShardChanged passes a new spec, and a label change (which may move
+// the object between shards), not a status write.
+func specOrShardChanged() predicate.Predicate {
+	return predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{})
+}
+
 // imagePinsSelecting maps a workload to the ImagePins of its namespace that
 // select it. The cache indexes ImagePins by namespace, so this reads only
 // that namespace's.
@@ -347,6 +367,9 @@ func (r *ImagePinReconciler) selectingPins(ctx context.Context, obj client.Objec
 	}
 	var reqs []reconcile.Request
 	for _, p := range pins.Items {
+		if !r.owns(&p) {
+			continue // another shard's
+		}
 		sel, err := selection.Compile(&p.Spec)
 		if err != nil {
 			continue // reported on the ImagePin itself

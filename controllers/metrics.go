@@ -39,7 +39,7 @@ func recordConflicts(namespace, name string, blocked []string) {
 
 var allDriftReasons = []imagesv1alpha1.DriftReason{
 	imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved, imagesv1alpha1.DriftMixedReplicas,
-	imagesv1alpha1.DriftRolloutPending, imagesv1alpha1.DriftUnresolvable,
+	imagesv1alpha1.DriftRolloutPending, imagesv1alpha1.DriftUnresolvable, imagesv1alpha1.DriftUnverified,
 }
 
 // recordMetrics sets the drift gauge of one ImagePin from its status (the

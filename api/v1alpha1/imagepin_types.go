@@ -221,6 +221,12 @@ const (
 	DriftUnverified DriftReason = "Unverified"
 )
 
+// ShardLabel on an ImagePin or a ClusterImagePin names the shard that
+// reconciles it: the manager started with --shard=<value>. One without the
+// label is reconciled by the manager started without --shard. Every
+// manager's webhook pins for every ImagePin, whatever its shard.
+const ShardLabel = "images.imagepin.dev/shard"
+
 // Condition types an ImagePin reports.
 const (
 	// ConditionReady is True when the spec is valid and every selected image

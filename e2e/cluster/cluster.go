@@ -146,6 +146,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if c.Registry, err = testenv.StartRegistryWith(testenv.RegistryOptions{
 		Dir: filepath.Join(o.Dir, "registry"), Addr: o.RegistryAddr,
 		NotifyURL: c.Receiver + "/hooks/distribution", NotifyToken: c.ReceiverToken,
+		AccessLog: true, // which manager asked what: its User-Agent
 	}); err != nil {
 		return c, err
 	}

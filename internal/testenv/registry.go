@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -60,6 +61,9 @@ type RegistryOptions struct {
 	// NotifyURL, if set, is where the registry POSTs its notifications
 	// (pushes of manifests only), with "Authorization: Bearer NotifyToken".
 	NotifyURL, NotifyToken string
+	// AccessLog writes a line per request, with its User-Agent, to
+	// registry.log (AccessLogLines reads it).
+	AccessLog bool
 }
 
 // StartRegistry starts bin/registry-<version> in a temporary directory on a
@@ -169,7 +173,7 @@ func (r *Registry) writeConfig() error {
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: %[4]v
 storage:
   filesystem:
     rootdirectory: %[1]s/data
@@ -185,7 +189,7 @@ auth:
   htpasswd:
     realm: imagepin-test
     path: %[1]s/htpasswd
-%[3]s`, r.Dir, r.Host, r.notifications()),
+%[3]s`, r.Dir, r.Host, r.notifications(), !r.opts.AccessLog),
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(r.Dir, name), data, 0o600); err != nil {
@@ -193,6 +197,26 @@ auth:
 		}
 	}
 	return nil
+}
+
+// AccessLogLines returns the registry's access log lines (with
+// RegistryOptions.AccessLog) that contain every one of parts.
+func (r *Registry) AccessLogLines(parts ...string) ([]string, error) {
+	raw, err := os.ReadFile(filepath.Join(r.Dir, "registry.log"))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			out = append(out, line)
+		}
+	}
+	return out, nil
 }
 
 // notifications is the configuration section that points the registry's
