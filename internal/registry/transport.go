@@ -49,7 +49,22 @@ type politeTransport struct {
 
 	mu    sync.Mutex
 	hosts map[string]*hostState
+	pings map[string]*pingAnswer // by scheme://host
 }
+
+// pingAnswer is a registry's answer to the unauthenticated "GET /v2/"
+// that go-containerregistry sends before the first request of each
+// repository: the same for every repository and every credential of a
+// host (which auth scheme, which token service), so it is asked once per
+// host per pingTTL, not once per repository.
+type pingAnswer struct {
+	status int
+	header http.Header
+	at     time.Time
+}
+
+// pingTTL is how long a host's ping answer is reused.
+const pingTTL = 10 * time.Minute
 
 type hostState struct {
 	limiter      *rate.Limiter
@@ -87,6 +102,12 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme == "http" && !insecure {
 		return nil, &PlainHTTPError{Host: host}
 	}
+	ping := isPing(req)
+	if ping {
+		if resp := t.cachedPing(req); resp != nil {
+			return resp, nil
+		}
+	}
 	st := t.state(host)
 
 	if err := t.checkBlocked(host, st); err != nil {
@@ -123,8 +144,35 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	} else {
 		st.tooMany = 0
 	}
+	if ping && (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized) {
+		if t.pings == nil {
+			t.pings = map[string]*pingAnswer{}
+		}
+		t.pings[req.URL.Scheme+"://"+host] = &pingAnswer{status: resp.StatusCode, header: resp.Header.Clone(), at: t.clock.Now()}
+	}
 	t.mu.Unlock()
 	return guard(host, req, resp)
+}
+
+// isPing: go-containerregistry's unauthenticated probe of a registry.
+func isPing(req *http.Request) bool {
+	return req.Method == http.MethodGet && req.URL.Path == "/v2/" && req.Header.Get("Authorization") == ""
+}
+
+// cachedPing answers a ping from the host's last answer, if recent: no
+// request, no budget spent.
+func (t *politeTransport) cachedPing(req *http.Request) *http.Response {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a := t.pings[req.URL.Scheme+"://"+req.URL.Host]
+	if a == nil || t.clock.Since(a.at) >= pingTTL {
+		return nil
+	}
+	return &http.Response{
+		Status: fmt.Sprintf("%d %s", a.status, http.StatusText(a.status)), StatusCode: a.status,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: a.header.Clone(), Body: http.NoBody, ContentLength: 0, Request: req,
+	}
 }
 
 func (t *politeTransport) checkBlocked(host string, st *hostState) error {

@@ -1,0 +1,37 @@
+package registry
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// Issue 19 item 1: one ping per registry host, not per repository. Cold
+// resolutions of 20 tags in 20 repositories send 20 HEADs and one
+// "GET /v2/"; the ping is asked again after pingTTL.
+func TestOnePingPerRegistryHost(t *testing.T) {
+	f := newFixture(t)
+	const repos = 20
+	for i := range repos {
+		f.reg.push(fmt.Sprintf("team/app%d:v1", i))
+	}
+	for i := range repos {
+		f.mustResolve(t, f.reg.image(fmt.Sprintf("team/app%d:v1", i)), time.Minute)
+	}
+	if pings, heads := f.reg.count("GET ping"), f.reg.count("HEAD manifests"); pings != 1 || heads != repos {
+		t.Errorf("%d cold resolutions in %d repositories sent %d pings and %d HEADs, want 1 and %d", repos, repos, pings, heads, repos)
+	}
+	// Past pingTTL, a repository the resolver has not talked to yet pings
+	// again, once.
+	f.clock.Step(pingTTL)
+	late := []string{"team/late1:v1", "team/late2:v1"}
+	for _, repo := range late {
+		f.reg.push(repo) // (counts start again here)
+	}
+	for _, repo := range late {
+		f.mustResolve(t, f.reg.image(repo), time.Minute)
+	}
+	if pings := f.reg.count("GET ping"); pings != 1 {
+		t.Errorf("pings for two new repositories after pingTTL = %d, want 1", pings)
+	}
+}
