@@ -17,7 +17,7 @@ import (
 func TestABlackholedRegistryDelaysOnlyItsImagePins(t *testing.T) {
 	var waiting atomic.Int32
 	arrived := make(chan struct{}, 16)
-	remove := reg.Route("blackhole/app", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	remove := reg.Route("blackhole/app", http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
 		waiting.Add(1)
 		defer waiting.Add(-1)
 		select {
