@@ -68,6 +68,18 @@ func leaderElectionIDOf(shard string) string {
 	return shard + "." + leaderElectionID
 }
 
+// validShard: a shard is a label value that also names its Lease, so a
+// DNS label (lower case, digits, '-'), or empty.
+func validShard(shard string) error {
+	if shard == "" {
+		return nil
+	}
+	if errs := validation.IsDNS1123Label(shard); len(errs) > 0 {
+		return fmt.Errorf("--shard %q: %s", shard, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
 func main() {
 	// As the kubectl plugin kubectl-imagepin, the subcommand is os.Args[1]
 	// too, and without one the binary says so: it never starts the manager.
@@ -146,8 +158,8 @@ func run(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unknown command %q; run without arguments to start the manager, or see --help", fs.Arg(0))
 	}
-	if errs := validation.IsValidLabelValue(o.shard); len(errs) > 0 {
-		return fmt.Errorf("--shard %q is not a label value: %s", o.shard, strings.Join(errs, "; "))
+	if err := validShard(o.shard); err != nil {
+		return err
 	}
 	o.enableWebhooks = !strings.EqualFold(os.Getenv("ENABLE_WEBHOOKS"), "false")
 	// Before the manager reads the kind table (its cache, indexes and
