@@ -148,7 +148,8 @@ func (obs *observation) addTemplate(sel *selection.Selection, w workload.Workloa
 // learnNeededPlatforms has the resolver learn the platforms of the digests
 // a container's pods might run as platform manifests (what its tag
 // resolves to, what its spec pins, its override), only when a pod runs a
-// digest other than those: then the platform rule must decide whether
+// digest other than those, or the spec names another digest than the tag
+// and they are not both indexes: then the platform rule must decide whether
 // that is drift (an amd64 node reports the amd64 manifest's digest under
 // some runtimes), and a rollback to an older multi-arch index must not
 // show its pods as RolloutPending. Containerd reports the index digest,
@@ -161,6 +162,16 @@ func (r *ImagePinReconciler) learnNeededPlatforms(ctx context.Context, container
 		other := false
 		for _, run := range c.running {
 			if !slices.Contains(named, string(run.Digest)) {
+				other = true
+			}
+		}
+		// A spec (or override) that names another digest than the tag:
+		// the rule must decide whether it is one of the index's
+		// platforms (a spec pinned to its amd64 manifest), unless both
+		// are indexes, which are never one another's platform.
+		for _, d := range named[1:] {
+			if d != "" && c.result.Digest != "" && d != c.result.Digest &&
+				!(r.Resolver.KnownIndex(d) && r.Resolver.KnownIndex(c.result.Digest)) {
 				other = true
 			}
 		}

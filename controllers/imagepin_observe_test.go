@@ -775,3 +775,26 @@ func TestAnIndexThePodsRunIsNeverRead(t *testing.T) {
 		t.Errorf("%d manifest GETs for an index the pods run, want none", n)
 	}
 }
+
+// A spec pinned to one platform's manifest of the tag's index, whose pods
+// run it, has not drifted: the index's platforms are learnt, because the
+// spec names another digest than the tag (review of issue 19 item 2).
+func TestSpecPinnedToAPlatformOfTheTagIsNotDrift(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("multi-platform/app:v1")
+	index, children := reg.PushIndex(t, "multi-platform/app:v1")
+	deploymentRunning(t, ns, "amd64", image+"@"+children[0], podRun{"amd64-node", children[0]})
+	pin := observePin(ns, "amd64")
+	create(t, pin)
+	eventually(t, func() error {
+		img, w, err := checkedEntry(pin, image, "amd64", "app")
+		if err != nil {
+			return err
+		}
+		if string(img.Digest) != index {
+			return fmt.Errorf("digest = %s, want the index %s", img.Digest, index)
+		}
+		return driftIs(w)
+	})
+}

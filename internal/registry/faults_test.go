@@ -336,12 +336,20 @@ func TestFaultCorruptIndexGivesNoPlatforms(t *testing.T) {
 	f := newFaultFixture(t, 2*time.Second)
 	index, _ := f.reg.pushIndex("team/multi:v1")
 	f.proxy.Set(faulttest.Faults{CorruptManifest: true})
-	res, err := f.resolver.Resolve(context.Background(), Request{Image: f.proxy.Host + "/team/multi:v1", TTL: faultTTL})
+	image := f.proxy.Host + "/team/multi:v1"
+	res, err := f.resolver.Resolve(context.Background(), Request{Image: image, TTL: faultTTL})
 	if err != nil || res.Digest != index {
 		t.Fatalf("result %+v, error %v; want the index digest %s", res, err, index)
 	}
-	if len(res.Platforms) != 0 {
-		t.Fatalf("platforms %v learned from a corrupt index", res.Platforms)
+	if got, err := f.resolver.LearnPlatforms(context.Background(), image, index, nil); err == nil || len(got) != 0 {
+		t.Fatalf("LearnPlatforms of a corrupt index = %v, %v; want an error and none", got, err)
+	}
+	if p := f.resolver.Platforms(index); len(p) != 0 {
+		t.Fatalf("platforms %v learned from a corrupt index", p)
+	}
+	res, err = f.resolver.Resolve(context.Background(), Request{Image: image, TTL: faultTTL})
+	if err != nil || res.Digest != index {
+		t.Fatalf("after: result %+v, error %v; want the index digest %s still", res, err, index)
 	}
 }
 

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
@@ -164,6 +166,16 @@ func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, p *remote.Pu
 			return "", &fallbackError{head: err, get: gerr}
 		}
 		desc, err = &d.Descriptor, nil
+		if d.MediaType.IsIndex() && validDigest.MatchString(d.Digest.String()) {
+			// The body is here already: its platforms cost nothing more.
+			if idx, perr := v1.ParseIndexManifest(bytes.NewReader(d.Manifest)); perr == nil {
+				children := make([]string, 0, len(idx.Manifests))
+				for _, m := range idx.Manifests {
+					children = append(children, m.Digest.String())
+				}
+				r.remember(d.Digest.String(), children)
+			}
+		}
 	}
 	if err != nil {
 		return "", err
@@ -178,7 +190,7 @@ func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, p *remote.Pu
 	// counts as a pull): the CLI and the webhook never do, the controller
 	// when a pod runs a digest other than the one a spec or tag names.
 	if desc.MediaType.IsIndex() {
-		r.markIndex(digest)
+		r.markIndex(digest) // (nothing, when its platforms are known)
 	} else {
 		r.remember(digest, nil) // a single manifest: no platforms, no request
 	}

@@ -37,7 +37,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"registry", "method"}),
 		ManifestGets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imagepin_registry_manifest_gets_total",
-			Help: "Manifest GETs (which Docker Hub counts as pulls), by registry host and why: \"index\" to list a new multi-arch index's platforms once, \"fallback\" where HEAD was not answered properly.",
+			Help: "Manifest GETs (which Docker Hub counts as pulls), by registry host and why: \"index\" to list a multi-arch index's platforms, once, when a pod or a spec names a digest other than the tag's (the controller only), \"fallback\" where HEAD was not answered properly.",
 		}, []string{"registry", "reason"}),
 		CacheResults: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imagepin_registry_cache_results_total",

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // Issue 19 item 1: one ping per registry host, not per repository. Cold
@@ -20,6 +22,12 @@ func TestOnePingPerRegistryHost(t *testing.T) {
 	}
 	if pings, heads := f.reg.count("GET ping"), f.reg.count("HEAD manifests"); pings != 1 || heads != repos {
 		t.Errorf("%d cold resolutions in %d repositories sent %d pings and %d HEADs, want 1 and %d", repos, repos, pings, heads, repos)
+	}
+	// The registry speaks plain HTTP (an --insecure-registry): the HTTPS
+	// attempt go-containerregistry makes first fails once, not once per
+	// repository.
+	if failed := testutil.ToFloat64(f.metrics.Requests.WithLabelValues(f.reg.host, "GET", "error")); failed > 1 {
+		t.Errorf("%v HTTPS pings failed on the network, want at most 1", failed)
 	}
 	// Past pingTTL, a repository the resolver has not talked to yet pings
 	// again, once.

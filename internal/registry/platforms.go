@@ -155,6 +155,15 @@ func (r *Resolver) isIndex(digest string) bool {
 	return r.indexes[digest]
 }
 
+// KnownIndex says whether digest is a multi-arch index as far as the
+// resolver knows, without a request: a tag's HEAD said so, or its
+// platforms were read. Two indexes are never one another's platform.
+func (r *Resolver) KnownIndex(digest string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.indexes[digest] || len(r.platforms[digest]) > 0
+}
+
 // remember keeps an index's children (nil for a single manifest).
 func (r *Resolver) remember(digest string, children []string) {
 	r.mu.Lock()

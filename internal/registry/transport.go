@@ -107,6 +107,12 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if resp := t.cachedPing(req); resp != nil {
 			return resp, nil
 		}
+		if insecure && req.URL.Scheme == "https" && t.answersOverHTTP(host) {
+			// An --insecure-registry host that answered the ping over
+			// plain HTTP only: go-containerregistry tries HTTPS first
+			// for each repository; it fails here, without a request.
+			return nil, fmt.Errorf("registry %s answers over plain HTTP (ping within %s), not HTTPS", host, pingTTL)
+		}
 	}
 	st := t.state(host)
 
@@ -152,6 +158,15 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	t.mu.Unlock()
 	return guard(host, req, resp)
+}
+
+// answersOverHTTP: host's plain-HTTP ping answer is fresh and it has no
+// HTTPS one.
+func (t *politeTransport) answersOverHTTP(host string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h, s := t.pings["http://"+host], t.pings["https://"+host]
+	return h != nil && t.clock.Since(h.at) < pingTTL && (s == nil || t.clock.Since(s.at) >= pingTTL)
 }
 
 // isPing: go-containerregistry's unauthenticated probe of a registry.
