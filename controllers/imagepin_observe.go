@@ -170,8 +170,8 @@ func (r *ImagePinReconciler) learnNeededPlatforms(ctx context.Context, container
 		// platforms (a spec pinned to its amd64 manifest), unless both
 		// are indexes, which are never one another's platform.
 		for _, d := range named[1:] {
-			if d != "" && c.result.Digest != "" && d != c.result.Digest &&
-				!(r.Resolver.KnownIndex(d) && r.Resolver.KnownIndex(c.result.Digest)) {
+			bothIndexes := r.Resolver.KnownIndex(d) && r.Resolver.KnownIndex(c.result.Digest)
+			if d != "" && c.result.Digest != "" && d != c.result.Digest && !bothIndexes {
 				other = true
 			}
 		}
