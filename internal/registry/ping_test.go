@@ -1,7 +1,9 @@
 package registry
 
 import (
+	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,5 +43,27 @@ func TestOnePingPerRegistryHost(t *testing.T) {
 	}
 	if pings := f.reg.count("GET ping"); pings != 1 {
 		t.Errorf("pings for two new repositories after pingTTL = %d, want 1", pings)
+	}
+}
+
+// Concurrent cold resolutions (a manager's workers, the CLI's) share one
+// ping: the others wait for its answer.
+func TestConcurrentColdResolutionsShareOnePing(t *testing.T) {
+	f := newFixture(t)
+	const repos = 24
+	for i := range repos {
+		f.reg.push(fmt.Sprintf("team/par%d:v1", i))
+	}
+	var wg sync.WaitGroup
+	for i := range repos {
+		wg.Go(func() {
+			if _, err := f.resolver.Resolve(context.Background(), Request{Image: f.reg.image(fmt.Sprintf("team/par%d:v1", i)), TTL: time.Minute}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if pings := f.reg.count("GET ping"); pings != 1 {
+		t.Errorf("%d concurrent cold resolutions in %d repositories sent %d pings, want 1", repos, repos, pings)
 	}
 }

@@ -50,6 +50,9 @@ type politeTransport struct {
 	mu    sync.Mutex
 	hosts map[string]*hostState
 	pings map[string]*pingAnswer // by scheme://host
+	// pinging: a ping in flight per scheme://host; the others wait for
+	// its answer instead of sending their own.
+	pinging map[string]chan struct{}
 }
 
 // pingAnswer is a registry's answer to the unauthenticated "GET /v2/"
@@ -107,6 +110,19 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if resp := t.cachedPing(req); resp != nil {
 			return resp, nil
 		}
+		wait, done := t.pingTurn(req.URL.Scheme + "://" + host)
+		if done != nil {
+			defer done()
+		} else {
+			select {
+			case <-wait:
+			case <-req.Context().Done():
+				return nil, req.Context().Err()
+			}
+			if resp := t.cachedPing(req); resp != nil {
+				return resp, nil
+			}
+		}
 		if insecure && req.URL.Scheme == "https" && t.answersOverHTTP(host) {
 			// An --insecure-registry host that answered the ping over
 			// plain HTTP only: go-containerregistry tries HTTPS first
@@ -158,6 +174,27 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	t.mu.Unlock()
 	return guard(host, req, resp)
+}
+
+// pingTurn makes the caller the one that pings key (done, not nil, ends
+// its turn), or returns wait, closed when the ping in flight ends.
+func (t *politeTransport) pingTurn(key string) (wait <-chan struct{}, done func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if ch, ok := t.pinging[key]; ok {
+		return ch, nil
+	}
+	if t.pinging == nil {
+		t.pinging = map[string]chan struct{}{}
+	}
+	ch := make(chan struct{})
+	t.pinging[key] = ch
+	return ch, func() {
+		t.mu.Lock()
+		delete(t.pinging, key)
+		t.mu.Unlock()
+		close(ch)
+	}
 }
 
 // answersOverHTTP: host's plain-HTTP ping answer is fresh and it has no
