@@ -59,34 +59,36 @@ type legacySig struct {
 	keyless   bool // carries a Fulcio certificate
 }
 
-// found is every signature read for a digest.
+// found is what the signatures read for a digest said, each judged once,
+// as it was read.
 type found struct {
-	legacy  []legacySig
-	bundles []*bundle.Bundle
+	outcomes []outcome
 	// malformed says what could not be read as a signature (a bad
 	// annotation, a bundle that does not parse): evidence of tampering,
 	// reported when nothing verifies.
 	malformed []string
 }
 
-func (f *found) none() bool {
-	return len(f.legacy) == 0 && len(f.bundles) == 0 && len(f.malformed) == 0
+func (f *found) none() bool { return len(f.outcomes) == 0 && len(f.malformed) == 0 }
+
+// verified says whether a signature read so far verified: reading stops.
+func (f *found) verified() bool {
+	return len(f.outcomes) > 0 && f.outcomes[len(f.outcomes)-1].verified
 }
 
-// read fetches the signatures of digest in repo: the legacy tag (a GET of
-// its manifest, 404 when there is none, then a GET of each payload) and
-// the referrers (one GET of the referrers list, then the manifest and the
-// blob of each bundle), until one verifies under pol: the rest are not
-// read. A registry failure is returned: verification then fails closed.
+// read fetches the signatures of digest in repo and judges each under pol:
+// the legacy tag (a GET of its manifest, 404 when there is none, then a
+// GET of each payload) and the referrers (one GET of the referrers list,
+// then the manifest and the blob of each bundle), until one verifies: the
+// rest are not read. A registry failure is returned: verification then
+// fails closed.
 func read(ctx context.Context, repo name.Repository, p *remote.Puller, digest string, pol *Policy) (*found, error) {
 	f := &found{}
-	if err := readLegacy(ctx, repo, p, digest, f); err != nil {
+	if err := readLegacy(ctx, repo, p, digest, f, pol); err != nil {
 		return nil, fmt.Errorf("read %s: %w", legacyTag(repo, digest), err)
 	}
-	for _, s := range f.legacy {
-		if pol.checkLegacy(s, digest).verified {
-			return f, nil
-		}
+	if f.verified() {
+		return f, nil
 	}
 	if err := readBundles(ctx, repo, p, digest, f, pol); err != nil {
 		return nil, fmt.Errorf("read the referrers of %s: %w", repo.Digest(digest), err)
@@ -104,7 +106,7 @@ func notFound(err error) bool {
 	return errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound
 }
 
-func readLegacy(ctx context.Context, repo name.Repository, p *remote.Puller, digest string, f *found) error {
+func readLegacy(ctx context.Context, repo name.Repository, p *remote.Puller, digest string, f *found, pol *Policy) error {
 	desc, err := p.Get(ctx, legacyTag(repo, digest))
 	if notFound(err) {
 		return nil
@@ -138,7 +140,10 @@ func readLegacy(ctx context.Context, repo name.Repository, p *remote.Puller, dig
 		if err != nil {
 			return err
 		}
-		f.legacy = append(f.legacy, legacySig{payload: payload, signature: sig, keyless: l.Annotations[legacyCertAnnotation] != ""})
+		f.outcomes = append(f.outcomes, pol.checkLegacy(legacySig{payload: payload, signature: sig, keyless: l.Annotations[legacyCertAnnotation] != ""}, digest))
+		if f.verified() {
+			return nil
+		}
 	}
 	return nil
 }
@@ -200,8 +205,8 @@ func readBundles(ctx context.Context, repo name.Repository, p *remote.Puller, di
 			f.malformed = append(f.malformed, fmt.Sprintf("bundle referrer %s does not parse: %s", d.Digest, oneLine(err.Error())))
 			continue
 		}
-		f.bundles = append(f.bundles, b)
-		if pol.checkBundle(b, digest).verified {
+		f.outcomes = append(f.outcomes, pol.checkBundle(b, digest))
+		if f.verified() {
 			return nil
 		}
 	}

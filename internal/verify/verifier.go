@@ -217,28 +217,20 @@ func (v *Verifier) check(ctx context.Context, req Request) Result {
 		return Result{Reason: imagesv1alpha1.VerificationError, CheckedAt: now,
 			Message: fmt.Sprintf("signatures of %s could not be read, so it counts as unverified: %s", req.Digest, oneLine(err.Error()))}
 	}
-	r := req.Policy.judge(f, req.Digest)
+	r := judge(f, req.Digest)
 	r.CheckedAt = now
 	return r
 }
 
 // judge decides from the signatures read: one trusted signature verifies
 // the digest; otherwise the most telling reason why not.
-func (p *Policy) judge(f *found, digest string) Result {
+func judge(f *found, digest string) Result {
 	if f.none() {
 		return Result{Reason: imagesv1alpha1.VerificationUnsigned,
 			Message: "no signature: neither a cosign .sig tag nor a Sigstore bundle referrer for " + digest}
 	}
 	var invalid, untrusted []string
-	for _, s := range f.legacy {
-		o := p.checkLegacy(s, digest)
-		if o.verified {
-			return Result{Verified: true, Reason: imagesv1alpha1.VerificationVerified, Message: "signed by " + o.by}
-		}
-		invalid, untrusted = collect(o, invalid, untrusted)
-	}
-	for _, b := range f.bundles {
-		o := p.checkBundle(b, digest)
+	for _, o := range f.outcomes {
 		if o.verified {
 			return Result{Verified: true, Reason: imagesv1alpha1.VerificationVerified, Message: "signed by " + o.by}
 		}
