@@ -70,11 +70,26 @@ func describe(err error) string {
 	return err.Error()
 }
 
+// asked is what a conversation with a registry was for, as its errors say
+// it: a tag's resolution, a digest's platforms, a digest's signatures.
+type asked struct {
+	what     string // "resolve reg/app:v1"
+	registry string
+	// missing is what a 404 means: `tag "v1" not found in reg/app`.
+	missing string
+}
+
+// tagAsked is a tag's resolution.
+func tagAsked(tag name.Tag) asked {
+	return asked{what: "resolve " + tag.String(), registry: tag.RegistryStr(),
+		missing: fmt.Sprintf("tag %q not found in %s", tag.TagStr(), tag.Context().Name())}
+}
+
 // explain turns a registry failure into a sentence for a condition
 // message: it names the registry and says what went wrong first, the
 // details after.
-func explain(tag name.Tag, err error, timeout time.Duration) error {
-	reg := tag.RegistryStr()
+func explain(a asked, err error, timeout time.Duration) error {
+	reg := a.registry
 	// When a GET replaced a HEAD, what the GET met decides the headline.
 	cause := err
 	var fb *fallbackError
@@ -96,60 +111,60 @@ func explain(tag name.Tag, err error, timeout time.Duration) error {
 	switch {
 	case errors.As(cause, &plain) && plain.Host == reg:
 		// go-containerregistry tried HTTPS first: err says how it failed.
-		return fmt.Errorf("resolve %s: registry %s answered only over plain HTTP, or not at all; imagepin refuses plain HTTP unless the registry is named in --insecure-registry: %w", tag, reg, err)
+		return fmt.Errorf("%s: registry %s answered only over plain HTTP, or not at all; imagepin refuses plain HTTP unless the registry is named in --insecure-registry: %w", a.what, reg, err)
 	case errors.As(cause, &plain):
-		return fmt.Errorf("resolve %s: registry %s sends imagepin to %s over plain HTTP; imagepin refuses it unless %s is named in --insecure-registry: %w", tag, reg, plain.Host, plain.Host, err)
+		return fmt.Errorf("%s: registry %s sends imagepin to %s over plain HTTP; imagepin refuses it unless %s is named in --insecure-registry: %w", a.what, reg, plain.Host, plain.Host, err)
 	case errors.As(cause, &rl), errors.As(cause, &mismatch), errors.As(cause, &tooLarge), errors.As(cause, &bad):
 		// The resolver's own errors say it all; the *url.Error around
 		// them only repeats the URL.
 		if fb != nil {
-			return fmt.Errorf("resolve %s: %w", tag, fb)
+			return fmt.Errorf("%s: %w", a.what, fb)
 		}
-		return fmt.Errorf("resolve %s: %w", tag, &redactedError{msg: describe(err), err: err})
+		return fmt.Errorf("%s: %w", a.what, &redactedError{msg: describe(err), err: err})
 	case errors.As(cause, &terr):
-		return explainStatus(tag, terr, err)
+		return explainStatus(a, terr, err)
 	case errors.Is(cause, context.DeadlineExceeded):
-		return fmt.Errorf("resolve %s: no answer from registry %s within %s (--registry-timeout): %w", tag, reg, timeout, err)
+		return fmt.Errorf("%s: no answer from registry %s within %s (--registry-timeout): %w", a.what, reg, timeout, err)
 	case errors.As(cause, &unknown), errors.As(cause, &hostname):
-		return fmt.Errorf("resolve %s: the TLS certificate of registry %s is not trusted (add its CA with --registry-ca-file): %w", tag, reg, err)
+		return fmt.Errorf("%s: the TLS certificate of registry %s is not trusted (add its CA with --registry-ca-file): %w", a.what, reg, err)
 	case errors.As(cause, &certErr):
-		return fmt.Errorf("resolve %s: the TLS certificate of registry %s could not be verified: %w", tag, reg, err)
+		return fmt.Errorf("%s: the TLS certificate of registry %s could not be verified: %w", a.what, reg, err)
 	case errors.As(cause, &opErr) && opErr.Op == "dial":
-		return fmt.Errorf("resolve %s: registry %s is unreachable: %w", tag, reg, err)
+		return fmt.Errorf("%s: registry %s is unreachable: %w", a.what, reg, err)
 	case errors.Is(cause, io.EOF), errors.Is(cause, io.ErrUnexpectedEOF), errors.Is(cause, syscall.ECONNRESET):
-		return fmt.Errorf("resolve %s: registry %s closed the connection without an answer: %w", tag, reg, err)
+		return fmt.Errorf("%s: registry %s closed the connection without an answer: %w", a.what, reg, err)
 	}
-	return fmt.Errorf("resolve %s: registry %s: %w", tag, reg, err)
+	return fmt.Errorf("%s: registry %s: %w", a.what, reg, err)
 }
 
 // explainStatus explains an HTTP error status from the registry or its
 // token service; err is the whole failure, for the details.
-func explainStatus(tag name.Tag, terr *transport.Error, err error) error {
-	reg := tag.RegistryStr()
+func explainStatus(a asked, terr *transport.Error, err error) error {
+	reg := a.registry
 	token := terr.Request != nil && !strings.HasPrefix(terr.Request.URL.Path, "/v2/")
 	switch terr.StatusCode {
 	case http.StatusUnauthorized, http.StatusForbidden:
-		return fmt.Errorf("resolve %s: authentication failed for registry %s (check the pull secret): %w", tag, reg, err)
+		return fmt.Errorf("%s: authentication failed for registry %s (check the pull secret): %w", a.what, reg, err)
 	case http.StatusTooManyRequests:
-		return fmt.Errorf("resolve %s: registry %s is rate limiting imagepin: %w", tag, reg, err)
+		return fmt.Errorf("%s: registry %s is rate limiting imagepin: %w", a.what, reg, err)
 	case http.StatusNotFound:
 		if !token {
-			return fmt.Errorf("resolve %s: tag %q not found in %s: %w", tag, tag.TagStr(), tag.Context().Name(), err)
+			return fmt.Errorf("%s: %s: %w", a.what, a.missing, err)
 		}
 	}
 	for _, d := range terr.Errors {
 		if !token && (d.Code == transport.ManifestUnknownErrorCode || d.Code == transport.NameUnknownErrorCode) {
-			return fmt.Errorf("resolve %s: tag %q not found in %s: %w", tag, tag.TagStr(), tag.Context().Name(), err)
+			return fmt.Errorf("%s: %s: %w", a.what, a.missing, err)
 		}
 	}
 	status := fmt.Sprintf("%d %s", terr.StatusCode, http.StatusText(terr.StatusCode))
 	switch {
 	case token:
-		return fmt.Errorf("resolve %s: the token service of registry %s failed (%s): %w", tag, reg, status, err)
+		return fmt.Errorf("%s: the token service of registry %s failed (%s): %w", a.what, reg, status, err)
 	case terr.StatusCode >= 500:
-		return fmt.Errorf("resolve %s: registry %s failed (%s): %w", tag, reg, status, err)
+		return fmt.Errorf("%s: registry %s failed (%s): %w", a.what, reg, status, err)
 	}
-	return fmt.Errorf("resolve %s: registry %s answered %s: %w", tag, reg, status, err)
+	return fmt.Errorf("%s: registry %s answered %s: %w", a.what, reg, status, err)
 }
 
 // redactedError is an error whose text has had credentials taken out. Its

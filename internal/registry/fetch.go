@@ -52,7 +52,7 @@ func (r *Resolver) fetch(tag name.Tag, creds []credential, key string, started t
 	}
 	e.checkedAt = started
 	if err != nil {
-		e.err = explainFor(tag, err, r.opts.Timeout)
+		e.err = explainFor(tagAsked(tag), err, r.opts.Timeout)
 		return r.resultOf(e), e.err
 	}
 	e.digest, e.resolvedAt, e.err = digest, now, nil
@@ -74,12 +74,12 @@ func (e *attemptError) Unwrap() error { return e.err }
 
 // explainFor explains a failure of withCredentials for a condition
 // message, with no secret in it.
-func explainFor(tag name.Tag, err error, timeout time.Duration) error {
+func explainFor(a asked, err error, timeout time.Duration) error {
 	var ae *attemptError
 	if !errors.As(err, &ae) {
-		return explain(tag, err, timeout)
+		return explain(a, err, timeout)
 	}
-	out := explain(tag, ae.err, timeout)
+	out := explain(a, ae.err, timeout)
 	var extra []string
 	if ae.refused > 1 {
 		extra = append(extra, fmt.Sprintf("%d credentials tried, anonymous access included, all refused", ae.refused))

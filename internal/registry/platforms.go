@@ -93,7 +93,8 @@ func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc 
 			return r.learnPlatforms(ctx, p, ref)
 		})
 		if err != nil {
-			err = fmt.Errorf("learn platforms of %s: %w", ref.DigestStr(), explainFor(tag, err, r.opts.Timeout))
+			err = explainFor(asked{what: "learn platforms of " + ref.String(), registry: ref.RegistryStr(),
+				missing: "manifest " + digest + " not found in " + ref.Context().Name()}, err, r.opts.Timeout)
 			r.mu.Lock()
 			r.learnFailed[key] = learnFailure{at: r.clock.Now(), err: err}
 			r.mu.Unlock()

@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -33,10 +32,7 @@ func (r *Resolver) WithRepository(ctx context.Context, image string, kc authn.Ke
 		return do(ctx, repo, p)
 	})
 	if err != nil {
-		// Explained as a resolution's failure (secrets redacted), then
-		// said as what it was: not a resolution of the tag.
-		e := explainFor(tag, err, r.opts.Timeout)
-		return &redactedError{msg: strings.Replace(e.Error(), "resolve "+tag.String()+": ", "", 1), err: e}
+		return explainFor(asked{what: "read " + repo.Name(), registry: repo.RegistryStr(), missing: "not found in " + repo.Name()}, err, r.opts.Timeout)
 	}
 	return nil
 }
