@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -38,24 +40,20 @@ func (r *ImagePinReconciler) verifyAll(ctx context.Context, pin *imagesv1alpha1.
 		obs.verifyErr = err
 		return
 	}
-	type job struct {
-		image, digest string
-		kc            authn.Keychain
-	}
-	// One verification per repository, digest and credentials.
-	type jobKey struct {
-		image, digest string
-		kc            authn.Keychain
-	}
-	jobs := map[jobKey]*verify.Result{}
+	// One verification per image and digest: the Verifier's answers are
+	// per repository, digest and policy, whoever asks; the signatures are
+	// read with the credentials of the first container naming it.
+	type job struct{ image, digest string }
+	jobs := map[job]*verify.Result{}
+	keychains := map[job]authn.Keychain{}
 	var order []job
 	overrides := sel.Overrides()
 	for _, c := range obs.containers {
 		for _, d := range c.digestsToVerify(overrides[c.image]) {
-			k := jobKey{c.image, d, c.keychain}
-			if _, ok := jobs[k]; !ok {
-				jobs[k] = &verify.Result{}
-				order = append(order, job{c.image, d, c.keychain})
+			j := job{c.image, d}
+			if _, ok := jobs[j]; !ok {
+				jobs[j], keychains[j] = &verify.Result{}, c.keychain
+				order = append(order, j)
 			}
 		}
 	}
@@ -65,8 +63,8 @@ func (r *ImagePinReconciler) verifyAll(ctx context.Context, pin *imagesv1alpha1.
 	for range resolveWorkers {
 		wg.Go(func() {
 			for j := range work {
-				*jobs[jobKey(j)] = r.Verifier.Verify(ctx, verify.Request{
-					Image: j.image, Digest: j.digest, Keychain: j.kc, Policy: policy, FreshSince: fresh,
+				*jobs[j] = r.Verifier.Verify(ctx, verify.Request{
+					Image: j.image, Digest: j.digest, Keychain: keychains[j], Policy: policy, FreshSince: fresh,
 				})
 			}
 		})
@@ -82,7 +80,7 @@ func (r *ImagePinReconciler) verifyAll(ctx context.Context, pin *imagesv1alpha1.
 			if c.verdicts == nil {
 				c.verdicts = map[string]verify.Result{}
 			}
-			c.verdicts[d] = *jobs[jobKey{c.image, d, c.keychain}]
+			c.verdicts[d] = *jobs[job{c.image, d}]
 		}
 	}
 }
@@ -92,20 +90,11 @@ func (r *ImagePinReconciler) verifyAll(ctx context.Context, pin *imagesv1alpha1.
 func (c *containerObs) digestsToVerify(override string) []string {
 	var out []string
 	for _, d := range []string{c.result.Digest, c.pinned, override} {
-		if d != "" && !containsString(out, d) {
+		if d != "" && !slices.Contains(out, d) {
 			out = append(out, d)
 		}
 	}
 	return out
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // mayWrite says whether digest may be written into c: always without
@@ -159,7 +148,7 @@ func setVerified(status *imagesv1alpha1.ImagePinStatus, generation int64, obs ob
 	var failed []string
 	verified := 0
 	for _, o := range obs.containers {
-		for _, d := range sortedKeys(o.verdicts) {
+		for _, d := range slices.Sorted(maps.Keys(o.verdicts)) {
 			v := o.verdicts[d]
 			key := o.image + "@" + d
 			if seen[key] {
@@ -191,12 +180,3 @@ func setVerified(status *imagesv1alpha1.ImagePinStatus, generation int64, obs ob
 const maxVerifiedMessage = 4096
 
 func capMessage(s string) string { return verify.Truncate(s, maxVerifiedMessage) }
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}

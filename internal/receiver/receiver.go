@@ -172,6 +172,11 @@ func New(o Options) (*Receiver, error) {
 // that order, so that their checks do not find the old answer fresh.
 func (rc *Receiver) hint(t registry.TagRef) {
 	rc.opts.Hinter.Hint(t)
+	rc.recheck(t)
+}
+
+// recheck has the ImagePins naming t checked now, and counts them.
+func (rc *Receiver) recheck(t registry.TagRef) {
 	queued, full := rc.opts.Checker.Recheck(t)
 	rc.metrics.Rechecks.WithLabelValues("queued").Add(float64(queued))
 	rc.metrics.Rechecks.WithLabelValues("queue_full").Add(float64(full))
@@ -285,9 +290,7 @@ func (rc *Receiver) signed(repository, digest string) string {
 		return resultDropped
 	}
 	rc.opts.Signatures.Signed(repo.Repository, digest)
-	queued, full := rc.opts.Checker.Recheck(repo)
-	rc.metrics.Rechecks.WithLabelValues("queued").Add(float64(queued))
-	rc.metrics.Rechecks.WithLabelValues("queue_full").Add(float64(full))
+	rc.recheck(repo)
 	return resultHinted
 }
 
