@@ -96,7 +96,7 @@ func TestShardsSplitTheImagePins(t *testing.T) {
 		if err := local.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "b"}, p); err != nil {
 			return err
 		}
-		return digestOfPin(p, imageB, digestB2)
+		return digestOf(p, imageB, digestB2, "")
 	})
 	poll(t, "shard b to let ImagePin b go", 15*time.Second, func() error {
 		if def, b := owner("b"); !def || b {
@@ -127,14 +127,3 @@ func shardDeploymentYAML(name, pin, image string) string {
 	return strings.Replace(deploymentYAML(name, image, 1), "labels: {app: web}", "labels: {app: web, shards-test: "+pin+"}", 1)
 }
 
-func digestOfPin(p *imagesv1alpha1.ImagePin, image string, digest imagesv1alpha1.Digest) error {
-	for _, img := range p.Status.Images {
-		if img.Image == image {
-			if img.Digest != digest {
-				return fmt.Errorf("%s resolves to %s, want %s", image, img.Digest, digest)
-			}
-			return nil
-		}
-	}
-	return fmt.Errorf("no status for %s", image)
-}
