@@ -126,4 +126,3 @@ spec:
 func shardDeploymentYAML(name, pin, image string) string {
 	return strings.Replace(deploymentYAML(name, image, 1), "labels: {app: web}", "labels: {app: web, shards-test: "+pin+"}", 1)
 }
-
