@@ -205,17 +205,11 @@ func TestNamespacedPinHoldsItsDigestAgainstAClusterImagePin(t *testing.T) {
 		t.Fatal(err)
 	}
 	gen := d.Generation
-	var c imagesv1alpha1.ClusterImagePin
-	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(cp), &c); err != nil {
-		t.Fatal(err)
-	}
 	// Ask the ClusterImagePin to check again (a spec change, patched: its
 	// status is written meanwhile), and wait until it has.
-	before := c.DeepCopy()
-	c.Spec.Interval = &metav1.Duration{Duration: 2 * c.Spec.Interval.Duration}
-	if err := k8s.Patch(context.Background(), &c, client.MergeFrom(before)); err != nil {
-		t.Fatal(err)
-	}
+	patchClusterPin(t, cp, func(c *imagesv1alpha1.ClusterImagePin) {
+		c.Spec.Interval = &metav1.Duration{Duration: 2 * c.Spec.Interval.Duration}
+	})
 	eventually(t, func() error {
 		var got imagesv1alpha1.ClusterImagePin
 		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(cp), &got); err != nil {
