@@ -76,7 +76,7 @@ func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc 
 		fctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
 		defer cancel()
 		err := r.withCredentials(fctx, tag.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
-			if r.isIndex(digest) {
+			if r.KnownIndex(digest) {
 				// A tag's HEAD said so: the GET alone.
 				return r.learnPlatforms(ctx, p, ref)
 			}
@@ -150,11 +150,6 @@ func (r *Resolver) markIndex(digest string) {
 	r.indexes[digest] = true
 }
 
-func (r *Resolver) isIndex(digest string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.indexes[digest]
-}
 
 // KnownIndex says whether digest is a multi-arch index as far as the
 // resolver knows, without a request: a tag's HEAD said so, or its
