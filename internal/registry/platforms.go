@@ -150,7 +150,6 @@ func (r *Resolver) markIndex(digest string) {
 	r.indexes[digest] = true
 }
 
-
 // KnownIndex says whether digest is a multi-arch index as far as the
 // resolver knows, without a request: a tag's HEAD said so, or its
 // platforms were read. Two indexes are never one another's platform.
