@@ -22,10 +22,32 @@ const secCLI = "6 CLI"
 const cliRuns = 3
 
 // cli times `imagepin pin -f` on documents naming the benchmark's tags and
-// counts the registry requests each run sends. No manager runs meanwhile,
-// so the proxy sees only the CLI.
+// counts the registry requests each run sends; then, with --cli-large-documents,
+// on that many documents naming --cli-large-tags tags of their own (pushed
+// first). No manager runs meanwhile, so the proxy sees only the CLI.
 func (b *bench) cli(ctx context.Context) error {
-	dir := filepath.Join(b.dir, "cli")
+	if err := b.cliRun(ctx, "cli", b.o.cliDocuments, b.tags, 60); err != nil {
+		return err
+	}
+	if b.o.cliLargeDocuments == 0 {
+		return nil
+	}
+	var tags []string
+	for i := range b.o.cliLargeTags {
+		tags = append(tags, fmt.Sprintf("bench/large%02d:v%d", i%b.o.repos, i/b.o.repos+1))
+	}
+	logf("cli: pushing %d tags for %d documents", len(tags), b.o.cliLargeDocuments)
+	if _, err := b.push.pushAll(ctx, tags); err != nil {
+		return err
+	}
+	return b.cliRun(ctx, "cli-large", b.o.cliLargeDocuments, tags, 100)
+}
+
+// cliRun runs `imagepin pin` cliRuns times on docs Deployments naming tags
+// in turn and reports its median wall time, its largest peak RSS (goal
+// goalMiB) and the requests of the run that sent the most.
+func (b *bench) cliRun(ctx context.Context, name string, docs int, tags []string, goalMiB float64) error {
+	dir := filepath.Join(b.dir, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -33,9 +55,9 @@ func (b *bench) cli(ctx context.Context) error {
 		return err
 	}
 	var in strings.Builder
-	for i := range b.o.cliDocuments {
+	for i := range docs {
 		fmt.Fprintf(&in, "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app-%d # service %d\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: %s\n",
-			i, i, b.image(b.tags[i%len(b.tags)]))
+			i, i, b.image(tags[i%len(tags)]))
 	}
 	file := filepath.Join(dir, "deployments.yaml")
 	if err := os.WriteFile(file, []byte(in.String()), 0o600); err != nil {
@@ -44,6 +66,7 @@ func (b *bench) cli(ctx context.Context) error {
 
 	var walls []time.Duration
 	var counts []regCounts
+	var peak int64 // KiB
 	for run := range cliRuns {
 		var stdout, stderr bytes.Buffer
 		cmd := exec.CommandContext(ctx, b.bin, "pin", "-f", file, "--registry-ca-file", b.proxy.CAFile)
@@ -56,14 +79,17 @@ func (b *bench) cli(ctx context.Context) error {
 		err := cmd.Run()
 		end := time.Now()
 		if err != nil {
-			return fmt.Errorf("imagepin pin (run %d): %w\n%s", run+1, err, stderr.String())
+			return fmt.Errorf("imagepin pin (%s, run %d): %w\n%s", name, run+1, err, stderr.String())
 		}
-		if n := strings.Count(stdout.String(), "@sha256:"); n != b.o.cliDocuments {
-			return fmt.Errorf("imagepin pin pinned %d images, want %d", n, b.o.cliDocuments)
+		if n := strings.Count(stdout.String(), "@sha256:"); n != docs {
+			return fmt.Errorf("imagepin pin pinned %d images, want %d", n, docs)
+		}
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			peak = max(peak, ru.Maxrss)
 		}
 		walls = append(walls, end.Sub(start))
 		counts = append(counts, count(b.proxy.between(start, end.Add(time.Millisecond))))
-		logf("cli: run %d: %s; %s", run+1, end.Sub(start).Round(time.Millisecond), counts[run])
+		logf("%s: run %d: %s; %s", name, run+1, end.Sub(start).Round(time.Millisecond), counts[run])
 	}
 	runs := durations(walls)
 	sort.Slice(walls, func(i, j int) bool { return walls[i] < walls[j] })
@@ -74,16 +100,19 @@ func (b *bench) cli(ctx context.Context) error {
 			c = x
 		}
 	}
-	tags := float64(len(b.tags))
+	n := float64(len(tags))
 	const qps, burst = 50, 50 // imagepin pin's defaults
-	b.rep.limit(secCLI, fmt.Sprintf("wall time of imagepin pin on %d documents naming %d tags (median of %d)", b.o.cliDocuments, len(b.tags), cliRuns),
+	what := fmt.Sprintf("imagepin pin on %d documents naming %d tags", docs, len(tags))
+	b.rep.limit(secCLI, "wall time of "+what+fmt.Sprintf(" (median of %d)", cliRuns),
 		wall.Seconds(), "s", budgetFloor(c.Total, qps, burst),
 		"runs: "+runs)
-	b.rep.goal(secCLI, "manifest HEADs per distinct tag", float64(c.ManifestHEADs)/tags, "/tag", "1.0", c.ManifestHEADs == len(b.tags), "")
-	b.rep.goal(secCLI, "manifest GETs per distinct tag", float64(c.ManifestGETs)/tags, "/tag", "0", c.ManifestGETs == 0, "")
-	b.rep.goal(secCLI, "registry requests per distinct tag, all kinds", float64(c.Total)/tags, "/tag", "1.0", c.Total <= len(b.tags),
+	mib := float64(peak) / 1024
+	b.rep.goal(secCLI, "peak RSS of "+what, mib, "MiB", fmt.Sprintf("≤ %g MiB", goalMiB), mib <= goalMiB, "the largest of the runs")
+	b.rep.goal(secCLI, fmt.Sprintf("manifest HEADs per distinct tag (%d documents)", docs), float64(c.ManifestHEADs)/n, "/tag", "1.0", c.ManifestHEADs == len(tags), "")
+	b.rep.goal(secCLI, fmt.Sprintf("manifest GETs per distinct tag (%d documents)", docs), float64(c.ManifestGETs)/n, "/tag", "0", c.ManifestGETs == 0, "")
+	b.rep.goal(secCLI, fmt.Sprintf("registry requests, all kinds (%d documents)", docs), float64(c.Total), "", fmt.Sprintf("≤ %d + tokens", len(tags)+1), c.Total-c.Tokens <= len(tags)+1,
 		fmt.Sprintf("%d pings, %d tokens", c.Pings, c.Tokens))
-	b.rep.Methods["cli"] = fmt.Sprintf("the built binary, `imagepin pin -f <file> --registry-ca-file <proxy CA>`, DOCKER_CONFIG holding the credentials, no manager running; wall time from exec to exit; requests counted at the proxy during the run (the run with most: %s)", c)
+	b.rep.Methods[name] = fmt.Sprintf("the built binary, `imagepin pin -f <file> --registry-ca-file <proxy CA>` on %d Deployments, DOCKER_CONFIG holding the credentials, no manager running; wall time from exec to exit; peak RSS from the kernel's accounting of the process (rusage maxrss); requests counted at the proxy during the run (the run with most: %s)", docs, c)
 	return nil
 }
 

@@ -84,7 +84,10 @@
 //     adds ≤ 10 ms at p99 to creating without the webhook.
 //  6. CLI. The built `imagepin pin -f` on --cli-documents Deployments (1,000)
 //     naming the same tags, with credentials from DOCKER_CONFIG: wall time
-//     (median of 3 runs) and registry requests per distinct tag (limit 1.0).
+//     (median of 3 runs), peak RSS (goal ≤ 60 MiB) and registry requests
+//     (limit: one per tag and one ping, plus tokens). Then the same on
+//     --cli-large-documents (10,000) naming --cli-large-tags (500) tags of
+//     their own (goal ≤ 100 MiB, wall time ≤ the budget's floor + 1 s).
 //  7. Writes. kube-controller-manager runs; 20 Deployments pinned to a tag in
 //     a Follow ImagePin (interval 10s). The tag is pushed with new content:
 //     new ReplicaSets and generation changes per Deployment once every one
@@ -144,6 +147,8 @@ type options struct {
 	admissionSamples  int
 	missSamples       int
 	cliDocuments      int
+	cliLargeDocuments int
+	cliLargeTags      int
 	pushRounds        int
 	pushRoundsPoll    int
 	memory10k         bool
@@ -198,6 +203,8 @@ func run() int {
 	flag.IntVar(&o.followDeployments, "follow-deployments", 20, "Deployments in the Follow ImagePin")
 	flag.IntVar(&o.admissionSamples, "admission-samples", 200, "Deployments created per admission case (cache miss: half as many)")
 	flag.IntVar(&o.cliDocuments, "cli-documents", 1000, "documents `imagepin pin` pins")
+	flag.IntVar(&o.cliLargeDocuments, "cli-large-documents", 10000, "documents of the second, large `imagepin pin` run; 0: none")
+	flag.IntVar(&o.cliLargeTags, "cli-large-tags", 500, "distinct tags of the large `imagepin pin` run, pushed for it")
 	flag.IntVar(&o.pushRounds, "push-rounds", 20, "pushes of each tag timed with the receiver")
 	flag.IntVar(&o.pushRoundsPoll, "push-rounds-poll", 5, "pushes of each tag timed without the receiver (interval 10s)")
 	flag.BoolVar(&o.memory10k, "memory-10k", false, "also measure the manager's memory with 10,000 Deployments")

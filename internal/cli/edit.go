@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"unicode/utf8"
@@ -16,43 +17,58 @@ type edit struct {
 	text       string
 }
 
-// applyEdits returns raw with every edit made; edits must not overlap.
-func applyEdits(raw []byte, edits []edit) []byte {
+// writeEdited writes raw to w with every edit made, without building the
+// edited copy; edits must not overlap.
+func writeEdited(w io.Writer, raw []byte, edits []edit) error {
 	sort.Slice(edits, func(i, j int) bool { return edits[i].start < edits[j].start })
-	var out bytes.Buffer
-	out.Grow(len(raw) + 80*len(edits))
 	at := 0
 	for _, e := range edits {
-		out.Write(raw[at:e.start])
-		out.WriteString(e.text)
+		if _, err := w.Write(raw[at:e.start]); err != nil {
+			return err
+		}
+		if _, err := io.WriteString(w, e.text); err != nil {
+			return err
+		}
 		at = e.end
 	}
-	out.Write(raw[at:])
-	return out.Bytes()
+	_, err := w.Write(raw[at:])
+	return err
 }
 
 // source maps the parser's line and column (1-based; columns count
 // characters) to byte offsets of the text it parsed.
 type source struct {
 	raw []byte
-	// lines[i] is the offset of line i+1. Line breaks are those of the
-	// YAML scanner: CRLF, CR, LF, NEL, LS and PS.
-	lines []int
+	// marks[k] is the offset of line k*lineStride+1: a sparse table, so
+	// that a large input's line index stays small (a full one took 8
+	// bytes a line). Line breaks are those of the YAML scanner: CRLF, CR,
+	// LF, NEL, LS and PS.
+	marks []int
+	// lines is how many lines raw has.
+	lines int
 }
 
+// lineStride is how many lines apart source's marks are: finding an
+// offset walks at most this many lines.
+const lineStride = 64
+
 func newSource(raw []byte) *source {
-	s := &source{raw: raw, lines: []int{0}}
+	start := 0
 	if bytes.HasPrefix(raw, []byte("\xef\xbb\xbf")) {
-		s.lines[0] = 3 // the scanner skips a UTF-8 byte order mark
+		start = 3 // the scanner skips a UTF-8 byte order mark
 	}
-	for i := s.lines[0]; i < len(raw); {
+	s := &source{raw: raw, marks: []int{start}, lines: 1}
+	for i := start; i < len(raw); {
 		n := lineBreak(raw[i:])
 		if n == 0 {
 			i++
 			continue
 		}
 		i += n
-		s.lines = append(s.lines, i)
+		if s.lines%lineStride == 0 {
+			s.marks = append(s.marks, i)
+		}
+		s.lines++
 	}
 	return s
 }
@@ -74,10 +90,19 @@ func lineBreak(b []byte) int {
 
 // offset returns the byte offset of a node's line and column.
 func (s *source) offset(line, column int) (int, error) {
-	if line < 1 || line > len(s.lines) || column < 1 {
+	if line < 1 || line > s.lines || column < 1 {
 		return 0, fmt.Errorf("position %d:%d is outside the input", line, column)
 	}
-	at := s.lines[line-1]
+	at := s.marks[(line-1)/lineStride]
+	for range (line - 1) % lineStride {
+		for at < len(s.raw) && lineBreak(s.raw[at:]) == 0 {
+			at++
+		}
+		if at >= len(s.raw) {
+			return 0, fmt.Errorf("position %d:%d is outside the input", line, column)
+		}
+		at += lineBreak(s.raw[at:])
+	}
 	for range column - 1 {
 		if at >= len(s.raw) {
 			return 0, fmt.Errorf("position %d:%d is outside the input", line, column)
@@ -203,16 +228,16 @@ func quotedEnd(raw []byte, start int, quote byte) int {
 	return -1
 }
 
-// replacement returns value written in the quoting style of n: plain stays
+// replacement returns value written in a scalar's quoting style: plain stays
 // plain, 'single' single, "double" double. value must be an image
 // reference, which needs no escaping in any of them.
-func replacement(n *yaml.Node, value string) string {
+func replacement(style yaml.Style, value string) string {
 	switch {
-	case n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0:
+	case style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0:
 		return value // the text only; the header and line breaks stay
-	case n.Style&yaml.DoubleQuotedStyle != 0:
+	case style&yaml.DoubleQuotedStyle != 0:
 		return `"` + value + `"`
-	case n.Style&yaml.SingleQuotedStyle != 0:
+	case style&yaml.SingleQuotedStyle != 0:
 		return "'" + value + "'"
 	}
 	return value

@@ -67,7 +67,11 @@ func FuzzScalarSpan(f *testing.F) {
 			if bytes.ContainsAny(token, "\r\n") {
 				continue
 			}
-			edited := applyEdits(raw, []edit{{start: start, end: end, text: replacement(n, "x9")}})
+			var buf bytes.Buffer
+			if err := writeEdited(&buf, raw, []edit{{start: start, end: end, text: replacement(n.Style, "x9")}}); err != nil {
+				t.Fatal(err)
+			}
+			edited := buf.Bytes()
 			again, ok := decodeScalars(edited)
 			if !ok {
 				t.Fatalf("replacing %q at %d:%d with x9 made invalid YAML:\n%s", token, n.Line, n.Column, edited)

@@ -180,7 +180,9 @@ var containerLists = []string{"initContainers", "containers", "ephemeralContaine
 
 // input is one file (or stdin): its bytes exactly as read, and the image
 // fields found in them. Output is these bytes with only the image scalars
-// replaced, so nothing is ever re-serialized.
+// replaced, so nothing is ever re-serialized. No parsed document is kept:
+// each is decoded, searched and dropped, so that memory grows with the
+// input's bytes and its image fields, not with its parse trees.
 type input struct {
 	name string
 	raw  []byte
@@ -192,23 +194,38 @@ type input struct {
 
 // imageField is one image reference in a manifest.
 type imageField struct {
-	// node is the scalar that holds the reference: for `image: *ref`, the
-	// anchored scalar the alias names, which is where the bytes are.
-	node      *yaml.Node
+	// ref is the reference as the manifest holds it; for `image: *ref`,
+	// the anchored scalar's value.
+	ref       string
 	file      string
 	line      int
 	object    string
 	container string
 	// volume: container names an image volume.
 	volume bool
+	// For an unpinned reference: where the scalar's text is in the
+	// input (for `image: *ref`, the anchored scalar, which is where the
+	// bytes are), its quoting style, or why it cannot be edited in place.
+	start, end int
+	style      yaml.Style
+	spanErr    error
+	// node is the scalar while its document is being searched; nil after.
+	node *yaml.Node
 }
 
-// parseInput decodes every document of raw once, with positions relative
-// to the whole stream, and collects its image fields.
-func parseInput(name string, raw []byte) (*input, error) {
+// pinned reports whether the reference already names a digest.
+func (f *imageField) pinned() bool { return strings.Contains(f.ref, "@") }
+
+// scanInput decodes the documents of raw one at a time, with positions
+// relative to the whole stream, collects their image fields and calls
+// found with each unpinned reference as soon as its document is read, so
+// that resolving can start while the rest is parsed. Each document's tree
+// is dropped before the next is decoded.
+func scanInput(name string, raw []byte, found func(ref string)) (*input, error) {
 	in := &input{name: name, raw: raw}
+	var src *source
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	var roots []*yaml.Node
+	docs := 0
 	for {
 		var doc yaml.Node
 		err := dec.Decode(&doc)
@@ -218,14 +235,27 @@ func parseInput(name string, raw []byte) (*input, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: not valid YAML: %w", name, err)
 		}
-		if len(doc.Content) > 0 {
-			roots = append(roots, doc.Content[0])
+		if len(doc.Content) == 0 {
+			continue
 		}
-	}
-	in.resourceList = len(roots) == 1 && kindOf(roots[0]) == "ResourceList"
-	for _, root := range roots {
+		root := doc.Content[0]
+		docs++
+		in.resourceList = docs == 1 && kindOf(root) == "ResourceList"
+		first := len(in.images)
 		if err := collect(root, name, &in.images); err != nil {
 			return nil, err
+		}
+		for i := first; i < len(in.images); i++ {
+			f := &in.images[i]
+			if !f.pinned() {
+				if src == nil {
+					src = newSource(raw)
+				}
+				f.start, f.end, f.spanErr = src.scalarSpan(f.node)
+				f.style = f.node.Style
+				found(f.ref)
+			}
+			f.node = nil
 		}
 	}
 	return in, nil
@@ -285,7 +315,7 @@ func collectSpec(s podSpec, file, object string, out *[]imageField) {
 			if img.Kind != yaml.ScalarNode || img.Value == "" || img.Tag == "!!null" {
 				continue
 			}
-			*out = append(*out, imageField{node: img, file: file, line: field.Line, object: object, container: name(c)})
+			*out = append(*out, imageField{ref: img.Value, node: img, file: file, line: field.Line, object: object, container: name(c)})
 		}
 	}
 	// Image volumes (Kubernetes 1.33+): volumes[].image.reference.
@@ -303,7 +333,7 @@ func collectSpec(s podSpec, file, object string, out *[]imageField) {
 			if img.Kind != yaml.ScalarNode || img.Value == "" || img.Tag == "!!null" {
 				continue
 			}
-			*out = append(*out, imageField{node: img, file: file, line: field.Line, object: object, container: name(v), volume: true})
+			*out = append(*out, imageField{ref: img.Value, node: img, file: file, line: field.Line, object: object, container: name(v), volume: true})
 		}
 	}
 }

@@ -7,6 +7,7 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"flag"
@@ -23,7 +24,6 @@ import (
 	"unicode"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"sigs.k8s.io/kustomize/kyaml/yaml"
 
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/selection"
@@ -32,7 +32,7 @@ import (
 
 // where names an image field for a message: "file:line: Kind/name
 // container c".
-func (f imageField) where() string {
+func (f *imageField) where() string {
 	what := "container"
 	if f.volume {
 		what = "image volume"
@@ -89,52 +89,60 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		files = stringList{"-"}
 	}
 
-	inputs, err := readInputs(files, stdin)
+	// Resolving starts as soon as a document names a reference, while the
+	// rest is still being read (not for --check, which asks no registry).
+	var res *resolution
+	if !*check {
+		resolver, err := registry.New(registry.Options{InsecureRegistries: insecure, AllowedRegistries: allowed, CAFile: *caFile, Timeout: *timeout, QPS: *qps, Burst: *burst, UserAgent: userAgent})
+		if err != nil {
+			say(stderr, "imagepin pin:", err)
+			return 1
+		}
+		keychain, err := registry.CLIKeychain(ctx)
+		if err != nil {
+			say(stderr, "imagepin pin:", err)
+			return 1
+		}
+		res = newResolution(ctx, resolver, keychain)
+	}
+	found := func(string) {}
+	if res != nil {
+		found = res.start
+	}
+	inputs, err := readInputs(files, stdin, found)
+	if res != nil {
+		// Even when reading failed: no resolution outlives Pin.
+		res.wait()
+	}
 	if err != nil {
 		say(stderr, "imagepin pin:", err)
 		return 1
 	}
-	var unpinned []imageField
-	for _, in := range inputs {
-		for _, f := range in.images {
-			if !strings.Contains(f.node.Value, "@") {
-				unpinned = append(unpinned, f)
+	if *check {
+		unpinned := 0
+		for _, in := range inputs {
+			for i := range in.images {
+				if f := &in.images[i]; !f.pinned() {
+					unpinned++
+					sayf(stdout, "%s: %s is not pinned to a digest\n", f.where(), printable(f.ref))
+				}
 			}
 		}
-	}
-	if *check {
-		for _, f := range unpinned {
-			sayf(stdout, "%s: %s is not pinned to a digest\n", f.where(), printable(f.node.Value))
-		}
-		if len(unpinned) > 0 {
-			sayf(stderr, "imagepin pin --check: %d unpinned %s\n", len(unpinned), plural(len(unpinned), "image"))
+		if unpinned > 0 {
+			sayf(stderr, "imagepin pin --check: %d unpinned %s\n", unpinned, plural(unpinned, "image"))
 			return 1
 		}
 		return 0
 	}
 
-	resolver, err := registry.New(registry.Options{InsecureRegistries: insecure, AllowedRegistries: allowed, CAFile: *caFile, Timeout: *timeout, QPS: *qps, Burst: *burst})
-	if err != nil {
-		say(stderr, "imagepin pin:", err)
-		return 1
-	}
-	keychain, err := registry.CLIKeychain(ctx)
-	if err != nil {
-		say(stderr, "imagepin pin:", err)
-		return 1
-	}
-	digests, failures := resolveAll(ctx, resolver, keychain, unpinned)
-	if len(failures) > 0 {
-		for _, f := range failures {
-			say(stderr, "imagepin pin:", f)
+	failures := res.failures(inputs)
+	edits := make([][]edit, len(inputs))
+	if len(failures) == 0 {
+		for i, in := range inputs {
+			var errs []string
+			edits[i], errs = pinEdits(in, res.digests)
+			failures = append(failures, errs...)
 		}
-		return 1
-	}
-	outputs := make([][]byte, len(inputs))
-	for i, in := range inputs {
-		out, errs := pinInput(in, digests)
-		failures = append(failures, errs...)
-		outputs[i] = out
 	}
 	if len(failures) > 0 {
 		for _, f := range failures {
@@ -142,76 +150,76 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		return 1
 	}
-	if err := writeAll(stdout, inputs, outputs); err != nil {
+	w := bufio.NewWriterSize(stdout, 64<<10)
+	if err := writeAll(w, inputs, edits); err != nil {
+		return 1
+	}
+	if err := w.Flush(); err != nil {
 		return 1
 	}
 	return 0
 }
 
-// writeAll writes the outputs one after the other, each exactly as it is,
+// writeAll writes each input with its edits made, one after the other,
 // with only what keeps their documents apart in between: a line break
 // where one does not end in one, and "---" before one whose first document
-// does not start with it (in the file's own line ending).
-func writeAll(w io.Writer, inputs []*input, outputs [][]byte) error {
+// does not start with it (in the file's own line ending). An edit replaces
+// a scalar's text with a reference, so it changes none of what decides
+// these: the input's own bytes do.
+func writeAll(w io.Writer, inputs []*input, edits [][]edit) error {
 	written := false // whether a document may be open at the end of what was written
-	for i, out := range outputs {
+	for i, in := range inputs {
+		raw := in.raw
 		eol := "\n"
-		if bytes.Contains(out, []byte("\r\n")) {
+		if bytes.Contains(raw, []byte("\r\n")) {
 			eol = "\r\n"
 		}
 		var between string
-		if i > 0 && len(outputs[i-1]) > 0 && !bytes.HasSuffix(outputs[i-1], []byte("\n")) {
+		if i > 0 && len(inputs[i-1].raw) > 0 && !bytes.HasSuffix(inputs[i-1].raw, []byte("\n")) {
 			between = eol
 		}
-		if written && !inputs[i].resourceList && len(bytes.TrimSpace(out)) > 0 && !startsWithMarker(out) {
+		if written && !in.resourceList && len(bytes.TrimSpace(raw)) > 0 && !startsWithMarker(raw) {
 			between += "---" + eol
 		}
 		if _, err := io.WriteString(w, between); err != nil {
 			return err
 		}
-		if _, err := w.Write(out); err != nil {
+		if err := writeEdited(w, raw, edits[i]); err != nil {
 			return err
 		}
-		written = written || len(bytes.TrimSpace(out)) > 0
+		written = written || len(bytes.TrimSpace(raw)) > 0
 	}
 	return nil
 }
 
-// pinInput returns the input's bytes with every unpinned image scalar
-// replaced by its pinned reference, in the scalar's own quoting style; not
-// one other byte changes.
-func pinInput(in *input, digests map[string]string) ([]byte, []string) {
-	var src *source
+// pinEdits returns the edits that replace every unpinned image scalar of
+// the input with its pinned reference, in the scalar's own quoting style;
+// not one other byte changes.
+func pinEdits(in *input, digests map[string]string) ([]edit, []string) {
 	var edits []edit
 	var failures []string
-	done := map[*yaml.Node]bool{} // a scalar named by several aliases is edited once
-	for _, f := range in.images {
-		if done[f.node] || strings.Contains(f.node.Value, "@") {
+	done := map[int]bool{} // a scalar named by several aliases is edited once
+	for i := range in.images {
+		f := &in.images[i]
+		if f.pinned() || done[f.start] {
 			continue
 		}
-		done[f.node] = true
-		pinned, err := selection.PinnedImage(f.node.Value, digests[f.node.Value])
+		done[f.start] = true
+		pinned, err := selection.PinnedImage(f.ref, digests[f.ref])
 		if err == nil && strings.ContainsFunc(pinned, notReferenceChar) {
-			err = fmt.Errorf("cannot pin %q: %q would need quoting", f.node.Value, pinned)
+			err = fmt.Errorf("cannot pin %q: %q would need quoting", f.ref, pinned)
 		}
 		if err != nil {
 			failures = append(failures, fmt.Sprintf("%s: %v", f.where(), err))
 			continue
 		}
-		if src == nil {
-			src = newSource(in.raw)
-		}
-		start, end, err := src.scalarSpan(f.node)
-		if err != nil {
-			failures = append(failures, fmt.Sprintf("%s: cannot edit the image in place: %v", f.where(), err))
+		if f.spanErr != nil {
+			failures = append(failures, fmt.Sprintf("%s: cannot edit the image in place: %v", f.where(), f.spanErr))
 			continue
 		}
-		edits = append(edits, edit{start: start, end: end, text: replacement(f.node, pinned)})
+		edits = append(edits, edit{start: f.start, end: f.end, text: replacement(f.style, pinned)})
 	}
-	if len(edits) == 0 {
-		return in.raw, failures
-	}
-	return applyEdits(in.raw, edits), failures
+	return edits, failures
 }
 
 // notReferenceChar reports a character no pinned image reference has, so
@@ -237,49 +245,80 @@ func startsWithMarker(raw []byte) bool {
 	return false
 }
 
-// resolveAll resolves each distinct reference once, concurrently.
-func resolveAll(ctx context.Context, r *registry.Resolver, kc authn.Keychain, fields []imageField) (map[string]string, []string) {
-	refs := map[string][]imageField{}
-	for _, f := range fields {
-		refs[f.node.Value] = append(refs[f.node.Value], f)
-	}
-	names := make([]string, 0, len(refs))
-	for ref := range refs {
-		names = append(names, ref)
-	}
-	sort.Strings(names)
+// userAgent tells a registry's logs the CI command from the operator
+// ("imagepin", or "imagepin shard/<name>").
+const userAgent = "imagepin pin"
 
-	var mu sync.Mutex
-	digests := map[string]string{}
-	var failures []string
-	work := make(chan string)
-	var wg sync.WaitGroup
-	for range min(8, len(names)) {
-		wg.Go(func() {
-			for ref := range work {
-				res, err := r.Resolve(ctx, registry.Request{Image: ref, Keychain: kc, TTL: time.Hour})
-				mu.Lock()
-				if err != nil {
-					f := refs[ref][0]
-					failures = append(failures, fmt.Sprintf("%s: %v", f.where(), err))
-				} else {
-					digests[ref] = res.Digest
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	for _, ref := range names {
-		work <- ref
-	}
-	close(work)
-	wg.Wait()
-	sort.Strings(failures)
-	return digests, failures
+// resolveWorkers bounds the resolutions in flight; the registry budget
+// (--registry-qps, --registry-burst) bounds what reaches each registry.
+const resolveWorkers = 16
+
+// resolution resolves each distinct reference once, concurrently, as
+// references are found.
+type resolution struct {
+	ctx context.Context
+	r   *registry.Resolver
+	kc  authn.Keychain
+	sem chan struct{}
+	wg  sync.WaitGroup
+
+	mu      sync.Mutex
+	seen    map[string]bool
+	digests map[string]string
+	errs    map[string]error
 }
 
-// readInputs reads every file, directory and stdin named by -f.
-func readInputs(files []string, stdin io.Reader) ([]*input, error) {
+func newResolution(ctx context.Context, r *registry.Resolver, kc authn.Keychain) *resolution {
+	return &resolution{ctx: ctx, r: r, kc: kc, sem: make(chan struct{}, resolveWorkers),
+		seen: map[string]bool{}, digests: map[string]string{}, errs: map[string]error{}}
+}
+
+// start resolves ref in the background, unless it was already asked for.
+func (rs *resolution) start(ref string) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.seen[ref] {
+		return
+	}
+	rs.seen[ref] = true
+	rs.wg.Go(func() {
+		rs.sem <- struct{}{}
+		defer func() { <-rs.sem }()
+		res, err := rs.r.Resolve(rs.ctx, registry.Request{Image: ref, Keychain: rs.kc, TTL: time.Hour})
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		if err != nil {
+			rs.errs[ref] = err
+		} else {
+			rs.digests[ref] = res.Digest
+		}
+	})
+}
+
+// wait returns when every resolution started has ended.
+func (rs *resolution) wait() { rs.wg.Wait() }
+
+// failures names each reference that did not resolve, at the first field
+// that names it, sorted.
+func (rs *resolution) failures(inputs []*input) []string {
+	var out []string
+	told := map[string]bool{}
+	for _, in := range inputs {
+		for i := range in.images {
+			f := &in.images[i]
+			if err := rs.errs[f.ref]; err != nil && !f.pinned() && !told[f.ref] {
+				told[f.ref] = true
+				out = append(out, fmt.Sprintf("%s: %v", f.where(), err))
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// readInputs reads every file, directory and stdin named by -f, calling
+// found with each unpinned reference as it is read.
+func readInputs(files []string, stdin io.Reader, found func(string)) ([]*input, error) {
 	var inputs []*input
 	for _, f := range files {
 		paths := []string{f}
@@ -295,7 +334,7 @@ func readInputs(files []string, stdin io.Reader) ([]*input, error) {
 			}
 		}
 		for _, p := range paths {
-			in, err := readInput(p, stdin)
+			in, err := readInput(p, stdin, found)
 			if err != nil {
 				return nil, err
 			}
@@ -320,7 +359,7 @@ func yamlFiles(dir string) ([]string, error) {
 	return out, err
 }
 
-func readInput(path string, stdin io.Reader) (*input, error) {
+func readInput(path string, stdin io.Reader, found func(string)) (*input, error) {
 	name := path
 	var raw []byte
 	var err error
@@ -333,7 +372,7 @@ func readInput(path string, stdin io.Reader) (*input, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseInput(name, raw)
+	return scanInput(name, raw, found)
 }
 
 type stringList []string

@@ -33,9 +33,10 @@ type Registry struct {
 	backend http.Handler
 	down    atomic.Bool
 
-	mu     sync.Mutex
-	heads  int
-	gets   int
+	mu       sync.Mutex
+	heads    int
+	gets     int
+	requests int
 	routes map[string]http.Handler // "/v2/<repo>/" → handler
 }
 
@@ -62,6 +63,7 @@ func New() *Registry {
 	})
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
+		r.requests++
 		var route http.Handler
 		for prefix, h := range r.routes {
 			if strings.HasPrefix(req.URL.Path, prefix) {
@@ -109,6 +111,14 @@ func (r *Registry) ManifestRequests() (heads, gets int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.heads, r.gets
+}
+
+// Requests returns every request so far, of any kind: pings, manifests,
+// blobs, tags.
+func (r *Registry) Requests() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.requests
 }
 
 // Image returns the full reference of repoTag in this registry.
