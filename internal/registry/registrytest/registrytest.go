@@ -37,7 +37,7 @@ type Registry struct {
 	heads    int
 	gets     int
 	requests int
-	routes map[string]http.Handler // "/v2/<repo>/" → handler
+	routes   map[string]http.Handler // "/v2/<repo>/" → handler
 }
 
 // New starts a registry; Close stops it.
