@@ -87,6 +87,9 @@ type ImagePinReconciler struct {
 	// (imagepin_hints.go); hinted: ImagePins a push event asks to check.
 	tags   tagIndex
 	hinted chan event.GenericEvent
+	// behind: resolutions a check went on without (imagepin_observe.go's
+	// resolveAll), each watched once until its answer comes.
+	behind behindWatch
 	// clusterHinted: ClusterImagePins a push event asks to check (the
 	// tag index knows them with an empty namespace).
 	clusterHinted chan event.GenericEvent

@@ -190,17 +190,30 @@ func (r *ImagePinReconciler) learnNeededPlatforms(ctx context.Context, container
 	}
 }
 
+// answerWithin is how long a check waits for this tick's answers when it
+// holds earlier ones. The registry budget makes a round of many tags last
+// seconds (50 tags at the default budget: 3 s); a check that waited for
+// all of them would report a tag refreshed early in the round only at its
+// end, an interval and a round after the tag moved. Past answerWithin, a
+// check goes on with the last good answers of the tags still queued, and
+// the ImagePins naming a tag are checked again as soon as its answer comes
+// and differs (behindWatch).
+const answerWithin = 500 * time.Millisecond
+
 // resolveAll resolves the tag of every container, a few at a time.
 func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []containerObs, freshSince time.Time) {
+	answerBy := time.Now().Add(answerWithin)
 	work := make(chan int)
 	var wg sync.WaitGroup
 	for range resolveWorkers {
 		wg.Go(func() {
 			for i := range work {
 				c := &containers[i]
-				c.result, c.err = r.Resolver.Resolve(ctx, registry.Request{
-					Image: c.image, Keychain: c.keychain, FreshSince: freshSince,
-				})
+				req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: freshSince, AnswerBy: answerBy}
+				c.result, c.err = r.Resolver.Resolve(ctx, req)
+				if c.result.Behind {
+					r.behind.watch(req, c.result, r.Resolver, r.Recheck)
+				}
 			}
 		})
 	}
@@ -211,6 +224,43 @@ func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []contai
 	}
 	close(work)
 	wg.Wait()
+}
+
+// behindWatch waits for the resolutions checks went on without, one
+// watcher per resolution however many checks went on without it, and has
+// the ImagePins naming the tag checked again when the answer differs from
+// the one they were given (or is an error). Their new check finds the
+// answer in the cache: it sends nothing.
+type behindWatch struct {
+	mu       sync.Mutex
+	watching map[<-chan struct{}]bool
+}
+
+func (w *behindWatch) watch(req registry.Request, given registry.Result, resolver *registry.Resolver, recheck func(registry.TagRef) (int, int)) {
+	w.mu.Lock()
+	if w.watching[given.Pending] {
+		w.mu.Unlock()
+		return
+	}
+	if w.watching == nil {
+		w.watching = map[<-chan struct{}]bool{}
+	}
+	w.watching[given.Pending] = true
+	w.mu.Unlock()
+	go func() {
+		<-given.Pending // the resolution ends within the resolver's timeout
+		w.mu.Lock()
+		delete(w.watching, given.Pending)
+		w.mu.Unlock()
+		req.AnswerBy = time.Time{}
+		res, err := resolver.Resolve(context.Background(), req)
+		if err == nil && res.Digest == given.Digest {
+			return
+		}
+		if t, perr := registry.TagRefOf(req.Image); perr == nil {
+			recheck(t)
+		}
+	}()
 }
 
 // runningDigests reads, per container name, which digests a workload's

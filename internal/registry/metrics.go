@@ -12,6 +12,9 @@ const (
 	resultCoalesced = "coalesced"
 	resultStale     = "stale"
 	resultError     = "error"
+	// resultBehind: the last good answer, given while a fresh one was
+	// still on its way past the caller's AnswerBy.
+	resultBehind = "behind"
 )
 
 // Metrics are the resolver's Prometheus metrics. README.md documents each.

@@ -90,6 +90,14 @@ type Request struct {
 	// Timeout, if shorter than the resolver's, bounds this caller's wait;
 	// the resolution itself goes on and fills the cache.
 	Timeout time.Duration
+	// AnswerBy, if set, is when a caller that holds an earlier good answer
+	// stops waiting for a fresh one (real time): the registry budget can
+	// make a round of many tags last seconds, and a check that waited for
+	// all of them would report a tag seen early in the round only at the
+	// round's end. Past AnswerBy, Resolve returns the last good answer
+	// marked Behind, and the resolution goes on; Pending is closed when it
+	// ends, and a Resolve then answers from it.
+	AnswerBy time.Time
 }
 
 // Result is what a tag points to.
@@ -106,6 +114,11 @@ type Result struct {
 	// Stale is true when Digest is the last good answer, served because
 	// the registry failed; Resolve then also returns the error.
 	Stale bool
+	// Behind is true when Digest is the last good answer, served because
+	// the fresh one was not there by Request.AnswerBy; Pending is closed
+	// when the resolution under way ends.
+	Behind  bool
+	Pending <-chan struct{}
 }
 
 // Resolver resolves tags to digests. It is safe for concurrent use, and one
@@ -248,6 +261,23 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	// A caller's deadline is real time, whatever clock drives the cache.
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	if !req.AnswerBy.IsZero() {
+		if prev, ok := r.lastGood(key); ok {
+			by := time.NewTimer(time.Until(req.AnswerBy))
+			defer by.Stop()
+			select {
+			case <-c.done:
+				r.countResult(leader, c.res, c.err)
+				return c.res, c.err
+			case <-by.C:
+				r.metrics.CacheResults.WithLabelValues(resultBehind).Inc()
+				prev.Behind, prev.Pending = true, c.done
+				return prev, nil
+			case <-ctx.Done():
+				return r.staleOnly(key), fmt.Errorf("resolve %s: %w", tag, ctx.Err())
+			}
+		}
+	}
 	select {
 	case <-c.done:
 		r.countResult(leader, c.res, c.err)
@@ -342,6 +372,17 @@ func hostname(host string) string {
 		return host[:i]
 	}
 	return host
+}
+
+// lastGood returns the cached answer for key if its last attempt
+// succeeded: what a caller past its AnswerBy is given.
+func (r *Resolver) lastGood(key string) (Result, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.cache[key]; e != nil && e.digest != "" && e.err == nil {
+		return r.resultOf(e), true
+	}
+	return Result{}, false
 }
 
 // staleOnly returns the last good answer for key, if still servable.
