@@ -6,10 +6,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -177,6 +179,34 @@ func (b *bench) admission(ctx context.Context) error {
 		}
 	}
 
+	// 50 applies at once, with and without the webhook, round by round.
+	logf("admission: %d rounds of %d concurrent creates, with and without the webhook", concurrentRounds, concurrentApplies)
+	concNoHook, concHit := &concurrentCase{ns: nsNoHook}, &concurrentCase{ns: nsBurst}
+	for round := range concurrentRounds {
+		for _, c := range []*concurrentCase{concNoHook, concHit} {
+			if err := b.concurrentCreates(ctx, c, app, b.image(hitTag), round); err != nil {
+				return err
+			}
+		}
+	}
+	for _, c := range []struct {
+		name string
+		c    *concurrentCase
+	}{{"no webhook", concNoHook}, {"webhook, cache hit", concHit}} {
+		note := fmt.Sprintf("%d Deployments, %d at once in %d rounds", len(c.c.times), concurrentApplies, concurrentRounds)
+		if c.c == concHit {
+			note += fmt.Sprintf(", %d stored pinned", c.c.pinned)
+		}
+		b.rep.info(secAdmission, fmt.Sprintf("%d concurrent creates, %s: p50", concurrentApplies, c.name), percentile(c.c.times, 0.50), "ms", note)
+		b.rep.info(secAdmission, fmt.Sprintf("%d concurrent creates, %s: p99", concurrentApplies, c.name), percentile(c.c.times, 0.99), "ms", "")
+	}
+	if concHit.pinned != len(concHit.times) {
+		b.rep.failed(secAdmission, "concurrent creates: stored pinned", fmt.Sprintf("%d", len(concHit.times)),
+			fmt.Errorf("%d of %d were stored pinned", concHit.pinned, len(concHit.times)))
+	}
+	b.rep.info(secAdmission, fmt.Sprintf("added at p99 by the webhook on a cache hit, %d concurrent creates", concurrentApplies),
+		percentile(concHit.times, 0.99)-percentile(concNoHook.times, 0.99), "ms", "")
+
 	for _, c := range []*admissionCase{noHook, none, hit, miss, burst} {
 		note := fmt.Sprintf("%d Deployments", len(c.times))
 		if c != noHook && c != none {
@@ -211,7 +241,8 @@ func (b *bench) admission(ctx context.Context) error {
 		"The webhook: config/webhook/manifests.yaml registered with url https://127.0.0.1:%d/mutate-imagepin and the caBundle of its own CA, served by a manager process; its namespaceSelector leaves out one namespace, where the API server does not call it (\"no webhook\"). "+
 		"Cases interleaved round by round after 5 untimed rounds: no webhook; webhook in a namespace without ImagePin; cache hit (a Pin ImagePin, interval 5m, selects it and its tag was resolved before); cache miss (a fresh tag of an already-seen repository pushed just before, untimed: one HEAD). After a hit or a miss the next create waits, untimed, until that ImagePin's reconcile has counted the new Deployment, so the controller is idle during each timed create. "+
 		"Burst: %d hits back to back in a namespace of their own, each create's reconcile overlapping the next create. "+
-		"Direct: AdmissionReviews posted to the webhook over one kept-alive TLS connection, no API server", wh.Port, n)
+		"Direct: AdmissionReviews posted to the webhook over one kept-alive TLS connection, no API server. "+
+		"Concurrent: %d rounds, each %d creates started at once (one goroutine each) without the webhook and then %d in the burst's namespace (cache hits), each create timed alone", wh.Port, n, concurrentRounds, concurrentApplies, concurrentApplies)
 
 	logf("admission: removing the webhook and the Deployments")
 	if err := b.k8s.Delete(ctx, cfg); err != nil {
@@ -224,6 +255,48 @@ func (b *bench) admission(ctx context.Context) error {
 		}
 	}
 	return b.deleteDeployments(ctx, nsNoHook, nsNone, nsHit, nsMiss, nsBurst)
+}
+
+// concurrentApplies is how many creates the concurrent case starts at
+// once, concurrentRounds how many times.
+const concurrentApplies, concurrentRounds = 50, 8
+
+type concurrentCase struct {
+	ns     string
+	times  []time.Duration
+	pinned int
+}
+
+// concurrentCreates starts concurrentApplies creates in c's namespace at
+// once and records how long each took.
+func (b *bench) concurrentCreates(ctx context.Context, c *concurrentCase, app, image string, round int) error {
+	times := make([]time.Duration, concurrentApplies)
+	pinned := make([]bool, concurrentApplies)
+	errs := make([]error, concurrentApplies)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range concurrentApplies {
+		d := b.deployment(c.ns, fmt.Sprintf("c%02d-%02d", round, i), app, image)
+		wg.Go(func() {
+			<-start
+			t0 := time.Now()
+			errs[i] = b.k8s.Create(ctx, d)
+			times[i] = time.Since(t0)
+			pinned[i] = isPinned(d)
+		})
+	}
+	close(start)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	c.times = append(c.times, times...)
+	for _, p := range pinned {
+		if p {
+			c.pinned++
+		}
+	}
+	return nil
 }
 
 // timeCreate creates the next Deployment of c, times it when record, and
