@@ -103,6 +103,7 @@ func main() {
 type options struct {
 	metricsAddr             string
 	probeAddr               string
+	pprofAddr               string
 	leaderElect             bool
 	leaderElectionNamespace string
 	webhookCertDir          string
@@ -131,6 +132,7 @@ func run(args []string) error {
 	fs := flag.CommandLine
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", `address the Prometheus metrics endpoint binds to; "0" disables it`)
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz probes bind to")
+	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "", `address Go's profiles (/debug/pprof/) bind to, e.g. "127.0.0.1:6060"; off when empty`)
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "elect a leader so that only one of several managers reconciles")
 	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader-election Lease; defaults to the pod's namespace in a cluster")
 	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "", "directory holding the webhook's tls.crt and tls.key; defaults to <tmp>/k8s-webhook-server/serving-certs")
@@ -188,6 +190,7 @@ func runManager(o options) error {
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress:  o.probeAddr,
+		PprofBindAddress:        o.pprofAddr,
 		LeaderElection:          o.leaderElect,
 		LeaderElectionID:        leaderElectionIDOf(o.shard),
 		LeaderElectionNamespace: o.leaderElectionNamespace,
