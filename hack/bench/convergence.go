@@ -149,6 +149,11 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 	b.crossCheck(ms, m1.Started)
 	m1.Stop()
 
+	// 9: two shards versus one.
+	if err := b.shards(ctx, namespaces, perNS); err != nil {
+		return err
+	}
+
 	if b.o.memory10k && b.o.memoryLarge > b.o.deployments {
 		return b.memory10k(ctx, namespaces)
 	}

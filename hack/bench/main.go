@@ -44,9 +44,11 @@
 //     requests per distinct tag over that time (limit 1.0; manifest GETs 0).
 //     The lower bound the manager's request budget sets
 //     ((requests - burst) / qps) is printed beside it.
+//
 //  2. Steady state. Registry requests per distinct tag per interval over 3
 //     intervals, counted in the window [ready + interval/2, ready +
 //     3.5 intervals], which holds three refreshes of each tag (limit 1.0).
+//
 //  3. Detection. 5 tags are pushed again with new content; for each, the
 //     seconds from the end of the push until every ImagePin shows the new
 //     digest with TagMoved on its Deployments (goal: within interval + 1 s),
@@ -55,6 +57,7 @@
 //     ImagePins created at different times are: they are replaced by new
 //     ones created interval/namespaces apart, and a tag is pushed right
 //     after the proxy sees imagepin refresh it.
+//
 //  4. Memory. The manager's heap per 1,000 cached Deployments (goal
 //     ≤ 3 MiB). Its /metrics is scraped every 200 ms; a sample taken right
 //     after a GC cycle ended (go_gc_cycles_total_gc_cycles_total moved)
@@ -66,6 +69,7 @@
 //     is the same difference of go_gc_heap_live_bytes (the heap the last GC
 //     marked live). With --memory-10k, Deployments are added up to 10,000
 //     and a third process is measured the same way.
+//
 //  5. Admission. p50 and p99 of creating a Deployment through the API
 //     server, timed by the client, one at a time, in four cases interleaved
 //     round by round (so that whatever else the machine does weighs on each
@@ -77,17 +81,20 @@
 //     miss the next create waits, untimed, until the controller has
 //     reconciled it. Then a burst of hits back to back, as
 //     BenchmarkAdmission creates them, with the controller's reconciles
-//     overlapping; and AdmissionReviews posted straight to the webhook, to
-//     tell its own cost from the API server's. The manager serves the
+//     overlapping; AdmissionReviews posted straight to the webhook, to
+//     tell its own cost from the API server's; and 8 rounds of 50 creates
+//     started at once, without the webhook and as cache hits. The manager serves the
 //     webhook from its own process, registered from
 //     config/webhook/manifests.yaml with a url and caBundle. Goal: a hit
 //     adds ≤ 10 ms at p99 to creating without the webhook.
+//
 //  6. CLI. The built `imagepin pin -f` on --cli-documents Deployments (1,000)
 //     naming the same tags, with credentials from DOCKER_CONFIG: wall time
 //     (median of 3 runs), peak RSS (goal ≤ 60 MiB) and registry requests
 //     (limit: one per tag and one ping, plus tokens). Then the same on
 //     --cli-large-documents (10,000) naming --cli-large-tags (500) tags of
 //     their own (goal ≤ 100 MiB, wall time ≤ the budget's floor + 1 s).
+//
 //  7. Writes. kube-controller-manager runs; 20 Deployments pinned to a tag in
 //     a Follow ImagePin (interval 10s). The tag is pushed with new content:
 //     new ReplicaSets and generation changes per Deployment once every one
@@ -96,6 +103,7 @@
 //     has seen imagepin HEAD the tag after that push, one more interval is
 //     watched (a fixed window: nothing should happen in it) and the changes
 //     counted (must be 0).
+//
 //  8. Push events. A second distribution registry notifies the manager's
 //     receiver of every push. One Observe and one Follow (minAge 0)
 //     ImagePin, each on one Deployment pinned to its own tag; each round
@@ -106,6 +114,12 @@
 //     --push-rounds-poll (5) with a manager without it at interval 10s.
 //     HEADs per event from the manager's metrics (limit 2: a hint and its
 //     confirmation).
+//
+//  9. Shards. The Deployments of 1–4 under new ImagePins, converged first
+//     by one manager and then by two shards started together (the
+//     default one and --shard=b, owning every other namespace's ImagePin
+//     by label): seconds to every ImagePin Ready, and manifest HEADs per
+//     distinct tag (each shard asks for the tags its ImagePins name).
 //
 // Every wait for a state polls for it with a deadline. Fixed waits are used
 // only where the time itself is what is arranged or counted (the
