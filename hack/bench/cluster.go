@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
@@ -248,4 +253,44 @@ func (b *bench) registerWebhook(ctx context.Context, w *testenv.WebhookServing, 
 		return nil, fmt.Errorf("register the webhook: %w", err)
 	}
 	return cfg, nil
+}
+
+// statusWrites returns how many writes of ImagePin status the API server
+// has answered (apiserver_request_total, resource imagepins, subresource
+// status, verbs PATCH, UPDATE and APPLY), from its own /metrics.
+func (b *bench) statusWrites(ctx context.Context) (float64, error) {
+	hc, err := rest.HTTPClientFor(b.env.Config)
+	if err != nil {
+		return 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(b.env.Config.Host, "/")+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("API server /metrics: %s", resp.Status)
+	}
+	var total float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="imagepins"`) || !strings.Contains(line, `subresource="status"`) {
+			continue
+		}
+		if !strings.Contains(line, `verb="PATCH"`) && !strings.Contains(line, `verb="UPDATE"`) && !strings.Contains(line, `verb="APPLY"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			return 0, fmt.Errorf("API server /metrics: %q: %w", line, err)
+		}
+		total += v
+	}
+	return total, sc.Err()
 }

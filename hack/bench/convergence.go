@@ -90,6 +90,10 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 	}
 
 	// 1: convergence.
+	writes0, err := b.statusWrites(ctx)
+	if err != nil {
+		return err
+	}
 	logf("convergence: starting the manager")
 	m1, err := b.startManager(ctx, managerOpts{name: "manager", extra: b.o.managerFlags})
 	if err != nil {
@@ -105,7 +109,13 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 		return err
 	}
 	converged := slices.MaxFunc(mapValues(readyAt), func(a, c time.Time) int { return a.Compare(c) })
+	writes1, err := b.statusWrites(ctx)
+	if err != nil {
+		return err
+	}
 	b.reportConvergence(m1, converged)
+	b.rep.info(secConvergence, "ImagePin status writes until converged", writes1-writes0, "",
+		fmt.Sprintf("%d ImagePins; the API server's apiserver_request_total for imagepins/status", len(namespaces)))
 	if err := b.describeDeployment(ctx, namespaces[0]); err != nil {
 		return err
 	}
@@ -127,7 +137,14 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 	if err := sleep(ctx, time.Until(to)); err != nil {
 		return err
 	}
+	writes2, err := b.statusWrites(ctx)
+	if err != nil {
+		return err
+	}
 	b.reportSteady(from, to)
+	span := time.Since(converged).Seconds()
+	b.rep.info(secSteady, "ImagePin status writes per second after convergence", (writes2-writes1)/span, "/s",
+		fmt.Sprintf("%.0f writes in %.0f s for %d ImagePins (interval %s)", writes2-writes1, span, len(namespaces), b.o.interval))
 	mem := <-memDone
 	if mem.err != nil {
 		return fmt.Errorf("memory: %w", mem.err)
@@ -136,11 +153,13 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 	b.reportMemory(b.o.deployments, mem.res)
 
 	// 3: detection, ImagePins in step and out of phase.
-	if err := b.detection(ctx, namespaces); err != nil {
-		return err
-	}
-	if err := b.detectionOutOfPhase(ctx, namespaces, perNS); err != nil {
-		return err
+	if !b.o.noDetection {
+		if err := b.detection(ctx, namespaces); err != nil {
+			return err
+		}
+		if err := b.detectionOutOfPhase(ctx, namespaces, perNS); err != nil {
+			return err
+		}
 	}
 	ms, err := m1.scrape(ctx)
 	if err != nil {
@@ -165,9 +184,12 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 // the digest first pushed.
 func (b *bench) createDeployments(ctx context.Context, namespaces []string, perNS map[string]int, from int) error {
 	var objs []client.Object
-	for _, ns := range namespaces {
+	for i, ns := range namespaces {
+		// Namespaces of fewer Deployments than tags name different tags;
+		// one of more names every tag.
+		offset := i * (b.o.deployments / b.o.namespaces)
 		for j := from; j < perNS[ns]; j++ {
-			tag := b.tags[j%len(b.tags)]
+			tag := b.tags[(offset+j)%len(b.tags)]
 			name := fmt.Sprintf("app-%05d", j)
 			objs = append(objs, b.deployment(ns, name, name, b.image(tag)+"@"+b.digests[tag]))
 		}

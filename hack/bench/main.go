@@ -161,6 +161,7 @@ type options struct {
 	admissionSamples  int
 	missSamples       int
 	cliDocuments      int
+	noDetection       bool
 	cliLargeDocuments int
 	cliLargeTags      int
 	pushRounds        int
@@ -213,6 +214,7 @@ func run() int {
 	flag.IntVar(&o.repos, "repos", 50, "repositories the tags are spread over (must divide --tags)")
 	flag.DurationVar(&o.interval, "interval", 30*time.Second, "interval of the Observe ImagePins")
 	flag.IntVar(&o.detectTags, "detect-tags", 5, "tags pushed again for the detection figure")
+	flag.BoolVar(&o.noDetection, "no-detection", false, "skip 3, detection (it expects every namespace to name every tag): for runs at scale, --namespaces 1000")
 	flag.DurationVar(&o.followInterval, "follow-interval", 10*time.Second, "interval of the Follow ImagePin")
 	flag.IntVar(&o.followDeployments, "follow-deployments", 20, "Deployments in the Follow ImagePin")
 	flag.IntVar(&o.admissionSamples, "admission-samples", 200, "Deployments created per admission case (cache miss: half as many)")
