@@ -201,10 +201,15 @@ func pinEdits(in *input, digests map[string]string) ([]edit, []string) {
 	done := map[int]bool{} // a scalar named by several aliases is edited once
 	for i := range in.images {
 		f := &in.images[i]
-		if f.pinned() || done[f.start] {
+		if f.pinned() {
 			continue
 		}
-		done[f.start] = true
+		if f.spanErr == nil {
+			if done[f.start] {
+				continue
+			}
+			done[f.start] = true
+		}
 		pinned, err := selection.PinnedImage(f.ref, digests[f.ref])
 		if err == nil && strings.ContainsFunc(pinned, notReferenceChar) {
 			err = fmt.Errorf("cannot pin %q: %q would need quoting", f.ref, pinned)
