@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -14,6 +17,7 @@ import (
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/testenv"
 )
 
 const (
@@ -95,7 +99,15 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 		return err
 	}
 	logf("convergence: starting the manager")
-	m1, err := b.startManager(ctx, managerOpts{name: "manager", extra: b.o.managerFlags})
+	extra := slices.Clone(b.o.managerFlags)
+	pprofPort := 0
+	if b.o.heapProfile {
+		if pprofPort, err = testenv.FreePort(); err != nil {
+			return err
+		}
+		extra = append(extra, fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pprofPort))
+	}
+	m1, err := b.startManager(ctx, managerOpts{name: "manager", extra: extra})
 	if err != nil {
 		return err
 	}
@@ -150,6 +162,12 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 		return fmt.Errorf("memory: %w", mem.err)
 	}
 	logf("memory with %d Deployments: %s", b.o.deployments, mem.res)
+	if pprofPort != 0 {
+		if err := saveHeapProfile(ctx, pprofPort, b.o.out+"-heap.pprof"); err != nil {
+			return err
+		}
+		logf("heap profile: %s-heap.pprof", b.o.out)
+	}
 	b.reportMemory(b.o.deployments, mem.res)
 
 	// 3: detection, ImagePins in step and out of phase.
@@ -398,4 +416,26 @@ func (b *bench) memory10k(ctx context.Context, namespaces []string) error {
 	b.reportMemory(total, res)
 	b.rep.Methods["memory"] = keep + fmt.Sprintf(". With %d Deployments: ", total) + res.String()
 	return nil
+}
+
+// saveHeapProfile writes the heap profile a manager serves on port
+// (--pprof-bind-address), taken after a GC, to file.
+func saveHeapProfile(ctx context.Context, port int, file string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap?gc=1", port), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile: %s", resp.Status)
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, data, 0o600)
 }

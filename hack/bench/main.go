@@ -162,6 +162,7 @@ type options struct {
 	missSamples       int
 	cliDocuments      int
 	noDetection       bool
+	heapProfile       bool
 	cliLargeDocuments int
 	cliLargeTags      int
 	pushRounds        int
@@ -214,6 +215,7 @@ func run() int {
 	flag.IntVar(&o.repos, "repos", 50, "repositories the tags are spread over (must divide --tags)")
 	flag.DurationVar(&o.interval, "interval", 30*time.Second, "interval of the Observe ImagePins")
 	flag.IntVar(&o.detectTags, "detect-tags", 5, "tags pushed again for the detection figure")
+	flag.BoolVar(&o.heapProfile, "heap-profile", false, "write the converged manager's heap profile (pprof, after a GC) to <out>-heap.pprof at the end of the steady-state window; read it with `go tool pprof -sample_index=inuse_space`")
 	flag.BoolVar(&o.noDetection, "no-detection", false, "skip 3, detection (it expects every namespace to name every tag): for runs at scale, --namespaces 1000")
 	flag.DurationVar(&o.followInterval, "follow-interval", 10*time.Second, "interval of the Follow ImagePin")
 	flag.IntVar(&o.followDeployments, "follow-deployments", 20, "Deployments in the Follow ImagePin")
