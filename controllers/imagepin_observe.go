@@ -103,7 +103,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 			obs.addTemplate(sel, w, t, keychains[key], podsOf[ti])
 		}
 	}
-	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval))
+	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval), sel.Interval)
 	r.learnNeededPlatforms(ctx, obs.containers, sel.Overrides())
 	r.verifyAll(ctx, pin, sel, &obs)
 	return obs, nil
@@ -200,8 +200,9 @@ func (r *ImagePinReconciler) learnNeededPlatforms(ctx context.Context, container
 // and differs (behindWatch).
 const answerWithin = 500 * time.Millisecond
 
-// resolveAll resolves the tag of every container, a few at a time.
-func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []containerObs, freshSince time.Time) {
+// resolveAll resolves the tag of every container, a few at a time, with
+// answers made since freshSince (the start of the tick of interval).
+func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []containerObs, freshSince time.Time, interval time.Duration) {
 	answerBy := time.Now().Add(answerWithin)
 	work := make(chan int)
 	var wg sync.WaitGroup
@@ -209,7 +210,7 @@ func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []contai
 		wg.Go(func() {
 			for i := range work {
 				c := &containers[i]
-				req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: freshSince, AnswerBy: answerBy}
+				req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: freshSince, Interval: interval, AnswerBy: answerBy}
 				c.result, c.err = r.Resolver.Resolve(ctx, req)
 				if c.result.Behind {
 					r.behind.watch(req, c.result, r.Resolver, r.Recheck)

@@ -87,6 +87,13 @@ type Request struct {
 	// of one check (however long the registry budget makes it) and of
 	// every ImagePin on that tick shares one resolution.
 	FreshSince time.Time
+	// Interval, with FreshSince, is the ImagePin's interval: when requests
+	// to the registry were still waiting for its budget at FreshSince (a
+	// round that began in the previous tick outlasted it), an answer
+	// since FreshSince - Interval serves too, so that a tag the round
+	// asked for just before the tick is not asked again just after it.
+	// Each tag is then asked once per interval, however long the rounds.
+	Interval time.Duration
 	// Timeout, if shorter than the resolver's, bounds this caller's wait;
 	// the resolution itself goes on and fills the cache.
 	Timeout time.Duration
@@ -237,6 +244,11 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 		return Result{}, fmt.Errorf("credentials for %s: %w", tag.Context().RegistryStr(), err)
 	}
 	key := cacheKey(tag, creds)
+	if !req.FreshSince.IsZero() && req.Interval > 0 {
+		if pt, ok := r.transport.(*politeTransport); ok && pt.queuedAt(tag.RegistryStr(), req.FreshSince) {
+			req.FreshSince = req.FreshSince.Add(-req.Interval)
+		}
+	}
 
 	c, hit, leader := r.lookup(key, req)
 	if hit != nil {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -73,6 +74,58 @@ type hostState struct {
 	limiter      *rate.Limiter
 	blockedUntil time.Time
 	tooMany      int // 429s in a row
+	// queued: the last spans of time during which requests to the host
+	// waited for the budget, oldest first (t.mu).
+	queued []span
+}
+
+// span is a stretch of time during which requests waited for a host's
+// budget: from the request that first had to wait until the last of
+// those waiting was due.
+type span struct{ from, to time.Time }
+
+// keptSpans bounds the spans kept per host; only recent ones are asked
+// about (queuedAt: the start of the caller's tick).
+const keptSpans = 16
+
+// noteWait records that a request made at now is due at due.
+func (st *hostState) noteWait(now, due time.Time) {
+	if !due.After(now) {
+		return
+	}
+	if n := len(st.queued); n > 0 && now.Before(st.queued[n-1].to) {
+		st.queued[n-1].to = maxTime(st.queued[n-1].to, due)
+		return
+	}
+	if len(st.queued) == keptSpans {
+		st.queued = append(st.queued[:0], st.queued[1:]...)
+	}
+	st.queued = append(st.queued, span{from: now, to: due})
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// queuedAt reports whether requests to host were waiting for its budget
+// at t (real time): a round of requests begun before t was still being
+// worked through.
+func (t *politeTransport) queuedAt(host string, at time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.hosts[host]
+	if st == nil {
+		return false
+	}
+	for _, s := range st.queued {
+		if !at.Before(s.from) && at.Before(s.to) {
+			return true
+		}
+	}
+	return false
 }
 
 func (t *politeTransport) state(host string) *hostState {
@@ -135,7 +188,7 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := t.checkBlocked(host, st); err != nil {
 		return nil, err
 	}
-	if err := st.limiter.Wait(req.Context()); err != nil {
+	if err := t.wait(req.Context(), st); err != nil {
 		return nil, fmt.Errorf("registry %s: waiting for the request budget (--registry-qps): %w", host, err)
 	}
 	// A 429 may have come back while this request waited for its turn.
@@ -174,6 +227,36 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	t.mu.Unlock()
 	return guard(host, req, resp)
+}
+
+// wait takes the request's turn in the host's budget, as rate.Limiter's
+// Wait does, and records how long the queue was (queuedAt).
+func (t *politeTransport) wait(ctx context.Context, st *hostState) error {
+	now := time.Now()
+	r := st.limiter.ReserveN(now, 1)
+	if !r.OK() {
+		return fmt.Errorf("a request exceeds the burst of %d", t.burst)
+	}
+	delay := r.DelayFrom(now)
+	if delay == 0 {
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok && dl.Before(now.Add(delay)) {
+		r.CancelAt(now)
+		return fmt.Errorf("its turn in %s would come after the deadline", delay.Round(time.Millisecond))
+	}
+	t.mu.Lock()
+	st.noteWait(now, now.Add(delay))
+	t.mu.Unlock()
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		r.Cancel()
+		return ctx.Err()
+	}
 }
 
 // pingTurn makes the caller the one that pings key (done, not nil, ends

@@ -1,0 +1,76 @@
+package registry
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Issue 19 item 1 (1.00 HEAD per tag while a round outlasts a tick): when
+// requests to a registry were still waiting for its budget at the start of
+// a caller's tick, an answer of the previous tick serves it (Interval), so
+// a tag asked for just before the tick is not asked again just after it.
+// When nothing waited at the tick, the tick's rule holds: only an answer
+// made since it serves.
+func TestAnAnswerOfARoundThatOutlastedTheTickServesIt(t *testing.T) {
+	tr := newTestRegistry(t)
+	r, err := New(Options{InsecureRegistries: []string{tr.host}, QPS: 5, Burst: 1, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := []string{tr.image("round/a:v1"), tr.image("round/b:v1"), tr.image("round/c:v1")}
+	for _, img := range []string{"round/a:v1", "round/b:v1", "round/c:v1"} {
+		tr.push(img)
+	}
+	// A warm-up, so that the ping is not part of what is counted.
+	if _, err := r.Resolve(context.Background(), Request{Image: tr.image("round/warm:v1"), TTL: time.Hour}); err == nil {
+		t.Fatal("a tag never pushed resolved")
+	}
+	time.Sleep(time.Second) // the budget refills: nothing waits now
+	// A round of three at 5 per second with a burst of 1: the last waits
+	// about 400 ms. The tick begins while they wait.
+	var wg sync.WaitGroup
+	for _, img := range images {
+		wg.Go(func() {
+			if _, err := r.Resolve(context.Background(), Request{Image: img, TTL: time.Hour}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	time.Sleep(100 * time.Millisecond)
+	tick := time.Now()
+	wg.Wait()
+
+	tr.resetCounts()
+	for _, img := range images {
+		if _, err := r.Resolve(context.Background(), Request{Image: img, FreshSince: tick, Interval: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a, and maybe b, were answered before the tick: still served.
+	if n := tr.count("HEAD manifests"); n != 0 {
+		t.Errorf("after a round that outlasted the tick, %d HEADs were sent for its tags, want 0", n)
+	}
+
+	// Without Interval, the tick's rule: a (answered before it) is asked.
+	if _, err := r.Resolve(context.Background(), Request{Image: images[0], FreshSince: tick}); err != nil {
+		t.Fatal(err)
+	}
+	if n := tr.count("HEAD manifests"); n != 1 {
+		t.Errorf("without Interval, %d HEADs, want 1: a was answered before the tick", n)
+	}
+
+	// A tick at which nothing waited: only answers since it serve.
+	time.Sleep(time.Second)
+	quiet := time.Now()
+	tr.resetCounts()
+	for _, img := range images {
+		if _, err := r.Resolve(context.Background(), Request{Image: img, FreshSince: quiet, Interval: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := tr.count("HEAD manifests"); n != len(images) {
+		t.Errorf("at a tick with nothing waiting, %d HEADs, want %d (one per tag)", n, len(images))
+	}
+}
