@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"strings"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -9,6 +10,7 @@ import (
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/selection"
 )
 
 // Push events (internal/receiver) reach the ImagePins that name the tag
@@ -113,24 +115,42 @@ func (r *ImagePinReconciler) Names(t registry.TagRef) bool {
 // sees the tag.
 func (r *ImagePinReconciler) Recheck(t registry.TagRef) (queued, full int) {
 	for _, p := range r.tags.pinsOf(t) {
-		// ClusterImagePins are known by their name alone.
-		var obj client.Object = &imagesv1alpha1.ImagePin{}
-		queue := r.hinted
-		if p.Namespace == "" {
-			obj, queue = &imagesv1alpha1.ClusterImagePin{}, r.clusterHinted
-		}
-		obj.SetNamespace(p.Namespace)
-		obj.SetName(p.Name)
-		if queue == nil {
-			full++ // not set up: no controller to tell
-			continue
-		}
-		select {
-		case queue <- event.GenericEvent{Object: obj}:
+		if r.queueCheck(p) {
 			queued++
-		default:
+		} else {
 			full++
 		}
 	}
 	return queued, full
+}
+
+// queueCheck has the ImagePin p (a ClusterImagePin when p.Namespace is
+// empty) checked now; false when the queue is full or not set up.
+func (r *ImagePinReconciler) queueCheck(p types.NamespacedName) bool {
+	// ClusterImagePins are known by their name alone.
+	var obj client.Object = &imagesv1alpha1.ImagePin{}
+	queue := r.hinted
+	if p.Namespace == "" {
+		obj, queue = &imagesv1alpha1.ClusterImagePin{}, r.clusterHinted
+	}
+	obj.SetNamespace(p.Namespace)
+	obj.SetName(p.Name)
+	if queue == nil {
+		return false // not set up: no controller to tell
+	}
+	select {
+	case queue <- event.GenericEvent{Object: obj}:
+		return true
+	default:
+		return false
+	}
+}
+
+// checkKey is how the queues know the ImagePin observe was given: a
+// ClusterImagePin's, acting in a namespace, by the ClusterImagePin's name.
+func checkKey(pin *imagesv1alpha1.ImagePin) types.NamespacedName {
+	if name, ok := strings.CutPrefix(pin.Name, selection.ClusterPinPrefix); ok {
+		return types.NamespacedName{Name: name}
+	}
+	return client.ObjectKeyFromObject(pin)
 }

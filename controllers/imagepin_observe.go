@@ -103,7 +103,10 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 			obs.addTemplate(sel, w, t, keychains[key], podsOf[ti])
 		}
 	}
-	r.resolveAll(ctx, obs.containers, tickStart(r.Clock.Now(), sel.Interval), sel.Interval)
+	// A check that writes (Pin, Follow) comes back for every answer it
+	// went on without: it writes nothing from those.
+	writes := pin.Spec.Mode != imagesv1alpha1.ModeObserve
+	r.resolveAll(ctx, checkKey(pin), writes, obs.containers, tickStart(r.Clock.Now(), sel.Interval), sel.Interval)
 	r.learnNeededPlatforms(ctx, obs.containers, sel.Overrides())
 	r.verifyAll(ctx, pin, sel, &obs)
 	return obs, nil
@@ -201,8 +204,9 @@ func (r *ImagePinReconciler) learnNeededPlatforms(ctx context.Context, container
 const answerWithin = 500 * time.Millisecond
 
 // resolveAll resolves the tag of every container, a few at a time, with
-// answers made since freshSince (the start of the tick of interval).
-func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []containerObs, freshSince time.Time, interval time.Duration) {
+// answers made since freshSince (the start of the tick of interval), for
+// the check of pin; writes: that check writes workloads.
+func (r *ImagePinReconciler) resolveAll(ctx context.Context, pin types.NamespacedName, writes bool, containers []containerObs, freshSince time.Time, interval time.Duration) {
 	answerBy := time.Now().Add(answerWithin)
 	work := make(chan int)
 	var wg sync.WaitGroup
@@ -213,7 +217,7 @@ func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []contai
 				req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: freshSince, Interval: interval, AnswerBy: answerBy}
 				c.result, c.err = r.Resolver.Resolve(ctx, req)
 				if c.result.Behind {
-					r.behind.watch(req, c.result, r.Resolver, r.Recheck)
+					r.behind.watch(ctx, r, pin, writes, req, c.result)
 				}
 			}
 		})
@@ -228,38 +232,60 @@ func (r *ImagePinReconciler) resolveAll(ctx context.Context, containers []contai
 }
 
 // behindWatch waits for the resolutions checks went on without, one
-// watcher per resolution however many checks went on without it, and has
-// the ImagePins naming the tag checked again when the answer differs from
-// the one they were given (or is an error). Their new check finds the
-// answer in the cache: it sends nothing.
+// watcher per resolution however many checks went on without it. When the
+// answer differs from the one they were given (or is an error), those
+// checks' ImagePins, and every other naming the tag, are checked again;
+// ImagePins that write are checked again whatever the answer, since their
+// check wrote nothing from an answer it went on without. The new checks
+// find the answer in the cache and send nothing.
 type behindWatch struct {
 	mu       sync.Mutex
-	watching map[<-chan struct{}]bool
+	watching map[<-chan struct{}]*behindWait
 }
 
-func (w *behindWatch) watch(req registry.Request, given registry.Result, resolver *registry.Resolver, recheck func(registry.TagRef) (int, int)) {
+type behindWait struct {
+	req   registry.Request
+	given string // the digest the checks were given
+	// pins are the ImagePins whose checks went on without the answer,
+	// true for those that write.
+	pins map[types.NamespacedName]bool
+}
+
+func (w *behindWatch) watch(ctx context.Context, r *ImagePinReconciler, pin types.NamespacedName, writes bool, req registry.Request, given registry.Result) {
 	w.mu.Lock()
-	if w.watching[given.Pending] {
+	if wait := w.watching[given.Pending]; wait != nil {
+		wait.pins[pin] = wait.pins[pin] || writes
 		w.mu.Unlock()
 		return
 	}
 	if w.watching == nil {
-		w.watching = map[<-chan struct{}]bool{}
+		w.watching = map[<-chan struct{}]*behindWait{}
 	}
-	w.watching[given.Pending] = true
+	req.AnswerBy = time.Time{}
+	wait := &behindWait{req: req, given: given.Digest, pins: map[types.NamespacedName]bool{pin: writes}}
+	w.watching[given.Pending] = wait
 	w.mu.Unlock()
+	logger := log.FromContext(ctx)
 	go func() {
 		<-given.Pending // the resolution ends within the resolver's timeout
 		w.mu.Lock()
 		delete(w.watching, given.Pending)
+		pins := wait.pins
 		w.mu.Unlock()
-		req.AnswerBy = time.Time{}
-		res, err := resolver.Resolve(context.Background(), req)
-		if err == nil && res.Digest == given.Digest {
-			return
+		res, err := r.Resolver.Resolve(context.WithoutCancel(ctx), wait.req)
+		moved := err != nil || res.Digest != wait.given
+		full := 0
+		for p, writes := range pins {
+			if (moved || writes) && !r.queueCheck(p) {
+				full++
+			}
 		}
-		if t, perr := registry.TagRefOf(req.Image); perr == nil {
-			recheck(t)
+		if t, perr := registry.TagRefOf(wait.req.Image); perr == nil && moved {
+			_, f := r.Recheck(t)
+			full += f
+		}
+		if full > 0 {
+			logger.Info("the check queue is full: a tag's new answer waits for the next tick", "image", wait.req.Image, "dropped", full)
 		}
 	}()
 }

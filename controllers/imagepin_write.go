@@ -147,7 +147,9 @@ func desiredImage(c containerObs, in planInput) (w imageWrite, ok bool, due time
 	if d, ok := in.overrides[c.image]; ok {
 		return write(d, writeOverride)
 	}
-	if !c.hasTag || c.err != nil || c.result.Digest == "" {
+	// An answer given while this tick's was still on its way (Behind) is
+	// reported, never written: the check that follows its answer writes.
+	if !c.hasTag || c.err != nil || c.result.Digest == "" || c.result.Behind {
 		return imageWrite{}, false, time.Time{}
 	}
 	resolved := c.result.Digest

@@ -55,6 +55,10 @@ func TestPlanWrites(t *testing.T) {
 		{name: "Follow does nothing when in step", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("a"), dg("a")), firstSeen: seenAgo(time.Hour), want: "[]"},
 		{name: "a stale digest is never written", mode: imagesv1alpha1.ModeFollow, c: failing(dg("a")), firstSeen: seenAgo(time.Hour), want: "[]"},
 		{name: "nor pinned from", mode: imagesv1alpha1.ModePin, c: failing(""), want: "[]"},
+		// Issue 19 item 5: an answer given while this tick's was on its way
+		// is reported, never written (the check after its answer writes).
+		{name: "a Behind answer is not pinned from", mode: imagesv1alpha1.ModePin, c: func() containerObs { c := tagOnly(dg("a")); c.result.Behind = true; return c }(), want: "[]"},
+		{name: "nor followed", mode: imagesv1alpha1.ModeFollow, c: func() containerObs { c := pinnedTo(dg("b"), dg("a")); c.result.Behind = true; return c }(), firstSeen: seenAgo(time.Hour), want: "[]"},
 		{name: "override rolls back", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("b"), dg("b")), overrides: map[string]string{img: dg("a")},
 			want: fmt.Sprintf("[Deployment/web app %s@%s -> %s@%s (Override)]", img, dg("b"), img, dg("a"))},
 		{name: "override already in place", mode: imagesv1alpha1.ModePin, c: pinnedTo(dg("a"), dg("b")), overrides: map[string]string{img: dg("a")}, want: "[]"},

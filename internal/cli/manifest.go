@@ -219,7 +219,9 @@ func (f *imageField) pinned() bool { return strings.Contains(f.ref, "@") }
 // scanInput decodes the documents of raw one at a time, with positions
 // relative to the whole stream, collects their image fields and calls
 // found with each unpinned reference as soon as its document is read, so
-// that resolving can start while the rest is parsed. Each document's tree
+// that resolving can start while the rest is parsed. With found nil
+// (--check), nothing will be edited: where the scalars are is not worked
+// out. Each document's tree
 // is dropped before the next is decoded.
 func scanInput(name string, raw []byte, found func(ref string)) (*input, error) {
 	in := &input{name: name, raw: raw}
@@ -247,7 +249,7 @@ func scanInput(name string, raw []byte, found func(ref string)) (*input, error) 
 		}
 		for i := first; i < len(in.images); i++ {
 			f := &in.images[i]
-			if !f.pinned() {
+			if !f.pinned() && found != nil {
 				if src == nil {
 					src = newSource(raw)
 				}

@@ -92,6 +92,8 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	// Resolving starts as soon as a document names a reference, while the
 	// rest is still being read (not for --check, which asks no registry).
 	var res *resolution
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if !*check {
 		resolver, err := registry.New(registry.Options{InsecureRegistries: insecure, AllowedRegistries: allowed, CAFile: *caFile, Timeout: *timeout, QPS: *qps, Burst: *burst, UserAgent: userAgent})
 		if err != nil {
@@ -105,14 +107,16 @@ func Pin(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		res = newResolution(ctx, resolver, keychain)
 	}
-	found := func(string) {}
+	var found func(string)
 	if res != nil {
 		found = res.start
 	}
 	inputs, err := readInputs(files, stdin, found)
+	if err != nil {
+		cancel() // what was started is of no use
+	}
 	if res != nil {
-		// Even when reading failed: no resolution outlives Pin.
-		res.wait()
+		res.wait() // no resolution outlives Pin
 	}
 	if err != nil {
 		say(stderr, "imagepin pin:", err)

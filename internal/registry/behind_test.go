@@ -82,3 +82,32 @@ func TestAnswerByGivesTheLastGoodAnswerWhileTheFreshOneIsQueued(t *testing.T) {
 		t.Errorf("a first resolution past AnswerBy: %+v, %v; want it waited for %s", res, err, want)
 	}
 }
+
+// The last good answer is not given once a push event said the tag moved
+// after it was asked for: the caller waits for the fresh one.
+func TestAnswerByWaitsAfterAHint(t *testing.T) {
+	f := newFixture(t)
+	image := f.reg.image("behind/hinted:v1")
+	f.reg.push("behind/hinted:v1")
+	f.mustResolve(t, image, time.Minute)
+	second := f.reg.push("behind/hinted:v1")
+	release := make(chan struct{})
+	f.reg.setIntercept(func(_ http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/behind/hinted/manifests/") {
+			<-release
+		}
+		return false
+	})
+	tag, err := TagRefOf(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Step(time.Second)
+	f.resolver.Hint(tag)
+	f.clock.Step(time.Second)
+	time.AfterFunc(500*time.Millisecond, func() { close(release) })
+	got, err := f.resolver.Resolve(context.Background(), Request{Image: image, FreshSince: f.clock.Now(), AnswerBy: time.Now().Add(50 * time.Millisecond)})
+	if err != nil || got.Behind || got.Digest != second {
+		t.Fatalf("after a hint: %+v, %v; want the fresh answer %s, waited for", got, err, second)
+	}
+}

@@ -44,7 +44,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"registry", "reason"}),
 		CacheResults: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imagepin_registry_cache_results_total",
-			Help: "Tag resolutions by how they were answered: hit, miss, coalesced (joined a request in flight), stale (last good digest served with an error), error.",
+			Help: "Tag resolutions by how they were answered: hit, miss, coalesced (joined a request in flight), stale (last good digest served with an error), error, behind (last good digest given to a check while the fresh answer waited for the registry budget).",
 		}, []string{"result"}),
 		RateLimitRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "imagepin_registry_ratelimit_remaining",

@@ -283,10 +283,19 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 				return c.res, c.err
 			case <-by.C:
 				r.metrics.CacheResults.WithLabelValues(resultBehind).Inc()
+				if leader {
+					// How the resolution ends is counted when it does.
+					go func() {
+						<-c.done
+						r.countResult(true, c.res, c.err)
+					}()
+				}
 				prev.Behind, prev.Pending = true, c.done
 				return prev, nil
 			case <-ctx.Done():
 				return r.staleOnly(key), fmt.Errorf("resolve %s: %w", tag, ctx.Err())
+			case <-timer.C:
+				return r.staleOnly(key), fmt.Errorf("resolve %s: no answer from registry %s within %s", tag, tag.RegistryStr(), wait)
 			}
 		}
 	}
@@ -387,14 +396,17 @@ func hostname(host string) string {
 }
 
 // lastGood returns the cached answer for key if its last attempt
-// succeeded: what a caller past its AnswerBy is given.
+// succeeded, no push event came since it was asked for, and it is young
+// enough to serve as a stale answer would (MaxStale): what a caller past
+// its AnswerBy is given.
 func (r *Resolver) lastGood(key string) (Result, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e := r.cache[key]; e != nil && e.digest != "" && e.err == nil {
-		return r.resultOf(e), true
+	e := r.cache[key]
+	if e == nil || e.digest == "" || e.err != nil || !r.servable(e) || e.checkedAt.Before(r.hintedLocked(tagRefOfKey(key))) {
+		return Result{}, false
 	}
-	return Result{}, false
+	return r.resultOf(e), true
 }
 
 // staleOnly returns the last good answer for key, if still servable.
