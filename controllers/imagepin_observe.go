@@ -193,21 +193,23 @@ func (r *ImagePinReconciler) learnNeededPlatforms(ctx context.Context, container
 	}
 }
 
-// answerWithin is how long a check waits for this tick's answers when it
-// holds earlier ones. The registry budget makes a round of many tags last
-// seconds (50 tags at the default budget: 3 s); a check that waited for
-// all of them would report a tag refreshed early in the round only at its
-// end, an interval and a round after the tag moved. Past answerWithin, a
-// check goes on with the last good answers of the tags still queued, and
-// the ImagePins naming a tag are checked again as soon as its answer comes
-// and differs (behindWatch).
+// answerWithin is how long after a tick a check waits for that tick's
+// answers when it holds earlier ones. The registry budget makes a round of
+// many tags last seconds (50 tags at the default budget: 3 s); a check
+// that waited for all of them would report a tag refreshed early in the
+// round only at its end, an interval and a round after the tag moved. Past
+// answerWithin, a check goes on with the last good answers of the tags
+// still queued, and the ImagePins naming a tag are checked again as soon
+// as its answer comes and differs (behindWatch).
 const answerWithin = 500 * time.Millisecond
 
 // resolveAll resolves the tag of every container, a few at a time, with
 // answers made since freshSince (the start of the tick of interval), for
 // the check of pin; writes: that check writes workloads.
 func (r *ImagePinReconciler) resolveAll(ctx context.Context, pin types.NamespacedName, writes bool, containers []containerObs, freshSince time.Time, interval time.Duration) {
-	answerBy := time.Now().Add(answerWithin)
+	// The half second counts from the tick, not from each check: the
+	// checks that wait for a worker past it take what has come and go on.
+	answerBy := time.Now().Add(answerWithin - r.Clock.Since(freshSince))
 	work := make(chan int)
 	var wg sync.WaitGroup
 	for range resolveWorkers {

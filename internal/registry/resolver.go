@@ -275,6 +275,12 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	defer timer.Stop()
 	if !req.AnswerBy.IsZero() {
 		if prev, ok := r.lastGood(key); ok {
+			select {
+			case <-c.done: // answered already: the answer, even past AnswerBy
+				r.countResult(leader, c.res, c.err)
+				return c.res, c.err
+			default:
+			}
 			by := time.NewTimer(time.Until(req.AnswerBy))
 			defer by.Stop()
 			select {
