@@ -25,7 +25,9 @@ func TestPinSendsOneRequestPerTag(t *testing.T) {
 		fmt.Fprintf(&in, "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app-%d\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: %s/clireq/app%02d:v1\n",
 			i, local.Registry.Host, i%tags)
 	}
-	before, err := local.Registry.AccessLogLines(`"imagepin pin `)
+	// Access-log lines only ("GET /v2/ HTTP/2.0"): the registry's own
+	// log lines name the User-Agent too.
+	before, err := local.Registry.AccessLogLines(`"imagepin pin `, " HTTP/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +47,7 @@ func TestPinSendsOneRequestPerTag(t *testing.T) {
 	var sent []string
 	var pings, heads, other int
 	poll(t, "the CLI's requests in the registry's access log", 10*time.Second, func() error {
-		after, err := local.Registry.AccessLogLines(`"imagepin pin `)
+		after, err := local.Registry.AccessLogLines(`"imagepin pin `, " HTTP/")
 		if err != nil {
 			return err
 		}
