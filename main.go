@@ -145,7 +145,7 @@ func run(args []string) error {
 	fs.IntVar(&o.webhookPort, "webhook-port", webhook.DefaultPort, "port the admission webhook server listens on")
 	fs.Float64Var(&o.registry.QPS, "registry-qps", registry.DefaultQPS, "requests per second imagepin sends to each registry host")
 	fs.IntVar(&o.registry.Burst, "registry-burst", registry.DefaultBurst, "requests imagepin may send to one registry host in a burst")
-	fs.DurationVar(&o.registry.Timeout, "registry-timeout", registry.DefaultTimeout, "deadline of one tag resolution, retries included")
+	fs.DurationVar(&o.registry.Timeout, "registry-timeout", registry.DefaultTimeout, "deadline of one tag resolution, retries included, counted from its turn in the registry budget (--registry-qps)")
 	fs.DurationVar(&o.registry.MaxStale, "registry-max-stale", registry.DefaultMaxStale, "how long after its last confirmation a digest is still reported when its registry fails; 0 never")
 	fs.Var((*stringList)(&o.registry.InsecureRegistries), "insecure-registry", "registry host (host or host:port) reached over plain HTTP or TLS without verification; repeatable. The only registries ever reached over plain HTTP, loopback included")
 	fs.Var((*registry.AllowedRegistriesFlag)(&o.registry.AllowedRegistries), "allowed-registries", registry.AllowedRegistriesUsage)

@@ -22,7 +22,11 @@ import (
 // answer asked for before a tick began (FreshSince) must not pass for that
 // tick's.
 func (r *Resolver) fetch(tag name.Tag, creds []credential, key string, started time.Time) (Result, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+	base := context.Background()
+	if pt, ok := r.transport.(*politeTransport); ok {
+		base = pt.takeTurn(base, tag.RegistryStr())
+	}
+	ctx, cancel := context.WithTimeout(base, r.opts.Timeout)
 	defer cancel()
 
 	var digest string

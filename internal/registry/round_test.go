@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -72,5 +73,54 @@ func TestAnAnswerOfARoundThatOutlastedTheTickServesIt(t *testing.T) {
 	}
 	if n := tr.count("HEAD manifests"); n != len(images) {
 		t.Errorf("at a tick with nothing waiting, %d HEADs, want %d (one per tag)", n, len(images))
+	}
+}
+
+// A resolution queued behind the budget waits its turn, then has the
+// whole --registry-timeout: the deadline bounds the exchange, not the
+// queue (a round of 101 tags at 10 per second used to fail every tag
+// queued past the deadline at once).
+func TestAQueuedResolutionDoesNotFailForItsTimeInTheQueue(t *testing.T) {
+	tr := newTestRegistry(t)
+	r, err := New(Options{InsecureRegistries: []string{tr.host}, QPS: 4, Burst: 1, Timeout: 800 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var images []string
+	for i := range 6 {
+		tag := fmt.Sprintf("queue/app%d:v1", i)
+		tr.push(tag)
+		images = append(images, tr.image(tag))
+	}
+	// The ping, so that each resolution is one HEAD.
+	if _, err := r.Resolve(context.Background(), Request{Image: images[0], TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // the budget refills
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, img := range images {
+		// The callers give up at the deadline; the resolutions go on.
+		wg.Go(func() { _, _ = r.Resolve(context.Background(), Request{Image: img, FreshSince: start}) })
+	}
+	wg.Wait()
+	// What each resolution ended with is in the cache: asked again for
+	// this tick, every tag answers without a request.
+	deadline := time.Now().Add(5 * time.Second)
+	for _, img := range images {
+		for {
+			res, err := r.Resolve(context.Background(), Request{Image: img, FreshSince: start})
+			if err == nil && res.Digest != "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s, queued behind the budget: %v", img, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// The last waits 1.25 s, past the 800 ms deadline.
+	if took := time.Since(start); took < time.Second {
+		t.Errorf("6 resolutions at 4 per second with a burst of 1 took %s: the budget did not queue them", took)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -188,8 +189,10 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := t.checkBlocked(host, st); err != nil {
 		return nil, err
 	}
-	if err := t.wait(req.Context(), st); err != nil {
-		return nil, fmt.Errorf("registry %s: waiting for the request budget (--registry-qps): %w", host, err)
+	if tn, _ := req.Context().Value(turnKey{}).(*turn); tn == nil || tn.host != host || !tn.unused.CompareAndSwap(true, false) {
+		if err := t.wait(req.Context(), st); err != nil {
+			return nil, fmt.Errorf("registry %s: waiting for the request budget (--registry-qps): %w", host, err)
+		}
 	}
 	// A 429 may have come back while this request waited for its turn.
 	if err := t.checkBlocked(host, st); err != nil {
@@ -227,6 +230,31 @@ func (t *politeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	t.mu.Unlock()
 	return guard(host, req, resp)
+}
+
+// turn is a place in a host's budget taken before a resolution's
+// deadline began (takeTurn): the resolution's first request to that host
+// uses it instead of waiting again.
+type turn struct {
+	host   string
+	unused atomic.Bool
+}
+
+type turnKey struct{}
+
+// takeTurn waits, without a deadline, for a place in host's budget, and
+// returns ctx carrying it. A resolution takes its turn before its
+// deadline starts: a round of more tags than the budget sends at once
+// queues them, and a queued resolution must not fail for the time it
+// spent in the queue (--registry-timeout bounds the exchange, not the
+// wait for the budget).
+func (t *politeTransport) takeTurn(ctx context.Context, host string) context.Context {
+	if err := t.wait(context.WithoutCancel(ctx), t.state(host)); err != nil {
+		return ctx // the request waits for its turn itself
+	}
+	tn := &turn{host: host}
+	tn.unused.Store(true)
+	return context.WithValue(ctx, turnKey{}, tn)
 }
 
 // wait takes the request's turn in the host's budget, as rate.Limiter's
