@@ -62,8 +62,9 @@ func TestAnAnswerOfARoundThatOutlastedTheTickServesIt(t *testing.T) {
 		t.Errorf("without Interval, %d HEADs, want 1: a was answered before the tick", n)
 	}
 
-	// A tick at which nothing waited: only answers since it serve.
-	time.Sleep(time.Second)
+	// A tick at which nothing waited (for longer than queueGrace): only
+	// answers since it serve.
+	time.Sleep(queueGrace + time.Second)
 	quiet := time.Now()
 	tr.resetCounts()
 	for _, img := range images {

@@ -111,9 +111,14 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
+// queueGrace extends a span past its last request's turn: the checks a
+// round's answers serve end a little after its last request is sent, and
+// a tick that falls in between still falls within the round.
+const queueGrace = 2 * time.Second
+
 // queuedAt reports whether requests to host were waiting for its budget
-// at t (real time): a round of requests begun before t was still being
-// worked through.
+// at t (real time), or had been until just before: a round of requests
+// begun before t was still being worked through.
 func (t *politeTransport) queuedAt(host string, at time.Time) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -122,7 +127,7 @@ func (t *politeTransport) queuedAt(host string, at time.Time) bool {
 		return false
 	}
 	for _, s := range st.queued {
-		if !at.Before(s.from) && at.Before(s.to) {
+		if !at.Before(s.from) && at.Before(s.to.Add(queueGrace)) {
 			return true
 		}
 	}
