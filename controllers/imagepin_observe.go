@@ -269,7 +269,7 @@ func (w *behindWatch) watch(ctx context.Context, r *ImagePinReconciler, pin type
 	w.mu.Unlock()
 	logger := log.FromContext(ctx)
 	go func() {
-		<-given.Pending // the resolution ends within the resolver's timeout
+		<-given.Pending // the resolution ends: its turn in the budget, then at most the resolver's timeout
 		w.mu.Lock()
 		delete(w.watching, given.Pending)
 		pins := wait.pins
