@@ -288,6 +288,11 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 				r.countResult(leader, c.res, c.err)
 				return c.res, c.err
 			case <-by.C:
+				if res, ok := r.freshAnswer(key, req); ok {
+					// Answered in the instant before done closed.
+					r.countResult(leader, res, nil)
+					return res, nil
+				}
 				r.metrics.CacheResults.WithLabelValues(resultBehind).Inc()
 				if leader {
 					// How the resolution ends is counted when it does.
@@ -410,6 +415,18 @@ func (r *Resolver) lastGood(key string) (Result, bool) {
 	defer r.mu.Unlock()
 	e := r.cache[key]
 	if e == nil || e.digest == "" || e.err != nil || !r.servable(e) || e.checkedAt.Before(r.hintedLocked(tagRefOfKey(key))) {
+		return Result{}, false
+	}
+	return r.resultOf(e), true
+}
+
+// freshAnswer returns the cached answer for key if it serves req and
+// succeeded.
+func (r *Resolver) freshAnswer(key string, req Request) (Result, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.cache[key]
+	if e == nil || e.err != nil || e.digest == "" || !r.fresh(e.checkedAt, req) || e.checkedAt.Before(r.hintedLocked(tagRefOfKey(key))) {
 		return Result{}, false
 	}
 	return r.resultOf(e), true

@@ -254,7 +254,11 @@ type turnKey struct{}
 // spent in the queue (--registry-timeout bounds the exchange, not the
 // wait for the budget).
 func (t *politeTransport) takeTurn(ctx context.Context, host string) context.Context {
-	if err := t.wait(context.WithoutCancel(ctx), t.state(host)); err != nil {
+	st := t.state(host)
+	if t.checkBlocked(host, st) != nil {
+		return ctx // the host said to come back later: the request fails at once
+	}
+	if err := t.wait(context.WithoutCancel(ctx), st); err != nil {
 		return ctx // the request waits for its turn itself
 	}
 	tn := &turn{host: host}
