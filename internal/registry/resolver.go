@@ -273,47 +273,44 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	// A caller's deadline is real time, whatever clock drives the cache.
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	// Past AnswerBy, a caller holding a last good answer is given it
+	// (Behind) instead of waiting on.
+	var giveUp <-chan time.Time
+	var prev Result
 	if !req.AnswerBy.IsZero() {
-		if prev, ok := r.lastGood(key); ok {
-			select {
-			case <-c.done: // answered already: the answer, even past AnswerBy
-				r.countResult(leader, c.res, c.err)
-				return c.res, c.err
-			default:
-			}
+		var ok bool
+		if prev, _, ok = r.lastAnswer(key, req); ok {
 			by := time.NewTimer(time.Until(req.AnswerBy))
 			defer by.Stop()
-			select {
-			case <-c.done:
-				r.countResult(leader, c.res, c.err)
-				return c.res, c.err
-			case <-by.C:
-				if res, ok := r.freshAnswer(key, req); ok {
-					// Answered in the instant before done closed.
-					r.countResult(leader, res, nil)
-					return res, nil
-				}
-				r.metrics.CacheResults.WithLabelValues(resultBehind).Inc()
-				if leader {
-					// How the resolution ends is counted when it does.
-					go func() {
-						<-c.done
-						r.countResult(true, c.res, c.err)
-					}()
-				}
-				prev.Behind, prev.Pending = true, c.done
-				return prev, nil
-			case <-ctx.Done():
-				return r.staleOnly(key), fmt.Errorf("resolve %s: %w", tag, ctx.Err())
-			case <-timer.C:
-				return r.staleOnly(key), fmt.Errorf("resolve %s: no answer from registry %s within %s", tag, tag.RegistryStr(), wait)
-			}
+			giveUp = by.C
 		}
 	}
 	select {
 	case <-c.done:
 		r.countResult(leader, c.res, c.err)
 		return c.res, c.err
+	case <-giveUp:
+		select {
+		case <-c.done: // both were ready: the answer
+			r.countResult(leader, c.res, c.err)
+			return c.res, c.err
+		default:
+		}
+		if res, fresh, ok := r.lastAnswer(key, req); ok && fresh {
+			// Answered in the instant before done closed.
+			r.countResult(leader, res, nil)
+			return res, nil
+		}
+		r.metrics.CacheResults.WithLabelValues(resultBehind).Inc()
+		if leader {
+			// How the resolution ends is counted when it does.
+			go func() {
+				<-c.done
+				r.countResult(true, c.res, c.err)
+			}()
+		}
+		prev.Behind, prev.Pending = true, c.done
+		return prev, nil
 	case <-ctx.Done():
 		return r.staleOnly(key), fmt.Errorf("resolve %s: %w", tag, ctx.Err())
 	case <-timer.C:
@@ -406,30 +403,18 @@ func hostname(host string) string {
 	return host
 }
 
-// lastGood returns the cached answer for key if its last attempt
+// lastAnswer returns the cached answer for key if its last attempt
 // succeeded, no push event came since it was asked for, and it is young
 // enough to serve as a stale answer would (MaxStale): what a caller past
-// its AnswerBy is given.
-func (r *Resolver) lastGood(key string) (Result, bool) {
+// its AnswerBy is given. fresh says whether it also serves req.
+func (r *Resolver) lastAnswer(key string, req Request) (res Result, fresh, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.cache[key]
 	if e == nil || e.digest == "" || e.err != nil || !r.servable(e) || e.checkedAt.Before(r.hintedLocked(tagRefOfKey(key))) {
-		return Result{}, false
+		return Result{}, false, false
 	}
-	return r.resultOf(e), true
-}
-
-// freshAnswer returns the cached answer for key if it serves req and
-// succeeded.
-func (r *Resolver) freshAnswer(key string, req Request) (Result, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	e := r.cache[key]
-	if e == nil || e.err != nil || e.digest == "" || !r.fresh(e.checkedAt, req) || e.checkedAt.Before(r.hintedLocked(tagRefOfKey(key))) {
-		return Result{}, false
-	}
-	return r.resultOf(e), true
+	return r.resultOf(e), r.fresh(e.checkedAt, req), true
 }
 
 // staleOnly returns the last good answer for key, if still servable.

@@ -95,20 +95,15 @@ func (st *hostState) noteWait(now, due time.Time) {
 		return
 	}
 	if n := len(st.queued); n > 0 && now.Before(st.queued[n-1].to) {
-		st.queued[n-1].to = maxTime(st.queued[n-1].to, due)
+		if due.After(st.queued[n-1].to) {
+			st.queued[n-1].to = due
+		}
 		return
 	}
 	if len(st.queued) == keptSpans {
 		st.queued = append(st.queued[:0], st.queued[1:]...)
 	}
 	st.queued = append(st.queued, span{from: now, to: due})
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }
 
 // queueGrace extends a span past its last request's turn: the checks a
