@@ -1,7 +1,6 @@
 package controllers
 
 import (
-	"strings"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -149,7 +148,7 @@ func (r *ImagePinReconciler) queueCheck(p types.NamespacedName) bool {
 // checkKey is how the queues know the ImagePin observe was given: a
 // ClusterImagePin's, acting in a namespace, by the ClusterImagePin's name.
 func checkKey(pin *imagesv1alpha1.ImagePin) types.NamespacedName {
-	if name, ok := strings.CutPrefix(pin.Name, selection.ClusterPinPrefix); ok {
+	if name, ok := selection.ClusterPinName(pin); ok {
 		return types.NamespacedName{Name: name}
 	}
 	return client.ObjectKeyFromObject(pin)

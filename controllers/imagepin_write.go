@@ -254,7 +254,7 @@ func (r *ImagePinReconciler) event(pin *imagesv1alpha1.ImagePin, kind, reason, n
 // for the ImagePin it acts as in a namespace (the note then names the
 // namespace), else pin.
 func eventTarget(pin *imagesv1alpha1.ImagePin, note string) (client.Object, string) {
-	name, ok := strings.CutPrefix(pin.Name, selection.ClusterPinPrefix)
+	name, ok := selection.ClusterPinName(pin)
 	if !ok {
 		return pin, note
 	}

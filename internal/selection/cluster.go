@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -39,6 +40,12 @@ func SelectsNamespace(cp *imagesv1alpha1.ClusterImagePin, ns *corev1.Namespace) 
 	}
 	sel, err := NamespaceSelector(&cp.Spec)
 	return err == nil && sel.Matches(labels.Set(ns.Labels))
+}
+
+// ClusterPinName returns the name of the ClusterImagePin pin acts for
+// (AsImagePin), and whether it is one's.
+func ClusterPinName(pin *imagesv1alpha1.ImagePin) (string, bool) {
+	return strings.CutPrefix(pin.Name, ClusterPinPrefix)
 }
 
 // AsImagePin is the ImagePin cp acts as in namespace ns: its spec, its UID
