@@ -244,13 +244,8 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 		return Result{}, fmt.Errorf("credentials for %s: %w", tag.Context().RegistryStr(), err)
 	}
 	key := cacheKey(tag, creds)
-	if !req.FreshSince.IsZero() && req.Interval > 0 {
-		if pt, ok := r.transport.(*politeTransport); ok && pt.queuedAt(tag.RegistryStr(), req.FreshSince) {
-			req.FreshSince = req.FreshSince.Add(-req.Interval)
-		}
-	}
 
-	c, hit, leader := r.lookup(key, req)
+	c, hit, leader := r.lookup(key, tag.RegistryStr(), &req)
 	if hit != nil {
 		r.metrics.CacheResults.WithLabelValues(resultHit).Inc()
 		return hit.res, hit.err
@@ -321,12 +316,18 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 // lookup answers from a fresh cache entry (hit), or joins a resolution in
 // flight that is fresh enough for req, or starts one (leader). One lock
 // covers all three, so no answer falls between the cache and the calls.
-func (r *Resolver) lookup(key string, req Request) (c *call, hit *call, leader bool) {
+func (r *Resolver) lookup(key, host string, req *Request) (c *call, hit *call, leader bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	// Nothing asked for before a push event's hint is fresh.
 	hinted := r.hintedLocked(tagRefOfKey(key))
-	if e := r.cache[key]; e != nil && r.fresh(e.checkedAt, req) && !e.checkedAt.Before(hinted) {
+	e := r.cache[key]
+	if e != nil && r.fresh(e.checkedAt, *req) && !e.checkedAt.Before(hinted) {
+		return nil, &call{res: r.resultOf(e), err: e.err}, false
+	}
+	// Not fresh for the caller's tick: unless the round that asked for it
+	// outlasted the tick (Request.Interval), in which case it serves.
+	if r.roundOutlastedTick(host, req) && e != nil && r.fresh(e.checkedAt, *req) && !e.checkedAt.Before(hinted) {
 		return nil, &call{res: r.resultOf(e), err: e.err}, false
 	}
 	// A resolution that began before the caller's tick is not its answer:
@@ -337,6 +338,21 @@ func (r *Resolver) lookup(key string, req Request) (c *call, hit *call, leader b
 	c = &call{started: r.clock.Now(), done: make(chan struct{})}
 	r.calls[key] = c
 	return c, nil, true
+}
+
+// roundOutlastedTick moves req's FreshSince back by its Interval when
+// requests to host were waiting for its budget as that tick began, and
+// says whether it did.
+func (r *Resolver) roundOutlastedTick(host string, req *Request) bool {
+	if req.FreshSince.IsZero() || req.Interval <= 0 {
+		return false
+	}
+	pt, ok := r.transport.(*politeTransport)
+	if !ok || !pt.queuedAt(host, req.FreshSince) {
+		return false
+	}
+	req.FreshSince = req.FreshSince.Add(-req.Interval)
+	return true
 }
 
 // fresh says whether an answer asked for at checked may serve req.
