@@ -79,9 +79,12 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// The cache as the manager's main.go builds it: slimmed, packed.
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:  env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache:   workload.CacheOptions(),
+		Client:  client.Options{Cache: &client.CacheOptions{Unstructured: true}},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -27,6 +27,7 @@ import (
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/registry/registrytest"
 	"github.com/imagepin/imagepin/internal/testenv"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 var (
@@ -83,7 +84,13 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	// The cache as the manager's main.go builds it: slimmed, packed.
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+		Scheme:  env.Scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache:   workload.CacheOptions(),
+		Client:  client.Options{Cache: &client.CacheOptions{Unstructured: true}},
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -157,39 +156,27 @@ func imagePin(ns, name, app string, mode imagesv1alpha1.Mode, interval time.Dura
 	return p
 }
 
-// createAll creates objs with a few workers; the first error wins.
+// createAll creates objs with a few workers; the first error wins. An
+// object already there is left as it is.
 func (b *bench) createAll(ctx context.Context, objs []client.Object) error {
-	work := make(chan client.Object)
-	var mu sync.Mutex
-	var firstErr error
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for o := range work {
-				if err := b.k8s.Create(ctx, o); err != nil && !apierrors.IsAlreadyExists(err) {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = fmt.Errorf("create %T %s/%s: %w", o, o.GetNamespace(), o.GetName(), err)
-					}
-					mu.Unlock()
-				}
-			}
-		})
-	}
-	for _, o := range objs {
-		work <- o
-	}
-	close(work)
-	wg.Wait()
-	return firstErr
+	return b.forAll(ctx, objs, func(ctx context.Context, o client.Object) error {
+		if err := b.k8s.Create(ctx, o); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create: %w", err)
+		}
+		return nil
+	})
 }
 
-// deleteDeployments deletes every Deployment in each namespace (one
-// deletecollection each) and waits until they are gone.
+// deleteDeployments deletes every Deployment in each namespace, and the
+// ReplicaSets and pods addPods gave them (no garbage collector runs; no
+// kubelet confirms a pod's end), one deletecollection each, and waits
+// until the Deployments are gone.
 func (b *bench) deleteDeployments(ctx context.Context, namespaces ...string) error {
 	for _, ns := range namespaces {
-		if err := b.k8s.DeleteAllOf(ctx, &appsv1.Deployment{}, client.InNamespace(ns)); err != nil {
-			return fmt.Errorf("delete Deployments in %s: %w", ns, err)
+		for _, o := range []client.Object{&appsv1.Deployment{}, &appsv1.ReplicaSet{}, &corev1.Pod{}} {
+			if err := b.k8s.DeleteAllOf(ctx, o, client.InNamespace(ns), client.GracePeriodSeconds(0)); err != nil {
+				return fmt.Errorf("delete %Ts in %s: %w", o, ns, err)
+			}
 		}
 	}
 	return poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {

@@ -199,9 +199,10 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 
 // createDeployments creates, in each namespace, Deployments numbered from
 // `from` up to perNS[ns]; Deployment j names tag j mod tags, pinned to
-// the digest first pushed.
+// the digest first pushed; and their ReplicaSets and pods (addPods).
 func (b *bench) createDeployments(ctx context.Context, namespaces []string, perNS map[string]int, from int) error {
 	var objs []client.Object
+	var deployments []*appsv1.Deployment
 	for i, ns := range namespaces {
 		// Namespaces of fewer Deployments than tags name different tags;
 		// one of more names every tag.
@@ -209,10 +210,14 @@ func (b *bench) createDeployments(ctx context.Context, namespaces []string, perN
 		for j := from; j < perNS[ns]; j++ {
 			tag := b.tags[(offset+j)%len(b.tags)]
 			name := fmt.Sprintf("app-%05d", j)
-			objs = append(objs, b.deployment(ns, name, name, b.image(tag)+"@"+b.digests[tag]))
+			d := b.deployment(ns, name, name, b.image(tag)+"@"+b.digests[tag])
+			objs, deployments = append(objs, d), append(deployments, d)
 		}
 	}
-	return b.createAll(ctx, objs)
+	if err := b.createAll(ctx, objs); err != nil {
+		return err
+	}
+	return b.addPods(ctx, deployments)
 }
 
 // describeDeployment records how large one benchmark Deployment is as the
@@ -334,11 +339,14 @@ func (b *bench) reportMemory(deployments int, m *memResult) {
 	per := float64(deployments) / 1000
 	inuse := (m.HeapInuse - b.baseline.HeapInuse) / per / mib
 	live := (m.HeapLive - b.baseline.HeapLive) / per / mib
-	name := fmt.Sprintf("heap in use per 1,000 cached Deployments (%d Deployments)", deployments)
-	b.rep.goal(secMemory, name, inuse, "MiB", "≤ 3 MiB", inuse <= 3,
-		fmt.Sprintf("%.1f MiB with, %.1f MiB without; one Deployment is %v bytes of JSON", m.HeapInuse/mib, b.baseline.HeapInuse/mib, b.rep.Parameters["deploymentJSONBytes"]))
-	b.rep.info(secMemory, fmt.Sprintf("live heap per 1,000 cached Deployments (%d Deployments)", deployments), live, "MiB",
+	what := fmt.Sprintf("%d Deployments, each with a ReplicaSet and %d pods", deployments, b.o.podsPerDeployment)
+	if b.o.podsPerDeployment == 0 {
+		what = fmt.Sprintf("%d Deployments, no pods", deployments)
+	}
+	b.rep.goal(secMemory, fmt.Sprintf("live heap per 1,000 cached Deployments with their pods (%s)", what), live, "MiB", "≤ 3 MiB", live <= 3,
 		fmt.Sprintf("go_gc_heap_live_bytes %.1f MiB with, %.1f MiB without", m.HeapLive/mib, b.baseline.HeapLive/mib))
+	b.rep.info(secMemory, fmt.Sprintf("heap in use per 1,000 cached Deployments with their pods (%s)", what), inuse, "MiB",
+		fmt.Sprintf("%.1f MiB with, %.1f MiB without; one Deployment is %v bytes of JSON", m.HeapInuse/mib, b.baseline.HeapInuse/mib, b.rep.Parameters["deploymentJSONBytes"]))
 	b.rep.Methods["memory"] = "the manager's /metrics scraped every 200 ms; samples taken right after a GC cycle ended (go_gc_cycles_total_gc_cycles_total moved); median heap in use (go_memstats_heap_inuse_bytes) and go_gc_heap_live_bytes of those, minus the same of a manager process with the ImagePins and no Deployments, divided by thousands of Deployments. " +
 		"Baseline: " + b.baseline.String() + ". With Deployments: " + m.String()
 }

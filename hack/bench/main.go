@@ -33,7 +33,9 @@
 //     the worst case for go-containerregistry's per-repository ping; 5 gives
 //     5 repositories of 10 tags). Every Deployment is pinned
 //     (repo:tag@sha256:…) to what its tag points to, so TagMoved shows
-//     without pods; no kube-controller-manager runs for 1–6. Deployments
+//     without pods. No kube-controller-manager runs for 1–6: the benchmark
+//     gives each Deployment a ReplicaSet and --pods-per-deployment (5)
+//     Running pods whose status names the digest they run. Deployments
 //     have the shape of a small service (--shape service: labels, a port,
 //     3 env vars, resources, a readiness probe; --shape minimal: a name and
 //     an image); the JSON size of one is printed with the memory figure. One Observe
@@ -162,6 +164,7 @@ type options struct {
 	missSamples       int
 	cliDocuments      int
 	noDetection       bool
+	podsPerDeployment int
 	heapProfile       bool
 	cliLargeDocuments int
 	cliLargeTags      int
@@ -216,6 +219,7 @@ func run() int {
 	flag.DurationVar(&o.interval, "interval", 30*time.Second, "interval of the Observe ImagePins")
 	flag.IntVar(&o.detectTags, "detect-tags", 5, "tags pushed again for the detection figure")
 	flag.BoolVar(&o.heapProfile, "heap-profile", false, "write the converged manager's heap profile (pprof, after a GC) to <out>-heap.pprof at the end of the steady-state window; read it with `go tool pprof -sample_index=inuse_space`")
+	flag.IntVar(&o.podsPerDeployment, "pods-per-deployment", 5, "Running pods (and one ReplicaSet) the benchmark gives each Deployment of 1–4 and 9, as a controller-manager and kubelet would")
 	flag.BoolVar(&o.noDetection, "no-detection", false, "skip 3, detection (it expects every namespace to name every tag): for runs at scale, --namespaces 1000")
 	flag.DurationVar(&o.followInterval, "follow-interval", 10*time.Second, "interval of the Follow ImagePin")
 	flag.IntVar(&o.followDeployments, "follow-deployments", 20, "Deployments in the Follow ImagePin")
@@ -248,7 +252,7 @@ func run() int {
 		Parameters: map[string]any{
 			"deployments": o.deployments, "namespaces": o.namespaces, "tags": o.tags, "repositories": o.repos,
 			"interval": o.interval.String(), "followInterval": o.followInterval.String(),
-			"admissionSamples": o.admissionSamples, "cliDocuments": o.cliDocuments, "pushRounds": o.pushRounds, "pushRoundsPoll": o.pushRoundsPoll, "memory10k": o.memory10k, "memory10kCount": o.memoryLarge, "shape": o.shape,
+			"admissionSamples": o.admissionSamples, "cliDocuments": o.cliDocuments, "pushRounds": o.pushRounds, "pushRoundsPoll": o.pushRoundsPoll, "memory10k": o.memory10k, "memory10kCount": o.memoryLarge, "shape": o.shape, "podsPerDeployment": o.podsPerDeployment,
 			"managerFlags": []string(o.managerFlags),
 		},
 		Methods: map[string]string{},

@@ -18,20 +18,29 @@ import (
 // everything; of workloads, and of the kinds between them and their pods,
 // what selection and the owner walk read (keepWhatSelectionReads); of Pods
 // only what drift reads; of Secrets only the docker config of pull secrets
-// (dockerconfigjson and legacy dockercfg).
+// (dockerconfigjson and legacy dockercfg). The slimmed objects are held
+// packed (packed.go).
 func CacheOptions() cache.Options {
 	byObject := map[client.Object]cache.ByObject{
 		&corev1.Secret{}: {Transform: keepDockerConfigOnly},
 		&corev1.Pod{}:    {Transform: keepWhatDriftReads},
 	}
 	for _, k := range kinds {
-		// An optional kind (a CRD) may not be served: it keeps the default
-		// transform rather than name an API the cache cannot find.
-		if (k.Workload || slices.Contains(vias, k)) && !k.Optional {
+		if cachedSlim(k) && !k.isPod() {
 			byObject[k.New()] = cache.ByObject{Transform: keepWhatSelectionReads}
 		}
 	}
-	return cache.Options{DefaultTransform: stripForCache, ByObject: byObject}
+	// The informers of those kinds hold their objects packed (packed.go).
+	return cache.Options{DefaultTransform: stripForCache, ByObject: byObject, NewInformer: newInformer}
+}
+
+// cachedSlim reports whether the cache holds the objects of kind k slimmed
+// to what imagepin reads: Pods, the workload kinds and the kinds between
+// them and their pods. An optional kind (a CRD) may not be served: it
+// keeps the default transform rather than name an API the cache cannot
+// find.
+func cachedSlim(k *Kind) bool {
+	return k.isPod() || ((k.Workload || slices.Contains(vias, k)) && !k.Optional)
 }
 
 func stripForCache(obj any) (any, error) {

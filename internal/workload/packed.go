@@ -1,0 +1,257 @@
+package workload
+
+import (
+	"fmt"
+	"reflect"
+	"time"
+	"unique"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// The manager's cache holds every Pod, workload and ReplicaSet of the
+// cluster: at 10,000 Deployments with their pods, that is most of the
+// process. A typed object costs its Go struct whatever it holds (a Pod is
+// 1,240 bytes empty, a Deployment 1,232), so the objects of those kinds
+// are held packed: the slimmed object (see CacheOptions) in its protobuf
+// encoding, a few hundred bytes. Every read and every event unpacks a
+// fresh object, which is what the cache's deep copy of each read cost
+// before; nothing outside this file sees a packed object.
+
+// protoObject is a typed object with its protobuf encoding: every
+// built-in kind.
+type protoObject interface {
+	client.Object
+	Marshal() ([]byte, error)
+	Unmarshal([]byte) error
+}
+
+// packed is one cached object: its key and resourceVersion, which the
+// informer reads of every object, and its encoding.
+type packed struct {
+	kind                             *Kind
+	namespace, name, resourceVersion string
+	raw                              []byte
+}
+
+// GetObjectMeta gives the informer's key and index functions the key and
+// resourceVersion without unpacking.
+func (p *packed) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Namespace: p.namespace, Name: p.name, ResourceVersion: p.resourceVersion}
+}
+
+func (p *packed) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+// DeepCopyObject returns p: a packed object is never changed.
+func (p *packed) DeepCopyObject() runtime.Object { return p }
+
+// pack encodes obj when it is of kind k; anything else (a tombstone, an
+// object already packed, one that does not encode) is returned as it is,
+// and unpack passes it through.
+func pack(k *Kind, obj any) any {
+	o, ok := obj.(protoObject)
+	if !ok || isNilPointer(obj) {
+		return obj
+	}
+	raw, err := o.Marshal()
+	if err != nil {
+		return obj
+	}
+	return &packed{
+		kind: k,
+		// Namespaces repeat across thousands of objects: one copy each.
+		namespace: unique.Make(o.GetNamespace()).Value(),
+		name:      o.GetName(), resourceVersion: o.GetResourceVersion(), raw: raw,
+	}
+}
+
+// unpack returns the object p holds, or obj itself when it is not packed.
+// A tombstone's last state is unpacked too.
+func unpack(obj any) (any, error) {
+	switch p := obj.(type) {
+	case *packed:
+		out := p.kind.New()
+		if err := out.(protoObject).Unmarshal(p.raw); err != nil {
+			return nil, fmt.Errorf("unpack cached %s %s/%s: %w", p.kind.Name, p.namespace, p.name, err)
+		}
+		out.GetObjectKind().SetGroupVersionKind(p.kind.GVK)
+		return out, nil
+	case toolscache.DeletedFinalStateUnknown:
+		last, err := unpack(p.Obj)
+		if err != nil {
+			return nil, err
+		}
+		p.Obj = last
+		return p, nil
+	}
+	return obj, nil
+}
+
+// unpackAll unpacks each of objs.
+func unpackAll(objs []any) []any {
+	out := make([]any, 0, len(objs))
+	for _, o := range objs {
+		if u, err := unpack(o); err == nil {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// packedKind is the kind whose cached objects are packed, for an informer
+// of example's type, or nil.
+func packedKind(example runtime.Object) *Kind {
+	t := reflect.TypeOf(example)
+	if t == nil || t.Kind() != reflect.Pointer {
+		return nil
+	}
+	for _, k := range kinds {
+		if k.Type == t.Elem() && cachedSlim(k) {
+			if _, ok := example.(protoObject); ok {
+				return k
+			}
+		}
+	}
+	return nil
+}
+
+// newInformer is the cache's informer constructor: an informer of a
+// packed kind holds its objects packed.
+func newInformer(lw toolscache.ListerWatcher, example runtime.Object, resync time.Duration, indexers toolscache.Indexers) toolscache.SharedIndexInformer {
+	inner := toolscache.NewSharedIndexInformer(lw, example, resync, indexers)
+	k := packedKind(example)
+	if k == nil {
+		return inner
+	}
+	p := &packingInformer{SharedIndexInformer: inner, kind: k}
+	// Packed even when the cache sets no transform of its own.
+	_ = p.SetTransform(nil)
+	return p
+}
+
+// packingInformer holds its objects packed and shows them unpacked: to
+// event handlers, index functions and readers of its indexer.
+type packingInformer struct {
+	toolscache.SharedIndexInformer
+	kind *Kind
+}
+
+// SetTransform runs t, then packs what it returns.
+func (i *packingInformer) SetTransform(t toolscache.TransformFunc) error {
+	k := i.kind
+	return i.SharedIndexInformer.SetTransform(func(obj any) (any, error) {
+		if _, done := obj.(*packed); done {
+			return obj, nil // transforms must be idempotent
+		}
+		if t != nil {
+			var err error
+			if obj, err = t(obj); err != nil {
+				return nil, err
+			}
+		}
+		return pack(k, obj), nil
+	})
+}
+
+func (i *packingInformer) AddEventHandler(h toolscache.ResourceEventHandler) (toolscache.ResourceEventHandlerRegistration, error) {
+	return i.SharedIndexInformer.AddEventHandler(unpackingHandler{h})
+}
+
+func (i *packingInformer) AddEventHandlerWithResyncPeriod(h toolscache.ResourceEventHandler, resync time.Duration) (toolscache.ResourceEventHandlerRegistration, error) {
+	return i.SharedIndexInformer.AddEventHandlerWithResyncPeriod(unpackingHandler{h}, resync)
+}
+
+func (i *packingInformer) AddEventHandlerWithOptions(h toolscache.ResourceEventHandler, o toolscache.HandlerOptions) (toolscache.ResourceEventHandlerRegistration, error) {
+	return i.SharedIndexInformer.AddEventHandlerWithOptions(unpackingHandler{h}, o)
+}
+
+// AddIndexers adds index functions that see the object unpacked.
+func (i *packingInformer) AddIndexers(indexers toolscache.Indexers) error {
+	return i.SharedIndexInformer.AddIndexers(unpackingIndexers(indexers))
+}
+
+func (i *packingInformer) GetStore() toolscache.Store { return i.GetIndexer() }
+
+func (i *packingInformer) GetIndexer() toolscache.Indexer {
+	return unpackingIndexer{i.SharedIndexInformer.GetIndexer()}
+}
+
+func unpackingIndexers(in toolscache.Indexers) toolscache.Indexers {
+	out := make(toolscache.Indexers, len(in))
+	for name, f := range in {
+		out[name] = func(obj any) ([]string, error) {
+			u, err := unpack(obj)
+			if err != nil {
+				return nil, err
+			}
+			return f(u)
+		}
+	}
+	return out
+}
+
+// unpackingHandler hands its handler unpacked objects.
+type unpackingHandler struct {
+	h toolscache.ResourceEventHandler
+}
+
+func (u unpackingHandler) OnAdd(obj any, initial bool) {
+	if o, err := unpack(obj); err == nil {
+		u.h.OnAdd(o, initial)
+	}
+}
+
+func (u unpackingHandler) OnUpdate(oldObj, newObj any) {
+	o, err1 := unpack(oldObj)
+	n, err2 := unpack(newObj)
+	if err1 == nil && err2 == nil {
+		u.h.OnUpdate(o, n)
+	}
+}
+
+func (u unpackingHandler) OnDelete(obj any) {
+	if o, err := unpack(obj); err == nil {
+		u.h.OnDelete(o)
+	}
+}
+
+// unpackingIndexer is the informer's indexer as its readers see it.
+type unpackingIndexer struct{ toolscache.Indexer }
+
+func (u unpackingIndexer) AddIndexers(indexers toolscache.Indexers) error {
+	return u.Indexer.AddIndexers(unpackingIndexers(indexers))
+}
+
+func (u unpackingIndexer) List() []any { return unpackAll(u.Indexer.List()) }
+
+func (u unpackingIndexer) Get(obj any) (any, bool, error) {
+	o, ok, err := u.Indexer.Get(obj)
+	return u.one(o, ok, err)
+}
+
+func (u unpackingIndexer) GetByKey(key string) (any, bool, error) {
+	o, ok, err := u.Indexer.GetByKey(key)
+	return u.one(o, ok, err)
+}
+
+func (u unpackingIndexer) one(o any, ok bool, err error) (any, bool, error) {
+	if err != nil || !ok {
+		return o, ok, err
+	}
+	out, err := unpack(o)
+	return out, err == nil, err
+}
+
+func (u unpackingIndexer) Index(name string, obj any) ([]any, error) {
+	objs, err := u.Indexer.Index(name, obj)
+	return unpackAll(objs), err
+}
+
+func (u unpackingIndexer) ByIndex(name, value string) ([]any, error) {
+	objs, err := u.Indexer.ByIndex(name, value)
+	return unpackAll(objs), err
+}
