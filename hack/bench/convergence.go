@@ -314,7 +314,30 @@ func (b *bench) reportConvergence(m *managerProc, converged time.Time) {
 	b.rep.goal(secConvergence, "registry requests, all kinds", float64(c.Total), "", fmt.Sprintf("≤ %d + tokens: a HEAD per tag and one ping", len(b.tags)+1), c.Total-c.Tokens <= len(b.tags)+1,
 		fmt.Sprintf("%d pings, %d tokens", c.Pings, c.Tokens))
 	logf("convergence: %.1f s; %s", secs, c)
+	b.logRepeats(m.Started, converged.Add(time.Second))
 	b.rep.Methods["convergence"] = fmt.Sprintf("Deployments created before the manager process starts; seconds from exec to the first 100 ms poll that sees every ImagePin Ready=True, observedGeneration current, summary.workloads = its namespace's Deployments; requests counted at the proxy over the same span (%s)", c)
+}
+
+// logRepeats logs, for every tag asked for more than once between from
+// and to, when each request came and where the interval's ticks fell:
+// what a repeat within a round is to be judged by.
+func (b *bench) logRepeats(from, to time.Time) {
+	at := map[string][]string{}
+	for _, e := range b.proxy.between(from, to) {
+		if e.kind == kindManifest && e.method == "HEAD" {
+			k := e.repo + ":" + e.ref
+			at[k] = append(at[k], fmt.Sprintf("+%.2fs (%d)", e.at.Sub(from).Seconds(), e.status))
+		}
+	}
+	var ticks []string
+	for t := from.Truncate(b.o.interval).Add(b.o.interval); t.Before(to); t = t.Add(b.o.interval) {
+		ticks = append(ticks, fmt.Sprintf("+%.2fs", t.Sub(from).Seconds()))
+	}
+	for k, times := range at {
+		if len(times) > 1 {
+			logf("convergence: %s asked %d times: %s (interval ticks at %s)", k, len(times), strings.Join(times, ", "), strings.Join(ticks, ", "))
+		}
+	}
 }
 
 func (b *bench) reportSteady(from, to time.Time) {

@@ -6,9 +6,11 @@ import (
 	"time"
 	"unique"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -30,18 +32,30 @@ type protoObject interface {
 	Unmarshal([]byte) error
 }
 
-// packed is one cached object: its key and resourceVersion, which the
-// informer reads of every object, and its encoding.
+// packed is one cached object: what differs from one object to the next
+// (its name, UID, resourceVersion, deletion and, of a pod, its node) as
+// fields, which the informer's key and index functions read without
+// unpacking, and the rest in its protobuf encoding. The pods of one
+// ReplicaSet have the same rest (namespace, labels, owner, phase, the
+// images their containers run): it is held once for all of them.
+//
+// What repeats is held by its unique.Handle: the handle keeps the one
+// copy alive, where a copy of the string would not keep it shared.
 type packed struct {
-	kind                             *Kind
-	namespace, name, resourceVersion string
-	raw                              []byte
+	kind                  *Kind
+	namespace, node       unique.Handle[string]
+	name, resourceVersion string
+	uid                   types.UID
+	deleted               *metav1.Time
+	// rest, or for a pod sharedRest.
+	rest       string
+	sharedRest unique.Handle[string]
 }
 
 // GetObjectMeta gives the informer's key and index functions the key and
 // resourceVersion without unpacking.
 func (p *packed) GetObjectMeta() metav1.Object {
-	return &metav1.ObjectMeta{Namespace: p.namespace, Name: p.name, ResourceVersion: p.resourceVersion}
+	return &metav1.ObjectMeta{Namespace: p.namespace.Value(), Name: p.name, ResourceVersion: p.resourceVersion}
 }
 
 func (p *packed) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
@@ -51,22 +65,40 @@ func (p *packed) DeepCopyObject() runtime.Object { return p }
 
 // pack encodes obj when it is of kind k; anything else (a tombstone, an
 // object already packed, one that does not encode) is returned as it is,
-// and unpack passes it through.
+// and unpack passes it through. obj is the informer's own (the cache's
+// transform made it, or the list decoded it): its fields are moved, not
+// copied.
 func pack(k *Kind, obj any) any {
 	o, ok := obj.(protoObject)
 	if !ok || isNilPointer(obj) {
 		return obj
 	}
+	p := &packed{
+		kind: k,
+		// Namespaces and nodes repeat across thousands of objects.
+		namespace: unique.Make(o.GetNamespace()),
+		name:      o.GetName(), resourceVersion: o.GetResourceVersion(), uid: o.GetUID(), deleted: o.GetDeletionTimestamp(),
+	}
+	o.SetNamespace("")
+	o.SetName("")
+	o.SetResourceVersion("")
+	o.SetUID("")
+	o.SetDeletionTimestamp(nil)
+	pod, isPod := o.(*corev1.Pod)
+	if isPod {
+		p.node = unique.Make(pod.Spec.NodeName)
+		pod.Spec.NodeName = ""
+	}
 	raw, err := o.Marshal()
 	if err != nil {
-		return obj
+		return unpacked(p, o)
 	}
-	return &packed{
-		kind: k,
-		// Namespaces repeat across thousands of objects: one copy each.
-		namespace: unique.Make(o.GetNamespace()).Value(),
-		name:      o.GetName(), resourceVersion: o.GetResourceVersion(), raw: raw,
+	if isPod {
+		p.sharedRest = unique.Make(string(raw))
+	} else {
+		p.rest = string(raw)
 	}
+	return p
 }
 
 // unpack returns the object p holds, or obj itself when it is not packed.
@@ -74,12 +106,16 @@ func pack(k *Kind, obj any) any {
 func unpack(obj any) (any, error) {
 	switch p := obj.(type) {
 	case *packed:
-		out := p.kind.New()
-		if err := out.(protoObject).Unmarshal(p.raw); err != nil {
-			return nil, fmt.Errorf("unpack cached %s %s/%s: %w", p.kind.Name, p.namespace, p.name, err)
+		out := p.kind.New().(protoObject)
+		rest := p.rest
+		if p.kind.isPod() {
+			rest = p.sharedRest.Value()
+		}
+		if err := out.Unmarshal([]byte(rest)); err != nil {
+			return nil, fmt.Errorf("unpack cached %s %s/%s: %w", p.kind.Name, p.namespace.Value(), p.name, err)
 		}
 		out.GetObjectKind().SetGroupVersionKind(p.kind.GVK)
-		return out, nil
+		return unpacked(p, out), nil
 	case toolscache.DeletedFinalStateUnknown:
 		last, err := unpack(p.Obj)
 		if err != nil {
@@ -89,6 +125,19 @@ func unpack(obj any) (any, error) {
 		return p, nil
 	}
 	return obj, nil
+}
+
+// unpacked puts p's own fields back into o.
+func unpacked(p *packed, o protoObject) protoObject {
+	o.SetNamespace(p.namespace.Value())
+	o.SetName(p.name)
+	o.SetResourceVersion(p.resourceVersion)
+	o.SetUID(p.uid)
+	o.SetDeletionTimestamp(p.deleted)
+	if pod, ok := o.(*corev1.Pod); ok {
+		pod.Spec.NodeName = p.node.Value()
+	}
+	return o
 }
 
 // unpackAll unpacks each of objs.

@@ -104,7 +104,10 @@ func (e *events) seen() []string {
 func TestTheCacheHoldsPodsPackedAndShowsThemTyped(t *testing.T) {
 	source := fcache.NewFakeControllerSource()
 	source.Add(fatPod("web-1", "web-a", "reg.io/app@sha256:aaa"))
-	source.Add(fatPod("web-2", "web-b", "reg.io/app@sha256:bbb"))
+	leaving := fatPod("web-2", "web-b", "reg.io/app@sha256:bbb")
+	leaving.DeletionTimestamp = &metav1.Time{Time: time.Unix(1700000000, 0)}
+	leaving.Spec.NodeName = "node-b"
+	source.Add(leaving)
 	var seen events
 	inf := startInformer(t, source, &corev1.Pod{}, keepWhatDriftReads, &seen)
 
@@ -128,8 +131,12 @@ func TestTheCacheHoldsPodsPackedAndShowsThemTyped(t *testing.T) {
 		t.Fatalf("the transform did not run before packing: %+v", p)
 	}
 	byOwner, err := inf.GetIndexer().ByIndex(OwnerIndex, "rs-web-b")
-	if err != nil || len(byOwner) != 1 || byOwner[0].(*corev1.Pod).Name != "web-2" {
+	if err != nil || len(byOwner) != 1 {
 		t.Fatalf("ByIndex(owner rs-web-b) = %v, %v", byOwner, err)
+	}
+	if p := byOwner[0].(*corev1.Pod); p.Name != "web-2" || p.Namespace != "prod" || p.Spec.NodeName != "node-b" ||
+		p.DeletionTimestamp == nil || !p.DeletionTimestamp.Equal(leaving.DeletionTimestamp) || p.Status.ContainerStatuses[0].ImageID != "reg.io/app@sha256:bbb" {
+		t.Fatalf("unpacked pod of rs-web-b: %+v", p)
 	}
 	byNamespace, err := inf.GetIndexer().ByIndex(toolscache.NamespaceIndex, "prod")
 	if err != nil || len(byNamespace) != 2 {
