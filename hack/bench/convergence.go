@@ -314,6 +314,9 @@ func (b *bench) reportConvergence(m *managerProc, converged time.Time) {
 	b.rep.goal(secConvergence, "registry requests, all kinds", float64(c.Total), "", fmt.Sprintf("≤ %d + tokens: a HEAD per tag and one ping", len(b.tags)+1), c.Total-c.Tokens <= len(b.tags)+1,
 		fmt.Sprintf("%d pings, %d tokens", c.Pings, c.Tokens))
 	logf("convergence: %.1f s; %s", secs, c)
+	if seen := b.proxy.between(m.Started, converged.Add(time.Second)); len(seen) > 0 {
+		logf("convergence: first registry request at +%.2f s, last at +%.2f s", seen[0].at.Sub(m.Started).Seconds(), seen[len(seen)-1].at.Sub(m.Started).Seconds())
+	}
 	b.logRepeats(m.Started, converged.Add(time.Second))
 	b.rep.Methods["convergence"] = fmt.Sprintf("Deployments created before the manager process starts; seconds from exec to the first 100 ms poll that sees every ImagePin Ready=True, observedGeneration current, summary.workloads = its namespace's Deployments; requests counted at the proxy over the same span (%s)", c)
 }
