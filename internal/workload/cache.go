@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -21,13 +22,16 @@ import (
 // (dockerconfigjson and legacy dockercfg). The slimmed objects are held
 // packed (packed.go).
 func CacheOptions() cache.Options {
+	// A packed object is unpacked afresh for every read: the cache's own
+	// deep copy of it would be a second copy for nothing.
+	fresh := ptr.To(true)
 	byObject := map[client.Object]cache.ByObject{
 		&corev1.Secret{}: {Transform: keepDockerConfigOnly},
-		&corev1.Pod{}:    {Transform: keepWhatDriftReads},
+		&corev1.Pod{}:    {Transform: keepWhatDriftReads, UnsafeDisableDeepCopy: fresh},
 	}
 	for _, k := range kinds {
 		if cachedSlim(k) && !k.isPod() {
-			byObject[k.New()] = cache.ByObject{Transform: keepWhatSelectionReads}
+			byObject[k.New()] = cache.ByObject{Transform: keepWhatSelectionReads, UnsafeDisableDeepCopy: fresh}
 		}
 	}
 	// The informers of those kinds hold their objects packed (packed.go).

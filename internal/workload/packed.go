@@ -140,15 +140,27 @@ func unpacked(p *packed, o protoObject) protoObject {
 	return o
 }
 
-// unpackAll unpacks each of objs.
+// unpackAll unpacks each of objs, for a reader (readFresh).
 func unpackAll(objs []any) []any {
 	out := make([]any, 0, len(objs))
 	for _, o := range objs {
-		if u, err := unpack(o); err == nil {
+		if u, err := readFresh(o); err == nil {
 			out = append(out, u)
 		}
 	}
 	return out
+}
+
+// readFresh is what a reader of the cache gets for obj: a fresh object,
+// which it may change (the cache is told not to copy it again). One that
+// could not be packed is the cache's own and is copied.
+func readFresh(obj any) (any, error) {
+	if _, ok := obj.(*packed); !ok {
+		if o, ok := obj.(runtime.Object); ok {
+			return o.DeepCopyObject(), nil
+		}
+	}
+	return unpack(obj)
 }
 
 // packedKind is the kind whose cached objects are packed, for an informer
@@ -291,7 +303,7 @@ func (u unpackingIndexer) one(o any, ok bool, err error) (any, bool, error) {
 	if err != nil || !ok {
 		return o, ok, err
 	}
-	out, err := unpack(o)
+	out, err := readFresh(o)
 	return out, err == nil, err
 }
 

@@ -130,6 +130,13 @@ func TestTheCacheHoldsPodsPackedAndShowsThemTyped(t *testing.T) {
 	if len(p.Annotations) != 0 || len(p.Spec.Containers) != 0 {
 		t.Fatalf("the transform did not run before packing: %+v", p)
 	}
+	// Each read is a fresh object (the cache does not copy it again): a
+	// reader's change is its own.
+	p.Labels["app"], p.Status.ContainerStatuses[0].ImageID = "changed", "changed"
+	again, _, _ := inf.GetIndexer().GetByKey("prod/web-1")
+	if a := again.(*corev1.Pod); a.Labels["app"] != "web" || a.Status.ContainerStatuses[0].ImageID != "reg.io/app@sha256:aaa" {
+		t.Fatalf("a reader's change reached the cache: %+v", a)
+	}
 	byOwner, err := inf.GetIndexer().ByIndex(OwnerIndex, "rs-web-b")
 	if err != nil || len(byOwner) != 1 {
 		t.Fatalf("ByIndex(owner rs-web-b) = %v, %v", byOwner, err)
