@@ -322,7 +322,7 @@ func (r *ClusterImagePinReconciler) forgetCluster(name string) {
 	r.tags.forget(types.NamespacedName{Name: name})
 }
 
-// forgetNamespacesLeft drops the conflict and Follow memory a
+// forgetNamespacesLeft drops the conflict, Follow and tick memory a
 // ClusterImagePin keeps for namespaces it no longer selects.
 func (r *ClusterImagePinReconciler) forgetNamespacesLeft(name string, selected []string) {
 	vname := selection.ClusterPinPrefix + name
@@ -344,6 +344,7 @@ func (r *ClusterImagePinReconciler) forgetNamespacesLeft(name string, selected [
 		}
 	}
 	r.seenMu.Unlock()
+	r.ticks.forgetWhere(func(k types.NamespacedName) bool { return k.Name == vname && !keep[k.Namespace] })
 }
 
 // SetupWithManager registers the ClusterImagePin controller: it runs on

@@ -83,6 +83,9 @@ type ImagePinReconciler struct {
 	conflictMu sync.Mutex
 	conflicts  map[types.NamespacedName]*pinConflicts
 
+	// ticks: the tick each ImagePin's last check counted for.
+	ticks checkTicks
+
 	// tags: which tags each ImagePin names, for push events
 	// (imagepin_hints.go); hinted: ImagePins a push event asks to check.
 	tags   tagIndex
@@ -120,6 +123,7 @@ func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			r.forgetConflicts(req.NamespacedName)
 			r.forgetSeen(req.NamespacedName)
 			r.tags.forget(req.NamespacedName)
+			r.ticks.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -264,6 +268,7 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
+	r.ticks.start(r.Clock.Now())
 	if r.Keychains == nil {
 		r.Keychains = &registry.Keychains{Reader: mgr.GetClient()}
 	}

@@ -71,6 +71,31 @@ type observation struct {
 	// built, so no digest verifies.
 	verifying bool
 	verifyErr error
+	// freshSince: answers since then serve the check; owed: the check is
+	// one the ImagePin owes from the previous tick (checkTicks).
+	freshSince time.Time
+	owed       bool
+}
+
+// answerWindow is which answers serve one check's resolutions.
+type answerWindow struct {
+	// freshSince and interval are the registry.Request's: interval is
+	// zero for an owed check, whose freshSince is already a tick back.
+	freshSince time.Time
+	interval   time.Duration
+	// answerBy is half a second after the current tick began.
+	answerBy time.Time
+}
+
+func (obs *observation) window(now time.Time, interval time.Duration) answerWindow {
+	w := answerWindow{freshSince: obs.freshSince, interval: interval}
+	if obs.owed {
+		w.interval = 0
+	}
+	// The half second counts from the tick, not from each check: the
+	// checks that wait for a worker past it take what has come and go on.
+	w.answerBy = time.Now().Add(answerWithin - now.Sub(tickStart(now, interval)))
+	return w
 }
 
 // observe lists what each selected workload's containers name and run, and
@@ -106,9 +131,12 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 	// A check that writes (Pin, Follow) comes back for every answer it
 	// went on without: it writes nothing from those.
 	writes := pin.Spec.Mode != imagesv1alpha1.ModeObserve
-	r.resolveAll(ctx, checkKey(pin), writes, obs.containers, tickStart(r.Clock.Now(), sel.Interval), sel.Interval)
+	now := r.Clock.Now()
+	obs.freshSince, obs.owed = r.ticks.freshSince(pin, now, sel.Interval)
+	r.resolveAll(ctx, checkKey(pin), writes, obs.containers, obs.window(now, sel.Interval))
 	r.learnNeededPlatforms(ctx, obs.containers, sel.Overrides())
 	r.verifyAll(ctx, pin, sel, &obs)
+	r.ticks.checked(pin, now, sel.Interval)
 	return obs, nil
 }
 
@@ -206,17 +234,14 @@ const answerWithin = 500 * time.Millisecond
 // resolveAll resolves the tag of every container, a few at a time, with
 // answers made since freshSince (the start of the tick of interval), for
 // the check of pin; writes: that check writes workloads.
-func (r *ImagePinReconciler) resolveAll(ctx context.Context, pin types.NamespacedName, writes bool, containers []containerObs, freshSince time.Time, interval time.Duration) {
-	// The half second counts from the tick, not from each check: the
-	// checks that wait for a worker past it take what has come and go on.
-	answerBy := time.Now().Add(answerWithin - r.Clock.Since(freshSince))
+func (r *ImagePinReconciler) resolveAll(ctx context.Context, pin types.NamespacedName, writes bool, containers []containerObs, w answerWindow) {
 	work := make(chan int)
 	var wg sync.WaitGroup
 	for range resolveWorkers {
 		wg.Go(func() {
 			for i := range work {
 				c := &containers[i]
-				req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: freshSince, Interval: interval, AnswerBy: answerBy}
+				req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: w.freshSince, Interval: w.interval, AnswerBy: w.answerBy}
 				c.result, c.err = r.Resolver.Resolve(ctx, req)
 				if c.result.Behind {
 					r.behind.watch(ctx, r, pin, writes, req, c.result)

@@ -57,7 +57,7 @@ func (r *ImagePinReconciler) verifyAll(ctx context.Context, pin *imagesv1alpha1.
 			}
 		}
 	}
-	fresh := tickStart(r.Clock.Now(), sel.Interval)
+	fresh := obs.freshSince
 	work := make(chan job)
 	var wg sync.WaitGroup
 	for range resolveWorkers {

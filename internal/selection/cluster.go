@@ -48,13 +48,13 @@ func ClusterPinName(pin *imagesv1alpha1.ImagePin) (string, bool) {
 	return strings.CutPrefix(pin.Name, ClusterPinPrefix)
 }
 
-// AsImagePin is the ImagePin cp acts as in namespace ns: its spec, its UID
-// and generation, and a name no ImagePin can have.
+// AsImagePin is the ImagePin cp acts as in namespace ns: its spec, its UID,
+// generation and creation time, and a name no ImagePin can have.
 func AsImagePin(cp *imagesv1alpha1.ClusterImagePin, ns string) imagesv1alpha1.ImagePin {
 	return imagesv1alpha1.ImagePin{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: ns, Name: ClusterPinPrefix + cp.Name,
-			UID: cp.UID, Generation: cp.Generation,
+			UID: cp.UID, Generation: cp.Generation, CreationTimestamp: cp.CreationTimestamp,
 		},
 		Spec: cp.Spec.ImagePinSpec,
 	}

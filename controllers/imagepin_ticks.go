@@ -1,0 +1,92 @@
+package controllers
+
+import (
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+)
+
+// checkTicks remembers, per ImagePin, the tick its last check counted
+// for, and when this manager began checking.
+type checkTicks struct {
+	mu      sync.Mutex
+	started time.Time
+	last    map[types.NamespacedName]lastCheck
+}
+
+// lastCheck is the tick an ImagePin's last check counted for; uid tells a
+// recreated ImagePin from the one checked.
+type lastCheck struct {
+	uid  types.UID
+	tick time.Time
+}
+
+// freshSince is the instant from which resolutions serve a check of pin
+// at now: the start of the current tick, or the previous tick's when the
+// check is one pin owes from that tick. A check is owed when pin has not
+// been checked since the previous tick began: it waited behind other
+// ImagePins (a cold start of more ImagePins than are checked in an
+// interval, or a round of requests longer than the interval), or was
+// there when this manager started and the manager has not come to it yet.
+// Its tags were asked for in the previous tick's round; asking them again
+// would send a second request for every tag that round asked before the
+// tick. The next tick's check asks anew. A new ImagePin owes nothing.
+func (t *checkTicks) freshSince(pin *imagesv1alpha1.ImagePin, now time.Time, interval time.Duration) (since time.Time, owed bool) {
+	tick := tickStart(now, interval)
+	t.mu.Lock()
+	l, ok := t.last[types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}]
+	checked, last := ok && l.uid == pin.UID, l.tick
+	started := t.started
+	t.mu.Unlock()
+	previous := tick.Add(-interval)
+	if checked {
+		owed = last.Before(previous)
+	} else {
+		owed = !started.IsZero() && started.Before(tick) && pin.CreationTimestamp.Time.Before(started)
+	}
+	if owed {
+		return previous, true
+	}
+	return tick, false
+}
+
+// checked records that pin was checked at now.
+func (t *checkTicks) checked(pin *imagesv1alpha1.ImagePin, now time.Time, interval time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.last == nil {
+		t.last = map[types.NamespacedName]lastCheck{}
+	}
+	t.last[types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}] = lastCheck{uid: pin.UID, tick: tickStart(now, interval)}
+}
+
+// forget drops what is remembered of an ImagePin that is gone.
+func (t *checkTicks) forget(key types.NamespacedName) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.last, key)
+}
+
+// forgetWhere drops what is remembered of the ImagePins whose keys gone
+// says are gone.
+func (t *checkTicks) forgetWhere(gone func(types.NamespacedName) bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k := range t.last {
+		if gone(k) {
+			delete(t.last, k)
+		}
+	}
+}
+
+// start records when this manager began checking.
+func (t *checkTicks) start(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.started.IsZero() {
+		t.started = now
+	}
+}
