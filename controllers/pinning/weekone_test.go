@@ -141,10 +141,15 @@ func TestUntaggedImageKeepsFollowing(t *testing.T) {
 	eventually(t, 30*time.Second, imageIs(t, ns, "web", "app", app+":latest@"+a))
 	b := reg.Push(t, "untagged/app:latest")
 	eventually(t, 45*time.Second, imageIs(t, ns, "web", "app", app+":latest@"+b))
-	got := getPin(t, pin)
-	if len(got.Status.Images) != 1 || got.Status.Images[0].Image != app+":latest" || len(got.Status.Images[0].History) != 2 {
-		t.Fatalf("status images = %+v, want one image %s:latest with two digests in its history", got.Status.Images, app)
-	}
+	// The check writes the workload, then its status: the status may
+	// come a moment after the workload.
+	eventually(t, 10*time.Second, func() error {
+		got := getPin(t, pin)
+		if len(got.Status.Images) != 1 || got.Status.Images[0].Image != app+":latest" || len(got.Status.Images[0].History) != 2 {
+			return fmt.Errorf("status images = %+v, want one image %s:latest with two digests in its history", got.Status.Images, app)
+		}
+		return nil
+	})
 }
 
 // --- Issue 13 item 3: server-side apply next to a GitOps tool ---
