@@ -86,12 +86,14 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 		setInvalidSpec(&ps, cp.Generation, err)
 		forgetMetrics("", metricsName)
 		r.tags.forget(self)
+		r.ticks.forgetWhere(func(k types.NamespacedName) bool { return k.Name == metricsName })
 		return ctrl.Result{}, nil
 	}
 	if cp.Spec.Suspend {
 		setSuspended(&ps, cp.Generation)
 		forgetMetrics("", metricsName)
 		r.tags.forget(self)
+		r.ticks.forgetWhere(func(k types.NamespacedName) bool { return k.Name == metricsName })
 		return ctrl.Result{}, nil
 	}
 	namespaces, err := r.selectedNamespaces(ctx, cp)

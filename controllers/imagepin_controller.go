@@ -152,12 +152,14 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 		setInvalidSpec(status, pin.Generation, err)
 		forgetMetrics(pin.Namespace, pin.Name)
 		r.tags.forget(client.ObjectKeyFromObject(pin))
+		r.ticks.forget(client.ObjectKeyFromObject(pin))
 		return ctrl.Result{}, nil
 	}
 	if pin.Spec.Suspend {
 		setSuspended(status, pin.Generation)
 		forgetMetrics(pin.Namespace, pin.Name)
 		r.tags.forget(client.ObjectKeyFromObject(pin))
+		r.ticks.forget(client.ObjectKeyFromObject(pin))
 		return ctrl.Result{}, nil
 	}
 
@@ -268,7 +270,6 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
-	r.ticks.start(r.Clock.Now())
 	if r.Keychains == nil {
 		r.Keychains = &registry.Keychains{Reader: mgr.GetClient()}
 	}

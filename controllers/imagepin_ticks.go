@@ -10,7 +10,8 @@ import (
 )
 
 // checkTicks remembers, per ImagePin, the tick its last check counted
-// for, and when this manager began checking.
+// for, and when this manager began checking (its first check: the
+// manager is leader and its cache has synced).
 type checkTicks struct {
 	mu      sync.Mutex
 	started time.Time
@@ -26,26 +27,31 @@ type lastCheck struct {
 
 // freshSince is the instant from which resolutions serve a check of pin
 // at now: the start of the current tick, or the previous tick's when the
-// check is one pin owes from that tick. A check is owed when pin has not
-// been checked since the previous tick began: it waited behind other
-// ImagePins (a cold start of more ImagePins than are checked in an
-// interval, or a round of requests longer than the interval), or was
-// there when this manager started and the manager has not come to it yet.
-// Its tags were asked for in the previous tick's round; asking them again
-// would send a second request for every tag that round asked before the
-// tick. The next tick's check asks anew. A new ImagePin owes nothing.
+// check is one pin owes from that tick. A check is owed when the checks
+// queued behind a cold start (or a round longer than the interval)
+// outlast a tick: pin was checked before the previous tick began and not
+// since, or it has never been checked by this manager, which began
+// checking in the previous tick and had not come to it yet. Its tags were
+// asked for in the previous tick's round; asking them again would send a
+// second request for every tag that round asked before the tick. The next
+// tick's check asks anew. An ImagePin created since the manager began, or
+// one it comes to later than the tick after its start (moved from another
+// shard, resumed, a ClusterImagePin's new namespace), owes nothing.
 func (t *checkTicks) freshSince(pin *imagesv1alpha1.ImagePin, now time.Time, interval time.Duration) (since time.Time, owed bool) {
 	tick := tickStart(now, interval)
+	previous := tick.Add(-interval)
 	t.mu.Lock()
+	if t.started.IsZero() {
+		// The first check: this manager is leader and its cache synced.
+		t.started = now
+	}
 	l, ok := t.last[types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}]
-	checked, last := ok && l.uid == pin.UID, l.tick
 	started := t.started
 	t.mu.Unlock()
-	previous := tick.Add(-interval)
-	if checked {
-		owed = last.Before(previous)
+	if ok && l.uid == pin.UID {
+		owed = l.tick.Before(previous)
 	} else {
-		owed = !started.IsZero() && started.Before(tick) && pin.CreationTimestamp.Time.Before(started)
+		owed = !started.Before(previous) && started.Before(tick) && pin.CreationTimestamp.Time.Before(started)
 	}
 	if owed {
 		return previous, true
@@ -79,14 +85,5 @@ func (t *checkTicks) forgetWhere(gone func(types.NamespacedName) bool) {
 		if gone(k) {
 			delete(t.last, k)
 		}
-	}
-}
-
-// start records when this manager began checking.
-func (t *checkTicks) start(now time.Time) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.started.IsZero() {
-		t.started = now
 	}
 }

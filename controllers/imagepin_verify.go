@@ -57,7 +57,9 @@ func (r *ImagePinReconciler) verifyAll(ctx context.Context, pin *imagesv1alpha1.
 			}
 		}
 	}
-	fresh := obs.freshSince
+	// A verdict is this tick's even for a check owed from the previous
+	// one: a signature pushed since is looked for.
+	fresh := tickStart(r.Clock.Now(), sel.Interval)
 	work := make(chan job)
 	var wg sync.WaitGroup
 	for range resolveWorkers {

@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -133,7 +135,11 @@ func unpacked(p *packed, o protoObject) protoObject {
 	o.SetName(p.name)
 	o.SetResourceVersion(p.resourceVersion)
 	o.SetUID(p.uid)
-	o.SetDeletionTimestamp(p.deleted)
+	if p.deleted != nil {
+		// Each read its own: a reader may change what it reads.
+		d := *p.deleted
+		o.SetDeletionTimestamp(&d)
+	}
 	if pod, ok := o.(*corev1.Pod); ok {
 		pod.Spec.NodeName = p.node.Value()
 	}
@@ -144,9 +150,12 @@ func unpacked(p *packed, o protoObject) protoObject {
 func unpackAll(objs []any) []any {
 	out := make([]any, 0, len(objs))
 	for _, o := range objs {
-		if u, err := readFresh(o); err == nil {
-			out = append(out, u)
+		u, err := readFresh(o)
+		if err != nil {
+			utilruntime.HandleError(err)
+			continue
 		}
+		out = append(out, u)
 	}
 	return out
 }
@@ -183,6 +192,8 @@ func packedKind(example runtime.Object) *Kind {
 // newInformer is the cache's informer constructor: an informer of a
 // packed kind holds its objects packed.
 func newInformer(lw toolscache.ListerWatcher, example runtime.Object, resync time.Duration, indexers toolscache.Indexers) toolscache.SharedIndexInformer {
+	// The indexers given here (the cache's namespace index) read only an
+	// object's key, which a packed record gives without unpacking.
 	inner := toolscache.NewSharedIndexInformer(lw, example, resync, indexers)
 	k := packedKind(example)
 	if k == nil {
@@ -263,20 +274,26 @@ type unpackingHandler struct {
 func (u unpackingHandler) OnAdd(obj any, initial bool) {
 	if o, err := unpack(obj); err == nil {
 		u.h.OnAdd(o, initial)
+	} else {
+		utilruntime.HandleError(err)
 	}
 }
 
 func (u unpackingHandler) OnUpdate(oldObj, newObj any) {
 	o, err1 := unpack(oldObj)
 	n, err2 := unpack(newObj)
-	if err1 == nil && err2 == nil {
-		u.h.OnUpdate(o, n)
+	if err := errors.Join(err1, err2); err != nil {
+		utilruntime.HandleError(err)
+		return
 	}
+	u.h.OnUpdate(o, n)
 }
 
 func (u unpackingHandler) OnDelete(obj any) {
 	if o, err := unpack(obj); err == nil {
 		u.h.OnDelete(o)
+	} else {
+		utilruntime.HandleError(err)
 	}
 }
 
