@@ -258,6 +258,11 @@ func (r *Resolver) sweepLocked(now time.Time) {
 		}
 	}
 	r.sweepHintsLocked(now, keep)
+	for k, e := range r.avail {
+		if now.Sub(e.CheckedAt) > keep {
+			delete(r.avail, k)
+		}
+	}
 	for k, pe := range r.pullers {
 		if now.Sub(pe.used) > pullerIdleAfter {
 			delete(r.pullers, k)

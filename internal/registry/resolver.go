@@ -139,6 +139,7 @@ type Resolver struct {
 	allowed   allowList
 
 	learning singleflight.Group // LearnPlatforms, by digest
+	checking singleflight.Group // Available, by digest, credentials and tick
 
 	mu          sync.Mutex
 	fetches     int
@@ -149,8 +150,9 @@ type Resolver struct {
 	platforms   map[string][]string
 	indexes     map[string]bool // indexes whose platforms are not read yet
 	learnFailed map[string]learnFailure
-	hints       map[TagRef]time.Time // hints.go
-	known       map[TagRef]int       // cache entries per tag and per repository
+	hints       map[TagRef]time.Time   // hints.go
+	known       map[TagRef]int         // cache entries per tag and per repository
+	avail       map[string]*availEntry // Available's answers (availability.go)
 }
 
 // entry is the cache's memory of one tag under one list of credentials.
@@ -223,6 +225,7 @@ func New(o Options) (*Resolver, error) {
 		learnFailed: map[string]learnFailure{},
 		hints:       map[TagRef]time.Time{},
 		known:       map[TagRef]int{},
+		avail:       map[string]*availEntry{},
 	}, nil
 }
 

@@ -141,6 +141,19 @@ func (r *Registry) Push(t testing.TB, repoTag string) string {
 	return d.String()
 }
 
+// Delete deletes the manifest digest from repo, as a registry's garbage
+// collection of an untagged manifest does.
+func (r *Registry) Delete(t testing.TB, repo, digest string) {
+	t.Helper()
+	ref, err := name.NewDigest(r.Host+"/"+repo+"@"+digest, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Delete(ref); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // PushIndex writes a new two-platform index under repoTag and returns its
 // digest and its platform manifests' digests.
 func (r *Registry) PushIndex(t testing.TB, repoTag string) (string, []string) {

@@ -1,0 +1,130 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// Whether a registry still serves a digest: a rollback target in a tag's
+// history, or what pods run, can be garbage collected once the tag moves
+// on, and a pod that needs it next (a scale-up, a drain) fails to pull.
+// Content never changes under a digest, so a digest seen present is asked
+// about again only on a slow cadence (AvailabilityRequest.FreshSince: the
+// tick of a long interval).
+
+// AvailabilityRequest asks whether the registry still serves one digest
+// of an image.
+type AvailabilityRequest struct {
+	// Image is the reference as workloads name it; its tag or digest, if
+	// any, is ignored: the repository is what counts.
+	Image string
+	// Digest is the sha256 digest to look for.
+	Digest string
+	// Keychain supplies the credentials, as for Resolve.
+	Keychain authn.Keychain
+	// FreshSince: an answer asked for since then serves; zero takes any
+	// answer there is.
+	FreshSince time.Time
+}
+
+// Availability is what the registry said of a digest.
+type Availability struct {
+	// Available: the registry answered the digest's HEAD (true), or
+	// answered that it does not know it (false: 404).
+	Available bool
+	// CheckedAt is when that answer was asked for.
+	CheckedAt time.Time
+}
+
+// availEntry is an answer about one digest under one list of
+// credentials: a verdict (cached), or an error (only handed to the
+// callers that shared the request).
+type availEntry struct {
+	Availability
+	err error
+}
+
+// Available asks the registry, with a HEAD of the digest's manifest, whether
+// it still serves req.Digest in req.Image's repository. Every caller asking
+// about the same digest with the same credentials for the same FreshSince
+// shares one request, and an answer asked for since FreshSince is reused:
+// N distinct digests cost at most N HEADs per FreshSince. The request takes
+// its turn in the host's budget like a resolution. An error (refused
+// credentials, an unreachable registry) says nothing either way.
+func (r *Resolver) Available(ctx context.Context, req AvailabilityRequest) (Availability, error) {
+	if !validDigest.MatchString(req.Digest) {
+		return Availability{}, fmt.Errorf("check %q: not a sha256 digest", req.Digest)
+	}
+	tag, err := r.parseTag(req.Image)
+	if err != nil {
+		return Availability{}, err
+	}
+	ref := tag.Context().Digest(req.Digest)
+	if err := r.allowed.check(ref.RegistryStr()); err != nil {
+		return Availability{}, fmt.Errorf("check %s: %w", ref, err)
+	}
+	creds, err := credentialsOf(ctx, req.Keychain, tag.Context())
+	if err != nil {
+		return Availability{}, fmt.Errorf("credentials for %s: %w", ref.RegistryStr(), err)
+	}
+	key := req.Digest + "|" + cacheKey(tag, creds)
+	r.mu.Lock()
+	e, ok := r.avail[key]
+	r.mu.Unlock()
+	if ok && !e.CheckedAt.Before(req.FreshSince) {
+		return e.Availability, e.err
+	}
+	// Callers for the same tick share one request; a later tick's do not
+	// join an earlier one's.
+	flight := key + "|" + strconv.FormatInt(req.FreshSince.UnixNano(), 10)
+	ch := r.checking.DoChan(flight, func() (any, error) {
+		started := r.clock.Now()
+		base := context.Background()
+		if pt, ok := r.transport.(*politeTransport); ok {
+			base = pt.takeTurn(base, ref.RegistryStr())
+		}
+		fctx, cancel := context.WithTimeout(base, r.opts.Timeout)
+		defer cancel()
+		err := r.withCredentials(fctx, tag.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
+			_, err := p.Head(ctx, ref)
+			return err
+		})
+		e := &availEntry{Availability: Availability{Available: err == nil, CheckedAt: started}}
+		if err != nil && !unknownManifest(err) {
+			e.err = explainFor(asked{what: "check " + ref.String(), registry: ref.RegistryStr(), missing: "not found"}, err, r.opts.Timeout)
+		}
+		if e.err != nil {
+			// No verdict: the callers of this flight are told why, the
+			// next caller asks again, and an earlier verdict stays.
+			return e, nil
+		}
+		r.mu.Lock()
+		if old, ok := r.avail[key]; !ok || !started.Before(old.CheckedAt) {
+			r.avail[key] = e
+		}
+		r.mu.Unlock()
+		return e, nil
+	})
+	select {
+	case res := <-ch:
+		e := res.Val.(*availEntry)
+		return e.Availability, e.err
+	case <-ctx.Done():
+		return Availability{}, fmt.Errorf("check %s: %w", ref, ctx.Err())
+	}
+}
+
+// unknownManifest says whether err is the registry saying it has no such
+// manifest (or no such repository): 404.
+func unknownManifest(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound
+}
