@@ -15,17 +15,22 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
-// fetch asks the registry; it runs once per key at a time (or twice, when
-// a tick began while the first was in flight). Its deadline is the
-// resolver's, not a caller's, so that a caller giving up early does not
-// waste the request for the others. started is when it was asked for: an
-// answer asked for before a tick began (FreshSince) must not pass for that
-// tick's.
-func (r *Resolver) fetch(tag name.Tag, creds []credential, key string, started time.Time) (Result, error) {
+// fetch asks the registry for call c; it runs once per key at a time (or
+// twice, when a tick began while the first was in flight). Its deadline is
+// the resolver's, not a caller's, so that a caller giving up early does not
+// waste the request for the others. The answer counts as asked for when
+// the request's turn in the host's budget came (c.started, stamped then):
+// an answer asked for before a tick began (FreshSince) must not pass for
+// that tick's, and one queued through the tick is that tick's.
+func (r *Resolver) fetch(tag name.Tag, creds []credential, key string, c *call) (Result, error) {
 	base := context.Background()
 	if pt, ok := r.transport.(*politeTransport); ok {
 		base = pt.takeTurn(base, tag.RegistryStr())
 	}
+	r.mu.Lock()
+	c.started, c.sent = r.clock.Now(), true
+	started := c.started
+	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(base, r.opts.Timeout)
 	defer cancel()
 

@@ -166,7 +166,11 @@ type entry struct {
 // call is a resolution in flight, which callers join instead of asking
 // the registry again.
 type call struct {
-	started time.Time // callers fresh since later than this do not join
+	// started is when the answer was asked for: when the call began, then
+	// when its turn in the host's budget came (sent). Once sent, callers
+	// fresh since later than started do not join. Guarded by Resolver.mu.
+	started time.Time
+	sent    bool
 	done    chan struct{}
 	res     Result
 	err     error
@@ -255,7 +259,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	}
 	if leader {
 		go func() {
-			c.res, c.err = r.fetch(tag, creds, key, c.started)
+			c.res, c.err = r.fetch(tag, creds, key, c)
 			r.mu.Lock()
 			if r.calls[key] == c {
 				delete(r.calls, key)
@@ -335,7 +339,9 @@ func (r *Resolver) lookup(key, host string, req *Request) (c *call, hit *call, l
 	}
 	// A resolution that began before the caller's tick is not its answer:
 	// a new one starts, and becomes the one later callers join.
-	if c := r.calls[key]; c != nil && (req.FreshSince.IsZero() || !c.started.Before(req.FreshSince)) && !c.started.Before(hinted) {
+	// One still waiting for its turn in the host's budget is: its answer
+	// will be asked for after the caller's tick began, and after any hint.
+	if c := r.calls[key]; c != nil && (!c.sent || ((req.FreshSince.IsZero() || !c.started.Before(req.FreshSince)) && !c.started.Before(hinted))) {
 		return c, nil, false
 	}
 	c = &call{started: r.clock.Now(), done: make(chan struct{})}

@@ -29,8 +29,9 @@ func TestAnAnswerOfARoundThatOutlastedTheTickServesIt(t *testing.T) {
 		t.Fatal("a tag never pushed resolved")
 	}
 	time.Sleep(time.Second) // the budget refills: nothing waits now
-	// A round of three at 5 per second with a burst of 1: the last waits
-	// about 400 ms. The tick begins while they wait.
+	// A round of three at 5 per second with a burst of 1, a first: a is
+	// sent at once, the last waits about 400 ms. The tick begins while
+	// they wait.
 	var wg sync.WaitGroup
 	for _, img := range images {
 		wg.Go(func() {
@@ -38,8 +39,9 @@ func TestAnAnswerOfARoundThatOutlastedTheTickServesIt(t *testing.T) {
 				t.Error(err)
 			}
 		})
+		time.Sleep(20 * time.Millisecond) // in this order
 	}
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(60 * time.Millisecond)
 	tick := time.Now()
 	wg.Wait()
 
@@ -123,5 +125,52 @@ func TestAQueuedResolutionDoesNotFailForItsTimeInTheQueue(t *testing.T) {
 	// The last waits 1.25 s, past the 800 ms deadline.
 	if took := time.Since(start); took < time.Second {
 		t.Errorf("6 resolutions at 4 per second with a burst of 1 took %s: the budget did not queue them", took)
+	}
+}
+
+// A resolution still waiting for its turn in the budget when a caller's
+// tick begins is that tick's answer: it is asked for after the tick. The
+// caller joins it instead of sending a second request, and the answer
+// counts as asked for when it was sent, so later callers of the tick reuse
+// it. (Stamped when it began, the queued resolution was a tick too old, and
+// a check after the tick sent the same HEAD again.)
+func TestAResolutionQueuedThroughATickIsThatTicksAnswer(t *testing.T) {
+	tr := newTestRegistry(t)
+	r, err := New(Options{InsecureRegistries: []string{tr.host}, QPS: 2, Burst: 1, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"queued/a:v1", "queued/b:v1", "queued/c:v1"}
+	for _, n := range names {
+		tr.push(n)
+	}
+	if _, err := r.Resolve(context.Background(), Request{Image: tr.image("queued/warm:v1"), TTL: time.Hour}); err == nil {
+		t.Fatal("a tag never pushed resolved")
+	}
+	time.Sleep(time.Second) // the budget refills
+	tr.resetCounts()
+	// Three at 2 per second with a burst of 1, c last: c waits about a
+	// second.
+	var wg sync.WaitGroup
+	for _, n := range names {
+		wg.Go(func() {
+			if _, err := r.Resolve(context.Background(), Request{Image: tr.image(n), TTL: time.Hour}); err != nil {
+				t.Error(err)
+			}
+		})
+		time.Sleep(30 * time.Millisecond) // in this order
+	}
+	time.Sleep(150 * time.Millisecond)
+	tick := time.Now()
+	// No Interval: only the tick's own answers serve this caller.
+	if _, err := r.Resolve(context.Background(), Request{Image: tr.image("queued/c:v1"), FreshSince: tick}); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if _, err := r.Resolve(context.Background(), Request{Image: tr.image("queued/c:v1"), FreshSince: tick}); err != nil {
+		t.Fatal(err)
+	}
+	if n := tr.count("HEAD manifests"); n != len(names) {
+		t.Fatalf("%d HEADs for %d tags: the resolution queued through the tick was asked again", n, len(names))
 	}
 }
