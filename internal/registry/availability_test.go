@@ -12,19 +12,21 @@ import (
 	"github.com/imagepin/imagepin/internal/registry/registrytest"
 )
 
-func availabilityResolver(t *testing.T, reg *registrytest.Registry) *Resolver {
+// availabilityFixture is an in-process registry and a resolver that
+// reaches it.
+func availabilityFixture(t *testing.T) (*registrytest.Registry, *Resolver) {
 	t.Helper()
+	reg := registrytest.New()
+	t.Cleanup(reg.Close)
 	r, err := New(Options{InsecureRegistries: []string{reg.Host}, QPS: 1000, Burst: 1000, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return r
+	return reg, r
 }
 
 func TestAvailableSaysWhetherTheRegistryStillServesADigest(t *testing.T) {
-	reg := registrytest.New()
-	defer reg.Close()
-	r := availabilityResolver(t, reg)
+	reg, r := availabilityFixture(t)
 	image := reg.Image("avail/app:v1")
 	first := reg.Push(t, "avail/app:v1")
 	second := reg.Push(t, "avail/app:v1") // first is untagged now
@@ -59,9 +61,7 @@ func TestAvailableSaysWhetherTheRegistryStillServesADigest(t *testing.T) {
 }
 
 func TestAvailableAsksOncePerDigestPerInterval(t *testing.T) {
-	reg := registrytest.New()
-	defer reg.Close()
-	r := availabilityResolver(t, reg)
+	reg, r := availabilityFixture(t)
 	image := reg.Image("avail-once/app:v1")
 	d := reg.Push(t, "avail-once/app:v1")
 	heads, _ := reg.ManifestRequests()
@@ -81,9 +81,7 @@ func TestAvailableAsksOncePerDigestPerInterval(t *testing.T) {
 }
 
 func TestAvailableGivesNoVerdictWhenTheRegistryFails(t *testing.T) {
-	reg := registrytest.New()
-	defer reg.Close()
-	r := availabilityResolver(t, reg)
+	reg, r := availabilityFixture(t)
 	image := reg.Image("avail-down/app:v1")
 	d := reg.Push(t, "avail-down/app:v1")
 	reg.SetDown(true)
