@@ -232,8 +232,9 @@ func (r *ImagePinReconciler) learnNeededPlatforms(ctx context.Context, container
 const answerWithin = 500 * time.Millisecond
 
 // resolveAll resolves the tag of every container, a few at a time, with
-// answers made since freshSince (the start of the tick of interval), for
-// the check of pin; writes: that check writes workloads.
+// the answers w lets serve (those since the start of the current tick, or
+// of the previous one for an owed check), for the check of pin; writes:
+// that check writes workloads.
 func (r *ImagePinReconciler) resolveAll(ctx context.Context, pin types.NamespacedName, writes bool, containers []containerObs, w answerWindow) {
 	work := make(chan int)
 	var wg sync.WaitGroup

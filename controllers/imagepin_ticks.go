@@ -69,7 +69,8 @@ func (t *checkTicks) checked(pin *imagesv1alpha1.ImagePin, now time.Time, interv
 	t.last[types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}] = lastCheck{uid: pin.UID, tick: tickStart(now, interval)}
 }
 
-// forget drops what is remembered of an ImagePin that is gone.
+// forget drops what is remembered of an ImagePin that is gone, moved to
+// another shard, suspended or invalid: its next check is a first one.
 func (t *checkTicks) forget(key types.NamespacedName) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
