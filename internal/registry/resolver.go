@@ -329,12 +329,10 @@ func (r *Resolver) lookup(key, host string, req *Request) (c *call, hit *call, l
 	// Nothing asked for before a push event's hint is fresh.
 	hinted := r.hintedLocked(tagRefOfKey(key))
 	e := r.cache[key]
-	if e != nil && r.fresh(e.checkedAt, *req) && !e.checkedAt.Before(hinted) {
-		return nil, &call{res: r.resultOf(e), err: e.err}, false
-	}
-	// Not fresh for the caller's tick: unless the round that asked for it
-	// outlasted the tick (Request.Interval), in which case it serves.
-	if r.roundOutlastedTick(host, req) && e != nil && r.fresh(e.checkedAt, *req) && !e.checkedAt.Before(hinted) {
+	serves := func() bool { return e != nil && r.fresh(e.checkedAt, *req) && !e.checkedAt.Before(hinted) }
+	// Not fresh for the caller's tick, it still serves when the round that
+	// asked for it outlasted the tick (Request.Interval).
+	if serves() || (r.roundOutlastedTick(host, req) && serves()) {
 		return nil, &call{res: r.resultOf(e), err: e.err}, false
 	}
 	// A resolution that began before the caller's tick is not its answer:
