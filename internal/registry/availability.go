@@ -60,22 +60,11 @@ type availEntry struct {
 // its turn in the host's budget like a resolution. An error (refused
 // credentials, an unreachable registry) says nothing either way.
 func (r *Resolver) Available(ctx context.Context, req AvailabilityRequest) (Availability, error) {
-	if !validDigest.MatchString(req.Digest) {
-		return Availability{}, fmt.Errorf("check %q: not a sha256 digest", req.Digest)
-	}
-	tag, err := r.parseTag(req.Image)
+	ref, creds, err := r.digestTarget(ctx, "check", req.Image, req.Digest, req.Keychain)
 	if err != nil {
 		return Availability{}, err
 	}
-	ref := tag.Context().Digest(req.Digest)
-	if err := r.allowed.check(ref.RegistryStr()); err != nil {
-		return Availability{}, fmt.Errorf("check %s: %w", ref, err)
-	}
-	creds, err := credentialsOf(ctx, req.Keychain, tag.Context())
-	if err != nil {
-		return Availability{}, fmt.Errorf("credentials for %s: %w", ref.RegistryStr(), err)
-	}
-	key := req.Digest + "|" + cacheKey(tag, creds)
+	key := digestKey(ref, creds)
 	r.mu.Lock()
 	e, ok := r.avail[key]
 	r.mu.Unlock()
@@ -93,7 +82,7 @@ func (r *Resolver) Available(ctx context.Context, req AvailabilityRequest) (Avai
 		}
 		fctx, cancel := context.WithTimeout(base, r.opts.Timeout)
 		defer cancel()
-		err := r.withCredentials(fctx, tag.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
+		err := r.withCredentials(fctx, ref.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
 			_, err := p.Head(ctx, ref)
 			return err
 		})

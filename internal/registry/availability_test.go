@@ -66,10 +66,13 @@ func TestAvailableAsksOncePerDigestPerInterval(t *testing.T) {
 	d := reg.Push(t, "avail-once/app:v1")
 	heads, _ := reg.ManifestRequests()
 	tick := time.Now()
+	// Workloads name the digest's repository by several tags (and none):
+	// the digest is one digest.
+	images := []string{image, reg.Image("avail-once/app:latest"), reg.Image("avail-once/app")}
 	var wg sync.WaitGroup
-	for range 20 {
+	for i := range 20 {
 		wg.Go(func() {
-			if got, err := r.Available(context.Background(), AvailabilityRequest{Image: image, Digest: d, Keychain: authn.DefaultKeychain, FreshSince: tick}); err != nil || !got.Available {
+			if got, err := r.Available(context.Background(), AvailabilityRequest{Image: images[i%len(images)], Digest: d, Keychain: authn.DefaultKeychain, FreshSince: tick}); err != nil || !got.Available {
 				t.Errorf("Available = %+v, %v", got, err)
 			}
 		})

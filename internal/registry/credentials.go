@@ -109,12 +109,23 @@ func empty(cfg authn.AuthConfig) bool { return cfg == authn.AuthConfig{} }
 // cacheKey names one tag under one list of credentials: the answer of a
 // resolution is shared only with callers that would try the same ones.
 func cacheKey(tag name.Tag, creds []credential) string {
+	return tag.Context().Name() + ":" + tag.TagStr() + "|" + credentialsID(creds)
+}
+
+// digestKey is cacheKey for a digest of ref's repository: the tag the
+// workload names does not count.
+func digestKey(ref name.Digest, creds []credential) string {
+	return ref.Context().Name() + "@" + ref.DigestStr() + "|" + credentialsID(creds)
+}
+
+// credentialsID names a list of credentials by their identities.
+func credentialsID(creds []credential) string {
 	h := sha256.New()
 	for _, c := range creds {
 		h.Write([]byte(c.id))
 		h.Write([]byte{0})
 	}
-	return tag.Context().Name() + ":" + tag.TagStr() + "|" + hex.EncodeToString(h.Sum(nil)[:12])
+	return hex.EncodeToString(h.Sum(nil)[:12])
 }
 
 // refreshing reuses a keychain's answer per registry for refreshEvery, and

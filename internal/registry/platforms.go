@@ -33,6 +33,28 @@ func (r *Resolver) Platforms(digest string) []string {
 	return r.platforms[digest]
 }
 
+// digestTarget is what a request about digest in image's repository
+// needs: the digest's reference, checked against the allowed registries,
+// and the credentials to try. what names the request in its errors.
+func (r *Resolver) digestTarget(ctx context.Context, what, image, digest string, kc authn.Keychain) (name.Digest, []credential, error) {
+	if !validDigest.MatchString(digest) {
+		return name.Digest{}, nil, fmt.Errorf("%s %q: not a sha256 digest", what, digest)
+	}
+	tag, err := r.parseTag(image)
+	if err != nil {
+		return name.Digest{}, nil, err
+	}
+	ref := tag.Context().Digest(digest)
+	if err := r.allowed.check(ref.RegistryStr()); err != nil {
+		return name.Digest{}, nil, fmt.Errorf("%s %s: %w", what, ref, err)
+	}
+	creds, err := credentialsOf(ctx, kc, ref.Context())
+	if err != nil {
+		return name.Digest{}, nil, fmt.Errorf("credentials for %s: %w", ref.RegistryStr(), err)
+	}
+	return ref, creds, nil
+}
+
 // LearnPlatforms reads the platform manifests of digest, a manifest of
 // image's repository that no tag resolution showed the resolver — a digest
 // pinned in a spec, an override's, a tag's earlier index — and returns
@@ -43,29 +65,18 @@ func (r *Resolver) Platforms(digest string) []string {
 // calls for one digest and credentials share the requests; a failure is
 // returned again, without a request, for 10 minutes. The tag of image, if any, is ignored.
 func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc authn.Keychain) ([]string, error) {
-	if !validDigest.MatchString(digest) {
-		return nil, fmt.Errorf("learn platforms of %q: not a sha256 digest", digest)
-	}
 	r.mu.Lock()
 	children, known := r.platforms[digest]
 	r.mu.Unlock()
 	if known {
 		return children, nil
 	}
-	tag, err := r.parseTag(image)
+	ref, creds, err := r.digestTarget(ctx, "learn platforms of", image, digest, kc)
 	if err != nil {
 		return nil, err
 	}
-	ref := tag.Context().Digest(digest)
-	if err := r.allowed.check(ref.RegistryStr()); err != nil {
-		return nil, fmt.Errorf("learn platforms of %s: %w", ref, err)
-	}
-	creds, err := credentialsOf(ctx, kc, tag.Context())
-	if err != nil {
-		return nil, fmt.Errorf("credentials for %s: %w", ref.RegistryStr(), err)
-	}
 	// A failure under one list of credentials says nothing of another's.
-	key := digest + "|" + cacheKey(tag, creds)
+	key := digestKey(ref, creds)
 	r.mu.Lock()
 	failed, hasFailed := r.learnFailed[key]
 	r.mu.Unlock()
@@ -75,7 +86,7 @@ func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc 
 	ch := r.learning.DoChan(key, func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
 		defer cancel()
-		err := r.withCredentials(fctx, tag.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
+		err := r.withCredentials(fctx, ref.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
 			if r.KnownIndex(digest) {
 				// A tag's HEAD said so: the GET alone.
 				return r.learnPlatforms(ctx, p, ref)
