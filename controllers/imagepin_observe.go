@@ -71,31 +71,6 @@ type observation struct {
 	// built, so no digest verifies.
 	verifying bool
 	verifyErr error
-	// freshSince: answers since then serve the check; owed: the check is
-	// one the ImagePin owes from the previous tick (checkTicks).
-	freshSince time.Time
-	owed       bool
-}
-
-// answerWindow is which answers serve one check's resolutions.
-type answerWindow struct {
-	// freshSince and interval are the registry.Request's: interval is
-	// zero for an owed check, whose freshSince is already a tick back.
-	freshSince time.Time
-	interval   time.Duration
-	// answerBy is half a second after the current tick began.
-	answerBy time.Time
-}
-
-func (obs *observation) window(now time.Time, interval time.Duration) answerWindow {
-	w := answerWindow{freshSince: obs.freshSince, interval: interval}
-	if obs.owed {
-		w.interval = 0
-	}
-	// The half second counts from the tick, not from each check: the
-	// checks that wait for a worker past it take what has come and go on.
-	w.answerBy = time.Now().Add(answerWithin - now.Sub(tickStart(now, interval)))
-	return w
 }
 
 // observe lists what each selected workload's containers name and run, and
@@ -132,8 +107,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 	// went on without: it writes nothing from those.
 	writes := pin.Spec.Mode != imagesv1alpha1.ModeObserve
 	now := r.Clock.Now()
-	obs.freshSince, obs.owed = r.ticks.freshSince(pin, now, sel.Interval)
-	r.resolveAll(ctx, checkKey(pin), writes, obs.containers, obs.window(now, sel.Interval))
+	r.resolveAll(ctx, checkKey(pin), writes, obs.containers, r.ticks.window(pin, now, sel.Interval))
 	r.learnNeededPlatforms(ctx, obs.containers, sel.Overrides())
 	r.verifyAll(ctx, pin, sel, &obs)
 	r.ticks.checked(pin, now, sel.Interval)

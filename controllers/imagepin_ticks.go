@@ -59,6 +59,29 @@ func (t *checkTicks) freshSince(pin *imagesv1alpha1.ImagePin, now time.Time, int
 	return tick, false
 }
 
+// answerWindow is which answers serve one check's resolutions.
+type answerWindow struct {
+	// freshSince and interval are the registry.Request's: interval is
+	// zero for an owed check, whose freshSince is already a tick back.
+	freshSince time.Time
+	interval   time.Duration
+	// answerBy is half a second after the current tick began.
+	answerBy time.Time
+}
+
+// window is the answerWindow of a check of pin at now.
+func (t *checkTicks) window(pin *imagesv1alpha1.ImagePin, now time.Time, interval time.Duration) answerWindow {
+	w := answerWindow{interval: interval}
+	var owed bool
+	if w.freshSince, owed = t.freshSince(pin, now, interval); owed {
+		w.interval = 0
+	}
+	// The half second counts from the tick, not from each check: the
+	// checks that wait for a worker past it take what has come and go on.
+	w.answerBy = time.Now().Add(answerWithin - now.Sub(tickStart(now, interval)))
+	return w
+}
+
 // checked records that pin was checked at now.
 func (t *checkTicks) checked(pin *imagesv1alpha1.ImagePin, now time.Time, interval time.Duration) {
 	t.mu.Lock()
