@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -356,6 +357,9 @@ func (r *ClusterImagePinReconciler) forgetNamespacesLeft(name string, selected [
 // when a push event names one of its tags. Set up the ImagePin
 // reconciler first: this one shares its state.
 func (r *ClusterImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.served == nil || r.Pods == nil {
+		return errors.New("set up the ImagePin controller first: the ClusterImagePin controller shares its pod store and served kinds")
+	}
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
@@ -372,8 +376,7 @@ func (r *ClusterImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		b = b.Watches(k.New(), handler.EnqueueRequestsFromMapFunc(r.clusterPinsSelecting(k.Name)),
 			builder.WithPredicates(workloadChanged))
 	}
-	b = b.Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.clusterPinsOfOwner),
-		builder.WithPredicates(podRunsSomethingElse()))
+	b = b.WatchesRawSource(r.Pods.Source(r.clusterPinsOfOwner))
 	// An ImagePin created or deleted changes who writes in its namespace.
 	b = b.Watches(&imagesv1alpha1.ImagePin{}, handler.EnqueueRequestsFromMapFunc(r.clusterPinsOfNamespace),
 		builder.WithPredicates(predicate.GenerationChangedPredicate{}))
@@ -443,7 +446,7 @@ func (r *ClusterImagePinReconciler) clusterPinsSelecting(kind imagesv1alpha1.Wor
 // clusterPinsOfOwner maps a pod to the ClusterImagePins that select its
 // workload.
 func (r *ClusterImagePinReconciler) clusterPinsOfOwner(ctx context.Context, obj client.Object) []reconcile.Request {
-	owner, kind, err := workload.OwningWorkload(ctx, r.Client, obj)
+	owner, kind, err := workload.OwningWorkload(ctx, r.Client, r.Pods, obj)
 	if err != nil || owner == nil {
 		return nil
 	}

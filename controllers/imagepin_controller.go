@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -41,6 +40,10 @@ type ImagePinReconciler struct {
 	Resolver *registry.Resolver
 	// Keychains builds each workload's credentials from the cache.
 	Keychains *registry.Keychains
+	// Pods is every pod, as drift reads them; SetupWithManager makes it
+	// when nil and runs it with the manager. The ClusterImagePin
+	// controller shares it.
+	Pods *workload.PodStore
 	// Verifier verifies signatures for spec.verify, shared with the
 	// webhook; VerifyLoader reads its keys. SetupWithManager makes them
 	// when nil.
@@ -85,6 +88,7 @@ type ImagePinReconciler struct {
 
 	// ticks: the tick each ImagePin's last check counted for.
 	ticks checkTicks
+
 
 	// tags: which tags each ImagePin names, for push events
 	// (imagepin_hints.go); hinted: ImagePins a push event asks to check.
@@ -282,6 +286,18 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := workload.IndexOwners(context.Background(), mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
+	// Pods are held in a store of their own, not the manager's cache: a
+	// cached pod would cost more than all imagepin reads of it.
+	if r.Pods == nil {
+		pods, err := workload.NewPodStoreFor(mgr.GetConfig())
+		if err != nil {
+			return err
+		}
+		if err := mgr.Add(pods); err != nil {
+			return err
+		}
+		r.Pods = pods
+	}
 	workers := r.Workers
 	if workers <= 0 {
 		workers = defaultWorkers
@@ -314,8 +330,9 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		b = b.Watches(k.New(), handler.EnqueueRequestsFromMapFunc(r.imagePinsSelecting(k.Name)),
 			builder.WithPredicates(workloadChanged))
 	}
-	b = b.Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.imagePinsOfOwner),
-		builder.WithPredicates(podRunsSomethingElse()))
+	// A pod added or gone, or running other images or on another node:
+	// the inputs of drift.
+	b = b.WatchesRawSource(r.Pods.Source(r.imagePinsOfOwner))
 	// ImagePins to check again at once, when a kind appears.
 	r.recheck = make(chan event.GenericEvent)
 	b = b.WatchesRawSource(source.Channel(r.recheck, &handler.EnqueueRequestForObject{}))
@@ -357,7 +374,7 @@ func (r *ImagePinReconciler) imagePinsSelecting(kind imagesv1alpha1.WorkloadKind
 
 // imagePinsOfOwner maps a pod to the ImagePins that select its workload.
 func (r *ImagePinReconciler) imagePinsOfOwner(ctx context.Context, obj client.Object) []reconcile.Request {
-	owner, kind, err := workload.OwningWorkload(ctx, r.Client, obj)
+	owner, kind, err := workload.OwningWorkload(ctx, r.Client, r.Pods, obj)
 	if err != nil {
 		log.FromContext(ctx).Error(err, "find the workload of a pod", "pod", client.ObjectKeyFromObject(obj))
 		return nil
@@ -388,37 +405,6 @@ func (r *ImagePinReconciler) selectingPins(ctx context.Context, obj client.Objec
 		}
 	}
 	return reqs
-}
-
-// podRunsSomethingElse passes pod creations and deletions, and updates
-// that change the node or an image a container runs: the inputs of drift.
-func podRunsSomethingElse() predicate.Funcs {
-	return predicate.Funcs{
-		UpdateFunc: func(e event.UpdateEvent) bool {
-			oldPod, ok1 := e.ObjectOld.(*corev1.Pod)
-			newPod, ok2 := e.ObjectNew.(*corev1.Pod)
-			if !ok1 || !ok2 {
-				return true
-			}
-			return oldPod.Spec.NodeName != newPod.Spec.NodeName || imageIDs(oldPod) != imageIDs(newPod)
-		},
-	}
-}
-
-func imageIDs(p *corev1.Pod) string {
-	var s string
-	for _, cs := range p.Status.InitContainerStatuses {
-		s += cs.Name + "=" + cs.ImageID + ";"
-	}
-	for _, cs := range p.Status.ContainerStatuses {
-		s += cs.Name + "=" + cs.ImageID + ";"
-		for _, m := range cs.VolumeMounts {
-			if m.VolumeStatus != nil && m.VolumeStatus.Image != nil {
-				s += "volume:" + m.Name + "=" + m.VolumeStatus.Image.ImageRef + ";"
-			}
-		}
-	}
-	return s
 }
 
 // ownWrites keeps the writes to containers this ImagePin is the writer of

@@ -42,6 +42,9 @@ var (
 	// cached is the manager's client, reading through its cache and
 	// indexes, for reconcilers the tests call directly.
 	cached client.Client
+	// podStore is the manager's pod store, for reconcilers a test runs
+	// itself.
+	podStore *workload.PodStore
 )
 
 // unreachable names a registry nothing listens on: its tags fail to resolve
@@ -107,6 +110,7 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	podStore = pins.Pods
 	if err := (&ClusterImagePinReconciler{ImagePinReconciler: pins}).SetupWithManager(mgr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -445,7 +449,7 @@ func TestSuspendedImagePinSaysSo(t *testing.T) {
 // --- Reconcile called directly, to see what it returns and writes ---
 
 func directReconciler(now time.Time) *ImagePinReconciler {
-	return &ImagePinReconciler{Client: cached, Resolver: resolver, Keychains: &registry.Keychains{Reader: cached}, Clock: clocktesting.NewFakePassiveClock(now)}
+	return &ImagePinReconciler{Client: cached, Resolver: resolver, Keychains: &registry.Keychains{Reader: cached}, Pods: podStore, Clock: clocktesting.NewFakePassiveClock(now)}
 }
 
 // countingStatusWrites wraps the real client and counts every status write
@@ -537,7 +541,7 @@ func TestReconcileWritesNothingWhenNothingChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	var writes int
-	r := &ImagePinReconciler{Client: countingStatusWrites(&writes), Resolver: resolver, Clock: clocktesting.NewFakePassiveClock(time.Now())}
+	r := &ImagePinReconciler{Client: countingStatusWrites(&writes), Resolver: resolver, Pods: podStore, Clock: clocktesting.NewFakePassiveClock(time.Now())}
 	reconcileOnce(t, r, pin)
 	reconcileOnce(t, r, pin)
 	if writes != 0 {

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sort"
 	"strings"
@@ -78,8 +79,11 @@ type observation struct {
 // credentials.
 func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, workloads []workload.Workload) (observation, error) {
 	obs := observation{workloads: len(workloads)}
+	if r.Pods == nil {
+		return obs, errors.New("no pod store: the reconciler was not set up with a manager")
+	}
 	for _, w := range workloads {
-		pods, err := workload.Pods(ctx, r.Client, w)
+		pods, err := workload.Pods(ctx, r.Client, r.Pods, w)
 		if err != nil {
 			return obs, err
 		}

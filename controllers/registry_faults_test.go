@@ -156,7 +156,7 @@ func TestImageOfARegistryNotAllowedIsUnresolvable(t *testing.T) {
 		p.Generation = 1
 		p.Spec.Interval = &metav1.Duration{Duration: time.Minute}
 	})
-	r := &ImagePinReconciler{Client: cached, Resolver: limited, Keychains: &registry.Keychains{Reader: cached}, Clock: clocktesting.NewFakePassiveClock(time.Now())}
+	r := &ImagePinReconciler{Client: cached, Resolver: limited, Keychains: &registry.Keychains{Reader: cached}, Pods: podStore, Clock: clocktesting.NewFakePassiveClock(time.Now())}
 	got := pin.DeepCopy()
 	eventually(t, func() error {
 		got.Status = imagesv1alpha1.ImagePinStatus{}

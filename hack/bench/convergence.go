@@ -68,7 +68,15 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 
 	// 4, baseline: a manager with the ImagePins and no Deployments.
 	logf("baseline: a manager with %d ImagePins and no Deployments", len(namespaces))
-	m0, err := b.startManager(ctx, managerOpts{name: "manager-baseline", extra: b.o.managerFlags})
+	extra0 := slices.Clone(b.o.managerFlags)
+	pprofPort0 := 0
+	if b.o.heapProfile {
+		if pprofPort0, err = testenv.FreePort(); err != nil {
+			return err
+		}
+		extra0 = append(extra0, fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pprofPort0))
+	}
+	m0, err := b.startManager(ctx, managerOpts{name: "manager-baseline", extra: extra0})
 	if err != nil {
 		return err
 	}
@@ -81,6 +89,13 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 		return fmt.Errorf("ImagePins without Deployments never became Ready: %w", err)
 	}
 	b.baseline, err = sampleMemory(ctx, m0, 20*time.Second, 2*time.Minute, 3)
+	if err == nil && pprofPort0 != 0 {
+		// The profile to diff the converged manager's against
+		// (go tool pprof -diff_base).
+		if err = saveHeapProfile(ctx, pprofPort0, b.o.out+"-baseline-heap.pprof"); err == nil {
+			logf("baseline heap profile: %s-baseline-heap.pprof", b.o.out)
+		}
+	}
 	m0.Stop()
 	if err != nil {
 		return fmt.Errorf("baseline memory: %w", err)

@@ -218,7 +218,7 @@ func run() int {
 	flag.IntVar(&o.repos, "repos", 50, "repositories the tags are spread over (must divide --tags)")
 	flag.DurationVar(&o.interval, "interval", 30*time.Second, "interval of the Observe ImagePins")
 	flag.IntVar(&o.detectTags, "detect-tags", 5, "tags pushed again for the detection figure")
-	flag.BoolVar(&o.heapProfile, "heap-profile", false, "write the converged manager's heap profile (pprof, after a GC) to <out>-heap.pprof at the end of the steady-state window; read it with `go tool pprof -sample_index=inuse_space`")
+	flag.BoolVar(&o.heapProfile, "heap-profile", false, "write the heap profiles (pprof, after a GC) of the baseline manager to <out>-baseline-heap.pprof and of the converged manager to <out>-heap.pprof at the end of the steady-state window; read it with `go tool pprof -sample_index=inuse_space`")
 	flag.IntVar(&o.podsPerDeployment, "pods-per-deployment", 5, "Running pods (and one ReplicaSet) the benchmark gives each Deployment of 1–4 and 9, as a controller-manager and kubelet would")
 	flag.BoolVar(&o.noDetection, "no-detection", false, "skip 3, detection (it expects every namespace to name every tag): for runs at scale, --namespaces 1000")
 	flag.DurationVar(&o.followInterval, "follow-interval", 10*time.Second, "interval of the Follow ImagePin")

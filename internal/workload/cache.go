@@ -17,20 +17,19 @@ import (
 // CacheOptions keeps the manager's cache to what the controller reads:
 // managedFields and kubectl's last-applied annotation are stripped from
 // everything; of workloads, and of the kinds between them and their pods,
-// what selection and the owner walk read (keepWhatSelectionReads); of Pods
-// only what drift reads; of Secrets only the docker config of pull secrets
-// (dockerconfigjson and legacy dockercfg). The slimmed objects are held
-// packed (packed.go).
+// what selection and the owner walk read (keepWhatSelectionReads); of
+// Secrets only the docker config of pull secrets (dockerconfigjson and
+// legacy dockercfg). The slimmed objects are held packed (packed.go).
+// Pods are not read through the cache: the PodStore holds them.
 func CacheOptions() cache.Options {
 	// A packed object is unpacked afresh for every read: the cache's own
 	// deep copy of it would be a second copy for nothing.
 	fresh := ptr.To(true)
 	byObject := map[client.Object]cache.ByObject{
 		&corev1.Secret{}: {Transform: keepDockerConfigOnly},
-		&corev1.Pod{}:    {Transform: keepWhatDriftReads, UnsafeDisableDeepCopy: fresh},
 	}
 	for _, k := range kinds {
-		if cachedSlim(k) && !k.isPod() {
+		if cachedSlim(k) {
 			byObject[k.New()] = cache.ByObject{Transform: keepWhatSelectionReads, UnsafeDisableDeepCopy: fresh}
 		}
 	}
@@ -39,12 +38,12 @@ func CacheOptions() cache.Options {
 }
 
 // cachedSlim reports whether the cache holds the objects of kind k slimmed
-// to what imagepin reads: Pods, the workload kinds and the kinds between
-// them and their pods. An optional kind (a CRD) may not be served: it
-// keeps the default transform rather than name an API the cache cannot
-// find.
+// to what imagepin reads: the workload kinds and the kinds between them
+// and their pods, but pods (PodStore). An optional kind (a CRD) may not be
+// served: it keeps the default transform rather than name an API the
+// cache cannot find.
 func cachedSlim(k *Kind) bool {
-	return k.isPod() || ((k.Workload || slices.Contains(vias, k)) && !k.Optional)
+	return !k.isPod() && (k.Workload || slices.Contains(vias, k)) && !k.Optional
 }
 
 func stripForCache(obj any) (any, error) {
@@ -177,8 +176,8 @@ func slimContainers(in []corev1.Container) []corev1.Container {
 }
 
 // keepWhatDriftReads keeps of a Pod only what drift is computed from: its
-// owner, node and the image IDs its containers report. Pods are the most
-// numerous objects in the cache.
+// owner, node, phase and the images its containers report; what the
+// PodStore holds.
 func keepWhatDriftReads(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {

@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"time"
 	"unique"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -17,12 +17,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// The manager's cache holds every Pod, workload and ReplicaSet of the
-// cluster: at 10,000 Deployments with their pods, that is most of the
-// process. A typed object costs its Go struct whatever it holds (a Pod is
-// 1,240 bytes empty, a Deployment 1,232), so the objects of those kinds
-// are held packed: the slimmed object (see CacheOptions) in its protobuf
-// encoding, a few hundred bytes. Every read and every event unpacks a
+// The manager's cache holds every workload and ReplicaSet of the cluster
+// (pods are held apart, in the PodStore). A typed object costs its Go
+// struct whatever it holds (a Deployment is 1,232 bytes empty), so the
+// objects of those kinds are held packed: the slimmed object (see
+// CacheOptions) in its protobuf encoding, a few hundred bytes. Every read and every event unpacks a
 // fresh object, which is what the cache's deep copy of each read cost
 // before; nothing outside this file sees a packed object.
 
@@ -35,23 +34,18 @@ type protoObject interface {
 }
 
 // packed is one cached object: what differs from one object to the next
-// (its name, UID, resourceVersion, deletion and, of a pod, its node) as
-// fields, which the informer's key and index functions read without
-// unpacking, and the rest in its protobuf encoding. The pods of one
-// ReplicaSet have the same rest (namespace, labels, owner, phase, the
-// images their containers run): it is held once for all of them.
-//
-// What repeats is held by its unique.Handle: the handle keeps the one
-// copy alive, where a copy of the string would not keep it shared.
+// (its name, UID, resourceVersion and deletion) as fields, which the
+// informer's key function reads without unpacking, and the rest in its
+// protobuf encoding. The namespace, which thousands of objects repeat, is
+// held by its unique.Handle. owner is the UID of its controller, which the
+// owner index reads (ByIndex) without unpacking.
 type packed struct {
 	kind                  *Kind
-	namespace, node       unique.Handle[string]
+	namespace             unique.Handle[string]
 	name, resourceVersion string
-	uid                   types.UID
+	uid, owner            types.UID
 	deleted               *metav1.Time
-	// rest, or for a pod sharedRest.
-	rest       string
-	sharedRest unique.Handle[string]
+	rest                  string
 }
 
 // GetObjectMeta gives the informer's key and index functions the key and
@@ -76,30 +70,23 @@ func pack(k *Kind, obj any) any {
 		return obj
 	}
 	p := &packed{
-		kind: k,
-		// Namespaces and nodes repeat across thousands of objects.
+		kind:      k,
 		namespace: unique.Make(o.GetNamespace()),
 		name:      o.GetName(), resourceVersion: o.GetResourceVersion(), uid: o.GetUID(), deleted: o.GetDeletionTimestamp(),
+	}
+	if ref := metav1.GetControllerOf(o); ref != nil {
+		p.owner = ref.UID
 	}
 	o.SetNamespace("")
 	o.SetName("")
 	o.SetResourceVersion("")
 	o.SetUID("")
 	o.SetDeletionTimestamp(nil)
-	pod, isPod := o.(*corev1.Pod)
-	if isPod {
-		p.node = unique.Make(pod.Spec.NodeName)
-		pod.Spec.NodeName = ""
-	}
 	raw, err := o.Marshal()
 	if err != nil {
 		return unpacked(p, o)
 	}
-	if isPod {
-		p.sharedRest = unique.Make(string(raw))
-	} else {
-		p.rest = string(raw)
-	}
+	p.rest = string(raw)
 	return p
 }
 
@@ -109,11 +96,7 @@ func unpack(obj any) (any, error) {
 	switch p := obj.(type) {
 	case *packed:
 		out := p.kind.New().(protoObject)
-		rest := p.rest
-		if p.kind.isPod() {
-			rest = p.sharedRest.Value()
-		}
-		if err := out.Unmarshal([]byte(rest)); err != nil {
+		if err := out.Unmarshal([]byte(p.rest)); err != nil {
 			return nil, fmt.Errorf("unpack cached %s %s/%s: %w", p.kind.Name, p.namespace.Value(), p.name, err)
 		}
 		out.GetObjectKind().SetGroupVersionKind(p.kind.GVK)
@@ -139,9 +122,6 @@ func unpacked(p *packed, o protoObject) protoObject {
 		// Each read its own: a reader may change what it reads.
 		d := *p.deleted
 		o.SetDeletionTimestamp(&d)
-	}
-	if pod, ok := o.(*corev1.Pod); ok {
-		pod.Spec.NodeName = p.node.Value()
 	}
 	return o
 }
@@ -330,6 +310,55 @@ func (u unpackingIndexer) Index(name string, obj any) ([]any, error) {
 }
 
 func (u unpackingIndexer) ByIndex(name, value string) ([]any, error) {
+	if name == ownerIndexName {
+		if _, indexed := u.GetIndexers()[name]; !indexed {
+			return u.byOwner(value)
+		}
+	}
 	objs, err := u.Indexer.ByIndex(name, value)
 	return unpackAll(objs), err
+}
+
+// ownerIndexName is the name controller-runtime's cache gives the field
+// index OwnerIndex ("field:" and the field). A packed informer serves it
+// without an index (byOwner).
+const ownerIndexName = "field:" + OwnerIndex
+
+// allNamespaces is what controller-runtime puts in place of the namespace
+// in an index value, for a cluster-wide read.
+const allNamespaces = "__all_namespaces"
+
+// byOwner serves the owner index, whose value is "<namespace>/<controller
+// UID>" as controller-runtime's cache forms it: the objects of the
+// namespace whose packed record names that owner. An index costs a set
+// per owner, more than the packed ReplicaSet itself; the scan reads one
+// field per object of the namespace.
+func (u unpackingIndexer) byOwner(value string) ([]any, error) {
+	ns, uid, ok := strings.Cut(value, "/")
+	if !ok {
+		return nil, fmt.Errorf("owner index value %q is not <namespace>/<UID>", value)
+	}
+	var objs []any
+	if ns == allNamespaces {
+		objs = u.Indexer.List()
+	} else {
+		var err error
+		if objs, err = u.Indexer.ByIndex(toolscache.NamespaceIndex, ns); err != nil {
+			return nil, err
+		}
+	}
+	var owned []any
+	for _, o := range objs {
+		switch p := o.(type) {
+		case *packed:
+			if p.owner == types.UID(uid) {
+				owned = append(owned, p)
+			}
+		case metav1.Object: // one that could not be packed
+			if ref := metav1.GetControllerOf(p); ref != nil && ref.UID == types.UID(uid) {
+				owned = append(owned, p)
+			}
+		}
+	}
+	return unpackAll(owned), nil
 }

@@ -16,24 +16,33 @@ import (
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 )
 
-// OwnerIndex is the cache field index of Pods, and of the kinds between
-// workloads and their pods (ReplicaSets, Jobs), by the UID of their
-// controller.
+// OwnerIndex is the cache field index of the kinds between workloads and
+// their pods (ReplicaSets, Jobs), by the UID of their controller. Pods
+// are held by controller in the PodStore.
 const OwnerIndex = ".metadata.controllerUID"
 
-// IndexOwners registers OwnerIndex with the manager's cache.
+// PodReader is what imagepin reads of pods: a PodStore.
+type PodReader interface {
+	// PodsOwnedBy returns the pods in ns whose controller is one of
+	// owners, to be read and not changed.
+	PodsOwnedBy(ns string, owners []types.UID) []corev1.Pod
+	// Pod returns the pod ns/name, if there is one.
+	Pod(ns, name string) (*corev1.Pod, bool)
+}
+
+// IndexOwners registers OwnerIndex with the manager's cache, for the
+// kinds between workloads and their pods that the cache does not pack: a
+// packed kind's informer serves the index from its packed records
+// (unpackingIndexer.byOwner), without the cost of one.
 func IndexOwners(ctx context.Context, indexer client.FieldIndexer) error {
-	objs := []client.Object{&corev1.Pod{}}
 	for _, k := range vias {
 		// A custom kind (unstructured) is not indexed: its objects are
 		// few, listed by namespace and matched by owner (ownedBy).
-		if k.Type != nil && !k.isPod() {
-			objs = append(objs, k.New())
+		if k.Type == nil || k.isPod() || packedKind(k.New()) != nil {
+			continue
 		}
-	}
-	for _, obj := range objs {
-		if err := indexer.IndexField(ctx, obj, OwnerIndex, controllerUID); err != nil {
-			return fmt.Errorf("index %T by controller: %w", obj, err)
+		if err := indexer.IndexField(ctx, k.New(), OwnerIndex, controllerUID); err != nil {
+			return fmt.Errorf("index %s by controller: %w", k.Name, err)
 		}
 	}
 	return nil
@@ -67,8 +76,8 @@ func controllerUID(obj client.Object) []string {
 // ReplicaSets → Pods, CronJob → Jobs → Pods, a configured JobSet → Jobs →
 // Pods, the others → Pods. Pods on the way (a LeaderWorkerSet's leaders,
 // which own its worker StatefulSets) are its pods too. The reader must
-// have OwnerIndex.
-func Pods(ctx context.Context, c client.Reader, w Workload) ([]corev1.Pod, error) {
+// have OwnerIndex. The pods are to be read, not changed.
+func Pods(ctx context.Context, c client.Reader, pods PodReader, w Workload) ([]corev1.Pod, error) {
 	ns := w.Object.GetNamespace()
 	runner, k := w.Object, KindNamed(w.Kind)
 	if w.Runner != nil {
@@ -82,13 +91,10 @@ func Pods(ctx context.Context, c client.Reader, w Workload) ([]corev1.Pod, error
 	var out []corev1.Pod
 	for _, v := range via {
 		if v.isPod() {
-			pods, err := podsOwnedBy(ctx, c, ns, owners)
-			if err != nil {
-				return nil, fmt.Errorf("list pods of %s %s/%s: %w", w.Kind, ns, w.Name(), err)
-			}
-			out = append(out, pods...)
+			on := pods.PodsOwnedBy(ns, owners)
+			out = append(out, on...)
 			owners = owners[:0]
-			for _, p := range pods {
+			for _, p := range on {
 				owners = append(owners, p.UID)
 			}
 			continue
@@ -99,24 +105,7 @@ func Pods(ctx context.Context, c client.Reader, w Workload) ([]corev1.Pod, error
 		}
 		owners = next
 	}
-	pods, err := podsOwnedBy(ctx, c, ns, owners)
-	if err != nil {
-		return nil, fmt.Errorf("list pods of %s %s/%s: %w", w.Kind, ns, w.Name(), err)
-	}
-	return append(out, pods...), nil
-}
-
-// podsOwnedBy lists the pods in ns whose controller is one of owners.
-func podsOwnedBy(ctx context.Context, c client.Reader, ns string, owners []types.UID) ([]corev1.Pod, error) {
-	var out []corev1.Pod
-	for _, uid := range owners {
-		var pods corev1.PodList
-		if err := c.List(ctx, &pods, client.InNamespace(ns), client.MatchingFields{OwnerIndex: string(uid)}); err != nil {
-			return nil, err
-		}
-		out = append(out, pods.Items...)
-	}
-	return out, nil
+	return append(out, pods.PodsOwnedBy(ns, owners)...), nil
 }
 
 // isPod reports whether k is the Pod kind.
@@ -158,9 +147,10 @@ func ownedBy(ctx context.Context, c client.Reader, v *Kind, ns string, owners []
 }
 
 // OwningWorkload walks from a pod (or a ReplicaSet or Job) up its
-// controller references to the workload that owns it, reading the cache.
-// It returns nil when the object belongs to no workload imagepin selects.
-func OwningWorkload(ctx context.Context, c client.Reader, obj client.Object) (client.Object, imagesv1alpha1.WorkloadKind, error) {
+// controller references to the workload that owns it, reading the cache
+// and, for a pod on the way (a LeaderWorkerSet's leader), pods. It returns
+// nil when the object belongs to no workload imagepin selects.
+func OwningWorkload(ctx context.Context, c client.Reader, pods PodReader, obj client.Object) (client.Object, imagesv1alpha1.WorkloadKind, error) {
 	for range maxVias + 2 { // Pod → ReplicaSet → Deployment, Pod → Job → CronJob, …
 		ref := metav1.GetControllerOf(obj)
 		if ref == nil {
@@ -169,6 +159,14 @@ func OwningWorkload(ctx context.Context, c client.Reader, obj client.Object) (cl
 		k := kindOfRef(ref.APIVersion, ref.Kind)
 		if k == nil || (!k.Workload && !slices.Contains(vias, k)) {
 			return nil, "", nil
+		}
+		if k.isPod() {
+			p, ok := pods.Pod(obj.GetNamespace(), ref.Name)
+			if !ok {
+				return nil, "", nil
+			}
+			obj = p
+			continue
 		}
 		next := k.New()
 		if err := getKind(ctx, c, k, client.ObjectKey{Namespace: obj.GetNamespace(), Name: ref.Name}, next); err != nil {

@@ -1,0 +1,392 @@
+package workload
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"unique"
+
+	"github.com/google/uuid"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+)
+
+// PodStore holds what imagepin reads of every pod, and nothing an
+// informer would add: pods are most of a cluster's objects (five to a
+// Deployment and its ReplicaSet), and an informer's store and indexes cost
+// about 350 bytes per object before the object itself.
+//
+// A pod is held as its name and UID, its node, and a handle on what the
+// pods of one ReplicaSet share: labels, owner, phase and the images their
+// containers run (the slimmed pod of keepWhatDriftReads, encoded). The
+// pods are grouped by their controller, which is how imagepin reads them
+// (Pods). A pod with no controller belongs to no workload and is not held.
+//
+// A reflector fills the store from the API server; a change of what a pod
+// runs, or where, is told to the controllers through Source.
+type PodStore struct {
+	lw toolscache.ListerWatcher
+
+	mu     sync.RWMutex
+	pods   map[podKey]*podRec
+	owners map[ownerKey]*podGroup
+	subs   []func(client.Object)
+
+	synced   chan struct{}
+	syncOnce sync.Once
+}
+
+type podKey struct {
+	namespace unique.Handle[string]
+	name      string
+}
+
+type ownerKey struct {
+	namespace unique.Handle[string]
+	uid       types.UID
+}
+
+// podGroup is the pods of one controller.
+type podGroup struct {
+	key ownerKey
+	// ref is the controller reference the pods name: what the owner walk
+	// starts from.
+	ref  metav1.OwnerReference
+	pods []*podRec
+}
+
+// podRec is one pod: what differs between the pods of a group as fields,
+// the rest (state) held once for all pods that share it.
+type podRec struct {
+	name  string
+	uid   compactUID
+	node  unique.Handle[string]
+	state unique.Handle[string]
+	group *podGroup
+}
+
+// NewPodStore returns a store filled from lw once started.
+func NewPodStore(lw toolscache.ListerWatcher) *PodStore {
+	return &PodStore{
+		lw:     lw,
+		pods:   map[podKey]*podRec{},
+		owners: map[ownerKey]*podGroup{},
+		synced: make(chan struct{}),
+	}
+}
+
+// NewPodStoreFor returns a store of every pod the API server at cfg
+// serves, listed and watched in protobuf.
+func NewPodStoreFor(cfg *rest.Config) (*PodStore, error) {
+	cfg = rest.CopyConfig(cfg)
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("pod store client: %w", err)
+	}
+	return NewPodStore(toolscache.NewListWatchFromClient(cs.CoreV1().RESTClient(), "pods", metav1.NamespaceAll, fields.Everything())), nil
+}
+
+// Start runs the store's reflector until ctx ends: a manager runnable.
+func (s *PodStore) Start(ctx context.Context) error {
+	r := toolscache.NewReflectorWithOptions(s.lw, &corev1.Pod{}, s, toolscache.ReflectorOptions{Name: "imagepin pod store", TypeDescription: "*v1.Pod"})
+	r.RunWithContext(ctx)
+	return nil
+}
+
+// NeedLeaderElection is false: a standby keeps its store filled, to take
+// over with it.
+func (s *PodStore) NeedLeaderElection() bool { return false }
+
+// HasSynced reports whether the first list has been stored.
+func (s *PodStore) HasSynced() bool {
+	select {
+	case <-s.synced:
+		return true
+	default:
+		return false
+	}
+}
+
+// WaitForSync waits for the first list, or ctx.
+func (s *PodStore) WaitForSync(ctx context.Context) error {
+	select {
+	case <-s.synced:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("pod store not synced: %w", ctx.Err())
+	}
+}
+
+// Add, Update, Delete, Replace and Resync are the reflector's store.
+
+func (s *PodStore) Add(obj any) error { return s.Update(obj) }
+func (s *PodStore) Update(obj any) error {
+	s.apply(func() []client.Object { return s.put(obj) })
+	return nil
+}
+func (s *PodStore) Delete(obj any) error {
+	if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	s.apply(func() []client.Object {
+		p, ok := obj.(*corev1.Pod)
+		if !ok {
+			return nil
+		}
+		return s.drop(podKey{unique.Make(p.Namespace), p.Name})
+	})
+	return nil
+}
+
+// Replace stores a whole list: pods not in it are gone.
+func (s *PodStore) Replace(list []any, _ string) error {
+	s.apply(func() []client.Object {
+		var changed []client.Object
+		seen := make(map[podKey]bool, len(list))
+		for _, obj := range list {
+			if p, ok := obj.(*corev1.Pod); ok {
+				seen[podKey{unique.Make(p.Namespace), p.Name}] = true
+			}
+			changed = append(changed, s.put(obj)...)
+		}
+		for k := range s.pods {
+			if !seen[k] {
+				changed = append(changed, s.drop(k)...)
+			}
+		}
+		return changed
+	})
+	s.syncOnce.Do(func() { close(s.synced) })
+	return nil
+}
+
+func (s *PodStore) Resync() error { return nil }
+
+// Transformer slims what the reflector holds while it streams a list.
+func (s *PodStore) Transformer() toolscache.TransformFunc { return keepWhatDriftReads }
+
+// apply runs change under the lock, then tells the subscribers of the
+// owners whose pods it changed, outside it.
+func (s *PodStore) apply(change func() []client.Object) {
+	s.mu.Lock()
+	changed := change()
+	subs := s.subs
+	s.mu.Unlock()
+	for _, o := range changed {
+		for _, f := range subs {
+			f(o)
+		}
+	}
+}
+
+// put stores obj and returns what to tell: the owners whose pods changed
+// node or what they run (a stand-in pod that names the owner).
+func (s *PodStore) put(obj any) []client.Object {
+	p, ok := obj.(*corev1.Pod)
+	if !ok || p == nil {
+		return nil
+	}
+	key := podKey{unique.Make(p.Namespace), p.Name}
+	ref := metav1.GetControllerOf(p)
+	if ref == nil {
+		return s.drop(key) // orphaned: no workload's pod any more
+	}
+	node, state := unique.Make(p.Spec.NodeName), stateOf(p)
+	old := s.pods[key]
+	okey := ownerKey{key.namespace, ref.UID}
+	uid := compactUIDOf(p.UID)
+	if old != nil && old.group.key == okey && old.uid == uid && old.node == node && old.state == state {
+		return nil
+	}
+	var changed []client.Object
+	if old != nil && old.group.key != okey {
+		changed = s.drop(key)
+		old = nil
+	}
+	if old == nil {
+		g := s.owners[okey]
+		if g == nil {
+			g = &podGroup{key: okey, ref: *ref}
+			s.owners[okey] = g
+		}
+		old = &podRec{name: p.Name, group: g}
+		g.pods = append(g.pods, old)
+		s.pods[key] = old
+	}
+	old.uid, old.node, old.state = uid, node, state
+	return append(changed, old.group.standIn())
+}
+
+// drop forgets the pod at key.
+func (s *PodStore) drop(key podKey) []client.Object {
+	rec := s.pods[key]
+	if rec == nil {
+		return nil
+	}
+	delete(s.pods, key)
+	g := rec.group
+	for i, r := range g.pods {
+		if r == rec {
+			last := len(g.pods) - 1
+			g.pods[i], g.pods[last] = g.pods[last], nil
+			g.pods = g.pods[:last]
+			break
+		}
+	}
+	if len(g.pods) == 0 {
+		delete(s.owners, g.key)
+	}
+	return []client.Object{g.standIn()}
+}
+
+// standIn is what a subscriber is told of a change to g's pods: a pod
+// with g's namespace and controller, and nothing else.
+func (g *podGroup) standIn() client.Object {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+		Namespace: g.key.namespace.Value(), OwnerReferences: []metav1.OwnerReference{g.ref},
+	}}
+}
+
+// stateOf is what p shares with the other pods of its controller: the
+// slimmed pod without its name, UID, node and versions, encoded.
+func stateOf(p *corev1.Pod) unique.Handle[string] {
+	slim, _ := keepWhatDriftReads(p)
+	sp := slim.(*corev1.Pod)
+	if sp == p {
+		sp = p.DeepCopy()
+	}
+	sp.TypeMeta = metav1.TypeMeta{}
+	sp.Name, sp.Namespace, sp.UID, sp.ResourceVersion, sp.DeletionTimestamp = "", "", "", "", nil
+	sp.Spec.NodeName = ""
+	raw, err := sp.Marshal()
+	if err != nil {
+		// A pod always encodes; were it not to, it would still count, as
+		// a pod that runs nothing imagepin can read.
+		return unique.Make("")
+	}
+	return unique.Make(string(raw))
+}
+
+// PodsOwnedBy returns the pods in ns whose controller is one of owners,
+// as keepWhatDriftReads slims them. The pods share what they have in
+// common (labels, owner references, statuses): they are to be read, not
+// changed.
+func (s *PodStore) PodsOwnedBy(ns string, owners []types.UID) []corev1.Pod {
+	nsh := unique.Make(ns)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	decoded := map[unique.Handle[string]]*corev1.Pod{}
+	var out []corev1.Pod
+	for _, uid := range owners {
+		g := s.owners[ownerKey{nsh, uid}]
+		if g == nil {
+			continue
+		}
+		for _, r := range g.pods {
+			shared := decoded[r.state]
+			if shared == nil {
+				shared = &corev1.Pod{}
+				// What put encoded decodes; an empty state is a pod that
+				// reports nothing.
+				_ = shared.Unmarshal([]byte(r.state.Value()))
+				decoded[r.state] = shared
+			}
+			p := *shared
+			p.Name, p.Namespace, p.UID, p.Spec.NodeName = r.name, ns, r.uid.UID(), r.node.Value()
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Len is the number of pods held.
+func (s *PodStore) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.pods)
+}
+
+// Source is a controller source of pod changes: a pod added or gone, or
+// one that runs other images or moved to another node, maps through fn (a
+// stand-in pod naming the changed pods' namespace and controller) to
+// requests. The controller waits for the store's first list before it
+// starts its workers.
+func (s *PodStore) Source(fn handler.MapFunc) *PodSource {
+	return &PodSource{store: s, fn: fn}
+}
+
+// PodSource is a PodStore's changes as a controller source.
+type PodSource struct {
+	store *PodStore
+	fn    handler.MapFunc
+}
+
+// Start subscribes the controller's queue to the store's changes.
+func (ps *PodSource) Start(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+	ps.store.mu.Lock()
+	defer ps.store.mu.Unlock()
+	// Copied on write: apply reads the list outside the lock.
+	ps.store.subs = append(ps.store.subs[:len(ps.store.subs):len(ps.store.subs)], func(o client.Object) {
+		if ctx.Err() != nil {
+			return
+		}
+		for _, r := range ps.fn(ctx, o) {
+			q.Add(r)
+		}
+	})
+	return nil
+}
+
+// WaitForSync waits for the store's first list.
+func (ps *PodSource) WaitForSync(ctx context.Context) error { return ps.store.WaitForSync(ctx) }
+
+func (ps *PodSource) String() string { return "imagepin pod store" }
+
+// Pod returns the pod ns/name as PodsOwnedBy returns pods, if held.
+func (s *PodStore) Pod(ns, name string) (*corev1.Pod, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r := s.pods[podKey{unique.Make(ns), name}]
+	if r == nil {
+		return nil, false
+	}
+	p := &corev1.Pod{}
+	_ = p.Unmarshal([]byte(r.state.Value()))
+	p.Name, p.Namespace, p.UID, p.Spec.NodeName = r.name, ns, r.uid.UID(), r.node.Value()
+	return p, true
+}
+
+// compactUID is a UID in 16 bytes when it is a UUID, as the API server
+// makes them (a string of one would take 48), or else as it is.
+type compactUID struct {
+	uuid  uuid.UUID
+	other types.UID
+}
+
+func compactUIDOf(uid types.UID) compactUID {
+	if u, err := uuid.Parse(string(uid)); err == nil && u.String() == string(uid) {
+		return compactUID{uuid: u}
+	}
+	return compactUID{other: uid}
+}
+
+// UID is the UID back.
+func (c compactUID) UID() types.UID {
+	if c.other != "" || c.uuid == (uuid.UUID{}) {
+		return c.other
+	}
+	return types.UID(c.uuid.String())
+}

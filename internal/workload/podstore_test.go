@@ -1,0 +1,292 @@
+package workload
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
+	fcache "k8s.io/client-go/tools/cache/testing"
+	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+)
+
+// fatPod is a pod of ReplicaSet owner, with what the store does not keep
+// of it (an annotation, a container spec).
+func fatPod(name, owner, imageID string) *corev1.Pod {
+	controller := true
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: name, Namespace: "prod", UID: types.UID("uid-" + name0(name)),
+			Labels:          map[string]string{"app": "web", "pod-template-hash": "5d8f7c"},
+			Annotations:     map[string]string{"big": string(make([]byte, 2000))},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: owner, UID: types.UID("rs-" + name0(owner)), Controller: &controller}},
+		},
+		Spec: corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{Name: "app", Image: "reg.io/app:v1", Env: []corev1.EnvVar{{Name: "A", Value: "b"}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{{
+			Name: "app", Image: "reg.io/app:v1", ImageID: imageID,
+		}}},
+	}
+}
+
+// startPodStore runs a PodStore's reflector over source and waits for its
+// first list.
+func startPodStore(t *testing.T, source *fcache.FakeControllerSource) *PodStore {
+	t.Helper()
+	s := NewPodStore(source)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = s.Start(ctx) }()
+	if err := s.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// told records the stand-ins a PodStore's source maps, as owner names.
+type told struct {
+	mu     sync.Mutex
+	owners []string
+}
+
+func (tt *told) mapFunc(_ context.Context, o client.Object) []reconcile.Request {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	ref := metav1.GetControllerOf(o)
+	tt.owners = append(tt.owners, o.GetNamespace()+"/"+ref.Name)
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: ref.Name}}}
+}
+
+// take returns what was told since the last take.
+func (tt *told) take() []string {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	out := tt.owners
+	tt.owners = nil
+	slices.Sort(out)
+	return out
+}
+
+func subscribe(t *testing.T, s *PodStore, tt *told) workqueue.TypedRateLimitingInterface[reconcile.Request] {
+	t.Helper()
+	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	t.Cleanup(q.ShutDown)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	src := s.Source(tt.mapFunc)
+	if err := src.Start(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
+func TestThePodStoreHoldsPodsByController(t *testing.T) {
+	source := fcache.NewFakeControllerSource()
+	a1 := fatPod("web-1", "web-a", "reg.io/app@sha256:aaa")
+	a2 := fatPod("web-2", "web-a", "reg.io/app@sha256:aaa")
+	a2.Spec.NodeName = "node-b"
+	b1 := fatPod("web-3", "web-b", "reg.io/app@sha256:bbb")
+	b1.UID = "0b6fd9f5-0d3c-4b7e-9b39-3c1a0c3f7a41" // a UUID, as the API server makes them
+	bare := fatPod("debug", "web-a", "reg.io/app@sha256:ccc")
+	bare.OwnerReferences = nil
+	for _, p := range []*corev1.Pod{a1, a2, b1, bare} {
+		source.Add(p)
+	}
+	s := startPodStore(t, source)
+
+	got := s.PodsOwnedBy("prod", []types.UID{"rs-web-a"})
+	if len(got) != 2 {
+		t.Fatalf("pods of web-a: %d, want 2", len(got))
+	}
+	slices.SortFunc(got, func(x, y corev1.Pod) int { return compareStrings(x.Name, y.Name) })
+	for i, want := range []*corev1.Pod{a1, a2} {
+		p := got[i]
+		if p.Name != want.Name || p.Namespace != "prod" || p.UID != want.UID || p.Spec.NodeName != want.Spec.NodeName ||
+			p.Labels["app"] != "web" || p.Status.Phase != corev1.PodRunning || metav1.GetControllerOf(&p).Name != "web-a" ||
+			p.Status.ContainerStatuses[0].ImageID != "reg.io/app@sha256:aaa" {
+			t.Fatalf("pod %d: %+v, want what drift reads of %s", i, p, want.Name)
+		}
+		// Slimmed: what drift does not read is not held.
+		if len(p.Annotations) != 0 || len(p.Spec.Containers) != 0 {
+			t.Fatalf("pod %s holds more than drift reads: %+v", p.Name, p)
+		}
+	}
+	if got := s.PodsOwnedBy("prod", []types.UID{"rs-web-a", "rs-web-b"}); len(got) != 3 {
+		t.Fatalf("pods of web-a and web-b: %d, want 3", len(got))
+	}
+	if got := s.PodsOwnedBy("other", []types.UID{"rs-web-a"}); len(got) != 0 {
+		t.Fatalf("another namespace's owner UID found pods: %v", got)
+	}
+	p, ok := s.Pod("prod", "web-3")
+	if !ok || p.UID != b1.UID || p.Status.ContainerStatuses[0].ImageID != "reg.io/app@sha256:bbb" {
+		t.Fatalf("Pod(prod, web-3) = %+v, %v", p, ok)
+	}
+	// A pod with no controller belongs to no workload: not held.
+	if _, ok := s.Pod("prod", "debug"); ok || s.Len() != 3 {
+		t.Fatalf("the store holds %d pods, the bare one %v; want 3 without it", s.Len(), ok)
+	}
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func TestThePodStoreTellsOnlyWhatDriftReads(t *testing.T) {
+	source := fcache.NewFakeControllerSource()
+	source.Add(fatPod("web-1", "web-a", "reg.io/app@sha256:aaa"))
+	s := startPodStore(t, source)
+	var tt told
+	q := subscribe(t, s, &tt)
+
+	step := func(what string, change func(), want ...string) {
+		t.Helper()
+		change()
+		// The fake source delivers in order: a pod added after the
+		// change is told after it, so waiting for it orders the check.
+		marker := fmt.Sprintf("marker-%d", len(what))
+		source.Add(fatPod(marker, "marker", "reg.io/app@sha256:fff"))
+		var got []string
+		waitFor(t, func() bool {
+			got = append(got, tt.take()...)
+			return slices.Contains(got, "prod/marker")
+		})
+		got = slices.DeleteFunc(got, func(o string) bool { return o == "prod/marker" })
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("%s: told %v, want %v", what, got, want)
+		}
+	}
+	web1 := func(imageID, node string, phase corev1.PodPhase) *corev1.Pod {
+		p := fatPod("web-1", "web-a", imageID)
+		p.Spec.NodeName, p.Status.Phase = node, phase
+		return p
+	}
+	step("a pod added", func() { source.Add(fatPod("web-2", "web-a", "reg.io/app@sha256:aaa")) }, "prod/web-a")
+	step("what drift does not read changes", func() {
+		p := web1("reg.io/app@sha256:aaa", "node-a", corev1.PodRunning)
+		p.Annotations["big"] = "other"
+		p.Status.PodIP = "10.0.0.9"
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		source.Modify(p)
+	})
+	step("another image runs", func() { source.Modify(web1("reg.io/app@sha256:bbb", "node-a", corev1.PodRunning)) }, "prod/web-a")
+	step("another node", func() { source.Modify(web1("reg.io/app@sha256:bbb", "node-c", corev1.PodRunning)) }, "prod/web-a")
+	step("the pod finished", func() { source.Modify(web1("reg.io/app@sha256:bbb", "node-c", corev1.PodSucceeded)) }, "prod/web-a")
+	step("adopted by another controller", func() {
+		source.Modify(fatPod("web-1", "web-b", "reg.io/app@sha256:bbb"))
+	}, "prod/web-a", "prod/web-b")
+	step("deleted", func() { source.Delete(fatPod("web-1", "web-b", "")) }, "prod/web-b")
+
+	if got := s.PodsOwnedBy("prod", []types.UID{"rs-web-b"}); len(got) != 0 {
+		t.Fatalf("a deleted pod is still held: %v", got)
+	}
+	if q.Len() == 0 {
+		t.Fatal("nothing reached the controller's queue")
+	}
+}
+
+func TestThePodStoreForgetsPodsARelistDoesNotName(t *testing.T) {
+	source := fcache.NewFakeControllerSource()
+	s := NewPodStore(source)
+	var tt told
+	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
+	defer q.ShutDown()
+	if err := s.Source(tt.mapFunc).Start(context.Background(), q); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Replace([]any{fatPod("web-1", "web-a", "reg.io/app@sha256:aaa"), fatPod("web-2", "web-b", "reg.io/app@sha256:aaa")}, "1"); err != nil {
+		t.Fatal(err)
+	}
+	if !s.HasSynced() || s.Len() != 2 {
+		t.Fatalf("after the first list: synced %v, %d pods", s.HasSynced(), s.Len())
+	}
+	tt.take()
+	// The watch broke; the relist no longer has web-2 and web-1 moved.
+	moved := fatPod("web-1", "web-a", "reg.io/app@sha256:aaa")
+	moved.Spec.NodeName = "node-z"
+	if err := s.Replace([]any{moved}, "2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := tt.take(); fmt.Sprint(got) != "[prod/web-a prod/web-b]" {
+		t.Fatalf("the relist told %v, want both owners", got)
+	}
+	if s.Len() != 1 || len(s.PodsOwnedBy("prod", []types.UID{"rs-web-b"})) != 0 {
+		t.Fatalf("after the relist: %d pods, web-b's %v", s.Len(), s.PodsOwnedBy("prod", []types.UID{"rs-web-b"}))
+	}
+	if p := s.PodsOwnedBy("prod", []types.UID{"rs-web-a"}); len(p) != 1 || p[0].Spec.NodeName != "node-z" {
+		t.Fatalf("web-a's pods after the relist: %+v", p)
+	}
+}
+
+// TestAStoredPodCostsLessThanACachedOne: what the store holds per pod of
+// ReplicaSets of five is at most half of what an informer held per pod,
+// packed as the manager's cache packs objects, with the indexes the cache
+// keeps (namespace, and the owner index namespaced and cluster-wide).
+func TestAStoredPodCostsLessThanACachedOne(t *testing.T) {
+	const n = 5000
+	// Each pod its own strings, as a decoded pod's are; garbage once held.
+	podsOf := func(each func(*corev1.Pod)) {
+		for i := range n {
+			p := fatPod(fmt.Sprintf("web-%05d", i), fmt.Sprintf("web-%04d", i/5), fmt.Sprintf("reg.io/app@sha256:%064x", i/5))
+			p.UID = types.UID(fmt.Sprintf("%08x-0d3c-4b7e-9b39-3c1a0c3f7a41", i))
+			p.Labels = map[string]string{"app": name0("web"), "pod-template-hash": fmt.Sprintf("%010d", i/5)}
+			each(p)
+		}
+	}
+
+	store := NewPodStore(nil)
+	before := liveHeap()
+	podsOf(func(p *corev1.Pod) {
+		if err := store.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	})
+	stored := (liveHeap() - before) / n
+
+	indexer := toolscache.NewIndexer(toolscache.MetaNamespaceKeyFunc, toolscache.Indexers{
+		toolscache.NamespaceIndex: toolscache.MetaNamespaceIndexFunc,
+		"field:" + OwnerIndex: func(obj any) ([]string, error) {
+			u, err := unpack(obj)
+			if err != nil {
+				return nil, err
+			}
+			p := u.(*corev1.Pod)
+			uid := string(metav1.GetControllerOf(p).UID)
+			return []string{p.Namespace + "/" + uid, "__all_namespaces/" + uid}, nil
+		},
+	})
+	podKind := KindNamed("Pod")
+	before = liveHeap()
+	podsOf(func(p *corev1.Pod) {
+		slim, _ := keepWhatDriftReads(p)
+		if err := indexer.Add(pack(podKind, slim)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	cached := (liveHeap() - before) / n
+
+	t.Logf("live heap per pod: %d bytes stored, %d bytes cached", stored, cached)
+	if store.Len() != n || len(indexer.ListKeys()) != n {
+		t.Fatalf("%d pods stored and %d cached, want %d", store.Len(), len(indexer.ListKeys()), n)
+	}
+	if stored > cached/2 {
+		t.Fatalf("a stored pod costs %d bytes, more than half of a cached one's %d", stored, cached)
+	}
+	runtime.KeepAlive(store)
+	runtime.KeepAlive(indexer)
+}
