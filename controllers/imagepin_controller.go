@@ -89,7 +89,6 @@ type ImagePinReconciler struct {
 	// ticks: the tick each ImagePin's last check counted for.
 	ticks checkTicks
 
-
 	// tags: which tags each ImagePin names, for push events
 	// (imagepin_hints.go); hinted: ImagePins a push event asks to check.
 	tags   tagIndex
