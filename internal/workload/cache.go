@@ -12,6 +12,8 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 )
 
 // CacheOptions keeps the manager's cache to what the controller reads:
@@ -27,6 +29,9 @@ func CacheOptions() cache.Options {
 	fresh := ptr.To(true)
 	byObject := map[client.Object]cache.ByObject{
 		&corev1.Secret{}: {Transform: keepDockerConfigOnly},
+		// Their status grows with the workloads they select.
+		&imagesv1alpha1.ImagePin{}:        {Transform: keepStatusCompact},
+		&imagesv1alpha1.ClusterImagePin{}: {Transform: keepStatusCompact},
 	}
 	for _, k := range kinds {
 		if cachedSlim(k) {

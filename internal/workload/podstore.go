@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"unique"
 
@@ -39,9 +40,11 @@ type PodStore struct {
 	lw toolscache.ListerWatcher
 
 	mu     sync.RWMutex
-	pods   map[podKey]*podRec
+	pods   map[podKey]podRec
 	owners map[ownerKey]*podGroup
-	subs   []func(client.Object)
+	// oddUIDs: the UIDs that are not UUIDs (podRec.uid is zero).
+	oddUIDs map[podKey]types.UID
+	subs    []func(client.Object)
 
 	synced   chan struct{}
 	syncOnce sync.Once
@@ -57,32 +60,39 @@ type ownerKey struct {
 	uid       types.UID
 }
 
-// podGroup is the pods of one controller.
+// podGroup is the pods of one controller, by name, and the states they
+// are in: nearly always one, two while a tag moves under a scale-up.
 type podGroup struct {
-	key ownerKey
-	// ref is the controller reference the pods name: what the owner walk
-	// starts from.
-	ref  metav1.OwnerReference
-	pods []*podRec
+	key    ownerKey
+	names  []string
+	states []*podState
+}
+
+// podState is what pods of one group share, encoded (stateOf), and how
+// many of them share it.
+type podState struct {
+	raw  string
+	pods int
 }
 
 // podRec is one pod: what differs between the pods of a group as fields,
-// the rest (state) held once for all pods that share it.
+// the rest (state) held once for all pods that share it. A UID the API
+// server made is a UUID, held in 16 bytes (as a string it takes 48).
 type podRec struct {
-	name  string
-	uid   compactUID
+	uid   uuid.UUID
 	node  unique.Handle[string]
-	state unique.Handle[string]
+	state *podState
 	group *podGroup
 }
 
 // NewPodStore returns a store filled from lw once started.
 func NewPodStore(lw toolscache.ListerWatcher) *PodStore {
 	return &PodStore{
-		lw:     lw,
-		pods:   map[podKey]*podRec{},
-		owners: map[ownerKey]*podGroup{},
-		synced: make(chan struct{}),
+		lw:      lw,
+		pods:    map[podKey]podRec{},
+		owners:  map[ownerKey]*podGroup{},
+		oddUIDs: map[podKey]types.UID{},
+		synced:  make(chan struct{}),
 	}
 }
 
@@ -204,65 +214,116 @@ func (s *PodStore) put(obj any) []client.Object {
 	if ref == nil {
 		return s.drop(key) // orphaned: no workload's pod any more
 	}
-	node, state := unique.Make(p.Spec.NodeName), stateOf(p)
-	old := s.pods[key]
+	node, raw := unique.Make(p.Spec.NodeName), stateOf(p)
+	var uid uuid.UUID
+	u, err := uuid.Parse(string(p.UID))
+	odd := err != nil || u.String() != string(p.UID)
+	if !odd {
+		uid = u
+	}
 	okey := ownerKey{key.namespace, ref.UID}
-	uid := compactUIDOf(p.UID)
-	if old != nil && old.group.key == okey && old.uid == uid && old.node == node && old.state == state {
+	old, had := s.pods[key]
+	if had && old.group.key == okey && old.uid == uid && old.node == node && old.state.raw == raw &&
+		(!odd || s.oddUIDs[key] == p.UID) {
 		return nil
 	}
 	var changed []client.Object
-	if old != nil && old.group.key != okey {
+	if had {
+		// Told for the group it leaves, or after the change below.
 		changed = s.drop(key)
-		old = nil
 	}
-	if old == nil {
-		g := s.owners[okey]
-		if g == nil {
-			g = &podGroup{key: okey, ref: *ref}
-			s.owners[okey] = g
+	g := s.owners[okey]
+	if g == nil {
+		g = &podGroup{key: okey}
+		s.owners[okey] = g
+	}
+	g.names = append(g.names, key.name)
+	s.pods[key] = podRec{uid: uid, node: node, state: g.hold(raw), group: g}
+	if odd {
+		s.oddUIDs[key] = p.UID
+	}
+	if had && old.group.key == okey {
+		return changed // the same owner: told once
+	}
+	return append(changed, standIn(key.namespace, raw))
+}
+
+// hold returns g's state raw, counting one more pod in it.
+func (g *podGroup) hold(raw string) *podState {
+	for _, st := range g.states {
+		if st.raw == raw {
+			st.pods++
+			return st
 		}
-		old = &podRec{name: p.Name, group: g}
-		g.pods = append(g.pods, old)
-		s.pods[key] = old
 	}
-	old.uid, old.node, old.state = uid, node, state
-	return append(changed, old.group.standIn())
+	st := &podState{raw: raw, pods: 1}
+	g.states = append(g.states, st)
+	return st
 }
 
 // drop forgets the pod at key.
 func (s *PodStore) drop(key podKey) []client.Object {
-	rec := s.pods[key]
-	if rec == nil {
+	rec, ok := s.pods[key]
+	if !ok {
 		return nil
 	}
 	delete(s.pods, key)
+	delete(s.oddUIDs, key)
 	g := rec.group
-	for i, r := range g.pods {
-		if r == rec {
-			last := len(g.pods) - 1
-			g.pods[i], g.pods[last] = g.pods[last], nil
-			g.pods = g.pods[:last]
-			break
-		}
+	g.names = removeFirst(g.names, key.name)
+	if rec.state.pods--; rec.state.pods == 0 {
+		g.states = removeFirst(g.states, rec.state)
 	}
-	if len(g.pods) == 0 {
+	if len(g.names) == 0 {
 		delete(s.owners, g.key)
 	}
-	return []client.Object{g.standIn()}
+	return []client.Object{standIn(key.namespace, rec.state.raw)}
 }
 
-// standIn is what a subscriber is told of a change to g's pods: a pod
-// with g's namespace and controller, and nothing else.
-func (g *podGroup) standIn() client.Object {
-	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
-		Namespace: g.key.namespace.Value(), OwnerReferences: []metav1.OwnerReference{g.ref},
-	}}
+// removeFirst removes the first v from list, not keeping its order.
+func removeFirst[T comparable](list []T, v T) []T {
+	i := slices.Index(list, v)
+	if i < 0 {
+		return list
+	}
+	last := len(list) - 1
+	var zero T
+	list[i], list[last] = list[last], zero
+	return list[:last]
+}
+
+// standIn is what a subscriber is told of a change to the pods of the
+// controller the state raw names: a pod with that namespace and
+// controller reference, and nothing else.
+func standIn(ns unique.Handle[string], raw string) client.Object {
+	p := decodeState(raw)
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Value(), OwnerReferences: p.OwnerReferences}}
+}
+
+// decodeState decodes what stateOf encoded.
+func decodeState(raw string) *corev1.Pod {
+	p := &corev1.Pod{}
+	// What stateOf encoded decodes; an empty state is a pod that reports
+	// nothing.
+	_ = p.Unmarshal([]byte(raw))
+	return p
+}
+
+// restore is the pod of rec at key, from shared (rec's decoded state):
+// a shallow copy that shares shared's labels, owners and statuses.
+func (s *PodStore) restore(key podKey, rec podRec, shared *corev1.Pod) corev1.Pod {
+	p := *shared
+	p.Name, p.Namespace, p.Spec.NodeName = key.name, key.namespace.Value(), rec.node.Value()
+	p.UID = s.oddUIDs[key]
+	if rec.uid != (uuid.UUID{}) {
+		p.UID = types.UID(rec.uid.String())
+	}
+	return p
 }
 
 // stateOf is what p shares with the other pods of its controller: the
 // slimmed pod without its name, UID, node and versions, encoded.
-func stateOf(p *corev1.Pod) unique.Handle[string] {
+func stateOf(p *corev1.Pod) string {
 	slim, _ := keepWhatDriftReads(p)
 	sp := slim.(*corev1.Pod)
 	if sp == p {
@@ -275,9 +336,9 @@ func stateOf(p *corev1.Pod) unique.Handle[string] {
 	if err != nil {
 		// A pod always encodes; were it not to, it would still count, as
 		// a pod that runs nothing imagepin can read.
-		return unique.Make("")
+		return ""
 	}
-	return unique.Make(string(raw))
+	return string(raw)
 }
 
 // PodsOwnedBy returns the pods in ns whose controller is one of owners,
@@ -288,28 +349,38 @@ func (s *PodStore) PodsOwnedBy(ns string, owners []types.UID) []corev1.Pod {
 	nsh := unique.Make(ns)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	decoded := map[unique.Handle[string]]*corev1.Pod{}
+	decoded := map[*podState]*corev1.Pod{}
 	var out []corev1.Pod
 	for _, uid := range owners {
 		g := s.owners[ownerKey{nsh, uid}]
 		if g == nil {
 			continue
 		}
-		for _, r := range g.pods {
-			shared := decoded[r.state]
+		for _, name := range g.names {
+			key := podKey{nsh, name}
+			rec := s.pods[key]
+			shared := decoded[rec.state]
 			if shared == nil {
-				shared = &corev1.Pod{}
-				// What put encoded decodes; an empty state is a pod that
-				// reports nothing.
-				_ = shared.Unmarshal([]byte(r.state.Value()))
-				decoded[r.state] = shared
+				shared = decodeState(rec.state.raw)
+				decoded[rec.state] = shared
 			}
-			p := *shared
-			p.Name, p.Namespace, p.UID, p.Spec.NodeName = r.name, ns, r.uid.UID(), r.node.Value()
-			out = append(out, p)
+			out = append(out, s.restore(key, rec, shared))
 		}
 	}
 	return out
+}
+
+// Pod returns the pod ns/name as PodsOwnedBy returns pods, if held.
+func (s *PodStore) Pod(ns, name string) (*corev1.Pod, bool) {
+	key := podKey{unique.Make(ns), name}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	rec, ok := s.pods[key]
+	if !ok {
+		return nil, false
+	}
+	p := s.restore(key, rec, decodeState(rec.state.raw))
+	return &p, true
 }
 
 // Len is the number of pods held.
@@ -354,39 +425,3 @@ func (ps *PodSource) Start(ctx context.Context, q workqueue.TypedRateLimitingInt
 func (ps *PodSource) WaitForSync(ctx context.Context) error { return ps.store.WaitForSync(ctx) }
 
 func (ps *PodSource) String() string { return "imagepin pod store" }
-
-// Pod returns the pod ns/name as PodsOwnedBy returns pods, if held.
-func (s *PodStore) Pod(ns, name string) (*corev1.Pod, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	r := s.pods[podKey{unique.Make(ns), name}]
-	if r == nil {
-		return nil, false
-	}
-	p := &corev1.Pod{}
-	_ = p.Unmarshal([]byte(r.state.Value()))
-	p.Name, p.Namespace, p.UID, p.Spec.NodeName = r.name, ns, r.uid.UID(), r.node.Value()
-	return p, true
-}
-
-// compactUID is a UID in 16 bytes when it is a UUID, as the API server
-// makes them (a string of one would take 48), or else as it is.
-type compactUID struct {
-	uuid  uuid.UUID
-	other types.UID
-}
-
-func compactUIDOf(uid types.UID) compactUID {
-	if u, err := uuid.Parse(string(uid)); err == nil && u.String() == string(uid) {
-		return compactUID{uuid: u}
-	}
-	return compactUID{other: uid}
-}
-
-// UID is the UID back.
-func (c compactUID) UID() types.UID {
-	if c.other != "" || c.uuid == (uuid.UUID{}) {
-		return c.other
-	}
-	return types.UID(c.uuid.String())
-}
