@@ -332,14 +332,15 @@ func (b *bench) reportConvergence(m *managerProc, converged time.Time) {
 	if seen := b.proxy.between(m.Started, converged.Add(time.Second)); len(seen) > 0 {
 		logf("convergence: first registry request at +%.2f s, last at +%.2f s", seen[0].at.Sub(m.Started).Seconds(), seen[len(seen)-1].at.Sub(m.Started).Seconds())
 	}
-	b.logRepeats(m.Started, converged.Add(time.Second))
+	b.logRepeats(m, m.Started, converged.Add(time.Second))
 	b.rep.Methods["convergence"] = fmt.Sprintf("Deployments created before the manager process starts; seconds from exec to the first 100 ms poll that sees every ImagePin Ready=True, observedGeneration current, summary.workloads = its namespace's Deployments; requests counted at the proxy over the same span (%s)", c)
 }
 
 // logRepeats logs, for every tag asked for more than once between from
-// and to, when each request came and where the interval's ticks fell:
+// and to, when each request came and where the interval's ticks fell,
+// and what m logged of the tag's repository at warning or error level:
 // what a repeat within a round is to be judged by.
-func (b *bench) logRepeats(from, to time.Time) {
+func (b *bench) logRepeats(m *managerProc, from, to time.Time) {
 	at := map[string][]string{}
 	for _, e := range b.proxy.between(from, to) {
 		if e.kind == kindManifest && e.method == "HEAD" {
@@ -354,8 +355,31 @@ func (b *bench) logRepeats(from, to time.Time) {
 	for k, times := range at {
 		if len(times) > 1 {
 			logf("convergence: %s asked %d times: %s (interval ticks at %s)", k, len(times), strings.Join(times, ", "), strings.Join(ticks, ", "))
+			repo, _, _ := strings.Cut(k, ":")
+			for _, line := range troublesOf(m.LogFile, repo, 5) {
+				logf("convergence:   manager log: %s", line)
+			}
 		}
 	}
+}
+
+// troublesOf returns up to n lines of a manager's log that name repo and
+// are not at info level.
+func troublesOf(logFile, repo string, n int) []string {
+	raw, err := os.ReadFile(logFile)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for line := range strings.Lines(string(raw)) {
+		if strings.Contains(line, repo) && !strings.Contains(line, "\tINFO\t") && !strings.Contains(line, `"level":"info"`) {
+			out = append(out, strings.TrimSpace(line))
+			if len(out) == n {
+				break
+			}
+		}
+	}
+	return out
 }
 
 func (b *bench) reportSteady(from, to time.Time) {

@@ -71,11 +71,12 @@ func stripForCache(obj any) (any, error) {
 	return obj, nil
 }
 
-// keepWhatSelectionReads keeps of a workload (and of a ReplicaSet or Job,
-// which the owner walk from a pod to its workload passes) what the
-// controller reads: identity, generation, labels, owners and imagepin's
-// own managedFields entry, and of a workload's pod spec the containers'
-// names and images, the pull secrets and the service account. Writes are
+// keepWhatSelectionReads keeps of a workload what the controller reads:
+// identity, generation, labels, owners and imagepin's own managedFields
+// entry, and of its pod spec the containers' names and images, the pull
+// secrets and the service account. Of a kind the owner walk from a pod to
+// its workload passes, and no workload itself (a ReplicaSet), it keeps
+// identity and owners. Writes are
 // patches of the image fields alone, never of a cached object, so nothing
 // else is needed; a cached Deployment shrinks from its whole spec and
 // status to a few hundred bytes.
@@ -97,7 +98,17 @@ func keepWhatSelectionReads(obj any) (any, error) {
 	out := reflect.New(k.Type)
 	out.Elem().FieldByName("TypeMeta").Set(in.Elem().FieldByName("TypeMeta"))
 	m, _ := in.Elem().FieldByName("ObjectMeta").Interface().(metav1.ObjectMeta)
-	out.Elem().FieldByName("ObjectMeta").Set(reflect.ValueOf(slimMeta(m)))
+	if k.Workload {
+		m = slimMeta(m)
+	} else {
+		// A kind only on the way from a workload to its pods (a
+		// ReplicaSet) is read for its owner and nothing else.
+		m = metav1.ObjectMeta{
+			Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+			DeletionTimestamp: m.DeletionTimestamp, OwnerReferences: m.OwnerReferences,
+		}
+	}
+	out.Elem().FieldByName("ObjectMeta").Set(reflect.ValueOf(m))
 	slim := out.Interface().(client.Object)
 	if dst, src := k.PodSpec(slim), k.PodSpec(obj.(client.Object)); k.Workload && dst != nil && src != nil {
 		*dst = slimPodSpec(src)

@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 
@@ -83,6 +84,29 @@ func TestCacheHoldsNoDataOfOtherSecrets(t *testing.T) {
 		if tc.keep != "" && (len(got.Data) != 1 || got.Data[tc.keep] == nil) {
 			t.Errorf("%s secret in cache = %v, want only %s", tc.typ, got.Data, tc.keep)
 		}
+	}
+}
+
+func TestCacheKeepsOfAReplicaSetItsOwner(t *testing.T) {
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "web-5d8f7c", Namespace: "prod", UID: "rs1", ResourceVersion: "42", Generation: 3,
+			Labels:          map[string]string{"app": "web", "pod-template-hash": "5d8f7c"},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "web", UID: "d1"}},
+			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: FieldManager}},
+		},
+		Spec: appsv1.ReplicaSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "reg.io/app:v1"}}}}},
+	}
+	out, err := keepWhatSelectionReads(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{
+		Name: "web-5d8f7c", Namespace: "prod", UID: "rs1", ResourceVersion: "42",
+		OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "web", UID: "d1"}},
+	}}
+	if got := out.(*appsv1.ReplicaSet); !reflect.DeepEqual(got, want) {
+		t.Fatalf("cached ReplicaSet:\n%+v\nwant only its identity and owner:\n%+v", got, want)
 	}
 }
 

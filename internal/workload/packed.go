@@ -8,6 +8,8 @@ import (
 	"time"
 	"unique"
 
+	"github.com/google/uuid"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -38,12 +40,12 @@ type protoObject interface {
 // informer's key function reads without unpacking, and the rest in its
 // protobuf encoding. The namespace, which thousands of objects repeat, is
 // held by its unique.Handle. owner is the UID of its controller, which the
-// owner index reads (ByIndex) without unpacking.
+// owner index reads (ByIndex) without unpacking. UIDs are held compact.
 type packed struct {
 	kind                  *Kind
 	namespace             unique.Handle[string]
 	name, resourceVersion string
-	uid, owner            types.UID
+	uid, owner            compactUID
 	deleted               *metav1.Time
 	rest                  string
 }
@@ -72,10 +74,10 @@ func pack(k *Kind, obj any) any {
 	p := &packed{
 		kind:      k,
 		namespace: unique.Make(o.GetNamespace()),
-		name:      o.GetName(), resourceVersion: o.GetResourceVersion(), uid: o.GetUID(), deleted: o.GetDeletionTimestamp(),
+		name:      o.GetName(), resourceVersion: o.GetResourceVersion(), uid: compactUIDOf(o.GetUID()), deleted: o.GetDeletionTimestamp(),
 	}
 	if ref := metav1.GetControllerOf(o); ref != nil {
-		p.owner = ref.UID
+		p.owner = compactUIDOf(ref.UID)
 	}
 	o.SetNamespace("")
 	o.SetName("")
@@ -117,7 +119,7 @@ func unpacked(p *packed, o protoObject) protoObject {
 	o.SetNamespace(p.namespace.Value())
 	o.SetName(p.name)
 	o.SetResourceVersion(p.resourceVersion)
-	o.SetUID(p.uid)
+	o.SetUID(p.uid.UID())
 	if p.deleted != nil {
 		// Each read its own: a reader may change what it reads.
 		d := *p.deleted
@@ -347,11 +349,12 @@ func (u unpackingIndexer) byOwner(value string) ([]any, error) {
 			return nil, err
 		}
 	}
+	owner := compactUIDOf(types.UID(uid))
 	var owned []any
 	for _, o := range objs {
 		switch p := o.(type) {
 		case *packed:
-			if p.owner == types.UID(uid) {
+			if p.owner == owner {
 				owned = append(owned, p)
 			}
 		case metav1.Object: // one that could not be packed
@@ -361,4 +364,26 @@ func (u unpackingIndexer) byOwner(value string) ([]any, error) {
 		}
 	}
 	return unpackAll(owned), nil
+}
+
+// compactUID is a UID in 16 bytes when it is a UUID, as the API server
+// makes them (as a string it takes 64), or else as it is.
+type compactUID struct {
+	uuid  uuid.UUID
+	other types.UID
+}
+
+func compactUIDOf(uid types.UID) compactUID {
+	if u, err := uuid.Parse(string(uid)); err == nil && u.String() == string(uid) {
+		return compactUID{uuid: u}
+	}
+	return compactUID{other: uid}
+}
+
+// UID is the UID back.
+func (c compactUID) UID() types.UID {
+	if c.uuid == (uuid.UUID{}) {
+		return c.other
+	}
+	return types.UID(c.uuid.String())
 }

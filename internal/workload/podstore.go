@@ -215,12 +215,8 @@ func (s *PodStore) put(obj any) []client.Object {
 		return s.drop(key) // orphaned: no workload's pod any more
 	}
 	node, raw := unique.Make(p.Spec.NodeName), stateOf(p)
-	var uid uuid.UUID
-	u, err := uuid.Parse(string(p.UID))
-	odd := err != nil || u.String() != string(p.UID)
-	if !odd {
-		uid = u
-	}
+	c := compactUIDOf(p.UID)
+	uid, odd := c.uuid, c.other != ""
 	okey := ownerKey{key.namespace, ref.UID}
 	old, had := s.pods[key]
 	if had && old.group.key == okey && old.uid == uid && old.node == node && old.state.raw == raw &&
@@ -314,10 +310,7 @@ func decodeState(raw string) *corev1.Pod {
 func (s *PodStore) restore(key podKey, rec podRec, shared *corev1.Pod) corev1.Pod {
 	p := *shared
 	p.Name, p.Namespace, p.Spec.NodeName = key.name, key.namespace.Value(), rec.node.Value()
-	p.UID = s.oddUIDs[key]
-	if rec.uid != (uuid.UUID{}) {
-		p.UID = types.UID(rec.uid.String())
-	}
+	p.UID = compactUID{uuid: rec.uid, other: s.oddUIDs[key]}.UID()
 	return p
 }
 
