@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"time"
@@ -115,6 +116,10 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 		}
 		all.workloads += res.obs.workloads
 		all.containers = append(all.containers, res.obs.containers...)
+		if all.available == nil {
+			all.available = availability{}
+		}
+		maps.Copy(all.available, res.obs.available)
 		if all.verifyErr == nil {
 			all.verifyErr = res.obs.verifyErr
 		}
@@ -140,6 +145,7 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 		obs:          all,
 		platforms:    r.Resolver.Platforms,
 		driftedFirst: true,
+		overrides:    cp.Spec.Overrides,
 	}
 	byNamespace := setChecked(&ps, in)
 	breakdown := make([]imagesv1alpha1.NamespaceSummary, 0, len(listed))
@@ -157,6 +163,7 @@ func (r *ClusterImagePinReconciler) reconcileCluster(ctx context.Context, cp *im
 	metricsPin := &imagesv1alpha1.ImagePin{}
 	metricsPin.Name = metricsName
 	recordMetrics(metricsPin, &ps)
+	recordUnavailable("", metricsName, all.available)
 	status.Summary.Namespaces = int32(len(namespaces))
 	status.Namespaces = boundBreakdown(breakdown)
 	return ctrl.Result{RequeueAfter: nextCheck(now, sel.Interval, followDue)}, nil
@@ -187,6 +194,7 @@ func (r *ClusterImagePinReconciler) checkNamespace(ctx context.Context, pin *ima
 	for i := range obs.containers {
 		obs.containers[i].namespace = pin.Namespace
 	}
+	r.checkAvailability(ctx, &obs, ps.Images, sel, now)
 	res.obs = obs
 	if res.yieldedTo, err = r.yieldedTo(ctx, pin.Namespace, obs, workloads); err != nil {
 		return res, err

@@ -176,14 +176,17 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	}
 	r.tags.set(client.ObjectKeyFromObject(pin), obs.tagRefs())
 	now := r.Clock.Now()
+	r.checkAvailability(ctx, &obs, pin.Status.Images, sel, now)
 	setChecked(status, checkInput{
 		generation: pin.Generation,
 		now:        now,
 		interval:   sel.Interval,
 		obs:        obs,
 		platforms:  r.Resolver.Platforms,
+		overrides:  pin.Spec.Overrides,
 	})
 	recordMetrics(pin, status)
+	recordUnavailable(pin.Namespace, pin.Name, obs.available)
 
 	// Pin and Follow: write what the status says should run.
 	plan, followDue := planWrites(planInput{

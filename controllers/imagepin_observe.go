@@ -72,6 +72,9 @@ type observation struct {
 	// built, so no digest verifies.
 	verifying bool
 	verifyErr error
+	// available: what the registry said of the digests a backout needs
+	// (checkAvailability).
+	available availability
 }
 
 // observe lists what each selected workload's containers name and run, and

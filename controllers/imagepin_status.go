@@ -28,7 +28,7 @@ const (
 	// reference is not valid anyway, and is counted, not listed.
 	maxImageLength = 512
 	// maxDriftReasons is the CRD's maxItems of a workload's drift.
-	maxDriftReasons = 6
+	maxDriftReasons = 7
 	// maxStatusBytes budgets the workload entries' approximate size, as
 	// entries with many digests and nodes are far larger than average.
 	maxStatusBytes = 512 << 10
@@ -37,6 +37,7 @@ const (
 // driftPriority orders reasons for the Drifted condition's reason: the one
 // an SRE should look at first.
 var driftPriority = []imagesv1alpha1.DriftReason{
+	imagesv1alpha1.DriftDigestGone,
 	imagesv1alpha1.DriftTagMoved,
 	imagesv1alpha1.DriftMixedReplicas,
 	imagesv1alpha1.DriftRolloutPending,
@@ -79,6 +80,8 @@ type checkInput struct {
 	// driftedFirst lists drifted images and containers first, and keeps
 	// them when the bounds leave entries out (a ClusterImagePin's status).
 	driftedFirst bool
+	// overrides are spec.overrides, to name one whose digest is gone.
+	overrides []imagesv1alpha1.ImageOverride
 }
 
 // setChecked writes the result of a check into status: images with their
@@ -96,8 +99,10 @@ func setChecked(status *imagesv1alpha1.ImagePinStatus, in checkInput) (byNamespa
 	status.Summary = summary
 	status.ObservedGeneration = in.generation
 	setReady(status, in.generation)
+	setOverridesGone(status, in.generation, in.overrides, in.obs.available)
 	setDrifted(status, in.generation)
 	setVerified(status, in.generation, in.obs)
+	setRollbackReady(status, in.generation)
 
 	last := before.LastCheckTime
 	if last == nil || in.now.Sub(last.Time) >= in.interval || !sameCheck(before, status) {
@@ -143,6 +148,7 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) (out []images
 			Running:       runningList(c.running),
 			Platforms:     in.platforms,
 			Unverified:    c.unverified(),
+			Gone:          goneOf(c, in.obs.available),
 		})
 		if len(reasons) > maxDriftReasons {
 			reasons = reasons[:maxDriftReasons]
@@ -192,7 +198,7 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) (out []images
 		for i, rc := range byImage[img] {
 			cs[i] = rc.c
 		}
-		st := imageStatus(img, cs, prevByImage[img], in.now)
+		st := imageStatus(img, cs, prevByImage[img], in.now, in.obs.available)
 		sts[img] = &st
 		listed = append(listed, img)
 	}
@@ -247,7 +253,7 @@ func buildImages(prev []imagesv1alpha1.ImageStatus, in checkInput) (out []images
 
 // imageStatus is the image-level part: what the tag resolves to, the
 // error, and the history carried over from the previous status.
-func imageStatus(img string, cs []containerObs, prev imagesv1alpha1.ImageStatus, now time.Time) imagesv1alpha1.ImageStatus {
+func imageStatus(img string, cs []containerObs, prev imagesv1alpha1.ImageStatus, now time.Time, avail availability) imagesv1alpha1.ImageStatus {
 	st := imagesv1alpha1.ImageStatus{Image: img, History: prev.History}
 	var errMsg string
 	for _, c := range cs {
@@ -298,6 +304,12 @@ func imageStatus(img string, cs []containerObs, prev imagesv1alpha1.ImageStatus,
 				v.Message = ""
 			}
 			st.History[i].Verification = v
+		}
+		// Whether the registry still has it; an answer not had this
+		// check keeps the last one.
+		if a, ok := avail[digestOf{img, string(st.History[i].Digest)}]; ok {
+			st.History[i].Available = &a.Available
+			st.History[i].CheckedAt = timePtr(a.CheckedAt.Truncate(time.Second))
 		}
 	}
 	return st

@@ -80,6 +80,13 @@ type planInput struct {
 	platforms drift.Platforms
 }
 
+// overrideGone reports whether the digest an override holds image to is
+// one the registry said it no longer has: it is not written (Ready says
+// why), and the workload runs what it runs.
+func (in planInput) overrideGone(image, digest string) bool {
+	return in.obs.available.gone(image, digest)
+}
+
 // planWrites decides which container images to rewrite. It never writes a
 // stale digest, leaves digest-only references and Jobs alone, and in Pin
 // leaves a pinned image pinned whatever the tag does. followDue is the
@@ -145,6 +152,9 @@ func desiredImage(c containerObs, in planInput) (w imageWrite, ok bool, due time
 		return imageWrite{place: c.place, from: current, stored: c.raw, to: to, reason: reason}, true, time.Time{}
 	}
 	if d, ok := in.overrides[c.image]; ok {
+		if in.overrideGone(c.image, d) {
+			return imageWrite{}, false, time.Time{}
+		}
 		return write(d, writeOverride)
 	}
 	// An answer given while this tick's was still on its way (Behind) is

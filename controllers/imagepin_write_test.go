@@ -41,7 +41,9 @@ func TestPlanWrites(t *testing.T) {
 		minAge    time.Duration
 		firstSeen map[string]time.Time
 		overrides map[string]string
-		want      string
+		// gone: digests the registry said it no longer has.
+		gone []string
+		want string
 		// due is how long until a waiting Follow falls due, if one waits.
 		due time.Duration
 	}{
@@ -61,6 +63,14 @@ func TestPlanWrites(t *testing.T) {
 		{name: "nor followed", mode: imagesv1alpha1.ModeFollow, c: func() containerObs { c := pinnedTo(dg("b"), dg("a")); c.result.Behind = true; return c }(), firstSeen: seenAgo(time.Hour), want: "[]"},
 		{name: "override rolls back", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("b"), dg("b")), overrides: map[string]string{img: dg("a")},
 			want: fmt.Sprintf("[Deployment/web app %s@%s -> %s@%s (Override)]", img, dg("b"), img, dg("a"))},
+		// Issue 20 item 3: an override to a digest the registry no longer
+		// has is not written; the workload runs what it runs (and is not
+		// pinned to the tag's digest instead).
+		{name: "an override to a collected digest is not written", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("b"), dg("b")), overrides: map[string]string{img: dg("a")},
+			gone: []string{dg("a")}, want: "[]"},
+		{name: "nor pinned around", mode: imagesv1alpha1.ModePin, c: tagOnly(dg("b")), overrides: map[string]string{img: dg("a")}, gone: []string{dg("a")}, want: "[]"},
+		{name: "an override to a present digest still rolls back", mode: imagesv1alpha1.ModeFollow, c: pinnedTo(dg("b"), dg("b")), overrides: map[string]string{img: dg("a")},
+			gone: []string{dg("c")}, want: fmt.Sprintf("[Deployment/web app %s@%s -> %s@%s (Override)]", img, dg("b"), img, dg("a"))},
 		{name: "override already in place", mode: imagesv1alpha1.ModePin, c: pinnedTo(dg("a"), dg("b")), overrides: map[string]string{img: dg("a")}, want: "[]"},
 		{name: "digest-only reference is left alone", mode: imagesv1alpha1.ModePin, c: containerObs{kind: imagesv1alpha1.KindDeployment, workload: "web", place: place{container: "app"}, image: "reg.io/app", pinned: dg("a")}, want: "[]"},
 		{name: "an override that is not a sha256 digest is never written", mode: imagesv1alpha1.ModePin, c: tagOnly(dg("a")), overrides: map[string]string{img: "sha256:abc"}, want: "[]"},
@@ -79,9 +89,14 @@ func TestPlanWrites(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			obs := obsOf(tt.c)
+			obs.available = availability{}
+			for _, d := range tt.gone {
+				obs.available[digestOf{img, d}] = registry.Availability{CheckedAt: t0}
+			}
 			plan, followDue := planWrites(planInput{
 				mode: tt.mode, minAge: tt.minAge, overrides: tt.overrides, now: t0,
-				obs: obsOf(tt.c), firstSeen: tt.firstSeen,
+				obs: obs, firstSeen: tt.firstSeen,
 			})
 			var got []string
 			for _, w := range plan {

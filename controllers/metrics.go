@@ -28,8 +28,21 @@ var conflictWorkloads = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 	Help: "Workloads imagepin has stopped writing because another actor keeps setting their image back, by namespace and ImagePin (the Conflict condition).",
 }, []string{"namespace", "imagepin"})
 
+// digestsUnavailable is imagepin_digests_unavailable: per ImagePin, the
+// distinct digests it needs (running, pinned, overridden or in history)
+// that the registry no longer has.
+var digestsUnavailable = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Name: "imagepin_digests_unavailable",
+	Help: "Digests an ImagePin needs (running, pinned, overridden or in status history) that the registry no longer has (HEAD by digest answered 404), by namespace and ImagePin.",
+}, []string{"namespace", "imagepin"})
+
 func init() {
-	ctrlmetrics.Registry.MustRegister(driftedContainers, workloadWrites, conflictWorkloads)
+	ctrlmetrics.Registry.MustRegister(driftedContainers, workloadWrites, conflictWorkloads, digestsUnavailable)
+}
+
+// recordUnavailable sets the unavailable-digests gauge of one ImagePin.
+func recordUnavailable(namespace, name string, a availability) {
+	digestsUnavailable.WithLabelValues(namespace, name).Set(float64(a.unavailable()))
 }
 
 // recordConflicts sets the conflict gauge of one ImagePin.
@@ -39,7 +52,7 @@ func recordConflicts(namespace, name string, blocked []string) {
 
 var allDriftReasons = []imagesv1alpha1.DriftReason{
 	imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved, imagesv1alpha1.DriftMixedReplicas,
-	imagesv1alpha1.DriftRolloutPending, imagesv1alpha1.DriftUnresolvable, imagesv1alpha1.DriftUnverified,
+	imagesv1alpha1.DriftRolloutPending, imagesv1alpha1.DriftUnresolvable, imagesv1alpha1.DriftUnverified, imagesv1alpha1.DriftDigestGone,
 }
 
 // recordMetrics sets the drift gauge of one ImagePin from its status (the
@@ -62,4 +75,5 @@ func recordMetrics(pin *imagesv1alpha1.ImagePin, status *imagesv1alpha1.ImagePin
 func forgetMetrics(namespace, name string) {
 	driftedContainers.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "imagepin": name})
 	conflictWorkloads.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "imagepin": name})
+	digestsUnavailable.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "imagepin": name})
 }

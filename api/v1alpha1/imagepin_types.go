@@ -145,6 +145,30 @@ type ImagePinSpec struct {
 	// verification without acting.
 	// +optional
 	Verify *VerifySpec `json:"verify,omitempty"`
+
+	// retention says how imagepin watches that the digests a rollback
+	// needs are still in the registry.
+	// +optional
+	Retention *RetentionSpec `json:"retention,omitempty"`
+}
+
+// RetentionSpec says how the digests a backout needs are kept in sight:
+// every digest running, pinned, overridden or in status.images[].history
+// is checked with a HEAD by digest, which the registry answers 404 once
+// its garbage collection has deleted the image.
+type RetentionSpec struct {
+	// checkInterval is how often a digest found present is checked again,
+	// as a Go duration; at least 1m. Content under a digest never changes,
+	// so this can be slow: each distinct digest costs one HEAD per
+	// interval. A digest found gone, or never checked, is checked with
+	// the ImagePin's next check.
+	// +optional
+	// +kubebuilder:default="6h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self) >= duration('1m')",message="retention.checkInterval must be at least 1m"
+	CheckInterval *metav1.Duration `json:"checkInterval,omitempty"`
 }
 
 // ImageFilter selects container images by reference. A reference is matched
@@ -200,7 +224,7 @@ type ImageOverride struct {
 
 // DriftReason names one way a workload container differs from what its tag
 // means.
-// +kubebuilder:validation:Enum=Unpinned;TagMoved;MixedReplicas;RolloutPending;Unresolvable;Unverified
+// +kubebuilder:validation:Enum=Unpinned;TagMoved;MixedReplicas;RolloutPending;Unresolvable;Unverified;DigestGone
 type DriftReason string
 
 // Drift reasons, per workload container. docs/reference.md explains each.
@@ -219,6 +243,10 @@ const (
 	// DriftUnverified: spec.verify is set, and the digest the tag resolves
 	// to, or the one the spec pins, does not verify; it is not rolled out.
 	DriftUnverified DriftReason = "Unverified"
+	// DriftDigestGone: the registry no longer has the digest the spec pins,
+	// or one the pods run: they run on, but a new pod (a scale-up, a node
+	// drain, a restart elsewhere) will fail to pull it.
+	DriftDigestGone DriftReason = "DigestGone"
 )
 
 // ShardLabel on an ImagePin or a ClusterImagePin names the shard that
@@ -240,6 +268,10 @@ const (
 	// ConditionVerified, with spec.verify set, is True when every digest
 	// the selected images resolve to or pin verifies.
 	ConditionVerified = "Verified"
+	// ConditionRollbackReady is True when every digest in
+	// status.images[].history is still in the registry: a rollback
+	// override to any of them can be written.
+	ConditionRollbackReady = "RollbackReady"
 )
 
 // Condition reasons an ImagePin reports.
@@ -272,6 +304,20 @@ const (
 	// trusted root cannot be read or parsed; the message names the field.
 	// Nothing is written until they can.
 	ReasonVerifyConfigError = "VerifyConfigError"
+	// ReasonDigestsAvailable (RollbackReady=True): the registry has every
+	// digest in history.
+	ReasonDigestsAvailable = "DigestsAvailable"
+	// ReasonDigestsGone (RollbackReady=False): the registry no longer has
+	// some digests of history; the message names them. A rollback to one
+	// of them is refused.
+	ReasonDigestsGone = "DigestsGone"
+	// ReasonAvailabilityUnknown (RollbackReady=Unknown): not every digest
+	// of history has been checked yet, or the registry did not answer.
+	ReasonAvailabilityUnknown = "AvailabilityUnknown"
+	// ReasonOverrideDigestGone (Ready=False): an override names a digest
+	// the registry does not have; it is not written, and the workloads run
+	// what they run. The message names spec.overrides[i].digest.
+	ReasonOverrideDigestGone = "OverrideDigestGone"
 )
 
 // ImagePinStatus is what imagepin last saw. It stays bounded however many
@@ -383,6 +429,14 @@ type DigestRecord struct {
 	// images[].verification): whether it is a digest to roll back to.
 	// +optional
 	Verification *Verification `json:"verification,omitempty"`
+	// available says whether the registry still has digest: false once a
+	// HEAD by digest answers 404 (its garbage collection deleted it), and
+	// a rollback to it is refused. Absent until first checked.
+	// +optional
+	Available *bool `json:"available,omitempty"`
+	// checkedAt is when available was last found (spec.retention).
+	// +optional
+	CheckedAt *metav1.Time `json:"checkedAt,omitempty"`
 }
 
 // WorkloadImage is one container of one workload that uses an image.
@@ -431,7 +485,7 @@ type WorkloadImage struct {
 	// empty when it does not.
 	// +optional
 	// +listType=set
-	// +kubebuilder:validation:MaxItems=6
+	// +kubebuilder:validation:MaxItems=7
 	Drift []DriftReason `json:"drift,omitempty"`
 }
 

@@ -87,6 +87,9 @@ type Input struct {
 	// Unverified is true when spec.verify is set and the resolved or the
 	// pinned digest did not verify.
 	Unverified bool
+	// Gone are the digests, among Pinned and Running, the registry said it
+	// no longer has.
+	Gone []string
 }
 
 // Reasons returns the drift reasons of a container, in the API's order.
@@ -102,6 +105,7 @@ func Reasons(in Input) []imagesv1alpha1.DriftReason {
 		{imagesv1alpha1.DriftRolloutPending, rolloutPending},
 		{imagesv1alpha1.DriftUnresolvable, unresolvable},
 		{imagesv1alpha1.DriftUnverified, func(in Input) bool { return in.Unverified }},
+		{imagesv1alpha1.DriftDigestGone, func(in Input) bool { return len(in.Gone) > 0 }},
 	} {
 		if check.holds(in) {
 			out = append(out, check.reason)

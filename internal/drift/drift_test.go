@@ -88,6 +88,9 @@ func TestReasons(t *testing.T) {
 		{name: "multi-arch tag only: platform of the resolved index", in: Input{Resolved: index, Running: []string{arm64, amd64}, Platforms: platforms}, want: "[Unpinned]"},
 		{name: "multi-arch: pods on a platform, tag moved to a plain image", in: Input{Pinned: index, Resolved: digestA, Running: []string{amd64}, Platforms: platforms}, want: "[TagMoved]"},
 		{name: "multi-arch without platform knowledge is compared plainly", in: Input{Pinned: index, Resolved: index, Running: []string{amd64}}, want: "[RolloutPending]"},
+		// Issue 20: a digest the registry no longer has (garbage collected).
+		{name: "pods run a collected digest", in: Input{Pinned: digestA, Resolved: digestB, Running: []string{digestA}, Gone: []string{digestA}}, want: "[TagMoved DigestGone]"},
+		{name: "in step and present", in: Input{Pinned: digestA, Resolved: digestA, Running: []string{digestA}}, want: "[]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/util/retry"
@@ -252,5 +253,61 @@ func TestOverrideAppliesToAnImagePinnedByCI(t *testing.T) {
 	}
 	if got.Generation != 1 {
 		t.Fatalf("generation %d, want 1: the override held, nothing rolled out", got.Generation)
+	}
+}
+
+// Issue 20 item 3: an override whose digest the controller found gone
+// from the registry (garbage collected) is refused under failurePolicy
+// Fail, and under Ignore the Deployment is admitted as it came, with a
+// warning: a pod would fail to pull the digest.
+func TestAnOverrideToACollectedDigestIsRefusedOrWarned(t *testing.T) {
+	for _, tc := range []struct {
+		app    string
+		policy imagesv1alpha1.FailurePolicy
+	}{
+		{"gone-strict", imagesv1alpha1.FailurePolicyFail},
+		{"gone-lenient", imagesv1alpha1.FailurePolicyIgnore},
+	} {
+		t.Run(tc.app, func(t *testing.T) {
+			ctx := context.Background()
+			ns := namespace(t)
+			repo := tc.app + "/app"
+			image := reg.Image(repo + ":v1")
+			collected := reg.Push(t, repo+":v1")
+			reg.Push(t, repo+":v1")
+			reg.Delete(t, repo, collected)
+			pinFor(t, ns, tc.app, func(p *imagesv1alpha1.ImagePin) {
+				p.Spec.FailurePolicy = tc.policy
+				p.Spec.Overrides = []imagesv1alpha1.ImageOverride{{Image: image, Digest: imagesv1alpha1.Digest(collected)}}
+			})
+			// What the controller's check of the override learnt, with
+			// the credentials the Deployment's pods have.
+			kc, err := (&registry.Keychains{Reader: k8s}).ForPod(ctx, ns, &corev1.PodSpec{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, err := resolver.Available(ctx, registry.AvailabilityRequest{Image: image, Digest: collected, Keychain: kc}); err != nil || v.Available {
+				t.Fatalf("the collected digest: %+v, %v; want gone", v, err)
+			}
+
+			d := deployment(ns, tc.app, tc.app, image)
+			warnings.take()
+			err = k8s.Create(ctx, d)
+			if tc.policy == imagesv1alpha1.FailurePolicyFail {
+				if err == nil || !strings.Contains(err.Error(), "no longer in the registry") || !strings.Contains(err.Error(), collected) {
+					t.Fatalf("created (%v): want a refusal naming the collected digest %s", err, collected)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if img := d.Spec.Template.Spec.Containers[0].Image; img != image {
+				t.Fatalf("stored %s, want %s as it came", img, image)
+			}
+			if ws := strings.Join(warnings.take(), "\n"); !strings.Contains(ws, "admitted unpinned") || !strings.Contains(ws, collected) {
+				t.Fatalf("warnings %q do not name the collected digest %s", ws, collected)
+			}
+		})
 	}
 }

@@ -221,7 +221,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		needKeychain[ti] = true
 	}
 	for _, p := range plans {
-		if p.pin.Spec.Verify != nil {
+		if p.pin.Spec.Verify != nil || p.override {
 			needKeychain[p.template] = true
 		}
 	}
@@ -268,6 +268,16 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 				continue
 			}
 			digest = r.digest
+		}
+		if p.override {
+			// An override the controller found gone from the registry
+			// (garbage collected) would not pull: its writer's policy
+			// decides. Answered from what the controller's checks
+			// learnt; admission asks the registry nothing about it.
+			if kc, ok := keychains[p.template]; ok && h.Resolver.KnownGone(ctx, p.ref, digest, kc) {
+				failures = append(failures, failure{p.pin, fmt.Sprintf("%s: the override's digest %s is no longer in the registry (garbage collected), and a pod would fail to pull it", p.ref, digest)})
+				continue
+			}
 		}
 		if p.pin.Spec.Verify != nil {
 			kc, ok := keychains[p.template]

@@ -44,6 +44,9 @@ var (
 	k8s   client.Client
 	reg   *registrytest.Registry
 	flaky *registrytest.Registry
+	// resolver is the webhook's: a test gives it what a controller's
+	// check would have learnt.
+	resolver *registry.Resolver
 	// warnings collects the admission warnings the API server relays.
 	warnings = &warningCollector{}
 )
@@ -147,7 +150,7 @@ func startCluster() error {
 		return err
 	}
 	cluster.stop = append(cluster.stop, blackhole.Close)
-	resolver, err := registry.New(registry.Options{InsecureRegistries: []string{reg.Host, flaky.Host, blackhole.Host}, Timeout: 5 * time.Second, MaxStale: time.Hour})
+	resolver, err = registry.New(registry.Options{InsecureRegistries: []string{reg.Host, flaky.Host, blackhole.Host}, Timeout: 5 * time.Second, MaxStale: time.Hour})
 	if err != nil {
 		return err
 	}

@@ -37,6 +37,8 @@ type imagePlan struct {
 	// kept: digest is the one the old object runs, kept on a re-apply of
 	// its tag.
 	kept bool
+	// override: digest is spec.overrides'.
+	override bool
 }
 
 // planImage decides whether and how one container image is pinned; ok is
@@ -69,7 +71,7 @@ func planImage(in imageInput) (imagePlan, bool) {
 		if drift.DigestOfImage(in.image) == in.override {
 			return imagePlan{}, false
 		}
-		return imagePlan{ref: ref, digest: in.override}, true
+		return imagePlan{ref: ref, digest: in.override, override: true}, true
 	}
 	if strings.Contains(in.image, "@") {
 		return imagePlan{}, false

@@ -117,3 +117,18 @@ func unknownManifest(err error) bool {
 	var te *transport.Error
 	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound
 }
+
+// KnownGone reports whether an answer already had (by Available, with the
+// same credentials) says the registry no longer serves digest in image's
+// repository. It asks the registry nothing: for admission, which answers
+// from what the controller's checks learnt.
+func (r *Resolver) KnownGone(ctx context.Context, image, digest string, kc authn.Keychain) bool {
+	ref, creds, err := r.digestTarget(ctx, "check", image, digest, kc)
+	if err != nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.avail[digestKey(ref, creds)]
+	return ok && e.err == nil && !e.Available
+}

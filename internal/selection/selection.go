@@ -24,6 +24,14 @@ const DefaultInterval = 5 * time.Minute
 // shorter ones, and this guards objects that bypassed it.
 const MinInterval = 10 * time.Second
 
+// DefaultRetentionCheck is how often a digest found present is checked
+// again when spec.retention names no checkInterval; MinRetentionCheck the
+// shortest honoured.
+const (
+	DefaultRetentionCheck = 6 * time.Hour
+	MinRetentionCheck     = time.Minute
+)
+
 // Selection is a compiled ImagePinSpec.
 type Selection struct {
 	labels   labels.Selector
@@ -31,6 +39,9 @@ type Selection struct {
 	include  []*regexp.Regexp
 	exclude  []*regexp.Regexp
 	Interval time.Duration
+	// RetentionCheck is spec.retention.checkInterval: how often a digest
+	// found present is checked again.
+	RetentionCheck time.Duration
 	// overrides maps an image (ImageKey) to the digest spec.overrides
 	// holds it to.
 	overrides map[string]string
@@ -39,7 +50,7 @@ type Selection struct {
 // Compile checks a spec and compiles what it selects. The error names the
 // field at fault and is written for the ImagePin's author.
 func Compile(spec *imagesv1alpha1.ImagePinSpec) (*Selection, error) {
-	sel := &Selection{labels: labels.Everything(), Interval: DefaultInterval}
+	sel := &Selection{labels: labels.Everything(), Interval: DefaultInterval, RetentionCheck: DefaultRetentionCheck}
 
 	if spec.Selector != nil {
 		s, err := metav1.LabelSelectorAsSelector(spec.Selector)
@@ -75,6 +86,13 @@ func Compile(spec *imagesv1alpha1.ImagePinSpec) (*Selection, error) {
 			return nil, fmt.Errorf("spec.interval: %s is shorter than the minimum of %s", spec.Interval.Duration, MinInterval)
 		}
 		sel.Interval = spec.Interval.Duration
+	}
+
+	if r := spec.Retention; r != nil && r.CheckInterval != nil {
+		if r.CheckInterval.Duration < MinRetentionCheck {
+			return nil, fmt.Errorf("spec.retention.checkInterval: %s is shorter than the minimum of %s", r.CheckInterval.Duration, MinRetentionCheck)
+		}
+		sel.RetentionCheck = r.CheckInterval.Duration
 	}
 
 	if spec.Follow != nil && spec.Follow.MinAge != nil && spec.Follow.MinAge.Duration < 0 {

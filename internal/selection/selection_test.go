@@ -35,6 +35,7 @@ func TestCompileRefusesWhatItCannotHonour(t *testing.T) {
 		{name: "empty glob", spec: imagesv1alpha1.ImagePinSpec{Images: &imagesv1alpha1.ImageFilter{Include: []string{""}}}, wantErr: "empty pattern"},
 		{name: "unknown mode", spec: imagesv1alpha1.ImagePinSpec{Mode: "Pinned"}, wantErr: `spec.mode: "Pinned"`},
 		{name: "interval too short", spec: imagesv1alpha1.ImagePinSpec{Interval: &metav1.Duration{Duration: time.Second}}, wantErr: "spec.interval: 1s is shorter than the minimum of 10s"},
+		{name: "retention check too short", spec: imagesv1alpha1.ImagePinSpec{Retention: &imagesv1alpha1.RetentionSpec{CheckInterval: &metav1.Duration{Duration: time.Second}}}, wantErr: "spec.retention.checkInterval: 1s is shorter than the minimum of 1m0s"},
 		{name: "negative minAge", spec: imagesv1alpha1.ImagePinSpec{Follow: &imagesv1alpha1.FollowSpec{MinAge: &metav1.Duration{Duration: -time.Second}}}, wantErr: "spec.follow.minAge"},
 		{name: "override without digest", spec: imagesv1alpha1.ImagePinSpec{Overrides: []imagesv1alpha1.ImageOverride{{Image: "reg.io/app:v1"}}}, wantErr: "spec.overrides[0]: override for reg.io/app:v1 needs a digest"},
 		// repo and repo:latest are one image: the controller and the

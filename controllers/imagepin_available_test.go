@@ -1,0 +1,231 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	appsv1 "k8s.io/api/apps/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/selection"
+)
+
+// Issue 20: :v1 is pushed twice and the registry's garbage collection
+// deletes the first digest. The ImagePin says so in history, in
+// RollbackReady, as DigestGone drift of the pods that still run it, in an
+// event and a metric; a rollback override to it is not written.
+func TestACollectedDigestIsReportedAndNotRolledBackTo(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("gc/app:v1")
+	a := reg.Push(t, "gc/app:v1")
+	dep := deploymentRunning(t, ns, "web", image, podRun{"node-a", a}, podRun{"node-b", a})
+	pin := observePin(ns, "web")
+	create(t, pin)
+
+	historyIs := func(got *imagesv1alpha1.ImagePin, want ...string) ([]imagesv1alpha1.DigestRecord, error) {
+		img, _, err := entryFor(got, image, "web", "app")
+		if err != nil {
+			return nil, err
+		}
+		var ds []string
+		for _, h := range img.History {
+			ds = append(ds, string(h.Digest))
+		}
+		if fmt.Sprint(ds) != fmt.Sprint(want) {
+			return nil, fmt.Errorf("history %v, want %v", ds, want)
+		}
+		return img.History, nil
+	}
+	availableIs := func(h imagesv1alpha1.DigestRecord, want bool) error {
+		if h.Available == nil || *h.Available != want || h.CheckedAt == nil {
+			return fmt.Errorf("history entry %s: available %v checked %v, want %v", h.Digest, h.Available, h.CheckedAt, want)
+		}
+		return nil
+	}
+
+	// The tag is pushed again: both digests are in history, both there.
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		_, err = historyIs(got, a)
+		return err
+	})
+	b := reg.Push(t, "gc/app:v1")
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		h, err := historyIs(got, b, a)
+		if err != nil {
+			return err
+		}
+		for _, e := range h {
+			if err := availableIs(e, true); err != nil {
+				return err
+			}
+		}
+		return conditionIs(got, imagesv1alpha1.ConditionRollbackReady, metav1.ConditionTrue, imagesv1alpha1.ReasonDigestsAvailable)
+	})
+
+	// Garbage collection deletes the untagged first digest, and a
+	// rollback override to it is asked for. An override is checked before
+	// it is written: it is refused, the Deployment keeps naming what it
+	// names (not a, and not pinned to b in its place), and the check that
+	// found it gone says so everywhere.
+	reg.Delete(t, "gc/app", a)
+	got, err := getPin(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.Spec.Mode = imagesv1alpha1.ModePin
+	got.Spec.Overrides = []imagesv1alpha1.ImageOverride{{Image: image, Digest: imagesv1alpha1.Digest(a)}}
+	if err := k8s.Update(context.Background(), got); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		if err := conditionIs(got, imagesv1alpha1.ConditionReady, metav1.ConditionFalse, imagesv1alpha1.ReasonOverrideDigestGone); err != nil {
+			return err
+		}
+		if c := meta.FindStatusCondition(got.Status.Conditions, imagesv1alpha1.ConditionReady); !strings.Contains(c.Message, "spec.overrides[0].digest") || !strings.Contains(c.Message, a) {
+			return fmt.Errorf("Ready does not name spec.overrides[0].digest and %s: %s", a, c.Message)
+		}
+		h, err := historyIs(got, b, a)
+		if err != nil {
+			return err
+		}
+		if err := availableIs(h[0], true); err != nil {
+			return err
+		}
+		if err := availableIs(h[1], false); err != nil {
+			return err
+		}
+		if err := conditionIs(got, imagesv1alpha1.ConditionRollbackReady, metav1.ConditionFalse, imagesv1alpha1.ReasonDigestsGone); err != nil {
+			return err
+		}
+		if c := meta.FindStatusCondition(got.Status.Conditions, imagesv1alpha1.ConditionRollbackReady); !strings.Contains(c.Message, a) {
+			return fmt.Errorf("RollbackReady does not name %s: %s", a, c.Message)
+		}
+		// The pods run a on: the next pod will not pull it.
+		_, w, err := entryFor(got, image, "web", "app")
+		if err != nil {
+			return err
+		}
+		if err := driftIs(w, imagesv1alpha1.DriftUnpinned, imagesv1alpha1.DriftTagMoved, imagesv1alpha1.DriftDigestGone); err != nil {
+			return err
+		}
+		return conditionIs(got, imagesv1alpha1.ConditionDrifted, metav1.ConditionTrue, string(imagesv1alpha1.DriftDigestGone))
+	})
+	if n := testutil.ToFloat64(digestsUnavailable.WithLabelValues(ns, pin.Name)); n != 1 {
+		t.Errorf("imagepin_digests_unavailable = %v, want 1", n)
+	}
+	eventually(t, func() error {
+		var evs eventsv1.EventList
+		if err := k8s.List(context.Background(), &evs, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		// One event says both: history's rollback target, and the pods
+		// that run it.
+		var notes []string
+		for _, e := range evs.Items {
+			if e.Reason == EventDigestGone && e.Regarding.Name == pin.Name {
+				notes = append(notes, e.Note)
+			}
+		}
+		if len(notes) != 1 || !strings.Contains(notes[0], a) || !strings.Contains(notes[0], "rollback") || !strings.Contains(notes[0], "new pod will fail to pull") {
+			return fmt.Errorf("DigestGone events %q, want one naming %s as a rollback target and as what the pods run", notes, a)
+		}
+		return nil
+	})
+
+	var now appsv1.Deployment
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(dep), &now); err != nil {
+		t.Fatal(err)
+	}
+	if img := now.Spec.Template.Spec.Containers[0].Image; img != image || now.Generation != dep.Generation {
+		t.Fatalf("the Deployment was written: image %s generation %d, want %s at %d", img, now.Generation, image, dep.Generation)
+	}
+}
+
+// Without an override, a digest found present is asked about again on the
+// spec.retention.checkInterval tick, not before: its deletion shows at
+// the first check of the next tick.
+func TestAPresentDigestIsCheckedAgainOnTheRetentionTick(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("gc/tick:v1")
+	a := reg.Push(t, "gc/tick:v1")
+	deploymentRunning(t, ns, "web", image, podRun{"node-a", a})
+	pin := observePin(ns, "web")
+	create(t, pin)
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		img, _, err := entryFor(got, image, "web", "app")
+		if err != nil {
+			return err
+		}
+		if len(img.History) != 1 || img.History[0].Available == nil || !*img.History[0].Available {
+			return fmt.Errorf("history %+v, want %s available", img.History, a)
+		}
+		return nil
+	})
+	b := reg.Push(t, "gc/tick:v1")
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		img, _, err := entryFor(got, image, "web", "app")
+		if err != nil {
+			return err
+		}
+		if len(img.History) != 2 || string(img.History[0].Digest) != b || img.History[1].Available == nil || !*img.History[1].Available {
+			return fmt.Errorf("history %+v, want %s then %s available", img.History, b, a)
+		}
+		return nil
+	})
+	reg.Delete(t, "gc/tick", a)
+
+	availableOf := func(now time.Time) *bool {
+		t.Helper()
+		stored, err := getPin(pin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		status := stored.Status.DeepCopy()
+		if _, err := directReconciler(now).reconcile(context.Background(), stored, status); err != nil {
+			t.Fatal(err)
+		}
+		img, _, err := entryFor(&imagesv1alpha1.ImagePin{Status: *status}, image, "web", "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img.History[1].Available
+	}
+	now := time.Now()
+	if got := availableOf(now); got == nil || !*got {
+		t.Fatalf("within the retention tick a is %v; want the answer of the tick (available), not a new HEAD", got)
+	}
+	next := tickStart(now, selection.DefaultRetentionCheck).Add(selection.DefaultRetentionCheck)
+	if got := availableOf(next); got == nil || *got {
+		t.Fatalf("at the next retention tick a is %v, want gone", got)
+	}
+}
