@@ -3,13 +3,13 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
@@ -41,11 +41,18 @@ func (a availability) gone(image, digest string) bool {
 	return ok && !v.Available
 }
 
-// checkAvailability asks about every digest obs's containers run or pin,
-// the overrides of their images and the digests of their images' history
-// in prev, and records the answers in obs. The digest a tag resolved to in
-// this check is present: it costs no request.
-func (r *ImagePinReconciler) checkAvailability(ctx context.Context, obs *observation, prev []imagesv1alpha1.ImageStatus, sel *selection.Selection, now time.Time) {
+// checkAvailability gives obs what is known of every digest obs's
+// containers run or pin, the overrides of their images and the digests of
+// their images' history in prev. The digest a tag resolved to in this
+// check is present: it costs no request.
+//
+// A check does not wait for the registry: it takes the last verdicts, and
+// a digest whose verdict is due again (or was never had) is asked about in
+// the background; when an answer differs from what the check took, the
+// ImagePin key is checked again. A blackholed registry so delays no
+// status. The exception is an override not yet written: its digest is
+// asked about afresh, and waited for, before it is written.
+func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.NamespacedName, obs *observation, prev []imagesv1alpha1.ImageStatus, sel *selection.Selection, now time.Time) {
 	history := map[string][]imagesv1alpha1.DigestRecord{}
 	for _, img := range prev {
 		history[img.Image] = img.History
@@ -93,50 +100,88 @@ func (r *ImagePinReconciler) checkAvailability(ctx context.Context, obs *observa
 			add(c.image, string(h.Digest), c.keychain, false)
 		}
 	}
-	// Asked in the order status lists them, so that a round is the same
-	// from one check to the next.
-	sort.Slice(asks, func(i, j int) bool {
-		if asks[i].image != asks[j].image {
-			return asks[i].image < asks[j].image
-		}
-		return asks[i].digest < asks[j].digest
-	})
 
-	present := tickStart(now, sel.RetentionCheck)
-	gone := tickStart(now, sel.Interval)
-	var mu sync.Mutex
-	work := make(chan ask)
+	// A present digest is due on the retention tick, a gone one each
+	// check (it may be pushed back), an override before it is written.
+	present, gone := tickStart(now, sel.RetentionCheck), tickStart(now, sel.Interval)
+	var wait, later []registry.AvailabilityRequest
+	var waitFor, laterFor []digestOf
+	for _, a := range asks {
+		req := registry.AvailabilityRequest{Image: a.image, Digest: a.digest, Keychain: a.keychain, FreshSince: present}
+		if a.beforeWrite {
+			req.FreshSince = now
+		}
+		v, fresh, ok := r.Resolver.CachedAvailability(ctx, req)
+		if ok {
+			known[a.digestOf] = v
+			if !v.Available && !a.beforeWrite {
+				req.FreshSince = gone
+				fresh = !v.CheckedAt.Before(gone)
+			}
+		}
+		switch {
+		case ok && fresh:
+		case a.beforeWrite:
+			wait, waitFor = append(wait, req), append(waitFor, a.digestOf)
+		default:
+			later, laterFor = append(later, req), append(laterFor, a.digestOf)
+		}
+	}
+	answers := r.askAvailability(ctx, wait)
+	for i, v := range answers {
+		if v != nil {
+			known[waitFor[i]] = *v
+		}
+	}
+	obs.available = known
+	if len(later) == 0 {
+		return
+	}
+	took := make([]*registry.Availability, len(later))
+	for i, d := range laterFor {
+		if v, ok := known[d]; ok {
+			took[i] = &v
+		}
+	}
+	logger := log.FromContext(ctx)
+	go func() {
+		// The check's context ends with it; the answers are the
+		// resolver's to bound (its timeout).
+		answers := r.askAvailability(context.WithoutCancel(ctx), later)
+		for i, v := range answers {
+			if v != nil && (took[i] == nil || took[i].Available != v.Available) {
+				logger.V(1).Info("digest availability changed: checking again", "image", laterFor[i].image, "digest", laterFor[i].digest, "available", v.Available)
+				r.queueCheck(key)
+				return
+			}
+		}
+	}()
+}
+
+// askAvailability asks about each of reqs, a few at a time; an answer is
+// nil when the registry gave none.
+func (r *ImagePinReconciler) askAvailability(ctx context.Context, reqs []registry.AvailabilityRequest) []*registry.Availability {
+	out := make([]*registry.Availability, len(reqs))
+	next := make(chan int)
 	var wg sync.WaitGroup
-	for range min(resolveWorkers, len(asks)) {
+	for range min(resolveWorkers, len(reqs)) {
 		wg.Go(func() {
-			for a := range work {
-				req := registry.AvailabilityRequest{Image: a.image, Digest: a.digest, Keychain: a.keychain, FreshSince: present}
-				if a.beforeWrite {
-					req.FreshSince = now
-				}
-				v, err := r.Resolver.Available(ctx, req)
-				if err == nil && !v.Available && v.CheckedAt.Before(gone) {
-					// Gone as of an earlier check: asked again each
-					// check, as it may have been pushed back.
-					req.FreshSince = gone
-					v, err = r.Resolver.Available(ctx, req)
-				}
+			for i := range next {
+				v, err := r.Resolver.Available(ctx, reqs[i])
 				if err != nil {
-					log.FromContext(ctx).V(1).Info("digest availability unknown", "image", a.image, "digest", a.digest, "reason", err.Error())
+					log.FromContext(ctx).V(1).Info("digest availability unknown", "image", reqs[i].Image, "digest", reqs[i].Digest, "reason", err.Error())
 					continue
 				}
-				mu.Lock()
-				known[a.digestOf] = v
-				mu.Unlock()
+				out[i] = &v
 			}
 		})
 	}
-	for _, a := range asks {
-		work <- a
+	for i := range reqs {
+		next <- i
 	}
-	close(work)
+	close(next)
 	wg.Wait()
-	obs.available = known
+	return out
 }
 
 // unavailable counts the distinct digests a's answers say are gone.

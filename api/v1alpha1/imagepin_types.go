@@ -158,7 +158,7 @@ type ImagePinSpec struct {
 // its garbage collection has deleted the image.
 type RetentionSpec struct {
 	// checkInterval is how often a digest found present is checked again,
-	// as a Go duration; at least 1m. Content under a digest never changes,
+	// as a Go duration; at least 1m, at most 48h. Content under a digest never changes,
 	// so this can be slow: each distinct digest costs one HEAD per
 	// interval. A digest found gone, or never checked, is checked with
 	// the ImagePin's next check.
@@ -167,7 +167,7 @@ type RetentionSpec struct {
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self) >= duration('1m')",message="retention.checkInterval must be at least 1m"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || (duration(self) >= duration('1m') && duration(self) <= duration('48h'))",message="retention.checkInterval must be between 1m and 48h"
 	CheckInterval *metav1.Duration `json:"checkInterval,omitempty"`
 }
 

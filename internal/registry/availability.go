@@ -20,6 +20,10 @@ import (
 // about again only on a slow cadence (AvailabilityRequest.FreshSince: the
 // tick of a long interval).
 
+// availKeep is how long an availability verdict is kept unused: past the
+// longest retention check interval the API allows (48h).
+const availKeep = 49 * time.Hour
+
 // AvailabilityRequest asks whether the registry still serves one digest
 // of an image.
 type AvailabilityRequest struct {
@@ -131,4 +135,22 @@ func (r *Resolver) KnownGone(ctx context.Context, image, digest string, kc authn
 	defer r.mu.Unlock()
 	e, ok := r.avail[digestKey(ref, creds)]
 	return ok && e.err == nil && !e.Available
+}
+
+// CachedAvailability is the answer Available would start from, without
+// asking: the last verdict had about req.Digest with req.Keychain's
+// credentials (ok), and whether it was asked for since req.FreshSince
+// (fresh).
+func (r *Resolver) CachedAvailability(ctx context.Context, req AvailabilityRequest) (v Availability, fresh, ok bool) {
+	ref, creds, err := r.digestTarget(ctx, "check", req.Image, req.Digest, req.Keychain)
+	if err != nil {
+		return Availability{}, false, false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.avail[digestKey(ref, creds)]
+	if !ok || e.err != nil {
+		return Availability{}, false, false
+	}
+	return e.Availability, !e.CheckedAt.Before(req.FreshSince), true
 }

@@ -264,7 +264,9 @@ func (r *Resolver) sweepLocked(now time.Time) {
 	}
 	r.sweepHintsLocked(now, keep)
 	for k, e := range r.avail {
-		if now.Sub(e.CheckedAt) > keep {
+		// A verdict serves a whole retention interval: kept past the
+		// longest one.
+		if now.Sub(e.CheckedAt) > max(keep, availKeep) {
 			delete(r.avail, k)
 		}
 	}

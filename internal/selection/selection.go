@@ -30,6 +30,7 @@ const MinInterval = 10 * time.Second
 const (
 	DefaultRetentionCheck = 6 * time.Hour
 	MinRetentionCheck     = time.Minute
+	MaxRetentionCheck     = 48 * time.Hour
 )
 
 // Selection is a compiled ImagePinSpec.
@@ -91,6 +92,9 @@ func Compile(spec *imagesv1alpha1.ImagePinSpec) (*Selection, error) {
 	if r := spec.Retention; r != nil && r.CheckInterval != nil {
 		if r.CheckInterval.Duration < MinRetentionCheck {
 			return nil, fmt.Errorf("spec.retention.checkInterval: %s is shorter than the minimum of %s", r.CheckInterval.Duration, MinRetentionCheck)
+		}
+		if r.CheckInterval.Duration > MaxRetentionCheck {
+			return nil, fmt.Errorf("spec.retention.checkInterval: %s is longer than the maximum of %s", r.CheckInterval.Duration, MaxRetentionCheck)
 		}
 		sel.RetentionCheck = r.CheckInterval.Duration
 	}
