@@ -161,8 +161,11 @@ func (s *PodStore) Delete(obj any) error {
 	return nil
 }
 
-// Replace stores a whole list: pods not in it are gone.
+// Replace stores a whole list: pods not in it are gone. The first list
+// tells nobody: every check after it reads the pods anew, and telling of
+// each pod of a large cluster kept the controllers from starting.
 func (s *PodStore) Replace(list []any, _ string) error {
+	first := !s.HasSynced()
 	s.apply(func() []client.Object {
 		var changed []client.Object
 		seen := make(map[podKey]bool, len(list))
@@ -176,6 +179,9 @@ func (s *PodStore) Replace(list []any, _ string) error {
 			if !seen[k] {
 				changed = append(changed, s.drop(k)...)
 			}
+		}
+		if first {
+			return nil
 		}
 		return changed
 	})
