@@ -194,7 +194,7 @@ func (r *ClusterImagePinReconciler) checkNamespace(ctx context.Context, pin *ima
 	for i := range obs.containers {
 		obs.containers[i].namespace = pin.Namespace
 	}
-	r.checkAvailability(ctx, types.NamespacedName{Name: pin.Name}, &obs, ps.Images, sel, now)
+	r.checkAvailability(ctx, checkKey(pin), pin.Spec.Mode, &obs, ps.Images, sel, now)
 	res.obs = obs
 	if res.yieldedTo, err = r.yieldedTo(ctx, pin.Namespace, obs, workloads); err != nil {
 		return res, err

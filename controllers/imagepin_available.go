@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"sync"
 	"time"
 
@@ -44,15 +45,24 @@ func (a availability) gone(image, digest string) bool {
 // checkAvailability gives obs what is known of every digest obs's
 // containers run or pin, the overrides of their images and the digests of
 // their images' history in prev. The digest a tag resolved to in this
-// check is present: it costs no request.
+// check is present: it costs no request. A verdict the resolver no longer
+// holds (a restarted manager) is taken from prev's history meanwhile.
 //
 // A check does not wait for the registry: it takes the last verdicts, and
 // a digest whose verdict is due again (or was never had) is asked about in
 // the background; when an answer differs from what the check took, the
 // ImagePin key is checked again. A blackholed registry so delays no
-// status. The exception is an override not yet written: its digest is
-// asked about afresh, and waited for, before it is written.
-func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.NamespacedName, obs *observation, prev []imagesv1alpha1.ImageStatus, sel *selection.Selection, now time.Time) {
+// status. The exception is an override this check would write: its digest
+// is asked about afresh, and waited for, before it is written.
+func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.NamespacedName, mode imagesv1alpha1.Mode, obs *observation, prev []imagesv1alpha1.ImageStatus, sel *selection.Selection, now time.Time) {
+	recorded := availability{}
+	for _, img := range prev {
+		for _, h := range img.History {
+			if h.Available != nil && h.CheckedAt != nil {
+				recorded[digestOf{img.Image, string(h.Digest)}] = registry.Availability{Available: *h.Available, CheckedAt: h.CheckedAt.Time}
+			}
+		}
+	}
 	history := map[string][]imagesv1alpha1.DigestRecord{}
 	for _, img := range prev {
 		history[img.Image] = img.History
@@ -60,8 +70,8 @@ func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.Na
 	type ask struct {
 		digestOf
 		keychain authn.Keychain
-		// beforeWrite: asked afresh, not on the retention tick: an
-		// override about to be written.
+		// beforeWrite: an override this check would write, asked about
+		// afresh.
 		beforeWrite bool
 	}
 	var asks []ask
@@ -88,47 +98,56 @@ func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.Na
 			known[digestOf{c.image, c.result.Digest}] = registry.Availability{Available: true, CheckedAt: c.result.ResolvedAt}
 		}
 	}
+	writes := mode == imagesv1alpha1.ModePin || mode == imagesv1alpha1.ModeFollow
 	for _, c := range obs.containers {
 		add(c.image, c.pinned, c.keychain, false)
 		for _, run := range c.running {
 			add(c.image, string(run.Digest), c.keychain, false)
 		}
-		// An override not yet written everywhere is checked before it is.
+		// An override this check would write is checked before it is.
 		o := sel.Override(c.image)
-		add(c.image, o, c.keychain, o != c.pinned)
+		add(c.image, o, c.keychain, writes && o != "" && o != c.pinned && templateMutable(c.kind) && c.mayWrite(obs.verifying, o))
 		for _, h := range history[c.image] {
 			add(c.image, string(h.Digest), c.keychain, false)
 		}
 	}
 
-	// A present digest is due on the retention tick, a gone one each
-	// check (it may be pushed back), an override before it is written.
-	present, gone := tickStart(now, sel.RetentionCheck), tickStart(now, sel.Interval)
 	var wait, later []registry.AvailabilityRequest
 	var waitFor, laterFor []digestOf
 	for _, a := range asks {
-		req := registry.AvailabilityRequest{Image: a.image, Digest: a.digest, Keychain: a.keychain, FreshSince: present}
-		if a.beforeWrite {
-			req.FreshSince = now
+		// A present digest is due on the retention tick, a gone one each
+		// interval's tick (it may be pushed back); each digest's ticks
+		// are its own, so that a cluster's digests are not all asked
+		// about at one instant.
+		req := registry.AvailabilityRequest{Image: a.image, Digest: a.digest, Keychain: a.keychain,
+			FreshSince: digestTick(now, sel.RetentionCheck, a.digest)}
+		v, due, ok := r.Resolver.CachedAvailability(ctx, req)
+		if !ok {
+			v, ok = recorded[a.digestOf]
 		}
-		v, fresh, ok := r.Resolver.CachedAvailability(ctx, req)
 		if ok {
 			known[a.digestOf] = v
-			if !v.Available && !a.beforeWrite {
-				req.FreshSince = gone
-				fresh = !v.CheckedAt.Before(gone)
-			}
 		}
 		switch {
-		case ok && fresh:
+		case ok && !v.Available:
+			// Gone: asked again on the interval's tick.
+			req.FreshSince = digestTick(now, sel.Interval, a.digest)
+			_, due, _ = r.Resolver.CachedAvailability(ctx, req)
+		case ok && a.beforeWrite:
+			// Present when last asked: asked again right before it is
+			// written.
+			req.FreshSince = now
+			due = true
+		}
+		switch {
+		case !due:
 		case a.beforeWrite:
 			wait, waitFor = append(wait, req), append(waitFor, a.digestOf)
 		default:
 			later, laterFor = append(later, req), append(laterFor, a.digestOf)
 		}
 	}
-	answers := r.askAvailability(ctx, wait)
-	for i, v := range answers {
+	for i, v := range r.askAvailability(ctx, wait) {
 		if v != nil {
 			known[waitFor[i]] = *v
 		}
@@ -156,6 +175,19 @@ func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.Na
 			}
 		}
 	}()
+}
+
+// digestTick is the start of the tick of interval that now falls in, on a
+// grid offset by the digest: every digest is asked about once per
+// interval, at its own moment.
+func digestTick(now time.Time, interval time.Duration, digest string) time.Time {
+	if interval <= 0 {
+		return now
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(digest))
+	offset := time.Duration(h.Sum64() % uint64(interval))
+	return tickStart(now.Add(-offset), interval).Add(offset)
 }
 
 // askAvailability asks about each of reqs, a few at a time; an answer is
@@ -209,24 +241,16 @@ func goneOf(c containerObs, a availability) []string {
 	return out
 }
 
-// setOverridesGone turns Ready False when an override names a digest the
-// registry no longer has: it is not written, and the field is named.
-func setOverridesGone(status *imagesv1alpha1.ImagePinStatus, generation int64, overrides []imagesv1alpha1.ImageOverride, a availability) {
+// goneOverrides names, as spec fields, the overrides whose digest the
+// registry said it no longer has.
+func goneOverrides(overrides []imagesv1alpha1.ImageOverride, a availability) []string {
 	var gone []string
 	for i, o := range overrides {
 		if a.gone(selection.ImageKey(o.Image), string(o.Digest)) {
 			gone = append(gone, fmt.Sprintf("spec.overrides[%d].digest %s of %s", i, o.Digest, o.Image))
 		}
 	}
-	if len(gone) == 0 {
-		return
-	}
-	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
-		Type: imagesv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: imagesv1alpha1.ReasonOverrideDigestGone,
-		ObservedGeneration: generation,
-		Message: fmt.Sprintf("the registry no longer has %s: not written, the workloads run what they run; choose a digest whose status.images[].history entry is available",
-			joinCapped(gone, 3)),
-	})
+	return gone
 }
 
 // setRollbackReady says whether every digest of history is still in the

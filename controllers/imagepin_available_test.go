@@ -131,6 +131,27 @@ func TestACollectedDigestIsReportedAndNotRolledBackTo(t *testing.T) {
 		}
 		return conditionIs(got, imagesv1alpha1.ConditionDrifted, metav1.ConditionTrue, string(imagesv1alpha1.DriftDigestGone))
 	})
+	// Ready stays False from one check to the next: its transition time
+	// does not move (it did when Ready was set True, then False, by each
+	// check, and every check wrote the status).
+	first, err := getPin(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := meta.FindStatusCondition(first.Status.Conditions, imagesv1alpha1.ConditionReady).LastTransitionTime
+	eventually(t, func() error {
+		got, err := getPin(pin)
+		if err != nil {
+			return err
+		}
+		if !got.Status.LastCheckTime.After(first.Status.LastCheckTime.Time) {
+			return fmt.Errorf("no later check yet (last %s)", got.Status.LastCheckTime)
+		}
+		if c := meta.FindStatusCondition(got.Status.Conditions, imagesv1alpha1.ConditionReady); !c.LastTransitionTime.Equal(&since) {
+			t.Fatalf("Ready's transition time moved from %s to %s with no change", since, c.LastTransitionTime)
+		}
+		return nil
+	})
 	if n := testutil.ToFloat64(digestsUnavailable.WithLabelValues(ns, pin.Name)); n != 1 {
 		t.Errorf("imagepin_digests_unavailable = %v, want 1", n)
 	}

@@ -176,7 +176,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	}
 	r.tags.set(client.ObjectKeyFromObject(pin), obs.tagRefs())
 	now := r.Clock.Now()
-	r.checkAvailability(ctx, client.ObjectKeyFromObject(pin), &obs, pin.Status.Images, sel, now)
+	r.checkAvailability(ctx, client.ObjectKeyFromObject(pin), pin.Spec.Mode, &obs, pin.Status.Images, sel, now)
 	setChecked(status, checkInput{
 		generation: pin.Generation,
 		now:        now,

@@ -98,8 +98,7 @@ func setChecked(status *imagesv1alpha1.ImagePinStatus, in checkInput) (byNamespa
 	status.Images = images
 	status.Summary = summary
 	status.ObservedGeneration = in.generation
-	setReady(status, in.generation)
-	setOverridesGone(status, in.generation, in.overrides, in.obs.available)
+	setReady(status, in.generation, goneOverrides(in.overrides, in.obs.available))
 	setDrifted(status, in.generation)
 	setVerified(status, in.generation, in.obs)
 	setRollbackReady(status, in.generation)
@@ -368,7 +367,11 @@ func workloadLess(a, b imagesv1alpha1.WorkloadImage) bool {
 
 // setReady: True when every selected tag resolved, else False naming the
 // images that did not and why.
-func setReady(status *imagesv1alpha1.ImagePinStatus, generation int64) {
+//
+// An override to a digest the registry no longer has makes it False too
+// (OverrideDigestGone, naming the field), first: the one condition is set
+// once, so that its transition time moves only when it changes.
+func setReady(status *imagesv1alpha1.ImagePinStatus, generation int64, goneOverrides []string) {
 	var failed []string
 	for _, img := range status.Images {
 		if img.Error != "" {
@@ -377,10 +380,19 @@ func setReady(status *imagesv1alpha1.ImagePinStatus, generation int64) {
 	}
 	c := metav1.Condition{Type: imagesv1alpha1.ConditionReady, ObservedGeneration: generation}
 	s := status.Summary
-	if len(failed) == 0 {
+	switch {
+	case len(goneOverrides) > 0:
+		c.Status, c.Reason = metav1.ConditionFalse, imagesv1alpha1.ReasonOverrideDigestGone
+		c.Message = fmt.Sprintf("the registry no longer has %s: not written, the workloads run what they run; choose a digest whose status.images[].history entry is available",
+			joinCapped(goneOverrides, 3))
+		if len(failed) > 0 {
+			c.Message += fmt.Sprintf("; could not resolve %d of %d %s (last digests kept): %s",
+				len(failed), s.Images, plural(int(s.Images), "image"), joinCapped(failed, 3))
+		}
+	case len(failed) == 0:
 		c.Status, c.Reason = metav1.ConditionTrue, imagesv1alpha1.ReasonResolved
 		c.Message = fmt.Sprintf("resolved %d %s of %d %s", s.Images, plural(int(s.Images), "image"), s.Workloads, plural(int(s.Workloads), "workload"))
-	} else {
+	default:
 		c.Status, c.Reason = metav1.ConditionFalse, imagesv1alpha1.ReasonResolutionFailed
 		c.Message = fmt.Sprintf("could not resolve %d of %d %s (last digests kept): %s",
 			len(failed), s.Images, plural(int(s.Images), "image"), joinCapped(failed, 3))

@@ -273,8 +273,11 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 			// An override the controller found gone from the registry
 			// (garbage collected) would not pull: its writer's policy
 			// decides. Answered from what the controller's checks
-			// learnt; admission asks the registry nothing about it.
-			if kc, ok := keychains[p.template]; ok && h.Resolver.KnownGone(ctx, p.ref, digest, kc) {
+			// learnt, in this replica's resolver or in the ImagePin's
+			// status (any replica's webhook reads it); admission asks the
+			// registry nothing about it.
+			kc, ok := keychains[p.template]
+			if statusSaysGone(p.pin, p.ref, digest) || (ok && h.Resolver.KnownGone(ctx, p.ref, digest, kc)) {
 				failures = append(failures, failure{p.pin, fmt.Sprintf("%s: the override's digest %s is no longer in the registry (garbage collected), and a pod would fail to pull it", p.ref, digest)})
 				continue
 			}
@@ -394,4 +397,21 @@ func warning(msg string) string {
 		msg = msg[:cut] + "…"
 	}
 	return msg
+}
+
+// statusSaysGone reports whether pin's status history says the registry no
+// longer has digest of image.
+func statusSaysGone(pin *imagesv1alpha1.ImagePin, image, digest string) bool {
+	key := selection.ImageKey(image)
+	for _, img := range pin.Status.Images {
+		if img.Image != key {
+			continue
+		}
+		for _, h := range img.History {
+			if string(h.Digest) == digest && h.Available != nil && !*h.Available {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -95,8 +95,12 @@ func (r *Resolver) Available(ctx context.Context, req AvailabilityRequest) (Avai
 			e.err = explainFor(asked{what: "check " + ref.String(), registry: ref.RegistryStr(), missing: "not found"}, err, r.opts.Timeout)
 		}
 		if e.err != nil {
-			// No verdict: the callers of this flight are told why, the
-			// next caller asks again, and an earlier verdict stays.
+			// No verdict: the callers of this flight are told why, and an
+			// earlier verdict stays. When it failed is remembered for
+			// CachedAvailability.
+			r.mu.Lock()
+			r.availFailed[key] = started
+			r.mu.Unlock()
 			return e, nil
 		}
 		r.mu.Lock()
@@ -137,20 +141,27 @@ func (r *Resolver) KnownGone(ctx context.Context, image, digest string, kc authn
 	return ok && e.err == nil && !e.Available
 }
 
-// CachedAvailability is the answer Available would start from, without
-// asking: the last verdict had about req.Digest with req.Keychain's
-// credentials (ok), and whether it was asked for since req.FreshSince
-// (fresh).
-func (r *Resolver) CachedAvailability(ctx context.Context, req AvailabilityRequest) (v Availability, fresh, ok bool) {
+// CachedAvailability is what Available would start from, without asking:
+// the last verdict had about req.Digest with req.Keychain's credentials
+// (ok), and whether asking is due: no verdict, nor an error, was had since
+// req.FreshSince (a registry that fails is asked once per FreshSince, not
+// by every caller).
+func (r *Resolver) CachedAvailability(ctx context.Context, req AvailabilityRequest) (v Availability, due, ok bool) {
 	ref, creds, err := r.digestTarget(ctx, "check", req.Image, req.Digest, req.Keychain)
 	if err != nil {
+		// Nothing to ask: the request would fail the same way.
 		return Availability{}, false, false
 	}
+	key := digestKey(ref, creds)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, ok := r.avail[digestKey(ref, creds)]
-	if !ok || e.err != nil {
-		return Availability{}, false, false
+	due = true
+	if failed, ok := r.availFailed[key]; ok && !failed.Before(req.FreshSince) {
+		due = false
 	}
-	return e.Availability, !e.CheckedAt.Before(req.FreshSince), true
+	e, ok := r.avail[key]
+	if !ok {
+		return Availability{}, due, false
+	}
+	return e.Availability, due && e.CheckedAt.Before(req.FreshSince), true
 }

@@ -270,6 +270,11 @@ func (r *Resolver) sweepLocked(now time.Time) {
 			delete(r.avail, k)
 		}
 	}
+	for k, at := range r.availFailed {
+		if now.Sub(at) > max(keep, availKeep) {
+			delete(r.availFailed, k)
+		}
+	}
 	for k, pe := range r.pullers {
 		if now.Sub(pe.used) > pullerIdleAfter {
 			delete(r.pullers, k)

@@ -153,6 +153,7 @@ type Resolver struct {
 	hints       map[TagRef]time.Time   // hints.go
 	known       map[TagRef]int         // cache entries per tag and per repository
 	avail       map[string]*availEntry // Available's answers (availability.go)
+	availFailed map[string]time.Time   // when Available last failed, by key
 }
 
 // entry is the cache's memory of one tag under one list of credentials.
@@ -230,6 +231,7 @@ func New(o Options) (*Resolver, error) {
 		hints:       map[TagRef]time.Time{},
 		known:       map[TagRef]int{},
 		avail:       map[string]*availEntry{},
+		availFailed: map[string]time.Time{},
 	}, nil
 }
 

@@ -354,7 +354,8 @@ func (u unpackingIndexer) byOwner(value string) ([]any, error) {
 	for _, o := range objs {
 		switch p := o.(type) {
 		case *packed:
-			if p.owner == owner {
+			// No controller is no owner: "ns/" finds nothing.
+			if p.owner == owner && p.owner != (compactUID{}) {
 				owned = append(owned, p)
 			}
 		case metav1.Object: // one that could not be packed

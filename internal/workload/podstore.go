@@ -44,7 +44,7 @@ type PodStore struct {
 	owners map[ownerKey]*podGroup
 	// oddUIDs: the UIDs that are not UUIDs (podRec.uid is zero).
 	oddUIDs map[podKey]types.UID
-	subs    []func(client.Object)
+	subs    []*podSubscriber
 
 	synced   chan struct{}
 	syncOnce sync.Once
@@ -144,14 +144,14 @@ func (s *PodStore) WaitForSync(ctx context.Context) error {
 
 func (s *PodStore) Add(obj any) error { return s.Update(obj) }
 func (s *PodStore) Update(obj any) error {
-	s.apply(func() []client.Object { return s.put(obj) })
+	s.apply(func() []podChange { return s.put(obj) })
 	return nil
 }
 func (s *PodStore) Delete(obj any) error {
 	if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	s.apply(func() []client.Object {
+	s.apply(func() []podChange {
 		p, ok := obj.(*corev1.Pod)
 		if !ok {
 			return nil
@@ -166,8 +166,8 @@ func (s *PodStore) Delete(obj any) error {
 // each pod of a large cluster kept the controllers from starting.
 func (s *PodStore) Replace(list []any, _ string) error {
 	first := !s.HasSynced()
-	s.apply(func() []client.Object {
-		var changed []client.Object
+	s.apply(func() []podChange {
+		var changed []podChange
 		seen := make(map[podKey]bool, len(list))
 		for _, obj := range list {
 			if p, ok := obj.(*corev1.Pod); ok {
@@ -194,23 +194,74 @@ func (s *PodStore) Resync() error { return nil }
 // Transformer slims what the reflector holds while it streams a list.
 func (s *PodStore) Transformer() toolscache.TransformFunc { return keepWhatDriftReads }
 
-// apply runs change under the lock, then tells the subscribers of the
-// owners whose pods it changed, outside it.
-func (s *PodStore) apply(change func() []client.Object) {
+// podChange is a change to the pods of one owner: the owner, and a state
+// that names it (its controller reference), decoded only when told.
+type podChange struct {
+	owner ownerKey
+	raw   string
+}
+
+// apply runs change under the lock, then hands the owners whose pods it
+// changed to each subscriber, which maps them on its own goroutine: a slow
+// map function never holds up the store.
+func (s *PodStore) apply(change func() []podChange) {
 	s.mu.Lock()
 	changed := change()
 	subs := s.subs
 	s.mu.Unlock()
-	for _, o := range changed {
-		for _, f := range subs {
-			f(o)
+	if len(changed) == 0 {
+		return
+	}
+	for _, sub := range subs {
+		sub.add(changed)
+	}
+}
+
+// podSubscriber is one controller's queue of changed owners: each owner
+// once however often its pods changed before it was mapped.
+type podSubscriber struct {
+	fn   func(client.Object)
+	mu   sync.Mutex
+	due  map[ownerKey]string
+	wake chan struct{}
+}
+
+func (sub *podSubscriber) add(changed []podChange) {
+	sub.mu.Lock()
+	for _, c := range changed {
+		sub.due[c.owner] = c.raw
+	}
+	sub.mu.Unlock()
+	select {
+	case sub.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run maps the changed owners until ctx ends.
+func (sub *podSubscriber) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sub.wake:
+		}
+		sub.mu.Lock()
+		due := sub.due
+		sub.due = map[ownerKey]string{}
+		sub.mu.Unlock()
+		for owner, raw := range due {
+			if ctx.Err() != nil {
+				return
+			}
+			sub.fn(standIn(owner.namespace, raw))
 		}
 	}
 }
 
 // put stores obj and returns what to tell: the owners whose pods changed
-// node or what they run (a stand-in pod that names the owner).
-func (s *PodStore) put(obj any) []client.Object {
+// node or what they run.
+func (s *PodStore) put(obj any) []podChange {
 	p, ok := obj.(*corev1.Pod)
 	if !ok || p == nil {
 		return nil
@@ -229,7 +280,7 @@ func (s *PodStore) put(obj any) []client.Object {
 		(!odd || s.oddUIDs[key] == p.UID) {
 		return nil
 	}
-	var changed []client.Object
+	var changed []podChange
 	if had {
 		// Told for the group it leaves, or after the change below.
 		changed = s.drop(key)
@@ -247,7 +298,7 @@ func (s *PodStore) put(obj any) []client.Object {
 	if had && old.group.key == okey {
 		return changed // the same owner: told once
 	}
-	return append(changed, standIn(key.namespace, raw))
+	return append(changed, podChange{okey, raw})
 }
 
 // hold returns g's state raw, counting one more pod in it.
@@ -264,7 +315,7 @@ func (g *podGroup) hold(raw string) *podState {
 }
 
 // drop forgets the pod at key.
-func (s *PodStore) drop(key podKey) []client.Object {
+func (s *PodStore) drop(key podKey) []podChange {
 	rec, ok := s.pods[key]
 	if !ok {
 		return nil
@@ -279,7 +330,7 @@ func (s *PodStore) drop(key podKey) []client.Object {
 	if len(g.names) == 0 {
 		delete(s.owners, g.key)
 	}
-	return []client.Object{standIn(key.namespace, rec.state.raw)}
+	return []podChange{{g.key, rec.state.raw}}
 }
 
 // removeFirst removes the first v from list, not keeping its order.
@@ -330,6 +381,10 @@ func stateOf(p *corev1.Pod) string {
 	}
 	sp.TypeMeta = metav1.TypeMeta{}
 	sp.Name, sp.Namespace, sp.UID, sp.ResourceVersion, sp.DeletionTimestamp = "", "", "", "", nil
+	// Of the labels, those that say which template a pod comes from
+	// (Kind.TemplateLabel): the rest (a StatefulSet's pod name, a Job's
+	// completion index) differ from pod to pod, and nothing reads them.
+	sp.Labels = templateLabelsOf(sp.Labels)
 	sp.Spec.NodeName = ""
 	raw, err := sp.Marshal()
 	if err != nil {
@@ -404,19 +459,19 @@ type PodSource struct {
 	fn    handler.MapFunc
 }
 
-// Start subscribes the controller's queue to the store's changes.
+// Start subscribes the controller's queue to the store's changes; they
+// are mapped on a goroutine of the source's own until ctx ends.
 func (ps *PodSource) Start(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-	ps.store.mu.Lock()
-	defer ps.store.mu.Unlock()
-	// Copied on write: apply reads the list outside the lock.
-	ps.store.subs = append(ps.store.subs[:len(ps.store.subs):len(ps.store.subs)], func(o client.Object) {
-		if ctx.Err() != nil {
-			return
-		}
+	sub := &podSubscriber{due: map[ownerKey]string{}, wake: make(chan struct{}, 1), fn: func(o client.Object) {
 		for _, r := range ps.fn(ctx, o) {
 			q.Add(r)
 		}
-	})
+	}}
+	ps.store.mu.Lock()
+	// Copied on write: apply reads the list outside the lock.
+	ps.store.subs = append(ps.store.subs[:len(ps.store.subs):len(ps.store.subs)], sub)
+	ps.store.mu.Unlock()
+	go sub.run(ctx)
 	return nil
 }
 
@@ -424,3 +479,18 @@ func (ps *PodSource) Start(ctx context.Context, q workqueue.TypedRateLimitingInt
 func (ps *PodSource) WaitForSync(ctx context.Context) error { return ps.store.WaitForSync(ctx) }
 
 func (ps *PodSource) String() string { return "imagepin pod store" }
+
+// templateLabelsOf keeps of labels those some kind reads to tell its pods'
+// templates apart.
+func templateLabelsOf(labels map[string]string) map[string]string {
+	var out map[string]string
+	for _, k := range kinds {
+		if v, ok := labels[k.TemplateLabel]; ok && k.TemplateLabel != "" {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k.TemplateLabel] = v
+		}
+	}
+	return out
+}
