@@ -24,7 +24,9 @@ func TestPlanImage(t *testing.T) {
 	x := "sha256:" + strings.Repeat("1", 64)
 	y := "sha256:" + strings.Repeat("2", 64)
 	resolve := func(ref string) *imagePlan { return &imagePlan{ref: ref} }
-	pinTo := func(ref, d string) *imagePlan { return &imagePlan{ref: ref, digest: d} }
+	// An override's plan says so: the webhook checks its digest is still
+	// in the registry.
+	overrideTo := func(ref, d string) *imagePlan { return &imagePlan{ref: ref, digest: d, override: true} }
 	for _, tc := range []struct {
 		name string
 		in   imageInput
@@ -49,10 +51,10 @@ func TestPlanImage(t *testing.T) {
 		{"deployment release of a new tag resolves it", imageInput{image: tag2, selected: true, update: true, templateMutable: true, old: tag + "@" + x, hadOld: true}, resolve(tag2)},
 
 		// Item 7: overrides apply to pinned images too.
-		{"override on a tag", imageInput{image: tag, selected: true, override: y}, pinTo(tag, y)},
-		{"override on an image pinned elsewhere", imageInput{image: tag + "@" + x, selected: true, override: y}, pinTo(tag, y)},
+		{"override on a tag", imageInput{image: tag, selected: true, override: y}, overrideTo(tag, y)},
+		{"override on an image pinned elsewhere", imageInput{image: tag + "@" + x, selected: true, override: y}, overrideTo(tag, y)},
 		{"override already in place", imageInput{image: tag + "@" + y, selected: true, override: y}, nil},
-		{"override on an update of a deployment pinned by CI", imageInput{image: tag + "@" + x, selected: true, update: true, templateMutable: true, old: tag + "@" + y, hadOld: true, override: y}, pinTo(tag, y)},
+		{"override on an update of a deployment pinned by CI", imageInput{image: tag + "@" + x, selected: true, update: true, templateMutable: true, old: tag + "@" + y, hadOld: true, override: y}, overrideTo(tag, y)},
 		{"override on an image not selected", imageInput{image: tag + "@" + x, override: y}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
