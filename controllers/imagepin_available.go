@@ -50,9 +50,10 @@ func (a availability) gone(image, digest string) bool {
 //
 // A check does not wait for the registry: it takes the last verdicts, and
 // a digest whose verdict is due again (or was never had) is asked about in
-// the background; when an answer differs from what the check took, the
-// ImagePin key is checked again. A blackholed registry so delays no
-// status. The exception is an override this check would write: its digest
+// the background; when an answer says a digest is gone, or back, the
+// ImagePin key is checked again (one found present is recorded by the
+// next check: at a cold start, a check again per ImagePin would ask its
+// tags again after a tick). A blackholed registry so delays no status. The exception is an override this check would write: its digest
 // is asked about afresh, and waited for, before it is written.
 func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.NamespacedName, mode imagesv1alpha1.Mode, obs *observation, prev []imagesv1alpha1.ImageStatus, sel *selection.Selection, now time.Time) {
 	recorded := availability{}
@@ -93,8 +94,9 @@ func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.Na
 		asks = append(asks, ask{k, kc, beforeWrite})
 	}
 	for _, c := range obs.containers {
-		if c.err == nil && c.result.Digest != "" && !c.result.Behind {
-			// The tag answered with it: present when asked.
+		if c.result.Digest != "" && !c.result.ResolvedAt.IsZero() {
+			// The tag answered with it: present when asked (this tick's
+			// answer, or the last good one while it is behind or fails).
 			known[digestOf{c.image, c.result.Digest}] = registry.Availability{Available: true, CheckedAt: c.result.ResolvedAt}
 		}
 	}
@@ -168,7 +170,7 @@ func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.Na
 		// resolver's to bound (its timeout).
 		answers := r.askAvailability(context.WithoutCancel(ctx), later)
 		for i, v := range answers {
-			if v != nil && (took[i] == nil || took[i].Available != v.Available) {
+			if v != nil && ((took[i] == nil && !v.Available) || (took[i] != nil && took[i].Available != v.Available)) {
 				logger.V(1).Info("digest availability changed: checking again", "image", laterFor[i].image, "digest", laterFor[i].digest, "available", v.Available)
 				r.queueCheck(key)
 				return

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -309,5 +310,48 @@ func TestAnOverrideToACollectedDigestIsRefusedOrWarned(t *testing.T) {
 				t.Fatalf("warnings %q do not name the collected digest %s", ws, collected)
 			}
 		})
+	}
+}
+
+// The same, where this replica's resolver has no verdict (another replica
+// ran the check, or this one restarted): the ImagePin's status history
+// says the digest is gone, and the webhook reads it there.
+func TestAnOverrideTheStatusSaysIsGoneIsRefused(t *testing.T) {
+	ctx := context.Background()
+	ns := namespace(t)
+	image := reg.Image("gone-status/app:v1")
+	// In the registry still: only the status says otherwise.
+	held := reg.Push(t, "gone-status/app:v1")
+	pinFor(t, ns, "gone-status", func(p *imagesv1alpha1.ImagePin) {
+		p.Spec.FailurePolicy = imagesv1alpha1.FailurePolicyFail
+		p.Spec.Overrides = []imagesv1alpha1.ImageOverride{{Image: image, Digest: imagesv1alpha1.Digest(held)}}
+	})
+	var pin imagesv1alpha1.ImagePin
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "gone-status"}, &pin); err != nil {
+		t.Fatal(err)
+	}
+	gone := false
+	pin.Status.Images = []imagesv1alpha1.ImageStatus{{Image: image, History: []imagesv1alpha1.DigestRecord{
+		{Digest: imagesv1alpha1.Digest(held), FirstSeen: metav1.Now(), Available: &gone, CheckedAt: ptr.To(metav1.Now())},
+	}}}
+	if err := k8s.Status().Update(ctx, &pin); err != nil {
+		t.Fatal(err)
+	}
+	// The webhook reads ImagePins from its cache: a dry run until it has
+	// the status, then the create itself.
+	d := deployment(ns, "gone-status", "gone-status", image)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := k8s.Create(ctx, d.DeepCopy(), client.DryRunAll)
+		if err != nil && strings.Contains(err.Error(), "no longer in the registry") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a dry run still answered %v after 10s: the status's verdict was not read", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := k8s.Create(ctx, d); err == nil || !strings.Contains(err.Error(), held) {
+		t.Fatalf("created (%v): want a refusal naming %s", err, held)
 	}
 }
