@@ -140,13 +140,16 @@ func (s *PodStore) WaitForSync(ctx context.Context) error {
 	}
 }
 
-// Add, Update, Delete, Replace and Resync are the reflector's store.
-
+// Add stores a pod the watch or a list brought (the reflector's store).
 func (s *PodStore) Add(obj any) error { return s.Update(obj) }
+
+// Update stores a pod's new state.
 func (s *PodStore) Update(obj any) error {
 	s.apply(func() []podChange { return s.put(obj) })
 	return nil
 }
+
+// Delete forgets a pod.
 func (s *PodStore) Delete(obj any) error {
 	if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
@@ -189,6 +192,7 @@ func (s *PodStore) Replace(list []any, _ string) error {
 	return nil
 }
 
+// Resync does nothing: the store has no queue to refill.
 func (s *PodStore) Resync() error { return nil }
 
 // Transformer slims what the reflector holds while it streams a list.
