@@ -68,13 +68,9 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 
 	// 4, baseline: a manager with the ImagePins and no Deployments.
 	logf("baseline: a manager with %d ImagePins and no Deployments", len(namespaces))
-	extra0 := slices.Clone(b.o.managerFlags)
-	pprofPort0 := 0
-	if b.o.heapProfile {
-		if pprofPort0, err = testenv.FreePort(); err != nil {
-			return err
-		}
-		extra0 = append(extra0, fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pprofPort0))
+	extra0, pprofPort0, err := b.profiledFlags()
+	if err != nil {
+		return err
 	}
 	m0, err := b.startManager(ctx, managerOpts{name: "manager-baseline", extra: extra0})
 	if err != nil {
@@ -114,13 +110,9 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 		return err
 	}
 	logf("convergence: starting the manager")
-	extra := slices.Clone(b.o.managerFlags)
-	pprofPort := 0
-	if b.o.heapProfile {
-		if pprofPort, err = testenv.FreePort(); err != nil {
-			return err
-		}
-		extra = append(extra, fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pprofPort))
+	extra, pprofPort, err := b.profiledFlags()
+	if err != nil {
+		return err
 	}
 	m1, err := b.startManager(ctx, managerOpts{name: "manager", extra: extra})
 	if err != nil {
@@ -511,4 +503,18 @@ func saveHeapProfile(ctx context.Context, port int, file string) error {
 		return err
 	}
 	return os.WriteFile(file, data, 0o600)
+}
+
+// profiledFlags are the manager flags of a run, with --heap-profile a
+// pprof address on a free port, which it returns (0 without).
+func (b *bench) profiledFlags() ([]string, int, error) {
+	flags := slices.Clone(b.o.managerFlags)
+	if !b.o.heapProfile {
+		return flags, 0, nil
+	}
+	port, err := testenv.FreePort()
+	if err != nil {
+		return nil, 0, err
+	}
+	return append(flags, fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", port)), port, nil
 }
