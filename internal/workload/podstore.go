@@ -28,11 +28,12 @@ import (
 // Deployment and its ReplicaSet), and an informer's store and indexes cost
 // about 350 bytes per object before the object itself.
 //
-// A pod is held as its name and UID, its node, and a handle on what the
-// pods of one ReplicaSet share: labels, owner, phase and the images their
-// containers run (the slimmed pod of keepWhatDriftReads, encoded). The
-// pods are grouped by their controller, which is how imagepin reads them
-// (Pods). A pod with no controller belongs to no workload and is not held.
+// A pod is held as its name and UID, its node, and a pointer to what the
+// pods of one ReplicaSet share, held once per group: owner, phase, the
+// labels that tell templates apart and the images their containers run
+// (the slimmed pod of keepWhatDriftReads, encoded). The pods are grouped
+// by their controller, which is how imagepin reads them (Pods). A pod with
+// no controller belongs to no workload and is not held.
 //
 // A reflector fills the store from the API server; a change of what a pod
 // runs, or where, is told to the controllers through Source.
