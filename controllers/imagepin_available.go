@@ -53,8 +53,9 @@ func (a availability) gone(image, digest string) bool {
 // the background; when an answer says a digest is gone, or back, the
 // ImagePin key is checked again (one found present is recorded by the
 // next check: at a cold start, a check again per ImagePin would ask its
-// tags again after a tick). A blackholed registry so delays no status. The exception is an override this check would write: its digest
-// is asked about afresh, and waited for, before it is written.
+// tags again after a tick). A blackholed registry so delays no status.
+// The exception is an override this check would write: its digest is
+// asked about afresh, and waited for, before it is written.
 func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.NamespacedName, mode imagesv1alpha1.Mode, obs *observation, prev []imagesv1alpha1.ImageStatus, sel *selection.Selection, now time.Time) {
 	recorded := availability{}
 	for _, img := range prev {
