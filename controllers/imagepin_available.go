@@ -58,16 +58,14 @@ func (a availability) gone(image, digest string) bool {
 // asked about afresh, and waited for, before it is written.
 func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.NamespacedName, mode imagesv1alpha1.Mode, obs *observation, prev []imagesv1alpha1.ImageStatus, sel *selection.Selection, now time.Time) {
 	recorded := availability{}
+	history := map[string][]imagesv1alpha1.DigestRecord{}
 	for _, img := range prev {
+		history[img.Image] = img.History
 		for _, h := range img.History {
 			if h.Available != nil && h.CheckedAt != nil {
 				recorded[digestOf{img.Image, string(h.Digest)}] = registry.Availability{Available: *h.Available, CheckedAt: h.CheckedAt.Time}
 			}
 		}
-	}
-	history := map[string][]imagesv1alpha1.DigestRecord{}
-	for _, img := range prev {
-		history[img.Image] = img.History
 	}
 	type ask struct {
 		digestOf

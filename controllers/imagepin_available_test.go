@@ -18,6 +18,31 @@ import (
 	"github.com/imagepin/imagepin/internal/selection"
 )
 
+// historyIs checks that the history of image (of the workload web's
+// container app) in got lists want, newest first, and returns it.
+func historyIs(got *imagesv1alpha1.ImagePin, image string, want ...string) ([]imagesv1alpha1.DigestRecord, error) {
+	img, _, err := entryFor(got, image, "web", "app")
+	if err != nil {
+		return nil, err
+	}
+	var ds []string
+	for _, h := range img.History {
+		ds = append(ds, string(h.Digest))
+	}
+	if fmt.Sprint(ds) != fmt.Sprint(want) {
+		return nil, fmt.Errorf("history %v, want %v", ds, want)
+	}
+	return img.History, nil
+}
+
+// availableIs checks that a history entry was checked and found as want.
+func availableIs(h imagesv1alpha1.DigestRecord, want bool) error {
+	if h.Available == nil || *h.Available != want || h.CheckedAt == nil {
+		return fmt.Errorf("history entry %s: available %v checked %v, want %v", h.Digest, h.Available, h.CheckedAt, want)
+	}
+	return nil
+}
+
 // Issue 20: :v1 is pushed twice and the registry's garbage collection
 // deletes the first digest. The ImagePin says so in history, in
 // RollbackReady, as DigestGone drift of the pods that still run it, in an
@@ -31,34 +56,13 @@ func TestACollectedDigestIsReportedAndNotRolledBackTo(t *testing.T) {
 	pin := observePin(ns, "web")
 	create(t, pin)
 
-	historyIs := func(got *imagesv1alpha1.ImagePin, want ...string) ([]imagesv1alpha1.DigestRecord, error) {
-		img, _, err := entryFor(got, image, "web", "app")
-		if err != nil {
-			return nil, err
-		}
-		var ds []string
-		for _, h := range img.History {
-			ds = append(ds, string(h.Digest))
-		}
-		if fmt.Sprint(ds) != fmt.Sprint(want) {
-			return nil, fmt.Errorf("history %v, want %v", ds, want)
-		}
-		return img.History, nil
-	}
-	availableIs := func(h imagesv1alpha1.DigestRecord, want bool) error {
-		if h.Available == nil || *h.Available != want || h.CheckedAt == nil {
-			return fmt.Errorf("history entry %s: available %v checked %v, want %v", h.Digest, h.Available, h.CheckedAt, want)
-		}
-		return nil
-	}
-
 	// The tag is pushed again: both digests are in history, both there.
 	eventually(t, func() error {
 		got, err := checked(pin)
 		if err != nil {
 			return err
 		}
-		_, err = historyIs(got, a)
+		_, err = historyIs(got, image, a)
 		return err
 	})
 	b := reg.Push(t, "gc/app:v1")
@@ -67,7 +71,7 @@ func TestACollectedDigestIsReportedAndNotRolledBackTo(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		h, err := historyIs(got, b, a)
+		h, err := historyIs(got, image, b, a)
 		if err != nil {
 			return err
 		}
@@ -105,7 +109,7 @@ func TestACollectedDigestIsReportedAndNotRolledBackTo(t *testing.T) {
 		if c := meta.FindStatusCondition(got.Status.Conditions, imagesv1alpha1.ConditionReady); !strings.Contains(c.Message, "spec.overrides[0].digest") || !strings.Contains(c.Message, a) {
 			return fmt.Errorf("Ready does not name spec.overrides[0].digest and %s: %s", a, c.Message)
 		}
-		h, err := historyIs(got, b, a)
+		h, err := historyIs(got, image, b, a)
 		if err != nil {
 			return err
 		}
@@ -195,35 +199,24 @@ func TestAPresentDigestIsCheckedAgainOnTheRetentionTick(t *testing.T) {
 	deploymentRunning(t, ns, "web", image, podRun{"node-a", a})
 	pin := observePin(ns, "web")
 	create(t, pin)
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
-		img, _, err := entryFor(got, image, "web", "app")
-		if err != nil {
-			return err
-		}
-		if len(img.History) != 1 || img.History[0].Available == nil || !*img.History[0].Available {
-			return fmt.Errorf("history %+v, want %s available", img.History, a)
-		}
-		return nil
-	})
+	// historyAvailable: the history is want, and its last entry available.
+	historyAvailable := func(want ...string) {
+		t.Helper()
+		eventually(t, func() error {
+			got, err := checked(pin)
+			if err != nil {
+				return err
+			}
+			h, err := historyIs(got, image, want...)
+			if err != nil {
+				return err
+			}
+			return availableIs(h[len(h)-1], true)
+		})
+	}
+	historyAvailable(a)
 	b := reg.Push(t, "gc/tick:v1")
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
-		img, _, err := entryFor(got, image, "web", "app")
-		if err != nil {
-			return err
-		}
-		if len(img.History) != 2 || string(img.History[0].Digest) != b || img.History[1].Available == nil || !*img.History[1].Available {
-			return fmt.Errorf("history %+v, want %s then %s available", img.History, b, a)
-		}
-		return nil
-	})
+	historyAvailable(b, a)
 	reg.Delete(t, "gc/tick", a)
 
 	availableOf := func(now time.Time) *bool {
