@@ -131,14 +131,8 @@ func unknownManifest(err error) bool {
 // repository. It asks the registry nothing: for admission, which answers
 // from what the controller's checks learnt.
 func (r *Resolver) KnownGone(ctx context.Context, image, digest string, kc authn.Keychain) bool {
-	ref, creds, err := r.digestTarget(ctx, "check", image, digest, kc)
-	if err != nil {
-		return false
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	e, ok := r.avail[digestKey(ref, creds)]
-	return ok && e.err == nil && !e.Available
+	v, _, ok := r.CachedAvailability(ctx, AvailabilityRequest{Image: image, Digest: digest, Keychain: kc})
+	return ok && !v.Available
 }
 
 // CachedAvailability is what Available would start from, without asking:
