@@ -7,6 +7,7 @@ import (
 // ClusterImagePinSpec is an ImagePin's spec for many namespaces: the
 // namespaces it selects, then what an ImagePin says for each of them (the
 // ImagePinSpec's own validation rules come with it).
+// +kubebuilder:validation:XValidation:rule="!has(self.retention) || ((!has(self.retention.protect) || !self.retention.protect) && !has(self.retention.pushSecretRef))",message="retention.protect and retention.pushSecretRef are set on an ImagePin: keep tags are pushed with one namespace's credentials"
 type ClusterImagePinSpec struct {
 	// namespaceSelector selects namespaces by their labels; empty selects
 	// every namespace but those in excludeNamespaces. Namespaces created or

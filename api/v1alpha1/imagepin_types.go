@@ -17,6 +17,7 @@ limitations under the License.
 package v1alpha1
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -169,6 +170,57 @@ type RetentionSpec struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || (duration(self) >= duration('1m') && duration(self) <= duration('48h'))",message="retention.checkInterval must be between 1m and 48h"
 	CheckInterval *metav1.Duration `json:"checkInterval,omitempty"`
+
+	// protect keeps the digests a backout needs in the registry: every
+	// digest the selected containers run or pin, and the newest keepLast
+	// digests of each image's history, gets a tag of its own,
+	// "imagepin-keep-" and the digest's first 12 hex digits, pushed
+	// through the registry API, so that garbage collection of untagged
+	// manifests spares it. A tag no longer needed is deleted, and only a
+	// tag imagepin created (status.keepTags) is ever deleted. Off by
+	// default: without it, imagepin pushes nothing.
+	// +optional
+	Protect bool `json:"protect,omitempty"`
+
+	// keepLast is how many of each image's newest history digests
+	// protect keeps, the one the tag names now included.
+	// +optional
+	// +kubebuilder:default=3
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10
+	KeepLast *int32 `json:"keepLast,omitempty"`
+
+	// pushSecretRef names a Secret of type kubernetes.io/dockerconfigjson
+	// in the ImagePin's namespace whose credentials push and delete the
+	// keep tags. Without it, the workload's pull secrets (its own and its
+	// service account's) are used, which a registry may refuse to push
+	// with: the Retained condition then says so.
+	// +optional
+	PushSecretRef *corev1.LocalObjectReference `json:"pushSecretRef,omitempty"`
+}
+
+// KeepTagPrefix begins every tag spec.retention.protect pushes. Exclude
+// it from a registry's own retention rules (ECR lifecycle policies, Harbor
+// tag retention) so that the tags keep what they are there to keep.
+const KeepTagPrefix = "imagepin-keep-"
+
+// KeepTag is a tag imagepin pushed to keep a digest in the registry.
+type KeepTag struct {
+	// image is the repository, as the workloads name it (tag removed).
+	// +required
+	// +kubebuilder:validation:MaxLength=512
+	Image string `json:"image"`
+	// tag is the tag pushed: KeepTagPrefix and the digest's first 12 hex
+	// digits.
+	// +required
+	// +kubebuilder:validation:MaxLength=128
+	Tag string `json:"tag"`
+	// digest is what tag points at.
+	// +required
+	Digest Digest `json:"digest"`
+	// createdAt is when imagepin pushed it.
+	// +required
+	CreatedAt metav1.Time `json:"createdAt"`
 }
 
 // ImageFilter selects container images by reference. A reference is matched
@@ -272,6 +324,10 @@ const (
 	// status.images[].history is still in the registry: a rollback
 	// override to any of them can be written.
 	ConditionRollbackReady = "RollbackReady"
+	// ConditionRetained, with spec.retention.protect set (or keep tags
+	// still to delete), is True when every digest to keep has its keep
+	// tag in the registry.
+	ConditionRetained = "Retained"
 )
 
 // Condition reasons an ImagePin reports.
@@ -318,6 +374,20 @@ const (
 	// the registry does not have; it is not written, and the workloads run
 	// what they run. The message names spec.overrides[i].digest.
 	ReasonOverrideDigestGone = "OverrideDigestGone"
+	// ReasonDigestsKept (Retained=True): every digest to keep has its
+	// keep tag, and no tag is left to delete.
+	ReasonDigestsKept = "DigestsKept"
+	// ReasonPushRefused (Retained=False): the registry refused the
+	// credentials a keep tag is pushed or deleted with (401 or 403); the
+	// message names the repository and the credentials tried. Give
+	// spec.retention.pushSecretRef a Secret that may push.
+	ReasonPushRefused = "PushRefused"
+	// ReasonRetentionFailed (Retained=False): a keep tag could not be
+	// pushed or deleted for another reason (the registry did not answer,
+	// pushSecretRef is missing or malformed, a tag of that name points
+	// elsewhere); the message says which and why. It is retried with each
+	// check.
+	ReasonRetentionFailed = "RetentionFailed"
 )
 
 // ImagePinStatus is what imagepin last saw. It stays bounded however many
@@ -350,6 +420,14 @@ type ImagePinStatus struct {
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=256
 	Images []ImageStatus `json:"images,omitempty"`
+
+	// keepTags lists the tags imagepin pushed to keep digests in the
+	// registry (spec.retention.protect) and has not deleted yet: the only
+	// tags it ever deletes. With protect turned off, they are deleted.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=512
+	KeepTags []KeepTag `json:"keepTags,omitempty"`
 }
 
 // Summary counts what an ImagePin selects.

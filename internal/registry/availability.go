@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
@@ -86,7 +85,7 @@ func (r *Resolver) Available(ctx context.Context, req AvailabilityRequest) (Avai
 		}
 		fctx, cancel := context.WithTimeout(base, r.opts.Timeout)
 		defer cancel()
-		err := r.withCredentials(fctx, ref.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
+		err := r.withCredentials(fctx, ref.Context(), creds, func(ctx context.Context, p conn) error {
 			_, err := p.Head(ctx, ref)
 			return err
 		})

@@ -35,9 +35,9 @@ func (r *Resolver) fetch(tag name.Tag, creds []credential, key string, c *call) 
 	defer cancel()
 
 	var digest string
-	err := r.withCredentials(ctx, tag.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
+	err := r.withCredentials(ctx, tag.Context(), creds, func(ctx context.Context, p conn) error {
 		var err error
-		digest, err = r.resolveDigest(ctx, tag, p)
+		digest, err = r.resolveDigest(ctx, tag, p.Puller)
 		return err
 	})
 	now := r.clock.Now()
@@ -104,7 +104,7 @@ func explainFor(a asked, err error, timeout time.Duration) error {
 // anonymously, until one is not refused (401 or 403), as a kubelet pulls:
 // a stale pull secret does not break a public image. A cloud token the
 // registry refuses is refreshed and tried once more.
-func (r *Resolver) withCredentials(ctx context.Context, repo name.Repository, creds []credential, do func(context.Context, *remote.Puller) error) error {
+func (r *Resolver) withCredentials(ctx context.Context, repo name.Repository, creds []credential, do func(context.Context, conn) error) error {
 	reg := repo.Registry
 	tries := append(append([]credential{}, creds...), fixed(anonymousID, "anonymous access", authn.AuthConfig{}))
 	fail := &attemptError{}
@@ -206,10 +206,17 @@ func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, p *remote.Pu
 	return digest, nil
 }
 
+// conn is one credential's way into a registry: the Puller reads with
+// it, and a Pusher made with auth writes (Keep).
+type conn struct {
+	*remote.Puller
+	auth authn.Authenticator
+}
+
 // pullerEntry is a reused transport and the credential it authenticates
 // with, updated on every use.
 type pullerEntry struct {
-	p    *remote.Puller
+	c    conn
 	auth *liveAuth // nil for anonymous
 	used time.Time
 }
@@ -218,7 +225,7 @@ type pullerEntry struct {
 // credential identity, made once and reused, so that a resolution costs
 // one request instead of a ping, a token and a HEAD. The credential's
 // current value (a refreshed cloud token) is what it authenticates with.
-func (r *Resolver) puller(reg name.Registry, id string, cfg authn.AuthConfig) (*remote.Puller, error) {
+func (r *Resolver) puller(reg name.Registry, id string, cfg authn.AuthConfig) (conn, error) {
 	key := reg.Name() + "|" + id
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -227,7 +234,7 @@ func (r *Resolver) puller(reg name.Registry, id string, cfg authn.AuthConfig) (*
 			pe.auth.set(cfg)
 		}
 		pe.used = r.clock.Now()
-		return pe.p, nil
+		return pe.c, nil
 	}
 	pe := &pullerEntry{used: r.clock.Now()}
 	auth := authn.Anonymous
@@ -235,20 +242,26 @@ func (r *Resolver) puller(reg name.Registry, id string, cfg authn.AuthConfig) (*
 		pe.auth = &liveAuth{cfg: cfg}
 		auth = pe.auth
 	}
-	p, err := remote.NewPuller(
+	p, err := remote.NewPuller(r.remoteOptions(auth)...)
+	if err != nil {
+		return conn{}, err
+	}
+	pe.c = conn{Puller: p, auth: auth}
+	r.pullers[key] = pe
+	return pe.c, nil
+}
+
+// remoteOptions are how every request to a registry is made: through the
+// resolver's transport (its budget and TLS rules), as auth.
+func (r *Resolver) remoteOptions(auth authn.Authenticator) []remote.Option {
+	return []remote.Option{
 		remote.WithAuth(auth),
 		remote.WithTransport(r.transport),
 		remote.WithUserAgent(r.opts.UserAgent),
 		// 429 is not retried here: the transport honours Retry-After.
 		remote.WithRetryStatusCodes(http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout),
 		remote.WithRetryBackoff(remote.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.5, Steps: 3}),
-	)
-	if err != nil {
-		return nil, err
 	}
-	pe.p = p
-	r.pullers[key] = pe
-	return p, nil
 }
 
 // sweepLocked drops idle cache entries and transports; r.mu is held. An
@@ -273,6 +286,11 @@ func (r *Resolver) sweepLocked(now time.Time) {
 	for k, at := range r.availFailed {
 		if now.Sub(at) > max(keep, availKeep) {
 			delete(r.availFailed, k)
+		}
+	}
+	for k, done := range r.kept {
+		if now.Sub(done.at) > max(keep, availKeep) {
+			delete(r.kept, k)
 		}
 	}
 	for k, pe := range r.pullers {

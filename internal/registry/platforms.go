@@ -86,10 +86,10 @@ func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc 
 	ch := r.learning.DoChan(key, func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
 		defer cancel()
-		err := r.withCredentials(fctx, ref.Context(), creds, func(ctx context.Context, p *remote.Puller) error {
+		err := r.withCredentials(fctx, ref.Context(), creds, func(ctx context.Context, p conn) error {
 			if r.KnownIndex(digest) {
 				// A tag's HEAD said so: the GET alone.
-				return r.learnPlatforms(ctx, p, ref)
+				return r.learnPlatforms(ctx, p.Puller, ref)
 			}
 			desc, err := p.Head(ctx, ref)
 			switch {
@@ -101,7 +101,7 @@ func (r *Resolver) LearnPlatforms(ctx context.Context, image, digest string, kc 
 			}
 			// An index, or a registry that does not answer HEAD
 			// properly: the GET says which.
-			return r.learnPlatforms(ctx, p, ref)
+			return r.learnPlatforms(ctx, p.Puller, ref)
 		})
 		if err != nil {
 			err = explainFor(asked{what: "learn platforms of " + ref.String(), registry: ref.RegistryStr(),

@@ -28,8 +28,8 @@ func (r *Resolver) WithRepository(ctx context.Context, image string, kc authn.Ke
 	if err != nil {
 		return fmt.Errorf("credentials for %s: %w", repo.RegistryStr(), err)
 	}
-	err = r.withCredentials(ctx, repo, creds, func(ctx context.Context, p *remote.Puller) error {
-		return do(ctx, repo, p)
+	err = r.withCredentials(ctx, repo, creds, func(ctx context.Context, p conn) error {
+		return do(ctx, repo, p.Puller)
 	})
 	if err != nil {
 		return explainFor(asked{what: "read " + repo.Name(), registry: repo.RegistryStr(), missing: "not found in " + repo.Name()}, err, r.opts.Timeout)

@@ -140,6 +140,7 @@ type Resolver struct {
 
 	learning singleflight.Group // LearnPlatforms, by digest
 	checking singleflight.Group // Available, by digest, credentials and tick
+	keeping  singleflight.Group // Keep and Unkeep, by digest and credentials
 
 	mu          sync.Mutex
 	fetches     int
@@ -154,6 +155,7 @@ type Resolver struct {
 	known       map[TagRef]int         // cache entries per tag and per repository
 	avail       map[string]*availEntry // Available's answers (availability.go)
 	availFailed map[string]time.Time   // when Available last failed, by key
+	kept        map[string]keepDone    // how Keep and Unkeep last came out (keep.go)
 }
 
 // entry is the cache's memory of one tag under one list of credentials.
@@ -232,6 +234,7 @@ func New(o Options) (*Resolver, error) {
 		known:       map[TagRef]int{},
 		avail:       map[string]*availEntry{},
 		availFailed: map[string]time.Time{},
+		kept:        map[string]keepDone{},
 	}, nil
 }
 

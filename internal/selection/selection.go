@@ -31,6 +31,11 @@ const (
 	DefaultRetentionCheck = 6 * time.Hour
 	MinRetentionCheck     = time.Minute
 	MaxRetentionCheck     = 48 * time.Hour
+	// DefaultKeepLast is how many history digests per image
+	// spec.retention.protect keeps when keepLast is not set.
+	DefaultKeepLast = 3
+	// MaxKeepLast is the most it keeps: history holds no more.
+	MaxKeepLast = 10
 )
 
 // Selection is a compiled ImagePinSpec.
@@ -43,6 +48,13 @@ type Selection struct {
 	// RetentionCheck is spec.retention.checkInterval: how often a digest
 	// found present is checked again.
 	RetentionCheck time.Duration
+	// Protect is spec.retention.protect: keep tags hold the digests a
+	// backout needs; KeepLast how many history digests of each image.
+	Protect  bool
+	KeepLast int
+	// PushSecret is spec.retention.pushSecretRef's name: the Secret keep
+	// tags are pushed with; empty: the workload's pull credentials.
+	PushSecret string
 	// overrides maps an image (ImageKey) to the digest spec.overrides
 	// holds it to.
 	overrides map[string]string
@@ -89,6 +101,21 @@ func Compile(spec *imagesv1alpha1.ImagePinSpec) (*Selection, error) {
 		sel.Interval = spec.Interval.Duration
 	}
 
+	if r := spec.Retention; r != nil {
+		sel.Protect, sel.KeepLast = r.Protect, DefaultKeepLast
+		if r.KeepLast != nil {
+			if k := *r.KeepLast; k < 1 || k > MaxKeepLast {
+				return nil, fmt.Errorf("spec.retention.keepLast: %d is not between 1 and %d", k, MaxKeepLast)
+			}
+			sel.KeepLast = int(*r.KeepLast)
+		}
+		if r.PushSecretRef != nil {
+			if r.PushSecretRef.Name == "" {
+				return nil, fmt.Errorf("spec.retention.pushSecretRef.name: empty")
+			}
+			sel.PushSecret = r.PushSecretRef.Name
+		}
+	}
 	if r := spec.Retention; r != nil && r.CheckInterval != nil {
 		if r.CheckInterval.Duration < MinRetentionCheck {
 			return nil, fmt.Errorf("spec.retention.checkInterval: %s is shorter than the minimum of %s", r.CheckInterval.Duration, MinRetentionCheck)
