@@ -187,6 +187,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	})
 	recordMetrics(pin, status)
 	recordUnavailable(pin.Namespace, pin.Name, obs.available)
+	r.retain(ctx, pin, sel, obs, status, now)
 
 	// Pin and Follow: write what the status says should run.
 	plan, followDue := planWrites(planInput{

@@ -21,6 +21,10 @@ const (
 	EventResolutionFailed    = "ResolutionFailed"
 	EventResolutionRecovered = "ResolutionRecovered"
 	EventDigestGone          = "DigestGone"
+	// EventKeepTagsPushed and EventKeepTagsDeleted follow what retention
+	// (spec.retention.protect) did to the registry.
+	EventKeepTagsPushed  = "KeepTagsPushed"
+	EventKeepTagsDeleted = "KeepTagsDeleted"
 )
 
 // emitTransitions compares the status before and after a check and emits

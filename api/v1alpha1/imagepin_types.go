@@ -218,9 +218,14 @@ type KeepTag struct {
 	// digest is what tag points at.
 	// +required
 	Digest Digest `json:"digest"`
-	// createdAt is when imagepin pushed it.
+	// createdAt is when this ImagePin first relied on it.
 	// +required
 	CreatedAt metav1.Time `json:"createdAt"`
+	// pushed is true when this ImagePin pushed the tag, false when it
+	// found it in place (another ImagePin's). Only a tag it pushed is
+	// deleted, once it is not needed and no other ImagePin relies on it.
+	// +optional
+	Pushed bool `json:"pushed,omitempty"`
 }
 
 // ImageFilter selects container images by reference. A reference is matched

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -77,25 +78,19 @@ func (k *Keychains) ForPod(ctx context.Context, namespace string, spec *corev1.P
 
 	kc := &podKeychain{}
 	for _, n := range names {
-		var s corev1.Secret
-		switch err := k.Reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: n}, &s); {
-		case err == nil:
+		ps, err := k.secret(ctx, namespace, n, "pull secret")
+		switch {
 		case apierrors.IsNotFound(err):
 			continue
-		default:
-			return nil, fmt.Errorf("read pull secret %s/%s: %w", namespace, n, err)
-		}
-		// Each secret on its own, so that one malformed secret costs only
-		// its own credentials, not every workload's resolution.
-		skc, err := kauth.NewFromPullSecrets(ctx, []corev1.Secret{s})
-		if err != nil {
-			log.FromContext(ctx).Info("skipping a pull secret that is not a valid docker config", "namespace", namespace, "secret", s.Name, "reason", err.Error())
+		case errors.Is(err, errNotDockerConfig):
+			// Each secret on its own, so that one malformed secret costs
+			// only its own credentials, not every workload's resolution.
+			log.FromContext(ctx).Info("skipping a pull secret that is not a valid docker config", "namespace", namespace, "secret", n, "reason", err.Error())
 			continue
+		case err != nil:
+			return nil, err
 		}
-		kc.secrets = append(kc.secrets, pullSecret{
-			name: fmt.Sprintf("pull secret %s/%s", namespace, s.Name),
-			kc:   skc,
-		})
+		kc.secrets = append(kc.secrets, ps)
 	}
 	if k.Cloud {
 		k.once.Do(func() { k.cloud = defaultCloudKeychains() })
@@ -104,7 +99,50 @@ func (k *Keychains) ForPod(ctx context.Context, namespace string, spec *corev1.P
 	return kc, nil
 }
 
+// ForSecret returns the keychain of one Secret in namespace, on its own:
+// no service account's, no cloud identity's. A Secret that is missing or
+// not a docker config is an error that says so (spec.retention's
+// pushSecretRef names one).
+func (k *Keychains) ForSecret(ctx context.Context, namespace, name string) (authn.Keychain, error) {
+	ps, err := k.secret(ctx, namespace, name, "push secret")
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("push secret %s/%s not found", namespace, name)
+	case err != nil:
+		return nil, err
+	case ps.dockerType == "":
+		return nil, fmt.Errorf("push secret %s/%s is not of type %s: %w", namespace, name, corev1.SecretTypeDockerConfigJson, errNotDockerConfig)
+	}
+	return &podKeychain{secrets: []pullSecret{ps}}, nil
+}
+
+// errNotDockerConfig: a Secret whose data is no docker config.
+var errNotDockerConfig = errors.New("not a valid docker config")
+
+// secret reads the Secret namespace/name as credentials, called role in
+// what it says.
+func (k *Keychains) secret(ctx context.Context, namespace, name, role string) (pullSecret, error) {
+	var s corev1.Secret
+	if err := k.Reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return pullSecret{}, err
+		}
+		return pullSecret{}, fmt.Errorf("read %s %s/%s: %w", role, namespace, name, err)
+	}
+	skc, err := kauth.NewFromPullSecrets(ctx, []corev1.Secret{s})
+	if err != nil {
+		return pullSecret{}, fmt.Errorf("%s %s/%s: %w: %w", role, namespace, name, errNotDockerConfig, err)
+	}
+	ps := pullSecret{name: fmt.Sprintf("%s %s/%s", role, namespace, name), kc: skc}
+	if s.Type == corev1.SecretTypeDockerConfigJson || s.Type == corev1.SecretTypeDockercfg {
+		ps.dockerType = s.Type
+	}
+	return ps, nil
+}
+
 type pullSecret struct {
+	// dockerType is the Secret's type, if a docker config's.
+	dockerType corev1.SecretType
 	name string
 	kc   authn.Keychain
 }

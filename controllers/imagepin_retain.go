@@ -1,0 +1,273 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/selection"
+)
+
+// Retention (spec.retention.protect): checking that the digests a backout
+// needs are still in the registry (imagepin_available.go) says when it is
+// too late; protect keeps them there. Each digest the selected containers
+// run or pin, and the newest keepLast digests of each image's history,
+// gets a keep tag of its own (registry.KeepTagOf), which the registry's
+// garbage collection of untagged manifests spares. status.keepTags is the
+// record of the tags this ImagePin relies on, and of which it pushed: a
+// tag is deleted once nothing needs it, only by the ImagePin that pushed
+// it, and only when no other ImagePin relies on it.
+
+// keepWant is one digest to keep in one repository, and the credentials
+// to keep it with.
+type keepWant struct {
+	repo, digest string
+	keychain     authn.Keychain
+}
+
+// retain pushes the keep tags pin needs and deletes those it no longer
+// needs, recording both in status.keepTags, and sets the Retained
+// condition. Nothing is pushed without spec.retention.protect; with it
+// off, the tags pin pushed are deleted. A tag is checked (one HEAD) once
+// per retention check interval; a failure is retried on the interval's
+// tick.
+func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, obs observation, status *imagesv1alpha1.ImagePinStatus, now time.Time) {
+	if !sel.Protect && len(status.KeepTags) == 0 {
+		meta.RemoveStatusCondition(&status.Conditions, imagesv1alpha1.ConditionRetained)
+		return
+	}
+	var pushKeychain authn.Keychain
+	var secretErr error
+	if sel.PushSecret != "" {
+		pushKeychain, secretErr = r.Keychains.ForSecret(ctx, pin.Namespace, sel.PushSecret)
+	}
+	keychainOf := func(kc authn.Keychain) authn.Keychain {
+		if sel.PushSecret != "" {
+			return pushKeychain
+		}
+		return kc
+	}
+
+	var wants []keepWant
+	if sel.Protect {
+		wants = keepWants(sel, obs, status.Images)
+	}
+	wanted := map[digestOf]bool{}
+	for _, w := range wants {
+		wanted[digestOf{w.repo, w.digest}] = true
+	}
+	var failures []error
+	fail := func(err error) { failures = append(failures, err) }
+	if secretErr != nil {
+		fail(fmt.Errorf("spec.retention.pushSecretRef: %w", secretErr))
+	}
+
+	records := map[digestOf]int{}
+	for i, k := range status.KeepTags {
+		records[digestOf{k.Image, string(k.Digest)}] = i
+	}
+	var pushed, deleted []string
+	if secretErr == nil {
+		for _, w := range wants {
+			req := registry.KeepRequest{Image: w.repo, Digest: w.digest, Keychain: keychainOf(w.keychain),
+				FreshSince: digestTick(now, sel.RetentionCheck, w.digest), RetrySince: digestTick(now, sel.Interval, w.digest)}
+			created, err := r.Resolver.Keep(ctx, req)
+			if err != nil {
+				fail(err)
+				continue
+			}
+			if i, ok := records[digestOf{w.repo, w.digest}]; ok {
+				// A tag found in place and gone since is pin's once
+				// pushed.
+				status.KeepTags[i].Pushed = status.KeepTags[i].Pushed || created
+				continue
+			}
+			if created {
+				pushed = append(pushed, w.repo+":"+registry.KeepTagOf(w.digest))
+			}
+			records[digestOf{w.repo, w.digest}] = len(status.KeepTags)
+			status.KeepTags = append(status.KeepTags, imagesv1alpha1.KeepTag{
+				Image: w.repo, Tag: registry.KeepTagOf(w.digest), Digest: imagesv1alpha1.Digest(w.digest),
+				CreatedAt: metav1.NewTime(now), Pushed: created,
+			})
+		}
+	}
+
+	// Let go of what is no longer wanted: delete what pin pushed, unless
+	// another ImagePin relies on it too.
+	var reliedOn map[digestOf]bool
+	kept := status.KeepTags[:0:0]
+	for _, k := range status.KeepTags {
+		d := digestOf{k.Image, string(k.Digest)}
+		if wanted[d] {
+			kept = append(kept, k)
+			continue
+		}
+		if !k.Pushed {
+			continue // found in place: not pin's to delete
+		}
+		if reliedOn == nil {
+			reliedOn = r.keepTagsOfOthers(ctx, pin)
+		}
+		if reliedOn[d] {
+			continue // the tag stays for the other ImagePin
+		}
+		if secretErr != nil || reliedOn[digestOf{}] {
+			// No credentials, or the other ImagePins could not be read
+			// (the zero key): asked again on the next check.
+			kept = append(kept, k)
+			continue
+		}
+		req := registry.KeepRequest{Image: k.Image, Digest: string(k.Digest), Keychain: keychainOf(r.keychainFor(obs, k.Image)),
+			RetrySince: digestTick(now, sel.Interval, string(k.Digest))}
+		if _, err := r.Resolver.Unkeep(ctx, req); err != nil {
+			fail(err)
+			kept = append(kept, k)
+			continue
+		}
+		deleted = append(deleted, k.Image+":"+k.Tag)
+	}
+	if len(kept) == 0 {
+		kept = nil
+	}
+	status.KeepTags = kept
+	if len(pushed) > 0 {
+		r.event(pin, corev1.EventTypeNormal, EventKeepTagsPushed,
+			fmt.Sprintf("pushed %d keep %s, so that garbage collection spares what a backout needs: %s", len(pushed), plural(len(pushed), "tag"), joinCapped(pushed, 3)))
+	}
+	if len(deleted) > 0 {
+		r.event(pin, corev1.EventTypeNormal, EventKeepTagsDeleted,
+			fmt.Sprintf("deleted %d keep %s no longer needed: %s", len(deleted), plural(len(deleted), "tag"), joinCapped(deleted, 3)))
+	}
+	for _, err := range failures {
+		log.FromContext(ctx).Info("keep tag not in place", "reason", err.Error())
+	}
+	setRetained(status, pin.Generation, sel.Protect, len(wants), failures)
+}
+
+// keepWants lists the digests pin keeps: every digest the containers run
+// or pin, their images' overrides, and the newest keepLast digests of
+// each image's history, but for those the registry said are gone.
+func keepWants(sel *selection.Selection, obs observation, images []imagesv1alpha1.ImageStatus) []keepWant {
+	var out []keepWant
+	seen := map[digestOf]bool{}
+	add := func(image, digest string, kc authn.Keychain) {
+		d := digestOf{repositoryOf(image), digest}
+		if digest == "" || seen[d] || obs.available.gone(image, digest) {
+			return
+		}
+		seen[d] = true
+		out = append(out, keepWant{d.image, digest, kc})
+	}
+	keychains := map[string]authn.Keychain{}
+	for _, c := range obs.containers {
+		if _, ok := keychains[c.image]; !ok {
+			keychains[c.image] = c.keychain
+		}
+		add(c.image, c.pinned, c.keychain)
+		for _, run := range c.running {
+			add(c.image, string(run.Digest), c.keychain)
+		}
+		add(c.image, sel.Override(c.image), c.keychain)
+	}
+	for _, img := range images {
+		kc, ok := keychains[img.Image]
+		if !ok {
+			continue // no container names it any more
+		}
+		for i, h := range img.History {
+			if i >= sel.KeepLast {
+				break
+			}
+			if h.Available != nil && !*h.Available {
+				continue
+			}
+			add(img.Image, string(h.Digest), kc)
+		}
+	}
+	return out
+}
+
+// keychainFor is the credentials of the first container naming a image
+// of repo, or none (anonymous, or the push secret) when none does.
+func (r *ImagePinReconciler) keychainFor(obs observation, repo string) authn.Keychain {
+	for _, c := range obs.containers {
+		if repositoryOf(c.image) == repo {
+			return c.keychain
+		}
+	}
+	return authn.NewMultiKeychain()
+}
+
+// keepTagsOfOthers lists the keep tags ImagePins other than pin rely on,
+// as their status records them.
+func (r *ImagePinReconciler) keepTagsOfOthers(ctx context.Context, pin *imagesv1alpha1.ImagePin) map[digestOf]bool {
+	out := map[digestOf]bool{}
+	var pins imagesv1alpha1.ImagePinList
+	if err := r.List(ctx, &pins); err != nil {
+		// Unknown: the zero key says so, and no tag is deleted.
+		log.FromContext(ctx).Info("keep tags not deleted: cannot list ImagePins", "reason", err.Error())
+		return map[digestOf]bool{{}: true}
+	}
+	for _, p := range pins.Items {
+		if p.UID == pin.UID {
+			continue
+		}
+		for _, k := range p.Status.KeepTags {
+			out[digestOf{k.Image, string(k.Digest)}] = true
+		}
+	}
+	return out
+}
+
+// repositoryOf is image without its tag (and digest).
+func repositoryOf(image string) string {
+	image, _, _ = strings.Cut(image, "@")
+	if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
+		return image[:i]
+	}
+	return image
+}
+
+// setRetained says whether every digest to keep has its keep tag, and
+// why not.
+func setRetained(status *imagesv1alpha1.ImagePinStatus, generation int64, protect bool, wanted int, failures []error) {
+	if !protect && len(status.KeepTags) == 0 && len(failures) == 0 {
+		meta.RemoveStatusCondition(&status.Conditions, imagesv1alpha1.ConditionRetained)
+		return
+	}
+	c := metav1.Condition{Type: imagesv1alpha1.ConditionRetained, ObservedGeneration: generation}
+	msgs := make([]string, 0, len(failures))
+	refused := false
+	for _, err := range failures {
+		refused = refused || errors.Is(err, registry.ErrPushRefused)
+		msgs = append(msgs, err.Error())
+	}
+	slices.Sort(msgs)
+	switch {
+	case refused:
+		c.Status, c.Reason = metav1.ConditionFalse, imagesv1alpha1.ReasonPushRefused
+		c.Message = fmt.Sprintf("the registry refused to push or delete keep tags with these credentials; give spec.retention.pushSecretRef a Secret that may push: %s", joinCapped(msgs, 2))
+	case len(failures) > 0:
+		c.Status, c.Reason = metav1.ConditionFalse, imagesv1alpha1.ReasonRetentionFailed
+		c.Message = fmt.Sprintf("%d keep %s not in place: %s", len(failures), plural(len(failures), "tag"), joinCapped(msgs, 2))
+	case protect:
+		c.Status, c.Reason = metav1.ConditionTrue, imagesv1alpha1.ReasonDigestsKept
+		c.Message = fmt.Sprintf("%d %s kept by a tag %s<digest>: garbage collection of untagged manifests spares them", wanted, plural(wanted, "digest"), imagesv1alpha1.KeepTagPrefix)
+	default:
+		c.Status, c.Reason = metav1.ConditionTrue, imagesv1alpha1.ReasonDigestsKept
+		c.Message = fmt.Sprintf("spec.retention.protect is off: %d keep %s still to delete", len(status.KeepTags), plural(len(status.KeepTags), "tag"))
+	}
+	meta.SetStatusCondition(&status.Conditions, c)
+}
