@@ -143,8 +143,8 @@ func (k *Keychains) secret(ctx context.Context, namespace, name, role string) (p
 type pullSecret struct {
 	// dockerType is the Secret's type, if a docker config's.
 	dockerType corev1.SecretType
-	name string
-	kc   authn.Keychain
+	name       string
+	kc         authn.Keychain
 }
 
 // podKeychain is a workload's pull secrets and the manager's cloud
