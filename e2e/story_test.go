@@ -424,8 +424,14 @@ func replicaSets(t *testing.T, ns, deploy string) int {
 // returns it.
 func waitPin(t *testing.T, ns, what string, check func(*imagesv1alpha1.ImagePin) error) *imagesv1alpha1.ImagePin {
 	t.Helper()
+	return waitPinWithin(t, ns, what, 45*time.Second, check)
+}
+
+// waitPinWithin is waitPin with a deadline of its own.
+func waitPinWithin(t *testing.T, ns, what string, timeout time.Duration, check func(*imagesv1alpha1.ImagePin) error) *imagesv1alpha1.ImagePin {
+	t.Helper()
 	p := &imagesv1alpha1.ImagePin{}
-	poll(t, what, 45*time.Second, func() error {
+	poll(t, what, timeout, func() error {
 		if err := local.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web"}, p); err != nil {
 			return err
 		}

@@ -145,6 +145,23 @@ func (r *Registry) Down() error {
 	return nil
 }
 
+// GarbageCollect runs the registry's own garbage collection as its
+// operators do: `registry garbage-collect --delete-untagged` deletes every
+// manifest no tag points at, and the blobs only those used. It must not
+// run against a live registry, so the registry is stopped first and
+// started again after. It returns what garbage-collect printed.
+func (r *Registry) GarbageCollect() (string, error) {
+	if err := r.Down(); err != nil {
+		return "", err
+	}
+	out, err := exec.Command(r.bin, "garbage-collect", "--delete-untagged", filepath.Join(r.Dir, "config.yml")).CombinedOutput()
+	if err != nil {
+		_ = r.Up()
+		return string(out), fmt.Errorf("registry garbage-collect: %w\n%s", err, out)
+	}
+	return string(out), r.Up()
+}
+
 func (r *Registry) writeConfig() error {
 	if r.Host == "" {
 		port, err := FreePort()
