@@ -151,7 +151,7 @@ dev-cluster-down: ## Stop the local cluster `make dev-cluster` started, and ever
 .PHONY: demo
 demo: build control-plane $(REGISTRY) $(CRANE) $(COSIGN) ## Replay the mutable-tag story on the local cluster, narrated; clean up.
 	$(GO) build -o $(BIN)/devcluster ./hack/devcluster
-	KUBEBUILDER_ASSETS=$(K8S_DIR) K8S_DIR=$(K8S_DIR) CRANE=$(CRANE) COSIGN=$(COSIGN) hack/demo.sh
+	KUBEBUILDER_ASSETS=$(K8S_DIR) K8S_DIR=$(K8S_DIR) CRANE=$(CRANE) COSIGN=$(COSIGN) REGISTRY_BIN=$(REGISTRY) hack/demo.sh
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine; none runs on the dev machines).

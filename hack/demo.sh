@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 K8S_DIR=${K8S_DIR:?set by make demo}
 CRANE=${CRANE:?set by make demo}
 COSIGN=${COSIGN:?set by make demo}
+REGISTRY_BIN=${REGISTRY_BIN:?set by make demo}
 export PATH="$K8S_DIR:$PATH"
 WORK=$PWD/tmp/demo
 DEVCLUSTER="bin/devcluster"
@@ -223,6 +224,26 @@ show kubectl wait --for=jsonpath='{.spec.template.spec.containers[0].image}'="$R
 show kubectl rollout status deployment/web --timeout=60s
 wait_for 60 "two pods on build 1" pods_running 2 "$first"
 pods
+
+step "The registry's garbage collection deletes untagged builds: keep what a backout needs"
+say "Build 1 runs by override, but no tag names it any more, nor build 2: the registry's garbage collection deletes untagged manifests."
+say "Retention keeps what runs and the newest history digests (here the newest one: keepLast 1) with a tag of imagepin's own:"
+show kubectl patch ipin web --type merge -p '{"spec":{"retention":{"protect":true,"keepLast":1}}}'
+show kubectl wait --for=jsonpath='{.status.conditions[?(@.type=="Retained")].status}'=True --timeout=30s imagepin/web
+show kubectl get ipin web -o jsonpath='{range .status.keepTags[*]}{.image}:{.tag} -> {.digest}{"\n"}{end}'
+say "The registry's operator runs its garbage collection, with the registry stopped:"
+show "$DEVCLUSTER" registry down --dir "$WORK"
+printf '\033[36m$ %s\033[0m\n' "registry garbage-collect --delete-untagged $WORK/registry/config.yml   # (the manifests it deletes)"
+"$REGISTRY_BIN" garbage-collect --delete-untagged "$WORK/registry/config.yml" >"$WORK/gc.log" 2>&1
+grep -E 'manifest eligible for deletion|manifests eligible for deletion' "$WORK/gc.log" || true
+show "$DEVCLUSTER" registry up --dir "$WORK"
+say "Build 2 was untagged, ran nowhere and was not kept: it is gone. Build 1 was untagged too, but its keep tag saved it. A rollback to build 2 is refused, and web keeps running build 1:"
+show kubectl patch ipin web --type merge -p "{\"spec\":{\"overrides\":[{\"image\":\"$REGISTRY/demo/web:v1\",\"digest\":\"$second\"}]}}"
+show kubectl wait --for=jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'=OverrideDigestGone --timeout=30s imagepin/web
+show kubectl get ipin web -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}{"\n"}'
+show kubectl get deployment web -o jsonpath='{.spec.template.spec.containers[0].image}{"\n"}'
+show kubectl patch ipin web --type merge -p "{\"spec\":{\"overrides\":[{\"image\":\"$REGISTRY/demo/web:v1\",\"digest\":\"$first\"}]}}"
+show kubectl wait --for=condition=Ready --timeout=30s imagepin/web
 
 step "Pin on deploy: a new Deployment applied through the webhook arrives pinned"
 fourth=$(push_build "build 4" v2)

@@ -66,6 +66,9 @@ func TestClusterImagePinAPI(t *testing.T) {
 			p.Spec.NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Near"}}}
 		}, "spec.namespaceSelector"},
 		{"empty excluded name", func(p *imagesv1alpha1.ClusterImagePin) { p.Spec.ExcludeNamespaces = []string{""} }, "spec.excludeNamespaces"},
+		{"retention.protect, an ImagePin's", func(p *imagesv1alpha1.ClusterImagePin) {
+			p.Spec.Retention = &imagesv1alpha1.RetentionSpec{Protect: true}
+		}, "retention.protect and retention.pushSecretRef are set on an ImagePin"},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
