@@ -91,7 +91,10 @@ func (r *Resolver) Keep(ctx context.Context, req KeepRequest) (created bool, err
 			if err != nil {
 				return err
 			}
-			if err := pusher.Push(ctx, tag, manifest); err != nil {
+			// Put, not Push: the manifest and its blobs are in the
+			// repository already (it was just read from there), so only
+			// the tag is written, with no existence checks first.
+			if err := pusher.Put(ctx, tag, manifest); err != nil {
 				return err
 			}
 			pushed = true
