@@ -101,7 +101,7 @@ type ImagePinReconciler struct {
 	clusterHinted chan event.GenericEvent
 }
 
-// +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins,verbs=list;watch
+// +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins,verbs=list;watch;patch
 // +kubebuilder:rbac:groups=images.imagepin.dev,resources=imagepins/status,verbs=patch
 // +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch;patch
@@ -129,6 +129,11 @@ func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			r.ticks.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !pin.DeletionTimestamp.IsZero() {
+		// Deleted, held for the keep tags it pushed: nothing else is
+		// done for it.
+		return r.finalize(ctx, &pin)
 	}
 
 	before := pin.Status.DeepCopy()

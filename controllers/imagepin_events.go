@@ -25,6 +25,9 @@ const (
 	// (spec.retention.protect) did to the registry.
 	EventKeepTagsPushed  = "KeepTagsPushed"
 	EventKeepTagsDeleted = "KeepTagsDeleted"
+	// EventKeepTagsLeft: a deleted ImagePin's keep tags that could not be
+	// deleted in time, left in the registry.
+	EventKeepTagsLeft = "KeepTagsLeft"
 )
 
 // emitTransitions compares the status before and after a check and emits

@@ -12,11 +12,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/selection"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // Retention (spec.retention.protect): checking that the digests a backout
@@ -45,6 +49,11 @@ type keepWant struct {
 func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, obs observation, status *imagesv1alpha1.ImagePinStatus, now time.Time) {
 	if !sel.Protect && len(status.KeepTags) == 0 {
 		meta.RemoveStatusCondition(&status.Conditions, imagesv1alpha1.ConditionRetained)
+		if pin.DeletionTimestamp.IsZero() {
+			if err := r.dropFinalizer(ctx, pin); err != nil {
+				log.FromContext(ctx).Info("finalizer not removed", "finalizer", keepTagsFinalizer, "reason", err.Error())
+			}
+		}
 		return
 	}
 	var pushKeychain authn.Keychain
@@ -78,6 +87,13 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 		records[digestOf{k.Image, string(k.Digest)}] = i
 	}
 	var pushed, deleted []string
+	if secretErr == nil && len(wants) > 0 {
+		// The finalizer first: a tag pushed is deleted with the ImagePin.
+		if err := r.ensureFinalizer(ctx, pin); err != nil {
+			fail(err)
+			wants = nil
+		}
+	}
 	if secretErr == nil {
 		for _, w := range wants {
 			req := registry.KeepRequest{Image: w.repo, Digest: w.digest, Keychain: keychainOf(w.keychain),
@@ -270,4 +286,104 @@ func setRetained(status *imagesv1alpha1.ImagePinStatus, generation int64, protec
 		c.Message = fmt.Sprintf("spec.retention.protect is off: %d keep %s still to delete", len(status.KeepTags), plural(len(status.KeepTags), "tag"))
 	}
 	meta.SetStatusCondition(&status.Conditions, c)
+}
+
+// keepTagsFinalizer holds a deleted ImagePin until the keep tags it
+// pushed are deleted. It is added before the first tag is pushed, and
+// removed once none is left, or keepTagsGiveUp after the deletion: a
+// namespace being deleted may have lost the credentials already, and must
+// not be held for ever for a tag.
+const keepTagsFinalizer = "images.imagepin.dev/keep-tags"
+
+// keepTagsGiveUp is how long a deleted ImagePin is held for its keep tags.
+const keepTagsGiveUp = 5 * time.Minute
+
+// ensureFinalizer adds keepTagsFinalizer to pin, if missing.
+func (r *ImagePinReconciler) ensureFinalizer(ctx context.Context, pin *imagesv1alpha1.ImagePin) error {
+	if controllerutil.ContainsFinalizer(pin, keepTagsFinalizer) {
+		return nil
+	}
+	before := pin.DeepCopy()
+	controllerutil.AddFinalizer(pin, keepTagsFinalizer)
+	if err := r.Patch(ctx, pin, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("add finalizer %s (to delete the keep tags with the ImagePin): %w", keepTagsFinalizer, err)
+	}
+	return nil
+}
+
+// dropFinalizer removes keepTagsFinalizer from pin, if there.
+func (r *ImagePinReconciler) dropFinalizer(ctx context.Context, pin *imagesv1alpha1.ImagePin) error {
+	if !controllerutil.ContainsFinalizer(pin, keepTagsFinalizer) {
+		return nil
+	}
+	before := pin.DeepCopy()
+	controllerutil.RemoveFinalizer(pin, keepTagsFinalizer)
+	return r.Patch(ctx, pin, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+}
+
+// finalize deletes the keep tags a deleted pin pushed, with the
+// credentials of the workloads it selects (or its pushSecretRef), then
+// lets it go; what could not be deleted by keepTagsGiveUp is named in a
+// Warning event and left in the registry.
+func (r *ImagePinReconciler) finalize(ctx context.Context, pin *imagesv1alpha1.ImagePin) (ctrl.Result, error) {
+	if !controllerutil.ContainsFinalizer(pin, keepTagsFinalizer) {
+		return ctrl.Result{}, nil
+	}
+	sel, err := selection.Compile(&pin.Spec)
+	if err != nil {
+		sel = &selection.Selection{Interval: selection.DefaultInterval, RetentionCheck: selection.DefaultRetentionCheck}
+		if rs := pin.Spec.Retention; rs != nil && rs.PushSecretRef != nil {
+			sel.PushSecret = rs.PushSecretRef.Name
+		}
+	}
+	letGo := *sel
+	letGo.Protect = false
+	obs, err := r.credentialsOfWorkloads(ctx, pin, sel)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	status := pin.Status.DeepCopy()
+	r.retain(ctx, pin, &letGo, obs, status, r.Clock.Now())
+	left := slices.ContainsFunc(status.KeepTags, func(k imagesv1alpha1.KeepTag) bool { return k.Pushed })
+	giveUp := r.Clock.Since(pin.DeletionTimestamp.Time) >= keepTagsGiveUp
+	if left && !giveUp {
+		if err := r.patchStatus(ctx, pin, status); err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{RequeueAfter: untilNextTick(r.Clock.Now(), sel.Interval)}, nil
+	}
+	if left {
+		var tags []string
+		for _, k := range status.KeepTags {
+			if k.Pushed {
+				tags = append(tags, k.Image+":"+k.Tag)
+			}
+		}
+		r.event(pin, corev1.EventTypeWarning, EventKeepTagsLeft,
+			fmt.Sprintf("the ImagePin is deleted and %d keep %s could not be deleted within %s; they stay in the registry: %s",
+				len(tags), plural(len(tags), "tag"), keepTagsGiveUp, joinCapped(tags, 5)))
+	}
+	return ctrl.Result{}, client.IgnoreNotFound(r.dropFinalizer(ctx, pin))
+}
+
+// credentialsOfWorkloads is an observation of the containers pin selects
+// with their credentials only: nothing is resolved.
+func (r *ImagePinReconciler) credentialsOfWorkloads(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection) (observation, error) {
+	var obs observation
+	workloads, err := workload.List(ctx, r.Client, pin.Namespace, r.servedKinds(sel.Kinds()), sel.Labels())
+	if err != nil {
+		return obs, err
+	}
+	for _, w := range workloads {
+		for _, t := range w.Templates {
+			kc, err := r.Keychains.ForPod(ctx, pin.Namespace, t.Spec)
+			if err != nil {
+				return obs, err
+			}
+			for _, c := range append(slices.Clone(t.Spec.InitContainers), t.Spec.Containers...) {
+				obs.containers = append(obs.containers, containerObs{image: selection.ImageKey(c.Image), keychain: kc})
+			}
+		}
+	}
+	return obs, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -135,6 +136,9 @@ func TestProtectTagsWhatABackoutNeedsAndDeletesOnlyItsOwnTags(t *testing.T) {
 		if c := meta.FindStatusCondition(got.Status.Conditions, imagesv1alpha1.ConditionRetained); c != nil {
 			return fmt.Errorf("Retained %s/%s with nothing kept", c.Status, c.Reason)
 		}
+		if len(got.Finalizers) != 0 {
+			return fmt.Errorf("finalizers %v with no keep tag left", got.Finalizers)
+		}
 		return nil
 	})
 	for _, d := range []string{a, b} {
@@ -250,5 +254,51 @@ func TestProtectWithCredentialsThatMayNotPushSaysSoUntilAPushSecretIsNamed(t *te
 	})
 	if got := tagIn(t, "keepro/app", registry.KeepTagOf(a)); got != a {
 		t.Fatalf("%s points at %q, want %s", registry.KeepTagOf(a), got, a)
+	}
+}
+
+// A deleted ImagePin deletes the keep tags it pushed before it goes: the
+// finalizer added before the first push holds it until then.
+func TestADeletedImagePinDeletesItsKeepTags(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	repo := reg.Host + "/keepdel/app"
+	image := repo + ":v1"
+	a := reg.Push(t, "keepdel/app:v1")
+	deploymentRunning(t, ns, "web", image, podRun{"node-a", a})
+	pin := observePin(ns, "web")
+	pin.Spec.Retention = &imagesv1alpha1.RetentionSpec{Protect: true}
+	create(t, pin)
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		if err := keepTagsAre(got, repo, a); err != nil {
+			return err
+		}
+		if !slices.Contains(got.Finalizers, keepTagsFinalizer) {
+			return fmt.Errorf("finalizers %v, want %s", got.Finalizers, keepTagsFinalizer)
+		}
+		return nil
+	})
+	if got := tagIn(t, "keepdel/app", registry.KeepTagOf(a)); got != a {
+		t.Fatalf("%s points at %q, want %s", registry.KeepTagOf(a), got, a)
+	}
+
+	if err := k8s.Delete(context.Background(), pin); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() error {
+		if _, err := getPin(pin); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("the ImagePin is still there (%v)", err)
+		}
+		return nil
+	})
+	if got := tagIn(t, "keepdel/app", registry.KeepTagOf(a)); got != "" {
+		t.Fatalf("%s still points at %s after the ImagePin was deleted", registry.KeepTagOf(a), got)
+	}
+	if got := tagIn(t, "keepdel/app", "v1"); got != a {
+		t.Fatalf("v1 points at %q, want %s", got, a)
 	}
 }

@@ -626,6 +626,10 @@ var grantedButNotExercisedHere = func() map[grant]string {
 		// take these paths.
 		{"", "secrets", "get"}:    "spec.verify.keys[].secretKeyRef, read live",
 		{"", "configmaps", "get"}: "spec.verify.keys[].configMapKeyRef and spec.verify.trustedRoot, read live",
+		// spec.retention.protect's finalizer, added before the first keep
+		// tag is pushed; TestBackoutAcrossGarbageCollection and
+		// controllers' TestADeletedImagePinDeletesItsKeepTags take it.
+		{"images.imagepin.dev", "imagepins", "patch"}: "the keep-tags finalizer of spec.retention.protect",
 	}
 	// Informers stream their initial state with a watch (WatchList) and
 	// fall back to a list when the API server does not serve that.

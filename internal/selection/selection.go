@@ -330,7 +330,9 @@ func WritingOf(pins []imagesv1alpha1.ImagePin, cluster ...imagesv1alpha1.ImagePi
 		for i := range pins {
 			p := &pins[i]
 			writes := p.Spec.Mode == imagesv1alpha1.ModePin || p.Spec.Mode == imagesv1alpha1.ModeFollow
-			if p.Spec.Suspend || (!writes && !observers) {
+			if p.Spec.Suspend || (!writes && !observers) || !p.DeletionTimestamp.IsZero() {
+				// (A deleted ImagePin held for its keep tags writes
+				// nothing more.)
 				continue
 			}
 			if sel, err := Compile(&p.Spec); err == nil {
