@@ -95,7 +95,11 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 		}
 	}
 	if secretErr == nil {
-		for _, w := range wants {
+		for i, w := range wants {
+			if _, ok := records[digestOf{w.repo, w.digest}]; !ok && len(status.KeepTags) >= maxKeepTags {
+				fail(fmt.Errorf("%d more digests to keep than the %d keep tags status.keepTags holds: they are not kept; select fewer images or lower spec.retention.keepLast", len(wants)-i, maxKeepTags))
+				break
+			}
 			req := registry.KeepRequest{Image: w.repo, Digest: w.digest, Keychain: keychainOf(w.keychain),
 				FreshSince: digestTick(now, sel.RetentionCheck, w.digest), RetrySince: digestTick(now, sel.Interval, w.digest)}
 			created, err := r.Resolver.Keep(ctx, req)
@@ -145,7 +149,7 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 			kept = append(kept, k)
 			continue
 		}
-		req := registry.KeepRequest{Image: k.Image, Digest: string(k.Digest), Keychain: keychainOf(r.keychainFor(obs, k.Image)),
+		req := registry.KeepRequest{Image: k.Image, Digest: string(k.Digest), Keychain: keychainOf(r.keychainFor(ctx, pin.Namespace, obs, k.Image)),
 			RetrySince: digestTick(now, sel.Interval, string(k.Digest))}
 		if _, err := r.Resolver.Unkeep(ctx, req); err != nil {
 			fail(err)
@@ -215,16 +219,24 @@ func keepWants(sel *selection.Selection, obs observation, images []imagesv1alpha
 	return out
 }
 
-// keychainFor is the credentials of the first container naming a image
-// of repo, or none (anonymous, or the push secret) when none does.
-func (r *ImagePinReconciler) keychainFor(obs observation, repo string) authn.Keychain {
+// keychainFor is the credentials of the first container naming an image
+// of repo; when none does any more (its workload is gone), those of the
+// namespace's default ServiceAccount.
+func (r *ImagePinReconciler) keychainFor(ctx context.Context, namespace string, obs observation, repo string) authn.Keychain {
 	for _, c := range obs.containers {
 		if repositoryOf(c.image) == repo {
 			return c.keychain
 		}
 	}
-	return authn.NewMultiKeychain()
+	kc, err := r.Keychains.ForPod(ctx, namespace, &corev1.PodSpec{})
+	if err != nil {
+		return authn.NewMultiKeychain() // anonymous: a refusal says so
+	}
+	return kc
 }
+
+// maxKeepTags is how many keep tags status.keepTags holds (its MaxItems).
+const maxKeepTags = 512
 
 // keepTagsOfOthers lists the keep tags ImagePins other than pin rely on,
 // as their status records them.
