@@ -54,7 +54,8 @@ type ImagePinReconciler struct {
 	// Clock stamps lastCheckTime and history; tests inject a fake one.
 	Clock clock.PassiveClock
 	// APIReader reads live objects (the cache strips managedFields), to
-	// name the field manager that reverts imagepin's writes.
+	// name the field manager that reverts imagepin's writes, and the
+	// other ImagePins' keep tags before one is deleted.
 	APIReader client.Reader
 
 	// ConflictBackoff is how long reverts of imagepin's writes are
@@ -96,6 +97,8 @@ type ImagePinReconciler struct {
 	// behind: resolutions a check went on without (imagepin_observe.go's
 	// resolveAll), each watched once until its answer comes.
 	behind behindWatch
+	// claims: what each ImagePin wants kept (imagepin_retain.go).
+	claims keepClaims
 	// clusterHinted: ClusterImagePins a push event asks to check (the
 	// tag index knows them with an empty namespace).
 	clusterHinted chan event.GenericEvent
@@ -127,6 +130,7 @@ func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			r.forgetSeen(req.NamespacedName)
 			r.tags.forget(req.NamespacedName)
 			r.ticks.forget(req.NamespacedName)
+			r.claims.set(req.NamespacedName, nil)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -192,7 +196,7 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	})
 	recordMetrics(pin, status)
 	recordUnavailable(pin.Namespace, pin.Name, obs.available)
-	r.retain(ctx, pin, sel, obs, status, now)
+	r.retain(ctx, pin, sel, obs, status, now, false)
 
 	// Pin and Follow: write what the status says should run.
 	plan, followDue := planWrites(planInput{

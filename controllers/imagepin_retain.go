@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -45,9 +48,11 @@ type keepWant struct {
 // condition. Nothing is pushed without spec.retention.protect; with it
 // off, the tags pin pushed are deleted. A tag is checked (one HEAD) once
 // per retention check interval; a failure is retried on the interval's
-// tick.
-func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, obs observation, status *imagesv1alpha1.ImagePinStatus, now time.Time) {
+// tick, or at once with retryNow (a deleted ImagePin's last chances).
+func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.ImagePin, sel *selection.Selection, obs observation, status *imagesv1alpha1.ImagePinStatus, now time.Time, retryNow bool) {
+	key := client.ObjectKeyFromObject(pin)
 	if !sel.Protect && len(status.KeepTags) == 0 {
+		r.claims.set(key, nil)
 		meta.RemoveStatusCondition(&status.Conditions, imagesv1alpha1.ConditionRetained)
 		if pin.DeletionTimestamp.IsZero() {
 			if err := r.dropFinalizer(ctx, pin); err != nil {
@@ -55,6 +60,12 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 			}
 		}
 		return
+	}
+	retry := func(digest string) time.Time {
+		if retryNow {
+			return now
+		}
+		return digestTick(now, sel.Interval, digest)
 	}
 	var pushKeychain authn.Keychain
 	var secretErr error
@@ -69,13 +80,13 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 	}
 
 	var wants []keepWant
-	if sel.Protect {
-		wants = keepWants(sel, obs, status.Images)
-	}
 	wanted := map[digestOf]bool{}
-	for _, w := range wants {
-		wanted[digestOf{w.repo, w.digest}] = true
+	if sel.Protect {
+		wants, wanted = keepWants(sel, obs, status.Images)
 	}
+	// Claimed before any Keep: an Unkeep of another ImagePin, in this
+	// manager, sees the claim, or its DELETE is done before the Keep.
+	r.claims.set(key, wanted)
 	var failures []error
 	fail := func(err error) { failures = append(failures, err) }
 	if secretErr != nil {
@@ -86,7 +97,7 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 	for i, k := range status.KeepTags {
 		records[digestOf{k.Image, string(k.Digest)}] = i
 	}
-	var pushed, deleted []string
+	var pushed, deleted, undeletable []string
 	if secretErr == nil && len(wants) > 0 {
 		// The finalizer first: a tag pushed is deleted with the ImagePin.
 		if err := r.ensureFinalizer(ctx, pin); err != nil {
@@ -95,28 +106,45 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 		}
 	}
 	if secretErr == nil {
-		for i, w := range wants {
-			if _, ok := records[digestOf{w.repo, w.digest}]; !ok && len(status.KeepTags) >= maxKeepTags {
-				fail(fmt.Errorf("%d more digests to keep than the %d keep tags status.keepTags holds: they are not kept; select fewer images or lower spec.retention.keepLast", len(wants)-i, maxKeepTags))
-				break
+		var room []keepWant
+		over, fresh := 0, 0
+		for _, w := range wants {
+			_, recorded := records[digestOf{w.repo, w.digest}]
+			switch {
+			case recorded:
+			case len(status.KeepTags)+fresh < maxKeepTags:
+				fresh++
+			default:
+				over++
+				continue
 			}
-			req := registry.KeepRequest{Image: w.repo, Digest: w.digest, Keychain: keychainOf(w.keychain),
-				FreshSince: digestTick(now, sel.RetentionCheck, w.digest), RetrySince: digestTick(now, sel.Interval, w.digest)}
-			created, err := r.Resolver.Keep(ctx, req)
+			room = append(room, w)
+		}
+		if over > 0 {
+			fail(fmt.Errorf("%d more %s to keep than the %d keep tags status.keepTags holds: not kept; select fewer images or lower spec.retention.keepLast", over, plural(over, "digest"), maxKeepTags))
+		}
+		results := r.keepAll(ctx, room, func(w keepWant) registry.KeepRequest {
+			return registry.KeepRequest{Image: w.repo, Digest: w.digest, Keychain: keychainOf(w.keychain), Owner: key.String(),
+				FreshSince: digestTick(now, sel.RetentionCheck, w.digest), RetrySince: retry(w.digest)}
+		})
+		for i, w := range room {
+			created, err := results[i].created, results[i].err
 			if err != nil {
 				fail(err)
 				continue
 			}
-			if i, ok := records[digestOf{w.repo, w.digest}]; ok {
-				// A tag found in place and gone since is pin's once
-				// pushed.
+			d := digestOf{w.repo, w.digest}
+			if i, ok := records[d]; ok {
+				// Wanted again, and a tag found in place and gone since
+				// is pin's once pushed.
+				status.KeepTags[i].Released = false
 				status.KeepTags[i].Pushed = status.KeepTags[i].Pushed || created
 				continue
 			}
 			if created {
 				pushed = append(pushed, w.repo+":"+registry.KeepTagOf(w.digest))
 			}
-			records[digestOf{w.repo, w.digest}] = len(status.KeepTags)
+			records[d] = len(status.KeepTags)
 			status.KeepTags = append(status.KeepTags, imagesv1alpha1.KeepTag{
 				Image: w.repo, Tag: registry.KeepTagOf(w.digest), Digest: imagesv1alpha1.Digest(w.digest),
 				CreatedAt: metav1.NewTime(now), Pushed: created,
@@ -124,9 +152,10 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 		}
 	}
 
-	// Let go of what is no longer wanted: delete what pin pushed, unless
-	// another ImagePin relies on it too.
-	var reliedOn map[digestOf]bool
+	// Let go of what is no longer wanted: a tag pin found in place is not
+	// its to delete; one it pushed is deleted once no other ImagePin needs
+	// it, and meanwhile kept in the record as released.
+	var others map[digestOf]bool
 	kept := status.KeepTags[:0:0]
 	for _, k := range status.KeepTags {
 		d := digestOf{k.Image, string(k.Digest)}
@@ -135,28 +164,36 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 			continue
 		}
 		if !k.Pushed {
-			continue // found in place: not pin's to delete
+			continue
 		}
-		if reliedOn == nil {
-			reliedOn = r.keepTagsOfOthers(ctx, pin)
+		k.Released = true
+		if others == nil {
+			others = r.keepTagsOfOthers(ctx, pin)
 		}
-		if reliedOn[d] {
-			continue // the tag stays for the other ImagePin
-		}
-		if secretErr != nil || reliedOn[digestOf{}] {
-			// No credentials, or the other ImagePins could not be read
-			// (the zero key): asked again on the next check.
+		if secretErr != nil || others[digestOf{}] || others[d] || r.claims.byOthers(key, d) {
+			// Needed by another ImagePin, or the others or the
+			// credentials could not be read: asked again next check.
 			kept = append(kept, k)
 			continue
 		}
 		req := registry.KeepRequest{Image: k.Image, Digest: string(k.Digest), Keychain: keychainOf(r.keychainFor(ctx, pin.Namespace, obs, k.Image)),
-			RetrySince: digestTick(now, sel.Interval, string(k.Digest))}
-		if _, err := r.Resolver.Unkeep(ctx, req); err != nil {
+			RetrySince: retry(string(k.Digest))}
+		stillWanted := false
+		ok, err := r.Resolver.Unkeep(ctx, req, func() bool {
+			stillWanted = r.claims.byOthers(key, d)
+			return stillWanted
+		})
+		switch {
+		case errors.Is(err, registry.ErrDeleteUnsupported):
+			undeletable = append(undeletable, k.Image+":"+k.Tag)
+		case err != nil:
 			fail(err)
 			kept = append(kept, k)
-			continue
+		case stillWanted:
+			kept = append(kept, k)
+		case ok:
+			deleted = append(deleted, k.Image+":"+k.Tag)
 		}
-		deleted = append(deleted, k.Image+":"+k.Tag)
 	}
 	if len(kept) == 0 {
 		kept = nil
@@ -170,6 +207,11 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 		r.event(pin, corev1.EventTypeNormal, EventKeepTagsDeleted,
 			fmt.Sprintf("deleted %d keep %s no longer needed: %s", len(deleted), plural(len(deleted), "tag"), joinCapped(deleted, 3)))
 	}
+	if len(undeletable) > 0 {
+		r.event(pin, corev1.EventTypeWarning, EventKeepTagsLeft,
+			fmt.Sprintf("the registry does not delete tags through its API: %d keep %s no longer needed %s left for you to delete by the registry's own means: %s",
+				len(undeletable), plural(len(undeletable), "tag"), plural(len(undeletable), "is"), joinCapped(undeletable, 5)))
+	}
 	for _, err := range failures {
 		log.FromContext(ctx).Info("keep tag not in place", "reason", err.Error())
 	}
@@ -178,17 +220,22 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 
 // keepWants lists the digests pin keeps: every digest the containers run
 // or pin, their images' overrides, and the newest keepLast digests of
-// each image's history, but for those the registry said are gone.
-func keepWants(sel *selection.Selection, obs observation, images []imagesv1alpha1.ImageStatus) []keepWant {
+// each image's history; wanted has them all, by repository. A digest the
+// registry said is gone is not asked to be kept, but stays wanted: its
+// tag, if it has one, is not deleted on a verdict that may be wrong (a
+// 404 to the pull credentials).
+func keepWants(sel *selection.Selection, obs observation, images []imagesv1alpha1.ImageStatus) ([]keepWant, map[digestOf]bool) {
 	var out []keepWant
-	seen := map[digestOf]bool{}
+	wanted := map[digestOf]bool{}
 	add := func(image, digest string, kc authn.Keychain) {
 		d := digestOf{repositoryOf(image), digest}
-		if digest == "" || seen[d] || obs.available.gone(image, digest) {
+		if digest == "" || wanted[d] {
 			return
 		}
-		seen[d] = true
-		out = append(out, keepWant{d.image, digest, kc})
+		wanted[d] = true
+		if !obs.available.gone(image, digest) {
+			out = append(out, keepWant{d.image, digest, kc})
+		}
 	}
 	keychains := map[string]authn.Keychain{}
 	for _, c := range obs.containers {
@@ -210,13 +257,71 @@ func keepWants(sel *selection.Selection, obs observation, images []imagesv1alpha
 			if i >= sel.KeepLast {
 				break
 			}
-			if h.Available != nil && !*h.Available {
-				continue
-			}
 			add(img.Image, string(h.Digest), kc)
 		}
 	}
+	return out, wanted
+}
+
+// keepResult is what Keep said of one keepWant.
+type keepResult struct {
+	created bool
+	err     error
+}
+
+// keepAll asks for every want to be kept, a few at a time: a slow
+// registry costs one timeout per batch, not one per digest.
+func (r *ImagePinReconciler) keepAll(ctx context.Context, wants []keepWant, request func(keepWant) registry.KeepRequest) []keepResult {
+	out := make([]keepResult, len(wants))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(resolveWorkers, len(wants)) {
+		wg.Go(func() {
+			for i := range next {
+				out[i].created, out[i].err = r.Resolver.Keep(ctx, request(wants[i]))
+			}
+		})
+	}
+	for i := range wants {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 	return out
+}
+
+// keepClaims is what the ImagePins this manager checks want kept, as
+// their last check found: an Unkeep of one ImagePin's tag is not made
+// while another claims it, even before that one's status records it.
+type keepClaims struct {
+	mu sync.Mutex
+	by map[types.NamespacedName]map[digestOf]bool
+}
+
+// set records what pin wants kept (nil: nothing).
+func (c *keepClaims) set(pin types.NamespacedName, wanted map[digestOf]bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(wanted) == 0 {
+		delete(c.by, pin)
+		return
+	}
+	if c.by == nil {
+		c.by = map[types.NamespacedName]map[digestOf]bool{}
+	}
+	c.by[pin] = wanted
+}
+
+// byOthers says whether an ImagePin other than pin wants d kept.
+func (c *keepClaims) byOthers(pin types.NamespacedName, d digestOf) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for p, wanted := range c.by {
+		if p != pin && wanted[d] {
+			return true
+		}
+	}
+	return false
 }
 
 // keychainFor is the credentials of the first container naming an image
@@ -239,11 +344,17 @@ func (r *ImagePinReconciler) keychainFor(ctx context.Context, namespace string, 
 const maxKeepTags = 512
 
 // keepTagsOfOthers lists the keep tags ImagePins other than pin rely on,
-// as their status records them.
+// as their status records them, read from the API server (not the cache,
+// which may not have another's latest record yet). A released record is
+// not relied on: it waits for the tag to be free to delete.
 func (r *ImagePinReconciler) keepTagsOfOthers(ctx context.Context, pin *imagesv1alpha1.ImagePin) map[digestOf]bool {
 	out := map[digestOf]bool{}
 	var pins imagesv1alpha1.ImagePinList
-	if err := r.List(ctx, &pins); err != nil {
+	reader := r.APIReader
+	if reader == nil {
+		reader = r.Client
+	}
+	if err := reader.List(ctx, &pins); err != nil {
 		// Unknown: the zero key says so, and no tag is deleted.
 		log.FromContext(ctx).Info("keep tags not deleted: cannot list ImagePins", "reason", err.Error())
 		return map[digestOf]bool{{}: true}
@@ -253,14 +364,21 @@ func (r *ImagePinReconciler) keepTagsOfOthers(ctx context.Context, pin *imagesv1
 			continue
 		}
 		for _, k := range p.Status.KeepTags {
-			out[digestOf{k.Image, string(k.Digest)}] = true
+			if !k.Released {
+				out[digestOf{k.Image, string(k.Digest)}] = true
+			}
 		}
 	}
 	return out
 }
 
-// repositoryOf is image without its tag (and digest).
+// repositoryOf is the repository of image, named in full (nginx is
+// index.docker.io/library/nginx), so that one repository named two ways
+// is one.
 func repositoryOf(image string) string {
+	if ref, err := name.ParseReference(image, name.WeakValidation); err == nil {
+		return ref.Context().Name()
+	}
 	image, _, _ = strings.Cut(image, "@")
 	if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
 		return image[:i]
@@ -307,8 +425,12 @@ func setRetained(status *imagesv1alpha1.ImagePinStatus, generation int64, protec
 // not be held for ever for a tag.
 const keepTagsFinalizer = "images.imagepin.dev/keep-tags"
 
-// keepTagsGiveUp is how long a deleted ImagePin is held for its keep tags.
-const keepTagsGiveUp = 5 * time.Minute
+// keepTagsGiveUp is how long a deleted ImagePin is held for its keep
+// tags; keepTagsRetry how often it tries meanwhile.
+const (
+	keepTagsGiveUp = 5 * time.Minute
+	keepTagsRetry  = 30 * time.Second
+)
 
 // ensureFinalizer adds keepTagsFinalizer to pin, if missing.
 func (r *ImagePinReconciler) ensureFinalizer(ctx context.Context, pin *imagesv1alpha1.ImagePin) error {
@@ -350,19 +472,20 @@ func (r *ImagePinReconciler) finalize(ctx context.Context, pin *imagesv1alpha1.I
 	}
 	letGo := *sel
 	letGo.Protect = false
+	held := r.Clock.Since(pin.DeletionTimestamp.Time)
+	giveUp := held >= keepTagsGiveUp
 	obs, err := r.credentialsOfWorkloads(ctx, pin, sel)
-	if err != nil {
+	if err != nil && !giveUp {
 		return ctrl.Result{}, err
 	}
 	status := pin.Status.DeepCopy()
-	r.retain(ctx, pin, &letGo, obs, status, r.Clock.Now())
+	r.retain(ctx, pin, &letGo, obs, status, r.Clock.Now(), true)
 	left := slices.ContainsFunc(status.KeepTags, func(k imagesv1alpha1.KeepTag) bool { return k.Pushed })
-	giveUp := r.Clock.Since(pin.DeletionTimestamp.Time) >= keepTagsGiveUp
 	if left && !giveUp {
 		if err := r.patchStatus(ctx, pin, status); err != nil {
 			return ctrl.Result{}, err
 		}
-		return ctrl.Result{RequeueAfter: untilNextTick(r.Clock.Now(), sel.Interval)}, nil
+		return ctrl.Result{RequeueAfter: min(keepTagsRetry, keepTagsGiveUp-held)}, nil
 	}
 	if left {
 		var tags []string
@@ -371,6 +494,7 @@ func (r *ImagePinReconciler) finalize(ctx context.Context, pin *imagesv1alpha1.I
 				tags = append(tags, k.Image+":"+k.Tag)
 			}
 		}
+		r.claims.set(client.ObjectKeyFromObject(pin), nil)
 		r.event(pin, corev1.EventTypeWarning, EventKeepTagsLeft,
 			fmt.Sprintf("the ImagePin is deleted and %d keep %s could not be deleted within %s; they stay in the registry: %s",
 				len(tags), plural(len(tags), "tag"), keepTagsGiveUp, joinCapped(tags, 5)))

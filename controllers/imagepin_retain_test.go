@@ -302,3 +302,68 @@ func TestADeletedImagePinDeletesItsKeepTags(t *testing.T) {
 		t.Fatalf("v1 points at %q, want %s", got, a)
 	}
 }
+
+// Two ImagePins keep one digest: the first pushes its tag, the second
+// finds it in place (and never deletes it). When the first no longer
+// needs it, the tag stays for the second, and is deleted by the first once
+// the second lets go too.
+func TestAKeepTagTwoImagePinsNeedIsDeletedByItsPusherOnceNeitherDoes(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	repo := reg.Host + "/keepshared/app"
+	image := repo + ":v1"
+	a := reg.Push(t, "keepshared/app:v1")
+	deploymentRunning(t, ns, "web", image, podRun{"node-a", a})
+	deploymentRunning(t, ns, "api", image, podRun{"node-b", a})
+	protect := func(p *imagesv1alpha1.ImagePin, on bool) {
+		t.Helper()
+		got, err := getPin(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := got.DeepCopy()
+		got.Spec.Retention = &imagesv1alpha1.RetentionSpec{Protect: on}
+		if err := k8s.Patch(context.Background(), got, client.MergeFrom(before)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record := func(p *imagesv1alpha1.ImagePin, want string) {
+		t.Helper()
+		eventually(t, func() error {
+			got, err := checked(p)
+			if err != nil {
+				return err
+			}
+			var recs []string
+			for _, k := range got.Status.KeepTags {
+				recs = append(recs, fmt.Sprintf("pushed=%v released=%v", k.Pushed, k.Released))
+			}
+			if fmt.Sprint(recs) != want {
+				return fmt.Errorf("keepTags %v, want %s", recs, want)
+			}
+			return nil
+		})
+	}
+	web, api := observePin(ns, "web"), observePin(ns, "api")
+	web.Spec.Retention = &imagesv1alpha1.RetentionSpec{Protect: true}
+	create(t, web)
+	record(web, "[pushed=true released=false]")
+	create(t, api)
+	protect(api, true)
+	record(api, "[pushed=false released=false]")
+
+	// web lets go: api still needs the tag.
+	protect(web, false)
+	record(web, "[pushed=true released=true]")
+	if got := tagIn(t, "keepshared/app", registry.KeepTagOf(a)); got != a {
+		t.Fatalf("the tag api needs was deleted (points at %q)", got)
+	}
+	// api lets go: it did not push the tag, and does not delete it; web,
+	// which did, deletes it at its next check.
+	protect(api, false)
+	record(api, "[]")
+	record(web, "[]")
+	if got := tagIn(t, "keepshared/app", registry.KeepTagOf(a)); got != "" {
+		t.Fatalf("the tag nobody needs still points at %s", got)
+	}
+}

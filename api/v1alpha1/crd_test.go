@@ -87,8 +87,10 @@ func TestAPIServerRefusesBadImagePins(t *testing.T) {
 			field: "spec.interval", says: "interval must be at least 10s",
 		},
 		{
-			name:  "keepLast above history's length",
-			pin:   imagePin("bad-keeplast", func(p *imagesv1alpha1.ImagePin) { p.Spec.Retention = &imagesv1alpha1.RetentionSpec{Protect: true, KeepLast: new(int32(11))} }),
+			name: "keepLast above history's length",
+			pin: imagePin("bad-keeplast", func(p *imagesv1alpha1.ImagePin) {
+				p.Spec.Retention = &imagesv1alpha1.RetentionSpec{Protect: true, KeepLast: new(int32(11))}
+			}),
 			field: "spec.retention.keepLast", says: "less than or equal to 10",
 		},
 		{

@@ -196,6 +196,7 @@ type RetentionSpec struct {
 	// service account's) are used, which a registry may refuse to push
 	// with: the Retained condition then says so.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="has(self.name) && self.name != ''",message="pushSecretRef.name must name a Secret"
 	PushSecretRef *corev1.LocalObjectReference `json:"pushSecretRef,omitempty"`
 }
 
@@ -226,6 +227,11 @@ type KeepTag struct {
 	// deleted, once it is not needed and no other ImagePin relies on it.
 	// +optional
 	Pushed bool `json:"pushed,omitempty"`
+	// released is true when this ImagePin no longer needs the tag, and
+	// keeps the record only to delete the tag it pushed once no other
+	// ImagePin needs it.
+	// +optional
+	Released bool `json:"released,omitempty"`
 }
 
 // ImageFilter selects container images by reference. A reference is matched

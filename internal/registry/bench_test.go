@@ -143,7 +143,7 @@ func BenchmarkDigestChecksPerInterval(b *testing.B) {
 		}
 		b.StopTimer()
 		for _, d := range ds { // the next round pushes its tags again
-			if _, err := r.Unkeep(context.Background(), KeepRequest{Image: image, Digest: d}); err != nil {
+			if _, err := r.Unkeep(context.Background(), KeepRequest{Image: image, Digest: d}, nil); err != nil {
 				b.Fatal(err)
 			}
 		}

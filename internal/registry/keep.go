@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 )
@@ -23,6 +27,12 @@ import (
 // ErrPushRefused is in the error of Keep or Unkeep when the registry
 // refused every credential tried (401 or 403): they may read, not write.
 var ErrPushRefused = errors.New("the registry refused to let these credentials push")
+
+// ErrDeleteUnsupported is in the error of Unkeep when the registry does
+// not delete tags through its API (Harbor, Docker Hub, the distribution
+// registry without storage.delete.enabled): the tag is to be removed by
+// the registry's own means.
+var ErrDeleteUnsupported = errors.New("the registry does not delete tags through the registry API")
 
 // KeepTagOf is the tag Keep points at digest: the prefix and the
 // digest's first 12 hex digits.
@@ -46,13 +56,32 @@ type KeepRequest struct {
 	// request (the tag was there, or was pushed); RetrySince: a failure
 	// since then is returned again without one. Zero asks.
 	FreshSince, RetrySince time.Time
+	// Owner names the caller (an ImagePin): Keep says created only to the
+	// owner whose request pushed the tag.
+	Owner string
 }
 
 // keepDone is what the last Keep or Unkeep of one tag with one list of
-// credentials came to.
+// credentials came to; done: a Keep pushed the tag (for by, the caller
+// whose request it was: said to it again, so that a caller whose record
+// of the push was lost learns it again, and to nobody else), an Unkeep
+// deleted it.
 type keepDone struct {
-	at  time.Time
-	err error
+	at   time.Time
+	err  error
+	done bool
+	by   string
+}
+
+// keepLocks serialises Keep and Unkeep of one tag (by repository and
+// digest, whatever the credentials), striped: an Unkeep's decision that
+// nobody needs a tag, and its DELETE, happen while no Keep of the tag runs.
+type keepLocks [64]sync.Mutex
+
+func (l *keepLocks) of(key string) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return &l[h.Sum32()%uint32(len(l))]
 }
 
 // Keep makes the repository of req.Image hold KeepTagOf(req.Digest),
@@ -69,9 +98,9 @@ func (r *Resolver) Keep(ctx context.Context, req KeepRequest) (created bool, err
 	tag := ref.Context().Tag(KeepTagOf(req.Digest))
 	key := "keep|" + digestKey(ref, creds)
 	if done, ok := r.keepDoneSince(key, req); ok {
-		return false, done.err
+		return done.done && done.by == req.Owner, done.err
 	}
-	return r.keepOnce(ctx, key, ref.RegistryStr(), func(ctx context.Context) (bool, error) {
+	res, err := r.keepOnce(ctx, key, ref, req.Owner, func(ctx context.Context) (bool, error) {
 		pushed := false
 		err := r.withCredentials(ctx, ref.Context(), creds, func(ctx context.Context, p conn) error {
 			desc, err := p.Head(ctx, tag)
@@ -102,13 +131,16 @@ func (r *Resolver) Keep(ctx context.Context, req KeepRequest) (created bool, err
 		})
 		return pushed, r.keepError("keep "+ref.String()+" as "+tag.TagStr(), ref, err)
 	})
+	return res.done && res.by == req.Owner, err
 }
 
 // Unkeep deletes KeepTagOf(req.Digest) from the repository of req.Image
-// if it still points at req.Digest (deleted). A tag already gone, or
-// pointing elsewhere now (pushed over by someone else), is not deleted,
-// and is no error: it is no longer imagepin's.
-func (r *Resolver) Unkeep(ctx context.Context, req KeepRequest) (deleted bool, err error) {
+// if it still points at req.Digest (deleted) and stillWanted (asked with
+// no Keep of the tag running, nil: never) says nobody needs it. A tag
+// already gone, or pointing elsewhere now (pushed over by someone else),
+// is not deleted, and is no error: it is no longer imagepin's. A registry
+// that does not delete tags gives ErrDeleteUnsupported.
+func (r *Resolver) Unkeep(ctx context.Context, req KeepRequest, stillWanted func() bool) (deleted bool, err error) {
 	ref, creds, err := r.digestTarget(ctx, "let go of", req.Image, req.Digest, req.Keychain)
 	if err != nil {
 		return false, err
@@ -118,7 +150,10 @@ func (r *Resolver) Unkeep(ctx context.Context, req KeepRequest) (deleted bool, e
 	if done, ok := r.keepDoneSince(key, KeepRequest{RetrySince: req.RetrySince}); ok {
 		return false, done.err
 	}
-	deleted, err = r.keepOnce(ctx, key, ref.RegistryStr(), func(ctx context.Context) (bool, error) {
+	res, err := r.keepOnce(ctx, key, ref, req.Owner, func(ctx context.Context) (bool, error) {
+		if stillWanted != nil && stillWanted() {
+			return false, nil
+		}
 		deleted := false
 		err := r.withCredentials(ctx, ref.Context(), creds, func(ctx context.Context, p conn) error {
 			desc, err := p.Head(ctx, tag)
@@ -135,6 +170,9 @@ func (r *Resolver) Unkeep(ctx context.Context, req KeepRequest) (deleted bool, e
 				return err
 			}
 			if err := pusher.Delete(ctx, tag); err != nil && !unknownManifest(err) {
+				if deleteUnsupported(err) {
+					return fmt.Errorf("%w: %w", ErrDeleteUnsupported, err)
+				}
 				return err
 			}
 			deleted = true
@@ -142,13 +180,38 @@ func (r *Resolver) Unkeep(ctx context.Context, req KeepRequest) (deleted bool, e
 		})
 		return deleted, r.keepError("delete tag "+tag.String(), ref, err)
 	})
-	if err == nil {
-		// The tag is gone: a Keep of the digest pushes it again.
+	if res.done {
+		// The tag is gone: a Keep of the digest, with any credentials,
+		// pushes it again.
+		prefix := "keep|" + ref.Context().Name() + "@" + ref.DigestStr() + "|"
 		r.mu.Lock()
-		delete(r.kept, "keep|"+digestKey(ref, creds))
+		for k := range r.kept {
+			if strings.HasPrefix(k, prefix) {
+				delete(r.kept, k)
+			}
+		}
 		r.mu.Unlock()
 	}
-	return deleted, err
+	return res.done, err
+}
+
+// deleteUnsupported says whether err is a registry refusing to delete a
+// tag at all (not these credentials): 405, or 400 with UNSUPPORTED or
+// DIGEST_INVALID (distribution 2.x takes the tag for a digest).
+func deleteUnsupported(err error) bool {
+	var te *transport.Error
+	if !errors.As(err, &te) {
+		return false
+	}
+	if te.StatusCode == http.StatusMethodNotAllowed {
+		return true
+	}
+	for _, d := range te.Errors {
+		if d.Code == transport.UnsupportedErrorCode || d.Code == transport.DigestInvalidErrorCode {
+			return true
+		}
+	}
+	return false
 }
 
 // keepDoneSince is the last outcome of key, if it serves req: a success
@@ -167,32 +230,35 @@ func (r *Resolver) keepDoneSince(key string, req KeepRequest) (keepDone, bool) {
 	}
 }
 
-// keepOnce runs do once for all concurrent callers of key, in the budget
-// of host and within the resolver's timeout, and remembers how it came
-// out.
-func (r *Resolver) keepOnce(ctx context.Context, key, host string, do func(context.Context) (bool, error)) (bool, error) {
+// keepOnce runs do once for all concurrent callers of key, holding the
+// lock of ref's tag, in the budget of ref's registry and within the
+// resolver's timeout, and remembers how it came out and for whom (owner,
+// the caller whose request ran).
+func (r *Resolver) keepOnce(ctx context.Context, key string, ref name.Digest, owner string, do func(context.Context) (bool, error)) (keepDone, error) {
 	ch := r.keeping.DoChan(key, func() (any, error) {
+		lock := r.keepLocks.of(ref.Context().Name() + "@" + ref.DigestStr())
+		lock.Lock()
+		defer lock.Unlock()
 		started := r.clock.Now()
 		base := context.Background()
 		if pt, ok := r.transport.(*politeTransport); ok {
-			base = pt.takeTurn(base, host)
+			base = pt.takeTurn(base, ref.RegistryStr())
 		}
 		fctx, cancel := context.WithTimeout(base, r.opts.Timeout)
 		defer cancel()
 		done, err := do(fctx)
+		out := keepDone{at: started, err: err, done: done, by: owner}
 		r.mu.Lock()
-		r.kept[key] = keepDone{at: started, err: err}
+		r.kept[key] = out
 		r.mu.Unlock()
-		return done, err
+		return out, nil
 	})
 	select {
 	case res := <-ch:
-		if res.Err != nil {
-			return false, res.Err
-		}
-		return res.Val.(bool), nil
+		done := res.Val.(keepDone)
+		return done, done.err
 	case <-ctx.Done():
-		return false, ctx.Err()
+		return keepDone{}, ctx.Err()
 	}
 }
 

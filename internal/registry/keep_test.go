@@ -80,10 +80,15 @@ func TestKeepPushesATagAndUnkeepDeletesOnlyItsOwn(t *testing.T) {
 		t.Fatalf("v1 points at %q after Keep, want %s untouched", got, second)
 	}
 
-	// Kept since FreshSince: no request.
+	// Kept since FreshSince: no request, and the push is said again (a
+	// caller whose record of it was lost learns it again).
 	f.reg.resetCounts()
-	if created, err := f.resolver.Keep(ctx, req); err != nil || created {
-		t.Fatalf("second Keep = %v, %v; want nothing to do", created, err)
+	if created, err := f.resolver.Keep(ctx, req); err != nil || !created {
+		t.Fatalf("second Keep = %v, %v; want the push said again", created, err)
+	}
+	// ... to the caller whose request pushed it, and to nobody else.
+	if created, err := f.resolver.Keep(ctx, KeepRequest{Image: req.Image, Digest: first, Keychain: req.Keychain, FreshSince: req.FreshSince, Owner: "another"}); err != nil || created {
+		t.Fatalf("Keep by another owner = %v, %v; want the tag found in place, not pushed by it", created, err)
 	}
 	if n := f.reg.count("HEAD manifests") + f.reg.count("PUT manifests"); n != 0 {
 		t.Fatalf("a Keep fresh since FreshSince sent %d requests", n)
@@ -115,15 +120,22 @@ func TestKeepPushesATagAndUnkeepDeletesOnlyItsOwn(t *testing.T) {
 	if _, err := f.resolver.Keep(ctx, other); err == nil || !strings.Contains(err.Error(), "did not push") {
 		t.Fatalf("Keep over a tag pointing elsewhere = %v; want it refused", err)
 	}
-	if deleted, err := f.resolver.Unkeep(ctx, other); err != nil || deleted {
+	if deleted, err := f.resolver.Unkeep(ctx, other, nil); err != nil || deleted {
 		t.Fatalf("Unkeep of a tag pointing elsewhere = %v, %v; want it left", deleted, err)
 	}
 	if got := f.reg.tagPointsAt("keep/app", KeepTagOf(second)); got != first {
 		t.Fatalf("a tag imagepin did not push was changed: points at %q", got)
 	}
 
+	// Nothing is deleted while someone still needs the tag.
+	if deleted, err := f.resolver.Unkeep(ctx, req, func() bool { return true }); err != nil || deleted {
+		t.Fatalf("Unkeep of a tag still wanted = %v, %v; want it left", deleted, err)
+	}
+	if got := f.reg.tagPointsAt("keep/app", tag); got != first {
+		t.Fatalf("a tag still wanted was deleted: points at %q", got)
+	}
 	// Unkeep deletes the tag, and nothing else.
-	deleted, err := f.resolver.Unkeep(ctx, req)
+	deleted, err := f.resolver.Unkeep(ctx, req, nil)
 	if err != nil || !deleted {
 		t.Fatalf("Unkeep = %v, %v; want the tag deleted", deleted, err)
 	}
@@ -196,5 +208,31 @@ func TestKeepOfACollectedDigestIsAnError(t *testing.T) {
 	}
 	if got := f.reg.tagPointsAt("keep/gone", KeepTagOf(first)); got != "" {
 		t.Fatalf("a tag was pushed for a collected digest: %s", got)
+	}
+}
+
+// Harbor, Docker Hub and the distribution registry without
+// storage.delete.enabled do not delete tags through the API: Unkeep says
+// so apart from a refusal of the credentials, and the tag stays.
+func TestUnkeepOnARegistryThatDoesNotDeleteTagsSaysSo(t *testing.T) {
+	f := newFixture(t)
+	d := f.reg.push("keep/nodel:v1")
+	req := KeepRequest{Image: f.reg.image("keep/nodel:v1"), Digest: d}
+	if created, err := f.resolver.Keep(context.Background(), req); err != nil || !created {
+		t.Fatalf("Keep = %v, %v", created, err)
+	}
+	f.reg.setIntercept(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodDelete {
+			return false
+		}
+		http.Error(w, `{"errors":[{"code":"UNSUPPORTED","message":"The operation is unsupported."}]}`, http.StatusMethodNotAllowed)
+		return true
+	})
+	deleted, err := f.resolver.Unkeep(context.Background(), req, nil)
+	if deleted || !errors.Is(err, ErrDeleteUnsupported) || errors.Is(err, ErrPushRefused) {
+		t.Fatalf("Unkeep on a registry that does not delete tags = %v, %v; want ErrDeleteUnsupported", deleted, err)
+	}
+	if got := f.reg.tagPointsAt("keep/nodel", KeepTagOf(d)); got != d {
+		t.Fatalf("the tag points at %q, want %s", got, d)
 	}
 }

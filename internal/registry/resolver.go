@@ -138,9 +138,10 @@ type Resolver struct {
 	insecure  map[string]bool
 	allowed   allowList
 
-	learning singleflight.Group // LearnPlatforms, by digest
-	checking singleflight.Group // Available, by digest, credentials and tick
-	keeping  singleflight.Group // Keep and Unkeep, by digest and credentials
+	learning  singleflight.Group // LearnPlatforms, by digest
+	checking  singleflight.Group // Available, by digest, credentials and tick
+	keeping   singleflight.Group // Keep and Unkeep, by digest and credentials
+	keepLocks keepLocks          // Keep and Unkeep, by tag
 
 	mu          sync.Mutex
 	fetches     int
