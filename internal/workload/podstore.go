@@ -28,12 +28,15 @@ import (
 // Deployment and its ReplicaSet), and an informer's store and indexes cost
 // about 350 bytes per object before the object itself.
 //
-// A pod is held as its name and UID, its node, and a pointer to what the
-// pods of one ReplicaSet share, held once per group: owner, phase, the
-// labels that tell templates apart and the images their containers run
-// (the slimmed pod of keepWhatDriftReads, encoded). The pods are grouped
-// by their controller, which is how imagepin reads them (Pods). A pod with
-// no controller belongs to no workload and is not held.
+// A pod is held as its name and UID, its node, and a pointer to what it
+// shares with other pods (the slimmed pod of keepWhatDriftReads, split in
+// two and encoded): its head, the owners and the labels that tell
+// templates apart, held once for the pods of one controller; and its
+// body, the phase and the images its containers run, held once for the
+// whole store, as the pods of every workload that runs the same images
+// share it. The pods are grouped by their controller, which is how
+// imagepin reads them (Pods). A pod with no controller belongs to no
+// workload and is not held.
 //
 // A reflector fills the store from the API server; a change of what a pod
 // runs, or where, is told to the controllers through Source.
@@ -43,6 +46,7 @@ type PodStore struct {
 	mu     sync.RWMutex
 	pods   map[podKey]podRec
 	owners map[ownerKey]*podGroup
+	bodies map[string]*podBody
 	// oddUIDs: the UIDs that are not UUIDs (podRec.uid is zero).
 	oddUIDs map[podKey]types.UID
 	subs    []*podSubscriber
@@ -69,11 +73,21 @@ type podGroup struct {
 	states []*podState
 }
 
-// podState is what pods of one group share, encoded (stateOf), and how
-// many of them share it.
+// podState is what pods of one group share, how many they are, and the
+// group: their head, encoded (partsOf), held once for the group, and their
+// body, held once for the store.
 type podState struct {
-	raw  string
-	pods int
+	head  string
+	body  *podBody
+	pods  int
+	group *podGroup
+}
+
+// podBody is a pod's status as imagepin reads it, encoded (partsOf), and
+// how many states of the store share it.
+type podBody struct {
+	raw    string
+	states int
 }
 
 // podRec is one pod: what differs between the pods of a group as fields,
@@ -83,7 +97,6 @@ type podRec struct {
 	uid   uuid.UUID
 	node  unique.Handle[string]
 	state *podState
-	group *podGroup
 }
 
 // NewPodStore returns a store filled from lw once started.
@@ -92,6 +105,7 @@ func NewPodStore(lw toolscache.ListerWatcher) *PodStore {
 		lw:      lw,
 		pods:    map[podKey]podRec{},
 		owners:  map[ownerKey]*podGroup{},
+		bodies:  map[string]*podBody{},
 		oddUIDs: map[podKey]types.UID{},
 		synced:  make(chan struct{}),
 	}
@@ -199,7 +213,7 @@ func (s *PodStore) Resync() error { return nil }
 // Transformer slims what the reflector holds while it streams a list.
 func (s *PodStore) Transformer() toolscache.TransformFunc { return keepWhatDriftReads }
 
-// podChange is a change to the pods of one owner: the owner, and a state
+// podChange is a change to the pods of one owner: the owner, and a head
 // that names it (its controller reference), decoded only when told.
 type podChange struct {
 	owner ownerKey
@@ -276,13 +290,14 @@ func (s *PodStore) put(obj any) []podChange {
 	if ref == nil {
 		return s.drop(key) // orphaned: no workload's pod any more
 	}
-	node, raw := unique.Make(p.Spec.NodeName), stateOf(p)
+	node := unique.Make(p.Spec.NodeName)
+	head, body := partsOf(p)
 	c := compactUIDOf(p.UID)
 	uid, odd := c.uuid, c.other != ""
 	okey := ownerKey{key.namespace, ref.UID}
 	old, had := s.pods[key]
-	if had && old.group.key == okey && old.uid == uid && old.node == node && old.state.raw == raw &&
-		(!odd || s.oddUIDs[key] == p.UID) {
+	if had && old.state.group.key == okey && old.uid == uid && old.node == node &&
+		old.state.head == head && old.state.body.raw == body && (!odd || s.oddUIDs[key] == p.UID) {
 		return nil
 	}
 	var changed []podChange
@@ -296,25 +311,36 @@ func (s *PodStore) put(obj any) []podChange {
 		s.owners[okey] = g
 	}
 	g.names = append(g.names, key.name)
-	s.pods[key] = podRec{uid: uid, node: node, state: g.hold(raw), group: g}
+	st := s.hold(g, head, body)
+	s.pods[key] = podRec{uid: uid, node: node, state: st}
 	if odd {
 		s.oddUIDs[key] = p.UID
 	}
-	if had && old.group.key == okey {
+	if had && old.state.group.key == okey {
 		return changed // the same owner: told once
 	}
-	return append(changed, podChange{okey, raw})
+	return append(changed, podChange{okey, st.head})
 }
 
-// hold returns g's state raw, counting one more pod in it.
-func (g *podGroup) hold(raw string) *podState {
+// hold returns g's state of head and body, counting one more pod in it.
+func (s *PodStore) hold(g *podGroup, head, body string) *podState {
 	for _, st := range g.states {
-		if st.raw == raw {
+		if st.head != head {
+			continue
+		}
+		if st.body.raw == body {
 			st.pods++
 			return st
 		}
+		head = st.head // held once for the group
 	}
-	st := &podState{raw: raw, pods: 1}
+	b := s.bodies[body]
+	if b == nil {
+		b = &podBody{raw: body}
+		s.bodies[body] = b
+	}
+	b.states++
+	st := &podState{head: head, body: b, pods: 1, group: g}
 	g.states = append(g.states, st)
 	return st
 }
@@ -327,15 +353,19 @@ func (s *PodStore) drop(key podKey) []podChange {
 	}
 	delete(s.pods, key)
 	delete(s.oddUIDs, key)
-	g := rec.group
+	st := rec.state
+	g := st.group
 	g.names = removeFirst(g.names, key.name)
-	if rec.state.pods--; rec.state.pods == 0 {
-		g.states = removeFirst(g.states, rec.state)
+	if st.pods--; st.pods == 0 {
+		g.states = removeFirst(g.states, st)
+		if st.body.states--; st.body.states == 0 {
+			delete(s.bodies, st.body.raw)
+		}
 	}
 	if len(g.names) == 0 {
 		delete(s.owners, g.key)
 	}
-	return []podChange{{g.key, rec.state.raw}}
+	return []podChange{{g.key, st.head}}
 }
 
 // removeFirst removes the first v from list, not keeping its order.
@@ -351,24 +381,28 @@ func removeFirst[T comparable](list []T, v T) []T {
 }
 
 // standIn is what a subscriber is told of a change to the pods of the
-// controller the state raw names: a pod with that namespace and
-// controller reference, and nothing else.
+// controller the head raw names: a pod with that namespace and controller
+// reference, and nothing else.
 func standIn(ns unique.Handle[string], raw string) client.Object {
-	p := decodeState(raw)
-	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Value(), OwnerReferences: p.OwnerReferences}}
+	var m metav1.ObjectMeta
+	// What partsOf encoded decodes; an empty head names no owner.
+	_ = m.Unmarshal([]byte(raw))
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Value(), OwnerReferences: m.OwnerReferences}}
 }
 
-// decodeState decodes what stateOf encoded.
-func decodeState(raw string) *corev1.Pod {
+// decode is what the pods in st share, decoded: a pod without its name,
+// namespace, UID and node.
+func (st *podState) decode() *corev1.Pod {
 	p := &corev1.Pod{}
-	// What stateOf encoded decodes; an empty state is a pod that reports
-	// nothing.
-	_ = p.Unmarshal([]byte(raw))
+	// What partsOf encoded decodes; an empty part is a pod that reports
+	// nothing of it.
+	_ = p.ObjectMeta.Unmarshal([]byte(st.head))
+	_ = p.Status.Unmarshal([]byte(st.body.raw))
 	return p
 }
 
-// restore is the pod of rec at key, from shared (rec's decoded state):
-// a shallow copy that shares shared's labels, owners and statuses.
+// restore is the pod of rec at key, from shared (rec's state decoded): a
+// shallow copy that shares shared's labels, owners and statuses.
 func (s *PodStore) restore(key podKey, rec podRec, shared *corev1.Pod) corev1.Pod {
 	p := *shared
 	p.Name, p.Namespace, p.Spec.NodeName = key.name, key.namespace.Value(), rec.node.Value()
@@ -376,28 +410,23 @@ func (s *PodStore) restore(key podKey, rec podRec, shared *corev1.Pod) corev1.Po
 	return p
 }
 
-// stateOf is what p shares with the other pods of its controller: the
-// slimmed pod without its name, UID, node and versions, encoded.
-func stateOf(p *corev1.Pod) string {
+// partsOf is what p shares with other pods, encoded: its head, what the
+// other pods of its controller share (owners and template labels), and
+// its body, what pods that run the same images share wherever they are
+// (phase and container statuses, as keepWhatDriftReads slims them). The
+// name, UID, node, versions and deletion are neither.
+func partsOf(p *corev1.Pod) (head, body string) {
 	slim, _ := keepWhatDriftReads(p)
 	sp := slim.(*corev1.Pod)
-	if sp == p {
-		sp = p.DeepCopy()
-	}
-	sp.TypeMeta = metav1.TypeMeta{}
-	sp.Name, sp.Namespace, sp.UID, sp.ResourceVersion, sp.DeletionTimestamp = "", "", "", "", nil
 	// Of the labels, those that say which template a pod comes from
 	// (Kind.TemplateLabel): the rest (a StatefulSet's pod name, a Job's
 	// completion index) differ from pod to pod, and nothing reads them.
-	sp.Labels = templateLabelsOf(sp.Labels)
-	sp.Spec.NodeName = ""
-	raw, err := sp.Marshal()
-	if err != nil {
-		// A pod always encodes; were it not to, it would still count, as
-		// a pod that runs nothing imagepin can read.
-		return ""
-	}
-	return string(raw)
+	m := metav1.ObjectMeta{Labels: templateLabelsOf(sp.Labels), OwnerReferences: sp.OwnerReferences}
+	// Metadata and a status always encode; were they not to, the pod
+	// would still count, as one that runs nothing imagepin can read.
+	h, _ := m.Marshal()
+	b, _ := sp.Status.Marshal()
+	return string(h), string(b)
 }
 
 // PodsOwnedBy returns the pods in ns whose controller is one of owners,
@@ -420,7 +449,7 @@ func (s *PodStore) PodsOwnedBy(ns string, owners []types.UID) []corev1.Pod {
 			rec := s.pods[key]
 			shared := decoded[rec.state]
 			if shared == nil {
-				shared = decodeState(rec.state.raw)
+				shared = rec.state.decode()
 				decoded[rec.state] = shared
 			}
 			out = append(out, s.restore(key, rec, shared))
@@ -438,7 +467,7 @@ func (s *PodStore) Pod(ns, name string) (*corev1.Pod, bool) {
 	if !ok {
 		return nil, false
 	}
-	p := s.restore(key, rec, decodeState(rec.state.raw))
+	p := s.restore(key, rec, rec.state.decode())
 	return &p, true
 }
 

@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/diff"
 	toolscache "k8s.io/client-go/tools/cache"
 	fcache "k8s.io/client-go/tools/cache/testing"
 	"k8s.io/client-go/util/workqueue"
@@ -306,4 +309,201 @@ func TestAStoredPodCostsLessThanACachedOne(t *testing.T) {
 	}
 	runtime.KeepAlive(store)
 	runtime.KeepAlive(indexer)
+}
+
+// shares counts what s holds once for many pods: the bodies its groups'
+// states point at (each one the store holds), and the states.
+func shares(t *testing.T, s *PodStore) (bodies, states int) {
+	t.Helper()
+	held := map[*podBody]bool{}
+	for _, g := range s.owners {
+		for _, st := range g.states {
+			held[st.body] = true
+			if s.bodies[st.body.raw] != st.body {
+				t.Fatal("a state points at a body the store does not hold")
+			}
+		}
+		states += len(g.states)
+	}
+	if len(held) != len(s.bodies) {
+		t.Fatalf("the states point at %d bodies, the store holds %d", len(held), len(s.bodies))
+	}
+	return len(held), states
+}
+
+// Pods that run the same images share one body, whichever controller made
+// them, and the pods of one controller one state; a body is let go with
+// the last state that has it, and a state with its last pod.
+func TestPodsThatRunTheSameImagesShareOneBody(t *testing.T) {
+	s := NewPodStore(nil)
+	add := func(p *corev1.Pod) {
+		t.Helper()
+		if err := s.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pods []*corev1.Pod
+	for _, owner := range []string{"web-a", "web-b"} {
+		for i := range 3 {
+			pods = append(pods, fatPod(fmt.Sprintf("%s-%d", owner, i), owner, "reg.io/app@sha256:aaa"))
+		}
+	}
+	api := fatPod("api-0", "api", "reg.io/api@sha256:ccc")
+	for _, p := range append(pods, api) {
+		add(p)
+	}
+	if bodies, states := shares(t, s); bodies != 2 || states != 3 {
+		t.Fatalf("7 pods of 3 controllers that run 2 images: %d bodies and %d states, want 2 and 3", bodies, states)
+	}
+
+	// A pod of web-b moves to another image: a body and a state of its
+	// own; the other pods run what they ran.
+	add(fatPod("web-b-0", "web-b", "reg.io/app@sha256:bbb"))
+	if bodies, states := shares(t, s); bodies != 3 || states != 4 {
+		t.Fatalf("after a pod moved: %d bodies and %d states, want 3 and 4", bodies, states)
+	}
+	ran := func(owner string) string {
+		var out []string
+		for _, p := range s.PodsOwnedBy("prod", []types.UID{types.UID("rs-" + owner)}) {
+			out = append(out, p.Name+" "+p.Status.ContainerStatuses[0].ImageID)
+		}
+		slices.Sort(out)
+		return fmt.Sprint(out)
+	}
+	if got, want := ran("web-a"), "[web-a-0 reg.io/app@sha256:aaa web-a-1 reg.io/app@sha256:aaa web-a-2 reg.io/app@sha256:aaa]"; got != want {
+		t.Errorf("web-a's pods run %s, want %s", got, want)
+	}
+	if got, want := ran("web-b"), "[web-b-0 reg.io/app@sha256:bbb web-b-1 reg.io/app@sha256:aaa web-b-2 reg.io/app@sha256:aaa]"; got != want {
+		t.Errorf("web-b's pods run %s, want %s", got, want)
+	}
+
+	// The last pod that runs an image gone, so is its body.
+	if err := s.Delete(api); err != nil {
+		t.Fatal(err)
+	}
+	for raw := range s.bodies {
+		if strings.Contains(raw, "sha256:ccc") {
+			t.Fatal("the body of a deleted pod is still held")
+		}
+	}
+	if bodies, states := shares(t, s); bodies != 2 || states != 3 {
+		t.Fatalf("after api-0 was deleted: %d bodies and %d states, want 2 and 3", bodies, states)
+	}
+	for _, p := range pods {
+		if err := s.Delete(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(s.pods) != 0 || len(s.owners) != 0 || len(s.bodies) != 0 || len(s.oddUIDs) != 0 {
+		t.Fatalf("with every pod deleted the store holds %d pods, %d groups, %d bodies and %d UIDs",
+			len(s.pods), len(s.owners), len(s.bodies), len(s.oddUIDs))
+	}
+}
+
+// pytorchJob is a configured kind whose pods' template label says which of
+// its templates each runs.
+const pytorchJob = "kubeflow.org/v1/PyTorchJob,spec=spec.pytorchReplicaSpecs.*.template.spec,template-label=training.kubeflow.org/replica-type"
+
+// What the store gives back is a pod as keepWhatDriftReads slims it, less
+// what the pods of a controller do not share but for their name, UID and
+// node: the labels but the template's, the resource version and the
+// deletion.
+func TestAStoredPodIsThePodDriftReads(t *testing.T) {
+	configure(t, pytorchJob)
+	plain := fatPod("web-1", "web-a", "reg.io/app@sha256:aaa")
+	uuidNamed := fatPod("web-2", "web-a", "reg.io/app@sha256:aaa")
+	uuidNamed.UID = "0b6fd9f5-0d3c-4b7e-9b39-3c1a0c3f7a41"
+	uuidNamed.Spec.NodeName = "node-b"
+	leaving := fatPod("web-3", "web-a", "reg.io/app@sha256:bbb")
+	leaving.ResourceVersion, leaving.DeletionTimestamp = "42", &metav1.Time{}
+	leaving.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: "init", Image: "reg.io/init:v1", ImageID: "reg.io/init@sha256:iii", Ready: true}}
+	leaving.Status.ContainerStatuses[0].VolumeMounts = []corev1.VolumeMountStatus{
+		{Name: "model", MountPath: "/model", VolumeStatus: &corev1.VolumeStatus{Image: &corev1.ImageVolumeStatus{ImageRef: "reg.io/model@sha256:mmm"}}},
+		{Name: "data", MountPath: "/data"},
+	}
+	worker := fatPod("train-worker-0", "train", "reg.io/train@sha256:ttt")
+	worker.OwnerReferences[0].APIVersion, worker.OwnerReferences[0].Kind = "kubeflow.org/v1", "PyTorchJob"
+	worker.OwnerReferences = append(worker.OwnerReferences, metav1.OwnerReference{APIVersion: "v1", Kind: "ConfigMap", Name: "cm", UID: "cm-uid"})
+	worker.Labels["training.kubeflow.org/replica-type"] = "worker"
+	pending := fatPod("train-master-0", "train", "")
+	pending.OwnerReferences = worker.OwnerReferences
+	pending.Labels["training.kubeflow.org/replica-type"] = "master"
+	pending.Spec.NodeName, pending.Status = "", corev1.PodStatus{Phase: corev1.PodPending}
+
+	s := NewPodStore(nil)
+	pods := []*corev1.Pod{plain, uuidNamed, leaving, worker, pending}
+	for _, p := range pods {
+		if err := s.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	owned := map[string]corev1.Pod{}
+	for _, p := range s.PodsOwnedBy("prod", []types.UID{"rs-web-a", "rs-train"}) {
+		owned[p.Name] = p
+	}
+	for _, p := range pods {
+		slim, _ := keepWhatDriftReads(p)
+		want := slim.(*corev1.Pod)
+		want.Labels = nil
+		if v, ok := p.Labels["training.kubeflow.org/replica-type"]; ok {
+			want.Labels = map[string]string{"training.kubeflow.org/replica-type": v}
+		}
+		want.ResourceVersion, want.DeletionTimestamp = "", nil
+		got, ok := s.Pod("prod", p.Name)
+		if !ok || !apiequality.Semantic.DeepEqual(got, want) {
+			t.Errorf("Pod(prod, %s):\n%s", p.Name, diff.Diff(want, got))
+		}
+		if got := owned[p.Name]; !apiequality.Semantic.DeepEqual(&got, want) {
+			t.Errorf("PodsOwnedBy's %s:\n%s", p.Name, diff.Diff(want, &got))
+		}
+	}
+}
+
+// A pod's change is told when what drift reads of it changes (its node,
+// owner, UID, phase, images or template labels), and only then.
+func TestAPodChangeIsToldWhenWhatDriftReadsChanges(t *testing.T) {
+	configure(t, pytorchJob)
+	pod := func(change func(*corev1.Pod)) *corev1.Pod {
+		p := fatPod("web-1", "web-a", "reg.io/app@sha256:aaa")
+		p.UID = "0b6fd9f5-0d3c-4b7e-9b39-3c1a0c3f7a41"
+		p.Labels["training.kubeflow.org/replica-type"] = "worker"
+		change(p)
+		return p
+	}
+	for _, c := range []struct {
+		what   string
+		change func(*corev1.Pod)
+		told   string
+	}{
+		{"nothing drift reads", func(p *corev1.Pod) {
+			p.ResourceVersion, p.Annotations["big"], p.Labels["app"] = "9", "other", "api"
+			p.Spec.Containers[0].Env = nil
+			p.Status.PodIP, p.Status.ContainerStatuses[0].Ready = "10.0.0.9", true
+		}, "[]"},
+		{"the node", func(p *corev1.Pod) { p.Spec.NodeName = "node-b" }, "[web-a]"},
+		{"the UID", func(p *corev1.Pod) { p.UID = "5c3d7e1a-0d3c-4b7e-9b39-3c1a0c3f7a41" }, "[web-a]"},
+		{"the UID, to one not a UUID", func(p *corev1.Pod) { p.UID = "uid-web-1" }, "[web-a]"},
+		{"the phase", func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }, "[web-a]"},
+		{"an image", func(p *corev1.Pod) { p.Status.ContainerStatuses[0].ImageID = "reg.io/app@sha256:bbb" }, "[web-a]"},
+		{"an init container", func(p *corev1.Pod) {
+			p.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: "init", Image: "reg.io/init:v1", ImageID: "reg.io/init@sha256:iii"}}
+		}, "[web-a]"},
+		{"the template label", func(p *corev1.Pod) { p.Labels["training.kubeflow.org/replica-type"] = "master" }, "[web-a]"},
+		{"the owner", func(p *corev1.Pod) {
+			p.OwnerReferences[0].Name, p.OwnerReferences[0].UID = "web-b", "rs-web-b"
+		}, "[web-a web-b]"},
+	} {
+		t.Run(c.what, func(t *testing.T) {
+			s := NewPodStore(nil)
+			s.put(pod(func(*corev1.Pod) {}))
+			var told []string
+			for _, ch := range s.put(pod(c.change)) {
+				told = append(told, metav1.GetControllerOf(standIn(ch.owner.namespace, ch.raw)).Name)
+			}
+			slices.Sort(told)
+			if fmt.Sprint(told) != c.told {
+				t.Errorf("told %v, want %s", told, c.told)
+			}
+		})
+	}
 }
