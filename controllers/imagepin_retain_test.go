@@ -291,7 +291,7 @@ func TestADeletedImagePinDeletesItsKeepTags(t *testing.T) {
 	}
 	eventually(t, func() error {
 		if _, err := getPin(pin); !apierrors.IsNotFound(err) {
-			return fmt.Errorf("the ImagePin is still there (%v)", err)
+			return fmt.Errorf("the ImagePin is still there (%w)", err)
 		}
 		return nil
 	})
