@@ -123,17 +123,27 @@ func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.Na
 		req := registry.AvailabilityRequest{Image: a.image, Digest: a.digest, Keychain: a.keychain,
 			FreshSince: digestTick(now, sel.RetentionCheck, a.digest)}
 		v, due, ok := r.Resolver.CachedAvailability(ctx, req)
+		fromStatus := false
 		if !ok {
+			// A restarted manager: the status's verdict, and if a check
+			// recorded it since the tick, it serves as this tick's.
 			v, ok = recorded[a.digestOf]
+			fromStatus = ok
 		}
 		if ok {
 			known[a.digestOf] = v
+		}
+		if fromStatus && !v.CheckedAt.Before(req.FreshSince) {
+			due = false
 		}
 		switch {
 		case ok && !v.Available:
 			// Gone: asked again on the interval's tick.
 			req.FreshSince = digestTick(now, sel.Interval, a.digest)
 			_, due, _ = r.Resolver.CachedAvailability(ctx, req)
+			if fromStatus && !v.CheckedAt.Before(req.FreshSince) {
+				due = false
+			}
 		case ok && a.beforeWrite:
 			// Present when last asked: asked again right before it is
 			// written.
@@ -164,7 +174,7 @@ func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.Na
 		}
 	}
 	logger := log.FromContext(ctx)
-	go func() {
+	r.asking.Go(func() {
 		// The check's context ends with it; the answers are the
 		// resolver's to bound (its timeout).
 		answers := r.askAvailability(context.WithoutCancel(ctx), later)
@@ -175,7 +185,7 @@ func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.Na
 				return
 			}
 		}
-	}()
+	})
 }
 
 // digestTick is the start of the tick of interval that now falls in, on a

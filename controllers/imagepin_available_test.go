@@ -3,7 +3,9 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
+	"github.com/imagepin/imagepin/internal/registry"
 	"github.com/imagepin/imagepin/internal/selection"
 )
 
@@ -248,4 +251,73 @@ func TestAPresentDigestIsCheckedAgainOnTheRetentionTick(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A restarted manager takes the verdicts its status recorded in this
+// retention tick as this tick's: it does not ask the registry about every
+// digest of history again (N HEADs per restart).
+func TestARestartedManagerDoesNotAskAgainWhatItsStatusRecordedThisTick(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("gc/restart:v1")
+	a := reg.Push(t, "gc/restart:v1")
+	deploymentRunning(t, ns, "web", image, podRun{"node-a", a})
+	pin := observePin(ns, "web")
+	create(t, pin)
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		_, err = historyIs(got, image, a)
+		return err
+	})
+	b := reg.Push(t, "gc/restart:v1")
+	var stored *imagesv1alpha1.ImagePin
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		h, err := historyIs(got, image, b, a)
+		if err != nil {
+			return err
+		}
+		if err := availableIs(h[1], true); err != nil {
+			return err
+		}
+		stored = got
+		return nil
+	})
+
+	// The restart: a resolver that knows nothing, counting the HEADs of a
+	// by digest.
+	var heads atomic.Int32
+	t.Cleanup(reg.Route("gc/restart", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.HasSuffix(r.URL.Path, "/manifests/"+a) {
+			heads.Add(1)
+		}
+		reg.Backend().ServeHTTP(w, r)
+	})))
+	fresh, err := registry.New(registry.Options{InsecureRegistries: []string{reg.Host}, Timeout: 3 * time.Second, MaxStale: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted := directReconciler(time.Now())
+	restarted.Resolver = fresh
+	status := stored.Status.DeepCopy()
+	if _, err := restarted.reconcile(context.Background(), stored, status); err != nil {
+		t.Fatal(err)
+	}
+	restarted.asking.Wait()
+	if n := heads.Load(); n != 0 {
+		t.Fatalf("the restarted manager asked about %s %d times; its status recorded it this tick", a, n)
+	}
+	img, _, err := entryFor(&imagesv1alpha1.ImagePin{Status: *status}, image, "web", "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := availableIs(img.History[1], true); err != nil {
+		t.Fatal(err)
+	}
 }

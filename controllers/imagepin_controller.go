@@ -99,6 +99,9 @@ type ImagePinReconciler struct {
 	behind behindWatch
 	// claims: what each ImagePin wants kept (imagepin_retain.go).
 	claims keepClaims
+	// asking: the availability asks checks left running in the
+	// background (checkAvailability), for tests to wait on.
+	asking sync.WaitGroup
 	// clusterHinted: ClusterImagePins a push event asks to check (the
 	// tag index knows them with an empty namespace).
 	clusterHinted chan event.GenericEvent
