@@ -59,7 +59,9 @@ func (r *ClusterImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if !equalClusterStatus(before, status) {
 		patched := cp.DeepCopy()
 		patched.Status = *status
-		if perr := r.Status().Patch(ctx, patched, client.MergeFrom(&cp)); perr != nil {
+		// Only over the status the check started from, as an ImagePin's
+		// (patchStatus).
+		if perr := r.Status().Patch(ctx, patched, client.MergeFromWithOptions(&cp, client.MergeFromWithOptimisticLock{})); perr != nil {
 			return ctrl.Result{}, fmt.Errorf("patch status of ClusterImagePin %s: %w", cp.Name, perr)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -319,5 +320,54 @@ func TestARestartedManagerDoesNotAskAgainWhatItsStatusRecordedThisTick(t *testin
 	}
 	if err := availableIs(img.History[1], true); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A check that starts from a status older than the stored one (a cache
+// that has not seen the last write yet: a workload's event can come
+// first) does not write over it: its history would be made anew, with a
+// new firstSeen. The write fails with a conflict, and the check is
+// retried from the stored status.
+func TestACheckFromAStaleStatusDoesNotOverwriteHistory(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	image := reg.Image("stale/app:v1")
+	a := reg.Push(t, "stale/app:v1")
+	deploymentRunning(t, ns, "web", image, podRun{"node-a", a})
+	pin := observePin(ns, "web")
+	create(t, pin)
+	stale := pin.DeepCopy() // as created: no status yet
+	var firstSeen metav1.Time
+	eventually(t, func() error {
+		got, err := checked(pin)
+		if err != nil {
+			return err
+		}
+		h, err := historyIs(got, image, a)
+		if err != nil {
+			return err
+		}
+		firstSeen = h[0].FirstSeen
+		return nil
+	})
+
+	r := directReconciler(time.Now().Add(5 * time.Second))
+	status := stale.Status.DeepCopy()
+	if _, err := r.reconcile(context.Background(), stale, status); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.patchStatus(context.Background(), stale, status); !apierrors.IsConflict(err) {
+		t.Fatalf("a status written over a newer one: %v, want a conflict", err)
+	}
+	got, err := getPin(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := historyIs(got, image, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h[0].FirstSeen.Equal(&firstSeen) {
+		t.Fatalf("history's firstSeen moved from %s to %s", firstSeen, h[0].FirstSeen)
 	}
 }

@@ -271,7 +271,11 @@ func (r *ImagePinReconciler) patchStatus(ctx context.Context, pin *imagesv1alpha
 	}
 	before := pin.DeepCopy()
 	pin.Status = *status
-	if err := r.Status().Patch(ctx, pin, client.MergeFrom(before)); err != nil {
+	// Only over the status the check started from: a check that read a
+	// cache not yet showing the last write (a workload's event can come
+	// first) would otherwise write history entries anew, with new
+	// firstSeen times. It fails with a conflict and is retried.
+	if err := r.Status().Patch(ctx, pin, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("patch status of ImagePin %s/%s: %w", pin.Namespace, pin.Name, err)
 	}
 	return nil
