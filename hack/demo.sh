@@ -113,6 +113,7 @@ EOF
 step "Start the local cluster: etcd, kube-apiserver, kube-controller-manager, a registry with auth and TLS, three simulated nodes, and imagepin with its webhook"
 mkdir -p "$WORK"
 "$DEVCLUSTER" down --dir "$WORK" >/dev/null
+rm -rf "$WORK/registry" # a registry as new: nothing left from an earlier run
 if [[ -f tmp/dev-cluster/devcluster.pid ]] && kill -0 "$(cat tmp/dev-cluster/devcluster.pid)" 2>/dev/null; then
 	echo "a dev cluster (make dev-cluster) is running and holds the registry's port 127.0.0.1:5055; stop it with make dev-cluster-down" >&2
 	exit 1
