@@ -113,6 +113,21 @@ func conditionIs(p *imagesv1alpha1.ImagePin, typ string, status metav1.Condition
 	return nil
 }
 
+// conditionSays is conditionIs, and the condition's message says each of
+// words.
+func conditionSays(p *imagesv1alpha1.ImagePin, typ string, status metav1.ConditionStatus, reason string, words ...string) error {
+	if err := conditionIs(p, typ, status, reason); err != nil {
+		return err
+	}
+	c := meta.FindStatusCondition(p.Status.Conditions, typ)
+	for _, w := range words {
+		if !strings.Contains(c.Message, w) {
+			return fmt.Errorf("%s's message does not say %q: %s", typ, w, c.Message)
+		}
+	}
+	return nil
+}
+
 // The mutable-tag story: pods run digest A, the tag is pushed again to B,
 // and within one interval the ImagePin says the tag moved.
 func TestTagMovedIsSeenWithinTheInterval(t *testing.T) {

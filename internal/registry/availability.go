@@ -78,13 +78,9 @@ func (r *Resolver) Available(ctx context.Context, req AvailabilityRequest) (Avai
 	// join an earlier one's.
 	flight := key + "|" + strconv.FormatInt(req.FreshSince.UnixNano(), 10)
 	ch := r.checking.DoChan(flight, func() (any, error) {
-		started := r.clock.Now()
-		base := context.Background()
-		if pt, ok := r.transport.(*politeTransport); ok {
-			base = pt.takeTurn(base, ref.RegistryStr())
-		}
-		fctx, cancel := context.WithTimeout(base, r.opts.Timeout)
+		fctx, cancel := r.requestContext(ref.RegistryStr())
 		defer cancel()
+		started := r.clock.Now()
 		err := r.withCredentials(fctx, ref.Context(), creds, func(ctx context.Context, p conn) error {
 			_, err := p.Head(ctx, ref)
 			return err

@@ -23,16 +23,12 @@ import (
 // an answer asked for before a tick began (FreshSince) must not pass for
 // that tick's, and one queued through the tick is that tick's.
 func (r *Resolver) fetch(tag name.Tag, creds []credential, key string, c *call) (Result, error) {
-	base := context.Background()
-	if pt, ok := r.transport.(*politeTransport); ok {
-		base = pt.takeTurn(base, tag.RegistryStr())
-	}
+	ctx, cancel := r.requestContext(tag.RegistryStr())
+	defer cancel()
 	r.mu.Lock()
 	c.started, c.sent = r.clock.Now(), true
 	started := c.started
 	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(base, r.opts.Timeout)
-	defer cancel()
 
 	var digest string
 	err := r.withCredentials(ctx, tag.Context(), creds, func(ctx context.Context, p conn) error {
@@ -66,6 +62,18 @@ func (r *Resolver) fetch(tag name.Tag, creds []credential, key string, c *call) 
 	}
 	e.digest, e.resolvedAt, e.err = digest, now, nil
 	return r.resultOf(e), nil
+}
+
+// requestContext is the context of a request made for every caller that
+// shares it, not a caller's (one giving up early does not waste it for
+// the others): the request's turn in host's budget taken (it waits for
+// it), and the resolver's timeout from then.
+func (r *Resolver) requestContext(host string) (context.Context, context.CancelFunc) {
+	base := context.Background()
+	if pt, ok := r.transport.(*politeTransport); ok {
+		base = pt.takeTurn(base, host)
+	}
+	return context.WithTimeout(base, r.opts.Timeout)
 }
 
 // attemptError is the failure of a request made with each credential in

@@ -239,13 +239,9 @@ func (r *Resolver) keepOnce(ctx context.Context, key string, ref name.Digest, ow
 		lock := r.keepLocks.of(ref.Context().Name() + "@" + ref.DigestStr())
 		lock.Lock()
 		defer lock.Unlock()
-		started := r.clock.Now()
-		base := context.Background()
-		if pt, ok := r.transport.(*politeTransport); ok {
-			base = pt.takeTurn(base, ref.RegistryStr())
-		}
-		fctx, cancel := context.WithTimeout(base, r.opts.Timeout)
+		fctx, cancel := r.requestContext(ref.RegistryStr())
 		defer cancel()
+		started := r.clock.Now()
 		done, err := do(fctx)
 		out := keepDone{at: started, err: err, done: done, by: owner}
 		r.mu.Lock()
