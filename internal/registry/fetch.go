@@ -215,18 +215,36 @@ func (r *Resolver) resolveDigest(ctx context.Context, tag name.Tag, p *remote.Pu
 }
 
 // conn is one credential's way into a registry: the Puller reads with
-// it, and a Pusher made with auth writes (Keep).
+// it, and its Pusher writes (Keep).
 type conn struct {
 	*remote.Puller
 	auth authn.Authenticator
+	pe   *pullerEntry
+}
+
+// pusher is c's Pusher, made once per registry and credential and reused
+// like the Puller, so that a push costs no ping and token of its own.
+func (c conn) pusher(r *Resolver) (*remote.Pusher, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.pe.pusher != nil {
+		return c.pe.pusher, nil
+	}
+	p, err := remote.NewPusher(r.remoteOptions(c.auth)...)
+	if err != nil {
+		return nil, err
+	}
+	c.pe.pusher = p
+	return p, nil
 }
 
 // pullerEntry is a reused transport and the credential it authenticates
 // with, updated on every use.
 type pullerEntry struct {
-	c    conn
-	auth *liveAuth // nil for anonymous
-	used time.Time
+	c      conn
+	pusher *remote.Pusher // made when first needed (conn.pusher)
+	auth   *liveAuth      // nil for anonymous
+	used   time.Time
 }
 
 // puller returns the authenticated transport for one registry and
@@ -254,7 +272,7 @@ func (r *Resolver) puller(reg name.Registry, id string, cfg authn.AuthConfig) (c
 	if err != nil {
 		return conn{}, err
 	}
-	pe.c = conn{Puller: p, auth: auth}
+	pe.c = conn{Puller: p, auth: auth, pe: pe}
 	r.pullers[key] = pe
 	return pe.c, nil
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
@@ -116,7 +115,7 @@ func (r *Resolver) Keep(ctx context.Context, req KeepRequest) (created bool, err
 			if err != nil {
 				return err
 			}
-			pusher, err := remote.NewPusher(r.remoteOptions(p.auth)...)
+			pusher, err := p.pusher(r)
 			if err != nil {
 				return err
 			}
@@ -165,7 +164,7 @@ func (r *Resolver) Unkeep(ctx context.Context, req KeepRequest, stillWanted func
 			case desc.Digest.String() != req.Digest:
 				return nil
 			}
-			pusher, err := remote.NewPusher(r.remoteOptions(p.auth)...)
+			pusher, err := p.pusher(r)
 			if err != nil {
 				return err
 			}
