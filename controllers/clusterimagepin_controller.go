@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -62,6 +63,9 @@ func (r *ClusterImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		// Only over the status the check started from, as an ImagePin's
 		// (patchStatus).
 		if perr := r.Status().Patch(ctx, patched, client.MergeFromWithOptions(&cp, client.MergeFromWithOptimisticLock{})); perr != nil {
+			if apierrors.IsConflict(perr) && err == nil {
+				return ctrl.Result{RequeueAfter: conflictRetry}, nil
+			}
 			return ctrl.Result{}, fmt.Errorf("patch status of ClusterImagePin %s: %w", cp.Name, perr)
 		}
 	}

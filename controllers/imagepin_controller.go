@@ -9,6 +9,7 @@ import (
 	"time"
 
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -97,8 +98,10 @@ type ImagePinReconciler struct {
 	// behind: resolutions a check went on without (imagepin_observe.go's
 	// resolveAll), each watched once until its answer comes.
 	behind behindWatch
-	// claims: what each ImagePin wants kept (imagepin_retain.go).
-	claims keepClaims
+	// claims: what each ImagePin wants kept (imagepin_retain.go); pending:
+	// events told once the status is stored.
+	claims  keepClaims
+	pending pendingEvents
 	// asking: the availability asks checks left running in the
 	// background (checkAvailability), for tests to wait on.
 	asking sync.WaitGroup
@@ -147,8 +150,15 @@ func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	status := pin.Status.DeepCopy()
 	result, err := r.reconcile(ctx, &pin, status)
 	if perr := r.patchStatus(ctx, &pin, status); perr != nil {
+		r.flushEvents(&pin, false)
+		if apierrors.IsConflict(perr) && err == nil {
+			// Checked from a cache behind the stored status: again, from
+			// the stored one, without an error to log.
+			return ctrl.Result{RequeueAfter: conflictRetry}, nil
+		}
 		return ctrl.Result{}, errors.Join(err, perr)
 	}
+	r.flushEvents(&pin, true)
 	// Events follow the status that was stored, so a failed write does
 	// not announce a transition twice.
 	r.emitTransitions(&pin, before, status)
@@ -245,6 +255,10 @@ func nextCheck(now time.Time, interval time.Duration, followDue time.Time) time.
 
 // defaultWorkers is how many ImagePins are checked at once by default.
 const defaultWorkers = 4
+
+// conflictRetry is how soon a check whose status write conflicted (it
+// read a cache behind the stored status) runs again.
+const conflictRetry = 200 * time.Millisecond
 
 // tickSlack keeps a requeue clear of the tick it aims at.
 const tickSlack = 10 * time.Millisecond

@@ -95,7 +95,11 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 
 	records := map[digestOf]int{}
 	for i, k := range status.KeepTags {
-		records[digestOf{k.Image, string(k.Digest)}] = i
+		records[digestOf{repositoryOf(k.Image), string(k.Digest)}] = i
+		if wanted[digestOf{repositoryOf(k.Image), string(k.Digest)}] {
+			// Needed again, whether or not its Keep succeeds below.
+			status.KeepTags[i].Released = false
+		}
 	}
 	var pushed, deleted, undeletable []string
 	if secretErr == nil && len(wants) > 0 {
@@ -135,9 +139,8 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 			}
 			d := digestOf{w.repo, w.digest}
 			if i, ok := records[d]; ok {
-				// Wanted again, and a tag found in place and gone since
-				// is pin's once pushed.
-				status.KeepTags[i].Released = false
+				// A tag found in place and gone since is pin's once
+				// pushed.
 				status.KeepTags[i].Pushed = status.KeepTags[i].Pushed || created
 				continue
 			}
@@ -154,11 +157,15 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 
 	// Let go of what is no longer wanted: a tag pin found in place is not
 	// its to delete; one it pushed is deleted once no other ImagePin needs
-	// it, and meanwhile kept in the record as released.
-	var others map[digestOf]bool
+	// it. One another ImagePin records is handed over to it (its record
+	// says pushed from then on, so that it deletes the tag when it lets go
+	// in turn); meanwhile, and while another only claims it, the record
+	// stays, released.
+	var others map[digestOf]*imagesv1alpha1.ImagePin
+	othersKnown := true
 	kept := status.KeepTags[:0:0]
 	for _, k := range status.KeepTags {
-		d := digestOf{k.Image, string(k.Digest)}
+		d := digestOf{repositoryOf(k.Image), string(k.Digest)}
 		if wanted[d] {
 			kept = append(kept, k)
 			continue
@@ -168,16 +175,23 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 		}
 		k.Released = true
 		if others == nil {
-			others = r.keepTagsOfOthers(ctx, pin)
+			others, othersKnown = r.keepTagsOfOthers(ctx, pin)
 		}
-		if secretErr != nil || others[digestOf{}] || others[d] || r.claims.byOthers(key, d) {
-			// Needed by another ImagePin, or the others or the
-			// credentials could not be read: asked again next check.
+		if other := others[d]; other != nil {
+			if err := r.handOver(ctx, other, d); err != nil {
+				log.FromContext(ctx).Info("keep tag not handed over yet", "tag", k.Image+":"+k.Tag, "to", other.Namespace+"/"+other.Name, "reason", err.Error())
+				kept = append(kept, k)
+			}
+			continue
+		}
+		if secretErr != nil || !othersKnown || r.claims.byOthers(key, d) {
+			// Claimed by another ImagePin not recorded yet, or the others
+			// or the credentials could not be read: next check.
 			kept = append(kept, k)
 			continue
 		}
 		req := registry.KeepRequest{Image: k.Image, Digest: string(k.Digest), Keychain: keychainOf(r.keychainFor(ctx, pin.Namespace, obs, k.Image)),
-			RetrySince: retry(string(k.Digest))}
+			Owner: key.String(), RetrySince: retry(string(k.Digest))}
 		stillWanted := false
 		ok, err := r.Resolver.Unkeep(ctx, req, func() bool {
 			stillWanted = r.claims.byOthers(key, d)
@@ -200,15 +214,15 @@ func (r *ImagePinReconciler) retain(ctx context.Context, pin *imagesv1alpha1.Ima
 	}
 	status.KeepTags = kept
 	if len(pushed) > 0 {
-		r.event(pin, corev1.EventTypeNormal, EventKeepTagsPushed,
+		r.eventAfterWrite(pin, corev1.EventTypeNormal, EventKeepTagsPushed,
 			fmt.Sprintf("pushed %d keep %s, so that garbage collection spares what a backout needs: %s", len(pushed), plural(len(pushed), "tag"), joinCapped(pushed, 3)))
 	}
 	if len(deleted) > 0 {
-		r.event(pin, corev1.EventTypeNormal, EventKeepTagsDeleted,
+		r.eventAfterWrite(pin, corev1.EventTypeNormal, EventKeepTagsDeleted,
 			fmt.Sprintf("deleted %d keep %s no longer needed: %s", len(deleted), plural(len(deleted), "tag"), joinCapped(deleted, 3)))
 	}
 	if len(undeletable) > 0 {
-		r.event(pin, corev1.EventTypeWarning, EventKeepTagsLeft,
+		r.eventAfterWrite(pin, corev1.EventTypeWarning, EventKeepTagsLeft,
 			fmt.Sprintf("the registry does not delete tags through its API: %d keep %s no longer needed %s left for you to delete by the registry's own means: %s",
 				len(undeletable), plural(len(undeletable), "tag"), plural(len(undeletable), "is"), joinCapped(undeletable, 5)))
 	}
@@ -343,33 +357,48 @@ func (r *ImagePinReconciler) keychainFor(ctx context.Context, namespace string, 
 // maxKeepTags is how many keep tags status.keepTags holds (its MaxItems).
 const maxKeepTags = 512
 
-// keepTagsOfOthers lists the keep tags ImagePins other than pin rely on,
-// as their status records them, read from the API server (not the cache,
-// which may not have another's latest record yet). A released record is
-// not relied on: it waits for the tag to be free to delete.
-func (r *ImagePinReconciler) keepTagsOfOthers(ctx context.Context, pin *imagesv1alpha1.ImagePin) map[digestOf]bool {
-	out := map[digestOf]bool{}
+// keepTagsOfOthers maps each keep tag an ImagePin other than pin relies
+// on, as its status records it, to that ImagePin, read from the API
+// server (not the cache, which may not have another's latest record yet);
+// known is false when they could not be read. A released record is not
+// relied on: it waits for the tag to be free to delete.
+func (r *ImagePinReconciler) keepTagsOfOthers(ctx context.Context, pin *imagesv1alpha1.ImagePin) (relied map[digestOf]*imagesv1alpha1.ImagePin, known bool) {
+	out := map[digestOf]*imagesv1alpha1.ImagePin{}
 	var pins imagesv1alpha1.ImagePinList
 	reader := r.APIReader
 	if reader == nil {
 		reader = r.Client
 	}
 	if err := reader.List(ctx, &pins); err != nil {
-		// Unknown: the zero key says so, and no tag is deleted.
 		log.FromContext(ctx).Info("keep tags not deleted: cannot list ImagePins", "reason", err.Error())
-		return map[digestOf]bool{{}: true}
+		return out, false
 	}
-	for _, p := range pins.Items {
-		if p.UID == pin.UID {
+	for i := range pins.Items {
+		p := &pins.Items[i]
+		if p.UID == pin.UID || !p.DeletionTimestamp.IsZero() {
 			continue
 		}
 		for _, k := range p.Status.KeepTags {
 			if !k.Released {
-				out[digestOf{k.Image, string(k.Digest)}] = true
+				out[digestOf{repositoryOf(k.Image), string(k.Digest)}] = p
 			}
 		}
 	}
-	return out
+	return out, true
+}
+
+// handOver makes other, which relies on the keep tag of d, its pusher:
+// its record says pushed from now on, so that it deletes the tag once it
+// no longer needs it. Written only over the status read (a conflict is an
+// error, and the hand-over is tried again).
+func (r *ImagePinReconciler) handOver(ctx context.Context, other *imagesv1alpha1.ImagePin, d digestOf) error {
+	before := other.DeepCopy()
+	for i, k := range other.Status.KeepTags {
+		if repositoryOf(k.Image) == d.image && string(k.Digest) == d.digest {
+			other.Status.KeepTags[i].Pushed = true
+		}
+	}
+	return r.Status().Patch(ctx, other, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
 }
 
 // repositoryOf is the repository of image, named in full (nginx is
@@ -483,10 +512,13 @@ func (r *ImagePinReconciler) finalize(ctx context.Context, pin *imagesv1alpha1.I
 	left := slices.ContainsFunc(status.KeepTags, func(k imagesv1alpha1.KeepTag) bool { return k.Pushed })
 	if left && !giveUp {
 		if err := r.patchStatus(ctx, pin, status); err != nil {
+			r.flushEvents(pin, false)
 			return ctrl.Result{}, err
 		}
+		r.flushEvents(pin, true)
 		return ctrl.Result{RequeueAfter: min(keepTagsRetry, keepTagsGiveUp-held)}, nil
 	}
+	r.flushEvents(pin, true)
 	if left {
 		var tags []string
 		for _, k := range status.KeepTags {
@@ -522,4 +554,41 @@ func (r *ImagePinReconciler) credentialsOfWorkloads(ctx context.Context, pin *im
 		}
 	}
 	return obs, nil
+}
+
+// pendingEvents are events about what a check did, told once its status
+// is stored: a check whose write conflicts is retried, and would tell
+// them again.
+type pendingEvents struct {
+	mu sync.Mutex
+	by map[types.NamespacedName][]pendingEvent
+}
+
+type pendingEvent struct{ kind, reason, note string }
+
+// eventAfterWrite is event, told by flushEvents once pin's status is
+// stored.
+func (r *ImagePinReconciler) eventAfterWrite(pin *imagesv1alpha1.ImagePin, kind, reason, note string) {
+	r.pending.mu.Lock()
+	defer r.pending.mu.Unlock()
+	if r.pending.by == nil {
+		r.pending.by = map[types.NamespacedName][]pendingEvent{}
+	}
+	key := client.ObjectKeyFromObject(pin)
+	r.pending.by[key] = append(r.pending.by[key], pendingEvent{kind, reason, note})
+}
+
+// flushEvents tells pin's pending events (stored) or drops them.
+func (r *ImagePinReconciler) flushEvents(pin *imagesv1alpha1.ImagePin, stored bool) {
+	r.pending.mu.Lock()
+	key := client.ObjectKeyFromObject(pin)
+	evs := r.pending.by[key]
+	delete(r.pending.by, key)
+	r.pending.mu.Unlock()
+	if !stored {
+		return
+	}
+	for _, e := range evs {
+		r.event(pin, e.kind, e.reason, e.note)
+	}
 }

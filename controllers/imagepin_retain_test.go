@@ -298,10 +298,10 @@ func TestADeletedImagePinDeletesItsKeepTags(t *testing.T) {
 }
 
 // Two ImagePins keep one digest: the first pushes its tag, the second
-// finds it in place (and never deletes it). When the first no longer
-// needs it, the tag stays for the second, and is deleted by the first once
-// the second lets go too.
-func TestAKeepTagTwoImagePinsNeedIsDeletedByItsPusherOnceNeitherDoes(t *testing.T) {
+// finds it in place (and would never delete it). When the first no longer
+// needs it, the tag stays for the second, which is made its pusher; it
+// deletes the tag once it lets go too.
+func TestAKeepTagTwoImagePinsNeedIsHandedOverAndDeletedOnceNeitherDoes(t *testing.T) {
 	t.Parallel()
 	ns := namespace(t)
 	repo := reg.Host + "/keepshared/app"
@@ -346,17 +346,16 @@ func TestAKeepTagTwoImagePinsNeedIsDeletedByItsPusherOnceNeitherDoes(t *testing.
 	protect(api, true)
 	record(api, "[pushed=false released=false]")
 
-	// web lets go: api still needs the tag.
+	// web lets go: api still needs the tag, and is made its pusher.
 	protect(web, false)
-	record(web, "[pushed=true released=true]")
+	record(web, "[]")
+	record(api, "[pushed=true released=false]")
 	if got := tagIn(t, "keepshared/app", registry.KeepTagOf(a)); got != a {
 		t.Fatalf("the tag api needs was deleted (points at %q)", got)
 	}
-	// api lets go: it did not push the tag, and does not delete it; web,
-	// which did, deletes it at its next check.
+	// api lets go: it deletes the tag.
 	protect(api, false)
 	record(api, "[]")
-	record(web, "[]")
 	if got := tagIn(t, "keepshared/app", registry.KeepTagOf(a)); got != "" {
 		t.Fatalf("the tag nobody needs still points at %s", got)
 	}

@@ -145,18 +145,29 @@ func (r *Resolver) Unkeep(ctx context.Context, req KeepRequest, stillWanted func
 		return false, err
 	}
 	tag := ref.Context().Tag(KeepTagOf(req.Digest))
-	key := "unkeep|" + digestKey(ref, creds)
+	// Each caller's own run (its stillWanted is its own), one at a time
+	// under the tag's lock.
+	key := "unkeep|" + digestKey(ref, creds) + "|" + req.Owner
 	if done, ok := r.keepDoneSince(key, KeepRequest{RetrySince: req.RetrySince}); ok {
 		return false, done.err
 	}
 	res, err := r.keepOnce(ctx, key, ref, req.Owner, func(ctx context.Context) (bool, error) {
+		// Before anyone's claim is asked about: a Keep of the tag from
+		// now on asks the registry (and waits for this lock), instead of
+		// taking an earlier answer for a tag about to go.
+		r.forgetKept(ref)
 		if stillWanted != nil && stillWanted() {
 			return false, nil
 		}
 		deleted := false
+		var refused error
 		err := r.withCredentials(ctx, ref.Context(), creds, func(ctx context.Context, p conn) error {
 			desc, err := p.Head(ctx, tag)
 			switch {
+			case err != nil && unknownManifest(err) && refused != nil:
+				// A credential refused to delete it, and the next one
+				// (anonymous access) cannot see it: still the refusal.
+				return refused
 			case err != nil && unknownManifest(err):
 				return nil
 			case err != nil:
@@ -172,6 +183,9 @@ func (r *Resolver) Unkeep(ctx context.Context, req KeepRequest, stillWanted func
 				if deleteUnsupported(err) {
 					return fmt.Errorf("%w: %w", ErrDeleteUnsupported, err)
 				}
+				if authRefused(err) && refused == nil {
+					refused = err
+				}
 				return err
 			}
 			deleted = true
@@ -179,19 +193,20 @@ func (r *Resolver) Unkeep(ctx context.Context, req KeepRequest, stillWanted func
 		})
 		return deleted, r.keepError("delete tag "+tag.String(), ref, err)
 	})
-	if res.done {
-		// The tag is gone: a Keep of the digest, with any credentials,
-		// pushes it again.
-		prefix := "keep|" + ref.Context().Name() + "@" + ref.DigestStr() + "|"
-		r.mu.Lock()
-		for k := range r.kept {
-			if strings.HasPrefix(k, prefix) {
-				delete(r.kept, k)
-			}
-		}
-		r.mu.Unlock()
-	}
 	return res.done, err
+}
+
+// forgetKept drops every Keep answer about ref's tag, whatever the
+// credentials: the next Keep asks the registry.
+func (r *Resolver) forgetKept(ref name.Digest) {
+	prefix := "keep|" + ref.Context().Name() + "@" + ref.DigestStr() + "|"
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k := range r.kept {
+		if strings.HasPrefix(k, prefix) {
+			delete(r.kept, k)
+		}
+	}
 }
 
 // deleteUnsupported says whether err is a registry refusing to delete a
