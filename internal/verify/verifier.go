@@ -124,6 +124,12 @@ func (v *Verifier) Verify(ctx context.Context, req Request) Result {
 	signed := v.signed
 	v.mu.Unlock()
 	ch := v.group.DoChan(fmt.Sprintf("%s#%d", key, signed), func() (any, error) {
+		// A flight that ended between this caller's look at the cache
+		// and its joining has left its answer there: no second read.
+		if r, ok := v.Cached(req); ok {
+			v.metrics.Results.WithLabelValues(resultCached).Inc()
+			return r, nil
+		}
 		// The answer serves every caller: it is not cut short by the
 		// first one's deadline.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.Timeout)
