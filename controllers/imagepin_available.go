@@ -120,35 +120,26 @@ func (r *ImagePinReconciler) checkAvailability(ctx context.Context, key types.Na
 		// interval's tick (it may be pushed back); each digest's ticks
 		// are its own, so that a cluster's digests are not all asked
 		// about at one instant.
-		req := registry.AvailabilityRequest{Image: a.image, Digest: a.digest, Keychain: a.keychain,
-			FreshSince: digestTick(now, sel.RetentionCheck, a.digest)}
-		v, due, ok := r.Resolver.CachedAvailability(ctx, req)
-		fromStatus := false
+		req := registry.AvailabilityRequest{Image: a.image, Digest: a.digest, Keychain: a.keychain}
+		v, failedAt, ok := r.Resolver.CachedAvailability(ctx, req)
 		if !ok {
-			// A restarted manager: the status's verdict, and if a check
-			// recorded it since the tick, it serves as this tick's.
+			// A restarted manager: the verdict its status recorded, as
+			// fresh as its checkedAt.
 			v, ok = recorded[a.digestOf]
-			fromStatus = ok
 		}
 		if ok {
 			known[a.digestOf] = v
 		}
-		if fromStatus && !v.CheckedAt.Before(req.FreshSince) {
-			due = false
-		}
-		switch {
-		case ok && !v.Available:
+		req.FreshSince = digestTick(now, sel.RetentionCheck, a.digest)
+		if ok && !v.Available {
 			// Gone: asked again on the interval's tick.
 			req.FreshSince = digestTick(now, sel.Interval, a.digest)
-			_, due, _ = r.Resolver.CachedAvailability(ctx, req)
-			if fromStatus && !v.CheckedAt.Before(req.FreshSince) {
-				due = false
-			}
-		case ok && a.beforeWrite:
+		}
+		due := registry.Due(v, failedAt, ok, req.FreshSince)
+		if ok && v.Available && a.beforeWrite {
 			// Present when last asked: asked again right before it is
 			// written.
-			req.FreshSince = now
-			due = true
+			req.FreshSince, due = now, true
 		}
 		switch {
 		case !due:

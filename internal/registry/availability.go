@@ -132,25 +132,27 @@ func (r *Resolver) KnownGone(ctx context.Context, image, digest string, kc authn
 
 // CachedAvailability is what Available would start from, without asking:
 // the last verdict had about req.Digest with req.Keychain's credentials
-// (ok), and whether asking is due: no verdict, nor an error, was had since
-// req.FreshSince (a registry that fails is asked once per FreshSince, not
-// by every caller).
-func (r *Resolver) CachedAvailability(ctx context.Context, req AvailabilityRequest) (v Availability, due, ok bool) {
+// (ok), and when asking last failed (zero: it has not), so that a caller
+// asks a registry that fails once per FreshSince, not on every check
+// (Due). req.FreshSince is not used.
+func (r *Resolver) CachedAvailability(ctx context.Context, req AvailabilityRequest) (v Availability, failedAt time.Time, ok bool) {
 	ref, creds, err := r.digestTarget(ctx, "check", req.Image, req.Digest, req.Keychain)
 	if err != nil {
 		// Nothing to ask: the request would fail the same way.
-		return Availability{}, false, false
+		return Availability{}, time.Time{}, false
 	}
 	key := digestKey(ref, creds)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	due = true
-	if failed, ok := r.availFailed[key]; ok && !failed.Before(req.FreshSince) {
-		due = false
+	if e, ok := r.avail[key]; ok {
+		return e.Availability, r.availFailed[key], true
 	}
-	e, ok := r.avail[key]
-	if !ok {
-		return Availability{}, due, false
-	}
-	return e.Availability, due && e.CheckedAt.Before(req.FreshSince), true
+	return Availability{}, r.availFailed[key], false
+}
+
+// Due says whether a digest with verdict v (ok: there is one) whose last
+// ask failed at failedAt is to be asked about again for an answer fresh
+// since since: neither a verdict nor a failure is that recent.
+func Due(v Availability, failedAt time.Time, ok bool, since time.Time) bool {
+	return (!ok || v.CheckedAt.Before(since)) && failedAt.Before(since)
 }
