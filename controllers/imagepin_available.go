@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
-	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -196,25 +195,14 @@ func digestTick(now time.Time, interval time.Duration, digest string) time.Time 
 // nil when the registry gave none.
 func (r *ImagePinReconciler) askAvailability(ctx context.Context, reqs []registry.AvailabilityRequest) []*registry.Availability {
 	out := make([]*registry.Availability, len(reqs))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(resolveWorkers, len(reqs)) {
-		wg.Go(func() {
-			for i := range next {
-				v, err := r.Resolver.Available(ctx, reqs[i])
-				if err != nil {
-					log.FromContext(ctx).V(1).Info("digest availability unknown", "image", reqs[i].Image, "digest", reqs[i].Digest, "reason", err.Error())
-					continue
-				}
-				out[i] = &v
-			}
-		})
-	}
-	for i := range reqs {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	inParallel(len(reqs), func(i int) {
+		v, err := r.Resolver.Available(ctx, reqs[i])
+		if err != nil {
+			log.FromContext(ctx).V(1).Info("digest availability unknown", "image", reqs[i].Image, "digest", reqs[i].Digest, "reason", err.Error())
+			return
+		}
+		out[i] = &v
+	})
 	return out
 }
 

@@ -217,24 +217,33 @@ const answerWithin = 500 * time.Millisecond
 // of the previous one for an owed check), for the check of pin; writes:
 // that check writes workloads.
 func (r *ImagePinReconciler) resolveAll(ctx context.Context, pin types.NamespacedName, writes bool, containers []containerObs, w answerWindow) {
+	inParallel(len(containers), func(i int) {
+		c := &containers[i]
+		if !c.hasTag {
+			return
+		}
+		req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: w.freshSince, Interval: w.interval, AnswerBy: w.answerBy}
+		c.result, c.err = r.Resolver.Resolve(ctx, req)
+		if c.result.Behind {
+			r.behind.watch(ctx, r, pin, writes, req, c.result)
+		}
+	})
+}
+
+// inParallel calls each for 0 … n-1, resolveWorkers at a time (the
+// registry requests of one check), and returns once every call has.
+func inParallel(n int, each func(i int)) {
 	work := make(chan int)
 	var wg sync.WaitGroup
-	for range resolveWorkers {
+	for range min(resolveWorkers, n) {
 		wg.Go(func() {
 			for i := range work {
-				c := &containers[i]
-				req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: w.freshSince, Interval: w.interval, AnswerBy: w.answerBy}
-				c.result, c.err = r.Resolver.Resolve(ctx, req)
-				if c.result.Behind {
-					r.behind.watch(ctx, r, pin, writes, req, c.result)
-				}
+				each(i)
 			}
 		})
 	}
-	for i := range containers {
-		if containers[i].hasTag {
-			work <- i
-		}
+	for i := range n {
+		work <- i
 	}
 	close(work)
 	wg.Wait()

@@ -287,20 +287,9 @@ type keepResult struct {
 // registry costs one timeout per batch, not one per digest.
 func (r *ImagePinReconciler) keepAll(ctx context.Context, wants []keepWant, request func(keepWant) registry.KeepRequest) []keepResult {
 	out := make([]keepResult, len(wants))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(resolveWorkers, len(wants)) {
-		wg.Go(func() {
-			for i := range next {
-				out[i].created, out[i].err = r.Resolver.Keep(ctx, request(wants[i]))
-			}
-		})
-	}
-	for i := range wants {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	inParallel(len(wants), func(i int) {
+		out[i].created, out[i].err = r.Resolver.Keep(ctx, request(wants[i]))
+	})
 	return out
 }
 

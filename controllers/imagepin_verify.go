@@ -8,7 +8,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -60,22 +59,12 @@ func (r *ImagePinReconciler) verifyAll(ctx context.Context, pin *imagesv1alpha1.
 	// A verdict is this tick's even for a check owed from the previous
 	// one: a signature pushed since is looked for.
 	fresh := tickStart(r.Clock.Now(), sel.Interval)
-	work := make(chan job)
-	var wg sync.WaitGroup
-	for range resolveWorkers {
-		wg.Go(func() {
-			for j := range work {
-				*jobs[j] = r.Verifier.Verify(ctx, verify.Request{
-					Image: j.image, Digest: j.digest, Keychain: keychains[j], Policy: policy, FreshSince: fresh,
-				})
-			}
+	inParallel(len(order), func(i int) {
+		j := order[i]
+		*jobs[j] = r.Verifier.Verify(ctx, verify.Request{
+			Image: j.image, Digest: j.digest, Keychain: keychains[j], Policy: policy, FreshSince: fresh,
 		})
-	}
-	for _, j := range order {
-		work <- j
-	}
-	close(work)
-	wg.Wait()
+	})
 	for i := range obs.containers {
 		c := &obs.containers[i]
 		for _, d := range c.digestsToVerify(overrides[c.image]) {
