@@ -115,7 +115,12 @@ func cacheKey(tag name.Tag, creds []credential) string {
 // digestKey is cacheKey for a digest of ref's repository: the tag the
 // workload names does not count.
 func digestKey(ref name.Digest, creds []credential) string {
-	return ref.Context().Name() + "@" + ref.DigestStr() + "|" + credentialsID(creds)
+	return digestName(ref) + "|" + credentialsID(creds)
+}
+
+// digestName names a digest of a repository, whatever the credentials.
+func digestName(ref name.Digest) string {
+	return ref.Context().Name() + "@" + ref.DigestStr()
 }
 
 // credentialsID names a list of credentials by their identities.

@@ -199,7 +199,7 @@ func (r *Resolver) Unkeep(ctx context.Context, req KeepRequest, stillWanted func
 // forgetKept drops every Keep answer about ref's tag, whatever the
 // credentials: the next Keep asks the registry.
 func (r *Resolver) forgetKept(ref name.Digest) {
-	prefix := "keep|" + ref.Context().Name() + "@" + ref.DigestStr() + "|"
+	prefix := "keep|" + digestName(ref) + "|"
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k := range r.kept {
@@ -250,7 +250,7 @@ func (r *Resolver) keepDoneSince(key string, req KeepRequest) (keepDone, bool) {
 // the caller whose request ran).
 func (r *Resolver) keepOnce(ctx context.Context, key string, ref name.Digest, owner string, do func(context.Context) (bool, error)) (keepDone, error) {
 	ch := r.keeping.DoChan(key, func() (any, error) {
-		lock := r.keepLocks.of(ref.Context().Name() + "@" + ref.DigestStr())
+		lock := r.keepLocks.of(digestName(ref))
 		lock.Lock()
 		defer lock.Unlock()
 		fctx, cancel := r.requestContext(ref.RegistryStr())

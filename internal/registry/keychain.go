@@ -78,7 +78,7 @@ func (k *Keychains) ForPod(ctx context.Context, namespace string, spec *corev1.P
 
 	kc := &podKeychain{}
 	for _, n := range names {
-		ps, err := k.secret(ctx, namespace, n, "pull secret")
+		ps, _, err := k.secret(ctx, namespace, n, "pull secret")
 		switch {
 		case apierrors.IsNotFound(err):
 			continue
@@ -104,13 +104,13 @@ func (k *Keychains) ForPod(ctx context.Context, namespace string, spec *corev1.P
 // not a docker config is an error that says so (spec.retention's
 // pushSecretRef names one).
 func (k *Keychains) ForSecret(ctx context.Context, namespace, name string) (authn.Keychain, error) {
-	ps, err := k.secret(ctx, namespace, name, "push secret")
+	ps, typ, err := k.secret(ctx, namespace, name, "push secret")
 	switch {
 	case apierrors.IsNotFound(err):
 		return nil, fmt.Errorf("push secret %s/%s not found", namespace, name)
 	case err != nil:
 		return nil, err
-	case ps.dockerType == "":
+	case typ != corev1.SecretTypeDockerConfigJson && typ != corev1.SecretTypeDockercfg:
 		return nil, fmt.Errorf("push secret %s/%s is not of type %s: %w", namespace, name, corev1.SecretTypeDockerConfigJson, errNotDockerConfig)
 	}
 	return &podKeychain{secrets: []pullSecret{ps}}, nil
@@ -120,31 +120,25 @@ func (k *Keychains) ForSecret(ctx context.Context, namespace, name string) (auth
 var errNotDockerConfig = errors.New("not a valid docker config")
 
 // secret reads the Secret namespace/name as credentials, called role in
-// what it says.
-func (k *Keychains) secret(ctx context.Context, namespace, name, role string) (pullSecret, error) {
+// what it says, and its type.
+func (k *Keychains) secret(ctx context.Context, namespace, name, role string) (pullSecret, corev1.SecretType, error) {
 	var s corev1.Secret
 	if err := k.Reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &s); err != nil {
 		if apierrors.IsNotFound(err) {
-			return pullSecret{}, err
+			return pullSecret{}, "", err
 		}
-		return pullSecret{}, fmt.Errorf("read %s %s/%s: %w", role, namespace, name, err)
+		return pullSecret{}, "", fmt.Errorf("read %s %s/%s: %w", role, namespace, name, err)
 	}
 	skc, err := kauth.NewFromPullSecrets(ctx, []corev1.Secret{s})
 	if err != nil {
-		return pullSecret{}, fmt.Errorf("%s %s/%s: %w: %w", role, namespace, name, errNotDockerConfig, err)
+		return pullSecret{}, s.Type, fmt.Errorf("%s %s/%s: %w: %w", role, namespace, name, errNotDockerConfig, err)
 	}
-	ps := pullSecret{name: fmt.Sprintf("%s %s/%s", role, namespace, name), kc: skc}
-	if s.Type == corev1.SecretTypeDockerConfigJson || s.Type == corev1.SecretTypeDockercfg {
-		ps.dockerType = s.Type
-	}
-	return ps, nil
+	return pullSecret{name: fmt.Sprintf("%s %s/%s", role, namespace, name), kc: skc}, s.Type, nil
 }
 
 type pullSecret struct {
-	// dockerType is the Secret's type, if a docker config's.
-	dockerType corev1.SecretType
-	name       string
-	kc         authn.Keychain
+	name string
+	kc   authn.Keychain
 }
 
 // podKeychain is a workload's pull secrets and the manager's cloud

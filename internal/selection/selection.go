@@ -115,15 +115,15 @@ func Compile(spec *imagesv1alpha1.ImagePinSpec) (*Selection, error) {
 			}
 			sel.PushSecret = r.PushSecretRef.Name
 		}
-	}
-	if r := spec.Retention; r != nil && r.CheckInterval != nil {
-		if r.CheckInterval.Duration < MinRetentionCheck {
-			return nil, fmt.Errorf("spec.retention.checkInterval: %s is shorter than the minimum of %s", r.CheckInterval.Duration, MinRetentionCheck)
+		if d := r.CheckInterval; d != nil {
+			if d.Duration < MinRetentionCheck {
+				return nil, fmt.Errorf("spec.retention.checkInterval: %s is shorter than the minimum of %s", d.Duration, MinRetentionCheck)
+			}
+			if d.Duration > MaxRetentionCheck {
+				return nil, fmt.Errorf("spec.retention.checkInterval: %s is longer than the maximum of %s", d.Duration, MaxRetentionCheck)
+			}
+			sel.RetentionCheck = d.Duration
 		}
-		if r.CheckInterval.Duration > MaxRetentionCheck {
-			return nil, fmt.Errorf("spec.retention.checkInterval: %s is longer than the maximum of %s", r.CheckInterval.Duration, MaxRetentionCheck)
-		}
-		sel.RetentionCheck = r.CheckInterval.Duration
 	}
 
 	if spec.Follow != nil && spec.Follow.MinAge != nil && spec.Follow.MinAge.Duration < 0 {
