@@ -42,11 +42,7 @@ func TestABlackholedRegistryDelaysOnlyItsImagePins(t *testing.T) {
 
 	fast := observePin(fastNS, "fast")
 	create(t, fast)
-	eventually(t, func() error {
-		got, err := checked(fast)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, fast, func(got *imagesv1alpha1.ImagePin) error {
 		if n := waiting.Load(); n == 0 {
 			t.Fatal("the blackholed request ended before the other ImagePin was checked: nothing shown")
 		}
@@ -56,11 +52,7 @@ func TestABlackholedRegistryDelaysOnlyItsImagePins(t *testing.T) {
 		return nil
 	})
 	// The slow one is reported too, once the resolver gives up.
-	eventually(t, func() error {
-		got, err := checked(slow)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, slow, func(got *imagesv1alpha1.ImagePin) error {
 		return conditionIs(got, imagesv1alpha1.ConditionReady, "False", imagesv1alpha1.ReasonResolutionFailed)
 	})
 }

@@ -61,20 +61,12 @@ func TestACollectedDigestIsReportedAndNotRolledBackTo(t *testing.T) {
 	create(t, pin)
 
 	// The tag is pushed again: both digests are in history, both there.
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
-		_, err = historyIs(got, image, a)
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
+		_, err := historyIs(got, image, a)
 		return err
 	})
 	b := reg.Push(t, "gc/app:v1")
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		h, err := historyIs(got, image, b, a)
 		if err != nil {
 			return err
@@ -102,11 +94,7 @@ func TestACollectedDigestIsReportedAndNotRolledBackTo(t *testing.T) {
 	if err := k8s.Update(context.Background(), got); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if err := conditionSays(got, imagesv1alpha1.ConditionReady, metav1.ConditionFalse, imagesv1alpha1.ReasonOverrideDigestGone, "spec.overrides[0].digest", a); err != nil {
 			return err
 		}
@@ -200,11 +188,7 @@ func TestAPresentDigestIsCheckedAgainOnTheRetentionTick(t *testing.T) {
 	// historyAvailable: the history is want, and its last entry available.
 	historyAvailable := func(want ...string) {
 		t.Helper()
-		eventually(t, func() error {
-			got, err := checked(pin)
-			if err != nil {
-				return err
-			}
+		whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 			h, err := historyIs(got, image, want...)
 			if err != nil {
 				return err
@@ -259,21 +243,13 @@ func TestARestartedManagerDoesNotAskAgainWhatItsStatusRecordedThisTick(t *testin
 	deploymentRunning(t, ns, "web", image, podRun{"node-a", a})
 	pin := observePin(ns, "web")
 	create(t, pin)
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
-		_, err = historyIs(got, image, a)
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
+		_, err := historyIs(got, image, a)
 		return err
 	})
 	b := reg.Push(t, "gc/restart:v1")
 	var stored *imagesv1alpha1.ImagePin
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		h, err := historyIs(got, image, b, a)
 		if err != nil {
 			return err
@@ -332,11 +308,7 @@ func TestACheckFromAStaleStatusDoesNotOverwriteHistory(t *testing.T) {
 	create(t, pin)
 	stale := pin.DeepCopy() // as created: no status yet
 	var firstSeen metav1.Time
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		h, err := historyIs(got, image, a)
 		if err != nil {
 			return err

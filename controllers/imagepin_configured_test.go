@@ -131,11 +131,7 @@ func TestConfiguredKindWithNestedReplicaSpecsIsPinned(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if got.Status.Summary.Workloads != 1 || got.Status.Summary.Pinned != 3 {
 			return fmt.Errorf("summary %+v, want one TrainJob, three containers pinned", got.Status.Summary)
 		}
@@ -199,11 +195,7 @@ func TestConfiguredKindFoundThroughItsJobs(t *testing.T) {
 		p.Spec.Interval = &metav1.Duration{Duration: 10 * time.Second}
 	})
 	create(t, pin)
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if got.Status.Summary.Workloads != 1 {
 			return fmt.Errorf("summary %+v, want the BatchSet alone", got.Status.Summary)
 		}

@@ -288,6 +288,21 @@ func checked(p *imagesv1alpha1.ImagePin) (*imagesv1alpha1.ImagePin, error) {
 	return got, nil
 }
 
+// whenChecked waits until pin's current generation is checked and check
+// passes on it, and returns it.
+func whenChecked(t *testing.T, pin *imagesv1alpha1.ImagePin, check func(got *imagesv1alpha1.ImagePin) error) *imagesv1alpha1.ImagePin {
+	t.Helper()
+	var got *imagesv1alpha1.ImagePin
+	eventually(t, func() error {
+		var err error
+		if got, err = checked(pin); err != nil {
+			return err
+		}
+		return check(got)
+	})
+	return got
+}
+
 func workloadsAre(p *imagesv1alpha1.ImagePin, want int32) func() error {
 	return func() error {
 		got, err := checked(p)
@@ -347,11 +362,7 @@ func TestCountsTheWorkloadsTheSelectorPicks(t *testing.T) {
 			p.Spec.Images = &imagesv1alpha1.ImageFilter{Exclude: []string{"*/sidecars/*"}}
 		})
 		create(t, filtered)
-		eventually(t, func() error {
-			got, err := checked(filtered)
-			if err != nil {
-				return err
-			}
+		whenChecked(t, filtered, func(got *imagesv1alpha1.ImagePin) error {
 			want := imagesv1alpha1.Summary{Workloads: 2, Images: 1, Pinned: 1, Drifted: 2}
 			if got.Status.Summary != want {
 				return fmt.Errorf("summary = %+v, want %+v", got.Status.Summary, want)

@@ -139,11 +139,7 @@ func TestTagMovedIsSeenWithinTheInterval(t *testing.T) {
 	pin := observePin(ns, "web")
 	create(t, pin)
 
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		img, w, err := entryFor(got, image, "web", "app")
 		if err != nil {
 			return err
@@ -162,11 +158,7 @@ func TestTagMovedIsSeenWithinTheInterval(t *testing.T) {
 
 	b := reg.Push(t, "story/app:v1")
 	pushed := time.Now()
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		img, w, err := entryFor(got, image, "web", "app")
 		if err != nil {
 			return err
@@ -217,11 +209,7 @@ func TestMixedReplicasShowsBothDigestsWithPodsAndNodes(t *testing.T) {
 	pin := observePin(ns, "mixed")
 	create(t, pin)
 
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		_, w, err := entryFor(got, image, "mixed", "app")
 		if err != nil {
 			return err
@@ -246,11 +234,7 @@ func TestUnresolvableTagSaysWhy(t *testing.T) {
 	pin := observePin(ns, "ghost")
 	create(t, pin)
 
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		img, w, err := entryFor(got, image, "ghost", "app")
 		if err != nil {
 			return err
@@ -281,21 +265,13 @@ func TestRegistryDownKeepsTheLastDigest(t *testing.T) {
 	deploymentRunning(t, ns, "flaky", image, podRun{"node-a", a})
 	pin := observePin(ns, "flaky")
 	create(t, pin)
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		return conditionIs(got, imagesv1alpha1.ConditionReady, metav1.ConditionTrue, imagesv1alpha1.ReasonResolved)
 	})
 
 	flaky.SetDown(true)
 	defer flaky.SetDown(false)
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if err := conditionIs(got, imagesv1alpha1.ConditionReady, metav1.ConditionFalse, imagesv1alpha1.ReasonResolutionFailed); err != nil {
 			return err
 		}
@@ -325,11 +301,7 @@ func TestMultiArchPlatformDigestIsNotDrift(t *testing.T) {
 	pin := observePin(ns, "multi")
 	create(t, pin)
 
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		img, w, err := entryFor(got, image, "multi", "app")
 		if err != nil {
 			return err
@@ -398,11 +370,7 @@ func TestOtherKindsAndObserveWritesNothing(t *testing.T) {
 	versions := resourceVersions(t, dep, sts, ds, cj, jobOfCron)
 	pin := observePin(ns, "kinds")
 	create(t, pin)
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		for _, tc := range []struct {
 			name string
 			pods int32
@@ -675,11 +643,7 @@ func TestRolloutIsSelectedOnceItsCRDAppears(t *testing.T) {
 		p.Spec.Interval = &metav1.Duration{Duration: 10 * time.Second}
 	})
 	create(t, pin)
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if got.Status.Summary.Workloads != 1 {
 			return fmt.Errorf("summary %+v, want the Rollout selected", got.Status.Summary)
 		}

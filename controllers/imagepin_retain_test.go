@@ -93,11 +93,7 @@ func TestProtectTagsWhatABackoutNeedsAndDeletesOnlyItsOwnTags(t *testing.T) {
 	pin.Spec.Retention = &imagesv1alpha1.RetentionSpec{Protect: true}
 	create(t, pin)
 
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if err := keepTagsAre(got, repo, a, b); err != nil {
 			return err
 		}
@@ -125,11 +121,7 @@ func TestProtectTagsWhatABackoutNeedsAndDeletesOnlyItsOwnTags(t *testing.T) {
 	if err := k8s.Update(context.Background(), got); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if len(got.Status.KeepTags) != 0 {
 			return fmt.Errorf("keepTags %+v after protect was turned off", got.Status.KeepTags)
 		}
@@ -190,11 +182,7 @@ func TestProtectWithCredentialsThatMayNotPushSaysSoUntilAPushSecretIsNamed(t *te
 	pin.Spec.Retention = &imagesv1alpha1.RetentionSpec{Protect: true}
 	create(t, pin)
 
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if err := conditionSays(got, imagesv1alpha1.ConditionRetained, metav1.ConditionFalse, imagesv1alpha1.ReasonPushRefused, "pushSecretRef", "keepro/app"); err != nil {
 			return err
 		}
@@ -216,11 +204,7 @@ func TestProtectWithCredentialsThatMayNotPushSaysSoUntilAPushSecretIsNamed(t *te
 	if err := k8s.Update(context.Background(), got); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if err := conditionSays(got, imagesv1alpha1.ConditionRetained, metav1.ConditionFalse, imagesv1alpha1.ReasonRetentionFailed, "pushSecretRef", "not found"); err != nil {
 			return err
 		}
@@ -236,11 +220,7 @@ func TestProtectWithCredentialsThatMayNotPushSaysSoUntilAPushSecretIsNamed(t *te
 	if err := k8s.Create(context.Background(), secret); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if err := keepTagsAre(got, repo, a); err != nil {
 			return err
 		}
@@ -263,11 +243,7 @@ func TestADeletedImagePinDeletesItsKeepTags(t *testing.T) {
 	pin := observePin(ns, "web")
 	pin.Spec.Retention = &imagesv1alpha1.RetentionSpec{Protect: true}
 	create(t, pin)
-	eventually(t, func() error {
-		got, err := checked(pin)
-		if err != nil {
-			return err
-		}
+	whenChecked(t, pin, func(got *imagesv1alpha1.ImagePin) error {
 		if err := keepTagsAre(got, repo, a); err != nil {
 			return err
 		}
@@ -323,11 +299,7 @@ func TestAKeepTagTwoImagePinsNeedIsHandedOverAndDeletedOnceNeitherDoes(t *testin
 	}
 	record := func(p *imagesv1alpha1.ImagePin, want string) {
 		t.Helper()
-		eventually(t, func() error {
-			got, err := checked(p)
-			if err != nil {
-				return err
-			}
+		whenChecked(t, p, func(got *imagesv1alpha1.ImagePin) error {
 			var recs []string
 			for _, k := range got.Status.KeepTags {
 				recs = append(recs, fmt.Sprintf("pushed=%v released=%v", k.Pushed, k.Released))
