@@ -3,7 +3,9 @@ package workload
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"unique"
 
@@ -28,15 +30,22 @@ import (
 // Deployment and its ReplicaSet), and an informer's store and indexes cost
 // about 350 bytes per object before the object itself.
 //
-// A pod is held as its name and UID, its node, and a pointer to what it
-// shares with other pods (the slimmed pod of keepWhatDriftReads, split in
-// two and encoded): its head, the owners and the labels that tell
-// templates apart, held once for the pods of one controller; and its
-// body, the phase and the images its containers run, held once for the
-// whole store, as the pods of every workload that runs the same images
-// share it. The pods are grouped by their controller, which is how
-// imagepin reads them (Pods). A pod with no controller belongs to no
+// The pods are held by their controller, which is how imagepin reads them
+// (PodsOwnedBy): per controller a group, and in it per pod a record of 48
+// bytes, with no map entry of its own. A record holds the pod's UID, its
+// node, the end of its name (what follows the controller's name and a
+// dash, as a controller names its pods; the whole name otherwise) and a
+// pointer to what it shares with other pods (the slimmed pod of
+// keepWhatDriftReads, split in two and encoded): its head, the owners and
+// the labels that tell templates apart, held once for the pods of one
+// controller; and its body, the phase and the images its containers run,
+// held once for the whole store, as the pods of every workload that runs
+// the same images share it. A pod with no controller belongs to no
 // workload and is not held.
+//
+// A pod is found by its controller, which every event names. Only a pod
+// whose controller changed (adopted, released) or is not known (a
+// tombstone, Pod) is looked for across its namespace's groups.
 //
 // A reflector fills the store from the API server; a change of what a pod
 // runs, or where, is told to the controllers through Source.
@@ -44,11 +53,13 @@ type PodStore struct {
 	lw toolscache.ListerWatcher
 
 	mu     sync.RWMutex
-	pods   map[podKey]podRec
 	owners map[ownerKey]*podGroup
+	// spaces: each namespace's groups, for the pods looked for by name.
+	spaces map[unique.Handle[string]][]*podGroup
 	bodies map[string]*podBody
 	// oddUIDs: the UIDs that are not UUIDs (podRec.uid is zero).
 	oddUIDs map[podKey]types.UID
+	count   int
 	subs    []*podSubscriber
 
 	synced   chan struct{}
@@ -62,14 +73,16 @@ type podKey struct {
 
 type ownerKey struct {
 	namespace unique.Handle[string]
-	uid       types.UID
+	uid       compactUID
 }
 
-// podGroup is the pods of one controller, by name, and the states they
-// are in: nearly always one, two while a tag moves under a scale-up.
+// podGroup is the pods of one controller, and the states they are in:
+// nearly always one, two while a tag moves under a scale-up. owner is the
+// controller's name: the start of its pods' names.
 type podGroup struct {
 	key    ownerKey
-	names  []string
+	owner  string
+	pods   []podRec
 	states []*podState
 }
 
@@ -92,19 +105,56 @@ type podBody struct {
 
 // podRec is one pod: what differs between the pods of a group as fields,
 // the rest (state) held once for all pods that share it. A UID the API
-// server made is a UUID, held in 16 bytes (as a string it takes 48).
+// server made is a UUID, held in 16 bytes (as a string it takes 48). end
+// is the pod's name after its controller's name and a dash, or, for a
+// name that does not start so, "/" and the whole name ("/" is in no
+// object name).
 type podRec struct {
+	end   string
 	uid   uuid.UUID
 	node  unique.Handle[string]
 	state *podState
+}
+
+// endOf is what a record of g holds of the pod name: see podRec.
+func (g *podGroup) endOf(name string) string {
+	if rest, ok := strings.CutPrefix(name, g.owner); ok && len(rest) > 1 && rest[0] == '-' {
+		// A copy: the name's own bytes are the decoded pod's.
+		return strings.Clone(rest[1:])
+	}
+	return "/" + name
+}
+
+// nameOf is the name of the pod rec of g.
+func (g *podGroup) nameOf(rec *podRec) string {
+	if whole, ok := strings.CutPrefix(rec.end, "/"); ok {
+		return whole
+	}
+	return g.owner + "-" + rec.end
+}
+
+// find returns the index of the pod name in g, or -1.
+func (g *podGroup) find(name string) int {
+	end := name
+	if rest, ok := strings.CutPrefix(name, g.owner); ok && len(rest) > 1 && rest[0] == '-' {
+		end = rest[1:]
+	} else {
+		end = "/" + name
+	}
+	for i := range g.pods {
+		if g.pods[i].end == end {
+			return i
+		}
+	}
+	return -1
 }
 
 // NewPodStore returns a store filled from lw once started.
 func NewPodStore(lw toolscache.ListerWatcher) *PodStore {
 	return &PodStore{
 		lw:      lw,
-		pods:    map[podKey]podRec{},
 		owners:  map[ownerKey]*podGroup{},
+		spaces:  map[unique.Handle[string]][]*podGroup{},
 		bodies:  map[string]*podBody{},
 		oddUIDs: map[podKey]types.UID{},
 		synced:  make(chan struct{}),
@@ -155,12 +205,16 @@ func (s *PodStore) WaitForSync(ctx context.Context) error {
 	}
 }
 
-// Add stores a pod the watch or a list brought (the reflector's store).
-func (s *PodStore) Add(obj any) error { return s.Update(obj) }
+// Add stores a pod the watch brought as added: a new pod, looked for
+// only among its controller's.
+func (s *PodStore) Add(obj any) error {
+	s.apply(func() []podChange { return s.put(obj, true) })
+	return nil
+}
 
 // Update stores a pod's new state.
 func (s *PodStore) Update(obj any) error {
-	s.apply(func() []podChange { return s.put(obj) })
+	s.apply(func() []podChange { return s.put(obj, false) })
 	return nil
 }
 
@@ -174,29 +228,51 @@ func (s *PodStore) Delete(obj any) error {
 		if !ok {
 			return nil
 		}
-		return s.drop(podKey{unique.Make(p.Namespace), p.Name})
+		ns := unique.Make(p.Namespace)
+		if ref := metav1.GetControllerOf(p); ref != nil {
+			if g := s.owners[ownerKey{ns, compactUIDOf(ref.UID)}]; g != nil {
+				if i := g.find(p.Name); i >= 0 {
+					return s.removeAt(g, i)
+				}
+			}
+		}
+		// A tombstone's controller may be out of date.
+		return s.drop(podKey{ns, p.Name}, nil)
 	})
 	return nil
 }
 
-// Replace stores a whole list: pods not in it are gone. The first list
+// Replace stores a whole list: pods not in it are gone, and so is a pod's
+// record under a controller the list no longer names. The first list
 // tells nobody: every check after it reads the pods anew, and telling of
 // each pod of a large cluster kept the controllers from starting.
 func (s *PodStore) Replace(list []any, _ string) error {
 	first := !s.HasSynced()
 	s.apply(func() []podChange {
-		var changed []podChange
-		seen := make(map[podKey]bool, len(list))
+		// Each pod's controller as the list names it.
+		listed := make(map[podKey]ownerKey, len(list))
 		for _, obj := range list {
-			if p, ok := obj.(*corev1.Pod); ok {
-				seen[podKey{unique.Make(p.Namespace), p.Name}] = true
+			if p, ok := obj.(*corev1.Pod); ok && p != nil {
+				if ref := metav1.GetControllerOf(p); ref != nil {
+					ns := unique.Make(p.Namespace)
+					listed[podKey{ns, p.Name}] = ownerKey{ns, compactUIDOf(ref.UID)}
+				}
 			}
-			changed = append(changed, s.put(obj)...)
 		}
-		for k := range s.pods {
-			if !seen[k] {
-				changed = append(changed, s.drop(k)...)
+		// Gone first: a pod the list names under another controller
+		// than it is held by, or not at all.
+		var changed []podChange
+		for _, g := range slices.Collect(maps.Values(s.owners)) {
+			for i := len(g.pods) - 1; i >= 0; i-- {
+				if owner, ok := listed[podKey{g.key.namespace, g.nameOf(&g.pods[i])}]; !ok || owner != g.key {
+					changed = append(changed, s.removeAt(g, i)...)
+				}
 			}
+		}
+		for _, obj := range list {
+			// Looked for among its controller's pods only: it is held
+			// there or nowhere.
+			changed = append(changed, s.put(obj, true)...)
 		}
 		if first {
 			return nil
@@ -279,8 +355,9 @@ func (sub *podSubscriber) run(ctx context.Context) {
 }
 
 // put stores obj and returns what to tell: the owners whose pods changed
-// node or what they run.
-func (s *PodStore) put(obj any) []podChange {
+// node or what they run. A pod not found among its controller's pods is
+// looked for across its namespace, unless it is new (added).
+func (s *PodStore) put(obj any, added bool) []podChange {
 	p, ok := obj.(*corev1.Pod)
 	if !ok || p == nil {
 		return nil
@@ -288,38 +365,63 @@ func (s *PodStore) put(obj any) []podChange {
 	key := podKey{unique.Make(p.Namespace), p.Name}
 	ref := metav1.GetControllerOf(p)
 	if ref == nil {
-		return s.drop(key) // orphaned: no workload's pod any more
+		return s.drop(key, nil) // orphaned: no workload's pod any more
 	}
 	node := unique.Make(p.Spec.NodeName)
 	head, body := partsOf(p)
 	c := compactUIDOf(p.UID)
 	uid, odd := c.uuid, c.other != ""
-	okey := ownerKey{key.namespace, ref.UID}
-	old, had := s.pods[key]
-	if had && old.state.group.key == okey && old.uid == uid && old.node == node &&
-		old.state.head == head && old.state.body.raw == body && (!odd || s.oddUIDs[key] == p.UID) {
-		return nil
-	}
+	okey := ownerKey{key.namespace, compactUIDOf(ref.UID)}
 	var changed []podChange
-	if had {
-		// Told for the group it leaves, or after the change below.
-		changed = s.drop(key)
-	}
 	g := s.owners[okey]
-	if g == nil {
-		g = &podGroup{key: okey}
-		s.owners[okey] = g
+	if i := g.findIn(p.Name); i >= 0 {
+		old := &g.pods[i]
+		if old.uid == uid && old.node == node && old.state.head == head && old.state.body.raw == body &&
+			(!odd || s.oddUIDs[key] == p.UID) {
+			return nil
+		}
+		// Told once, below.
+		_ = s.removeAt(g, i)
+	} else if !added {
+		// Adopted from another controller, or released and adopted.
+		changed = s.drop(key, g)
 	}
-	g.names = append(g.names, key.name)
+	if g = s.owners[okey]; g == nil {
+		g = &podGroup{key: okey, owner: ref.Name}
+		s.owners[okey] = g
+		s.spaces[key.namespace] = append(s.spaces[key.namespace], g)
+	}
 	st := s.hold(g, head, body)
-	s.pods[key] = podRec{uid: uid, node: node, state: st}
+	g.pods = grown(g.pods)
+	g.pods = append(g.pods, podRec{end: g.endOf(p.Name), uid: uid, node: node, state: st})
+	s.count++
 	if odd {
 		s.oddUIDs[key] = p.UID
 	}
-	if had && old.state.group.key == okey {
-		return changed // the same owner: told once
-	}
 	return append(changed, podChange{okey, st.head})
+}
+
+// grown is pods with room for one more: a small group (most are a few
+// pods) grows by one, its records held at their length; a large one as
+// append grows it.
+func grown(pods []podRec) []podRec {
+	if len(pods) < cap(pods) || len(pods) >= smallGroup {
+		return pods
+	}
+	out := make([]podRec, len(pods), len(pods)+1)
+	copy(out, pods)
+	return out
+}
+
+// smallGroup is the size up to which a group's records grow one by one.
+const smallGroup = 16
+
+// findIn is g.find for a group that may not be held (nil).
+func (g *podGroup) findIn(name string) int {
+	if g == nil {
+		return -1
+	}
+	return g.find(name)
 }
 
 // hold returns g's state of head and body, counting one more pod in it.
@@ -345,25 +447,43 @@ func (s *PodStore) hold(g *podGroup, head, body string) *podState {
 	return st
 }
 
-// drop forgets the pod at key.
-func (s *PodStore) drop(key podKey) []podChange {
-	rec, ok := s.pods[key]
-	if !ok {
-		return nil
+// drop forgets the pod at key wherever in its namespace it is held, but
+// in except (looked in already).
+func (s *PodStore) drop(key podKey, except *podGroup) []podChange {
+	for _, g := range s.spaces[key.namespace] {
+		if g == except {
+			continue
+		}
+		if i := g.find(key.name); i >= 0 {
+			return s.removeAt(g, i)
+		}
 	}
-	delete(s.pods, key)
-	delete(s.oddUIDs, key)
+	return nil
+}
+
+// removeAt forgets the i-th pod of g, and g with its last pod.
+func (s *PodStore) removeAt(g *podGroup, i int) []podChange {
+	rec := g.pods[i]
+	if rec.uid == (uuid.UUID{}) {
+		delete(s.oddUIDs, podKey{g.key.namespace, g.nameOf(&rec)})
+	}
+	last := len(g.pods) - 1
+	g.pods[i], g.pods[last] = g.pods[last], podRec{}
+	g.pods = g.pods[:last]
+	s.count--
 	st := rec.state
-	g := st.group
-	g.names = removeFirst(g.names, key.name)
 	if st.pods--; st.pods == 0 {
 		g.states = removeFirst(g.states, st)
 		if st.body.states--; st.body.states == 0 {
 			delete(s.bodies, st.body.raw)
 		}
 	}
-	if len(g.names) == 0 {
+	if len(g.pods) == 0 {
 		delete(s.owners, g.key)
+		ns := g.key.namespace
+		if s.spaces[ns] = removeFirst(s.spaces[ns], g); len(s.spaces[ns]) == 0 {
+			delete(s.spaces, ns)
+		}
 	}
 	return []podChange{{g.key, st.head}}
 }
@@ -401,12 +521,16 @@ func (st *podState) decode() *corev1.Pod {
 	return p
 }
 
-// restore is the pod of rec at key, from shared (rec's state decoded): a
+// restore is the pod rec of g, from shared (rec's state decoded): a
 // shallow copy that shares shared's labels, owners and statuses.
-func (s *PodStore) restore(key podKey, rec podRec, shared *corev1.Pod) corev1.Pod {
+func (s *PodStore) restore(g *podGroup, rec *podRec, shared *corev1.Pod) corev1.Pod {
 	p := *shared
-	p.Name, p.Namespace, p.Spec.NodeName = key.name, key.namespace.Value(), rec.node.Value()
-	p.UID = compactUID{uuid: rec.uid, other: s.oddUIDs[key]}.UID()
+	p.Name, p.Namespace, p.Spec.NodeName = g.nameOf(rec), g.key.namespace.Value(), rec.node.Value()
+	if rec.uid == (uuid.UUID{}) {
+		p.UID = s.oddUIDs[podKey{g.key.namespace, p.Name}]
+	} else {
+		p.UID = compactUID{uuid: rec.uid}.UID()
+	}
 	return p
 }
 
@@ -440,42 +564,46 @@ func (s *PodStore) PodsOwnedBy(ns string, owners []types.UID) []corev1.Pod {
 	decoded := map[*podState]*corev1.Pod{}
 	var out []corev1.Pod
 	for _, uid := range owners {
-		g := s.owners[ownerKey{nsh, uid}]
+		g := s.owners[ownerKey{nsh, compactUIDOf(uid)}]
 		if g == nil {
 			continue
 		}
-		for _, name := range g.names {
-			key := podKey{nsh, name}
-			rec := s.pods[key]
+		for i := range g.pods {
+			rec := &g.pods[i]
 			shared := decoded[rec.state]
 			if shared == nil {
 				shared = rec.state.decode()
 				decoded[rec.state] = shared
 			}
-			out = append(out, s.restore(key, rec, shared))
+			out = append(out, s.restore(g, rec, shared))
 		}
 	}
 	return out
 }
 
-// Pod returns the pod ns/name as PodsOwnedBy returns pods, if held.
+// Pod returns the pod ns/name as PodsOwnedBy returns pods, if held. It is
+// looked for across the namespace's controllers: for the few pods that
+// are on the way from a workload to its pods (a LeaderWorkerSet's
+// leaders).
 func (s *PodStore) Pod(ns, name string) (*corev1.Pod, bool) {
-	key := podKey{unique.Make(ns), name}
+	nsh := unique.Make(ns)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	rec, ok := s.pods[key]
-	if !ok {
-		return nil, false
+	for _, g := range s.spaces[nsh] {
+		if i := g.find(name); i >= 0 {
+			rec := &g.pods[i]
+			p := s.restore(g, rec, rec.state.decode())
+			return &p, true
+		}
 	}
-	p := s.restore(key, rec, rec.state.decode())
-	return &p, true
+	return nil, false
 }
 
 // Len is the number of pods held.
 func (s *PodStore) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return len(s.pods)
+	return s.count
 }
 
 // Source is a controller source of pod changes: a pod added or gone, or

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
@@ -394,9 +395,9 @@ func TestPodsThatRunTheSameImagesShareOneBody(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if len(s.pods) != 0 || len(s.owners) != 0 || len(s.bodies) != 0 || len(s.oddUIDs) != 0 {
-		t.Fatalf("with every pod deleted the store holds %d pods, %d groups, %d bodies and %d UIDs",
-			len(s.pods), len(s.owners), len(s.bodies), len(s.oddUIDs))
+	if s.count != 0 || len(s.owners) != 0 || len(s.spaces) != 0 || len(s.bodies) != 0 || len(s.oddUIDs) != 0 {
+		t.Fatalf("with every pod deleted the store holds %d pods, %d groups in %d namespaces, %d bodies and %d UIDs",
+			s.count, len(s.owners), len(s.spaces), len(s.bodies), len(s.oddUIDs))
 	}
 }
 
@@ -495,9 +496,9 @@ func TestAPodChangeIsToldWhenWhatDriftReadsChanges(t *testing.T) {
 	} {
 		t.Run(c.what, func(t *testing.T) {
 			s := NewPodStore(nil)
-			s.put(pod(func(*corev1.Pod) {}))
+			s.put(pod(func(*corev1.Pod) {}), true)
 			var told []string
-			for _, ch := range s.put(pod(c.change)) {
+			for _, ch := range s.put(pod(c.change), false) {
 				told = append(told, metav1.GetControllerOf(standIn(ch.owner.namespace, ch.raw)).Name)
 			}
 			slices.Sort(told)
@@ -505,5 +506,67 @@ func TestAPodChangeIsToldWhenWhatDriftReadsChanges(t *testing.T) {
 				t.Errorf("told %v, want %s", told, c.told)
 			}
 		})
+	}
+}
+
+// A pod is held by the end of its name when it starts with its
+// controller's name (as controllers name their pods), and whole
+// otherwise; either is found by name, when it changes controller, in a
+// relist and from a tombstone that names a controller it has left.
+func TestAPodIsFoundByNameWhereverItsControllerHoldsIt(t *testing.T) {
+	s := NewPodStore(nil)
+	names := func(owner string) string {
+		var out []string
+		for _, p := range s.PodsOwnedBy("prod", []types.UID{types.UID("rs-" + owner)}) {
+			out = append(out, p.Name+"="+string(p.UID))
+		}
+		slices.Sort(out)
+		return fmt.Sprint(out)
+	}
+	x1, x2, odd := fatPod("web-a-x1", "web-a", "reg.io/app@sha256:aaa"), fatPod("web-a-x2", "web-a", "reg.io/app@sha256:aaa"), fatPod("odd", "web-a", "reg.io/app@sha256:aaa")
+	for _, p := range []*corev1.Pod{x1, x2, odd} {
+		if err := s.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := names("web-a"), "[odd=uid-odd web-a-x1=uid-web-a-x1 web-a-x2=uid-web-a-x2]"; got != want {
+		t.Fatalf("web-a's pods: %s, want %s", got, want)
+	}
+	if p, ok := s.Pod("prod", "web-a-x2"); !ok || p.Name != "web-a-x2" || p.UID != "uid-web-a-x2" {
+		t.Fatalf("Pod(prod, web-a-x2) = %+v, %v", p, ok)
+	}
+	if g := s.owners[ownerKey{unique.Make("prod"), compactUIDOf("rs-web-a")}]; len(g.pods) != 3 || cap(g.pods) != 3 {
+		t.Fatalf("a group of 3 holds %d records in room for %d", len(g.pods), cap(g.pods))
+	}
+
+	// Adopted by web-b: held there, whole (it does not start with web-b).
+	adopted := fatPod("web-a-x1", "web-b", "reg.io/app@sha256:aaa")
+	if err := s.Update(adopted); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := names("web-a"), names("web-b"); a != "[odd=uid-odd web-a-x2=uid-web-a-x2]" || b != "[web-a-x1=uid-web-a-x1]" || s.Len() != 3 {
+		t.Fatalf("after the adoption: web-a %s, web-b %s, %d pods", a, b, s.Len())
+	}
+
+	// A relist: web-a-x1 back with web-a, odd now web-b's, web-a-x2 gone.
+	if err := s.Replace([]any{fatPod("web-a-x1", "web-a", "reg.io/app@sha256:aaa"), fatPod("odd", "web-b", "reg.io/app@sha256:aaa")}, "2"); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := names("web-a"), names("web-b"); a != "[web-a-x1=uid-web-a-x1]" || b != "[odd=uid-odd]" || s.Len() != 2 {
+		t.Fatalf("after the relist: web-a %s, web-b %s, %d pods", a, b, s.Len())
+	}
+
+	// A tombstone that still names web-a for odd.
+	if err := s.Delete(toolscache.DeletedFinalStateUnknown{Key: "prod/odd", Obj: odd}); err != nil {
+		t.Fatal(err)
+	}
+	// Released by its controller: no workload's pod.
+	released := fatPod("web-a-x1", "web-a", "reg.io/app@sha256:aaa")
+	released.OwnerReferences = nil
+	if err := s.Update(released); err != nil {
+		t.Fatal(err)
+	}
+	if s.Len() != 0 || len(s.owners) != 0 || len(s.spaces) != 0 || len(s.bodies) != 0 {
+		t.Fatalf("the store still holds %d pods in %d groups", s.Len(), len(s.owners))
 	}
 }
