@@ -45,7 +45,7 @@ func TestStatusAtEveryLimitIsAccepted(t *testing.T) {
 			}}},
 		})
 	}
-	busy := resolvedTo("reg.io/busy:v1", long("busy-", 253), dg("d"), runningDigests(pods)["app"]...)
+	busy := resolvedTo("reg.io/busy:v1", long("busy-", 253), dg("d"), runningDigests(views(pods...))["app"]...)
 	busy.container = long("c-", 253)
 	busy.err = errors.New(strings.Repeat("the registry said something very long; ", 200))
 	busy.pinned = dg("e")

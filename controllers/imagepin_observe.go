@@ -92,9 +92,9 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 		}
 		// Each template's pods: a workload with several templates (a
 		// PyTorchJob's Master and Worker) runs several kinds of pod.
-		podsOf := make([][]corev1.Pod, len(w.Templates))
+		podsOf := make([][]workload.Pod, len(w.Templates))
 		for _, p := range pods {
-			i := w.TemplateOf(&p)
+			i := w.TemplateOf(p.Shared)
 			podsOf[i] = append(podsOf[i], p)
 		}
 		// Templates with the same credentials (nearly always all of
@@ -123,7 +123,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 
 // addTemplate adds the selected containers and image volumes of one pod
 // template of w, with what its pods run, to obs.
-func (obs *observation) addTemplate(sel *selection.Selection, w workload.Workload, t workload.Template, kc authn.Keychain, pods []corev1.Pod) {
+func (obs *observation) addTemplate(sel *selection.Selection, w workload.Workload, t workload.Template, kc authn.Keychain, pods []workload.Pod) {
 	running := runningDigests(pods)
 	add := func(name, image string, init, volume bool, index int) {
 		if image == "" || !sel.SelectsImage(image) {
@@ -311,19 +311,20 @@ func (w *behindWatch) watch(ctx context.Context, r *ImagePinReconciler, pin type
 // runningDigests reads, per container name, which digests a workload's
 // pods run, with pod counts and (sorted, capped) node names, most pods
 // first. Containers whose imageID names no manifest digest are left out.
-func runningDigests(pods []corev1.Pod) map[string][]imagesv1alpha1.RunningDigest {
+func runningDigests(pods []workload.Pod) map[string][]imagesv1alpha1.RunningDigest {
 	type agg struct {
 		pods  int32
 		nodes map[string]bool
 	}
 	byContainer := map[string]map[string]*agg{}
 	for _, p := range pods {
+		status := &p.Shared.Status
 		// A finished pod runs nothing: a CronJob's completed Jobs and an
 		// evicted pod must not count as replicas on an old digest.
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if status.Phase == corev1.PodSucceeded || status.Phase == corev1.PodFailed {
 			continue
 		}
-		statuses := append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...)
+		statuses := append(append([]corev1.ContainerStatus{}, status.InitContainerStatuses...), status.ContainerStatuses...)
 		count := func(key, imageID string) {
 			d, ok := drift.DigestOfImageID(imageID)
 			if !ok {
@@ -338,8 +339,8 @@ func runningDigests(pods []corev1.Pod) map[string][]imagesv1alpha1.RunningDigest
 				byContainer[key][d] = a
 			}
 			a.pods++
-			if p.Spec.NodeName != "" {
-				a.nodes[p.Spec.NodeName] = true
+			if p.Node != "" {
+				a.nodes[p.Node] = true
 			}
 		}
 		// An image volume mounted by several containers is one volume of

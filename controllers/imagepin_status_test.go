@@ -15,6 +15,7 @@ import (
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 	"github.com/imagepin/imagepin/internal/registry"
+	"github.com/imagepin/imagepin/internal/workload"
 )
 
 // These tests build statuses from plain observations: no cluster.
@@ -244,6 +245,15 @@ func roundTrip(t *testing.T, status imagesv1alpha1.ImagePinStatus) imagesv1alpha
 	return out
 }
 
+// views are pods as a check reads them (workload.Pod).
+func views(pods ...corev1.Pod) []workload.Pod {
+	out := make([]workload.Pod, len(pods))
+	for i := range pods {
+		out[i] = workload.Pod{Name: pods[i].Name, UID: pods[i].UID, Node: pods[i].Spec.NodeName, Shared: &pods[i]}
+	}
+	return out
+}
+
 func TestFinishedPodsRunNothing(t *testing.T) {
 	pod := func(phase corev1.PodPhase, node, digest string) corev1.Pod {
 		return corev1.Pod{
@@ -253,12 +263,12 @@ func TestFinishedPodsRunNothing(t *testing.T) {
 			}},
 		}
 	}
-	got := runningDigests([]corev1.Pod{
+	got := runningDigests(views(
 		pod(corev1.PodRunning, "n1", dg("b")),
 		pod(corev1.PodSucceeded, "n2", dg("a")),
 		pod(corev1.PodFailed, "n3", dg("a")),
 		pod(corev1.PodPending, "n4", dg("b")),
-	})
+	))
 	if want := fmt.Sprintf("[{%s 2 [n1 n4]}]", dg("b")); fmt.Sprint(got["app"]) != want {
 		t.Fatalf("running = %v, want %s", got["app"], want)
 	}

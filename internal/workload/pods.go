@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"fmt"
+	appsv1 "k8s.io/api/apps/v1"
 	"reflect"
 	"slices"
 
@@ -21,13 +22,49 @@ import (
 // are held by controller in the PodStore.
 const OwnerIndex = ".metadata.controllerUID"
 
+// Pod is a pod as a check reads it: its own name, UID and node, and what
+// it shares with the other pods of its controller that are in the same
+// state (Shared: the labels that tell templates apart, its owners, phase
+// and container statuses; name, UID and node unset), to be read and not
+// changed. A check reads every pod of the workloads it selects: 56 bytes
+// each this way, where a corev1.Pod is 1,240.
+type Pod struct {
+	Name   string
+	UID    types.UID
+	Node   string
+	Shared *corev1.Pod
+}
+
+// Object is p as a pod of namespace ns, with what it shares copied.
+func (p Pod) Object(ns string) *corev1.Pod {
+	out := p.Shared.DeepCopy()
+	out.Name, out.Namespace, out.UID, out.Spec.NodeName = p.Name, ns, p.UID, p.Node
+	return out
+}
+
 // PodReader is what imagepin reads of pods: a PodStore.
 type PodReader interface {
 	// PodsOwnedBy returns the pods in ns whose controller is one of
 	// owners, to be read and not changed.
-	PodsOwnedBy(ns string, owners []types.UID) []corev1.Pod
+	PodsOwnedBy(ns string, owners []types.UID) []Pod
 	// Pod returns the pod ns/name, if there is one.
 	Pod(ns, name string) (*corev1.Pod, bool)
+}
+
+// replicaSetReader is a PodReader that holds the ReplicaSets too (a
+// PodStore made by NewPodStoreFor): they are read from it, not from the
+// manager's cache.
+type replicaSetReader interface {
+	holdsReplicaSets() bool
+	ReplicaSetsOwnedBy(ns string, owners []types.UID) []types.UID
+	ReplicaSet(ns, name string) (*appsv1.ReplicaSet, bool)
+}
+
+// replicaSetsIn returns pods as a replicaSetReader when k is ReplicaSet
+// and pods holds them.
+func replicaSetsIn(pods PodReader, k *Kind) (replicaSetReader, bool) {
+	r, ok := pods.(replicaSetReader)
+	return r, ok && k == replicaSet && r.holdsReplicaSets()
 }
 
 // IndexOwners registers OwnerIndex with the manager's cache, for the
@@ -77,7 +114,7 @@ func controllerUID(obj client.Object) []string {
 // Pods, the others → Pods. Pods on the way (a LeaderWorkerSet's leaders,
 // which own its worker StatefulSets) are its pods too. The reader must
 // have OwnerIndex. The pods are to be read, not changed.
-func Pods(ctx context.Context, c client.Reader, pods PodReader, w Workload) ([]corev1.Pod, error) {
+func Pods(ctx context.Context, c client.Reader, pods PodReader, w Workload) ([]Pod, error) {
 	ns := w.Object.GetNamespace()
 	runner, k := w.Object, KindNamed(w.Kind)
 	if w.Runner != nil {
@@ -88,7 +125,7 @@ func Pods(ctx context.Context, c client.Reader, pods PodReader, w Workload) ([]c
 		via = k.Via
 	}
 	owners := []types.UID{runner.GetUID()}
-	var out []corev1.Pod
+	var out []Pod
 	for _, v := range via {
 		if v.isPod() {
 			on := pods.PodsOwnedBy(ns, owners)
@@ -97,6 +134,10 @@ func Pods(ctx context.Context, c client.Reader, pods PodReader, w Workload) ([]c
 			for _, p := range on {
 				owners = append(owners, p.UID)
 			}
+			continue
+		}
+		if sets, ok := replicaSetsIn(pods, v); ok {
+			owners = sets.ReplicaSetsOwnedBy(ns, owners)
 			continue
 		}
 		next, err := ownedBy(ctx, c, v, ns, owners)
@@ -166,6 +207,14 @@ func OwningWorkload(ctx context.Context, c client.Reader, pods PodReader, obj cl
 				return nil, "", nil
 			}
 			obj = p
+			continue
+		}
+		if sets, ok := replicaSetsIn(pods, k); ok {
+			rs, ok := sets.ReplicaSet(obj.GetNamespace(), ref.Name)
+			if !ok {
+				return nil, "", nil
+			}
+			obj = rs
 			continue
 		}
 		next := k.New()

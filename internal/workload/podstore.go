@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"fmt"
+	appsv1 "k8s.io/api/apps/v1"
 	"maps"
 	"slices"
 	"strings"
@@ -51,6 +52,9 @@ import (
 // runs, or where, is told to the controllers through Source.
 type PodStore struct {
 	lw toolscache.ListerWatcher
+	// setsLW lists and watches the ReplicaSets (replicasets.go); nil:
+	// they are read from the manager's cache.
+	setsLW toolscache.ListerWatcher
 
 	mu     sync.RWMutex
 	owners map[ownerKey]*podGroup
@@ -64,6 +68,12 @@ type PodStore struct {
 
 	synced   chan struct{}
 	syncOnce sync.Once
+
+	// The ReplicaSets, by namespace and name, and by controller.
+	sets       map[podKey]*setLink
+	setsOf     map[ownerKey][]*setLink
+	setsSynced chan struct{}
+	setsOnce   sync.Once
 }
 
 type podKey struct {
@@ -158,6 +168,10 @@ func NewPodStore(lw toolscache.ListerWatcher) *PodStore {
 		bodies:  map[string]*podBody{},
 		oddUIDs: map[podKey]types.UID{},
 		synced:  make(chan struct{}),
+
+		sets:       map[podKey]*setLink{},
+		setsOf:     map[ownerKey][]*setLink{},
+		setsSynced: make(chan struct{}),
 	}
 }
 
@@ -171,11 +185,19 @@ func NewPodStoreFor(cfg *rest.Config) (*PodStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pod store client: %w", err)
 	}
-	return NewPodStore(toolscache.NewListWatchFromClient(cs.CoreV1().RESTClient(), "pods", metav1.NamespaceAll, fields.Everything())), nil
+	s := NewPodStore(toolscache.NewListWatchFromClient(cs.CoreV1().RESTClient(), "pods", metav1.NamespaceAll, fields.Everything()))
+	s.setsLW = toolscache.NewListWatchFromClient(cs.AppsV1().RESTClient(), "replicasets", metav1.NamespaceAll, fields.Everything())
+	return s, nil
 }
 
 // Start runs the store's reflector until ctx ends: a manager runnable.
 func (s *PodStore) Start(ctx context.Context) error {
+	if s.setsLW != nil {
+		sets := toolscache.NewReflectorWithOptions(s.setsLW, &appsv1.ReplicaSet{}, setStore{s}, toolscache.ReflectorOptions{Name: "imagepin pod store: ReplicaSets", TypeDescription: "*v1.ReplicaSet"})
+		go sets.RunWithContext(ctx)
+	} else {
+		s.setsOnce.Do(func() { close(s.setsSynced) })
+	}
 	r := toolscache.NewReflectorWithOptions(s.lw, &corev1.Pod{}, s, toolscache.ReflectorOptions{Name: "imagepin pod store", TypeDescription: "*v1.Pod"})
 	r.RunWithContext(ctx)
 	return nil
@@ -185,24 +207,35 @@ func (s *PodStore) Start(ctx context.Context) error {
 // over with it.
 func (s *PodStore) NeedLeaderElection() bool { return false }
 
-// HasSynced reports whether the first list has been stored.
-func (s *PodStore) HasSynced() bool {
+// closed reports whether c is closed.
+func closed(c chan struct{}) bool {
 	select {
-	case <-s.synced:
+	case <-c:
 		return true
 	default:
 		return false
 	}
 }
 
+// HasSynced reports whether the first lists (of pods, and of ReplicaSets
+// when it holds them) have been stored.
+func (s *PodStore) HasSynced() bool {
+	return closed(s.synced) && (!s.holdsReplicaSets() || closed(s.setsSynced))
+}
+
 // WaitForSync waits for the first list, or ctx.
 func (s *PodStore) WaitForSync(ctx context.Context) error {
-	select {
-	case <-s.synced:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("pod store not synced: %w", ctx.Err())
+	for _, c := range []chan struct{}{s.synced, s.setsSynced} {
+		if c == s.setsSynced && !s.holdsReplicaSets() {
+			continue
+		}
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return fmt.Errorf("pod store not synced: %w", ctx.Err())
+		}
 	}
+	return nil
 }
 
 // Add stores a pod the watch brought as added: a new pod, looked for
@@ -247,7 +280,7 @@ func (s *PodStore) Delete(obj any) error {
 // tells nobody: every check after it reads the pods anew, and telling of
 // each pod of a large cluster kept the controllers from starting.
 func (s *PodStore) Replace(list []any, _ string) error {
-	first := !s.HasSynced()
+	first := !closed(s.synced)
 	s.apply(func() []podChange {
 		// Each pod's controller as the list names it.
 		listed := make(map[podKey]ownerKey, len(list))
@@ -521,11 +554,10 @@ func (st *podState) decode() *corev1.Pod {
 	return p
 }
 
-// restore is the pod rec of g, from shared (rec's state decoded): a
-// shallow copy that shares shared's labels, owners and statuses.
-func (s *PodStore) restore(g *podGroup, rec *podRec, shared *corev1.Pod) corev1.Pod {
-	p := *shared
-	p.Name, p.Namespace, p.Spec.NodeName = g.nameOf(rec), g.key.namespace.Value(), rec.node.Value()
+// viewOf is the pod rec of g as a check reads it, sharing shared (rec's
+// state decoded).
+func (s *PodStore) viewOf(g *podGroup, rec *podRec, shared *corev1.Pod) Pod {
+	p := Pod{Name: g.nameOf(rec), Node: rec.node.Value(), Shared: shared}
 	if rec.uid == (uuid.UUID{}) {
 		p.UID = s.oddUIDs[podKey{g.key.namespace, p.Name}]
 	} else {
@@ -557,12 +589,12 @@ func partsOf(p *corev1.Pod) (head, body string) {
 // as keepWhatDriftReads slims them. The pods share what they have in
 // common (labels, owner references, statuses): they are to be read, not
 // changed.
-func (s *PodStore) PodsOwnedBy(ns string, owners []types.UID) []corev1.Pod {
+func (s *PodStore) PodsOwnedBy(ns string, owners []types.UID) []Pod {
 	nsh := unique.Make(ns)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	decoded := map[*podState]*corev1.Pod{}
-	var out []corev1.Pod
+	var out []Pod
 	for _, uid := range owners {
 		g := s.owners[ownerKey{nsh, compactUIDOf(uid)}]
 		if g == nil {
@@ -575,7 +607,7 @@ func (s *PodStore) PodsOwnedBy(ns string, owners []types.UID) []corev1.Pod {
 				shared = rec.state.decode()
 				decoded[rec.state] = shared
 			}
-			out = append(out, s.restore(g, rec, shared))
+			out = append(out, s.viewOf(g, rec, shared))
 		}
 	}
 	return out
@@ -592,8 +624,7 @@ func (s *PodStore) Pod(ns, name string) (*corev1.Pod, bool) {
 	for _, g := range s.spaces[nsh] {
 		if i := g.find(name); i >= 0 {
 			rec := &g.pods[i]
-			p := s.restore(g, rec, rec.state.decode())
-			return &p, true
+			return s.viewOf(g, rec, rec.state.decode()).Object(ns), true
 		}
 	}
 	return nil, false

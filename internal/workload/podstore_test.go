@@ -108,7 +108,7 @@ func TestThePodStoreHoldsPodsByController(t *testing.T) {
 	}
 	s := startPodStore(t, source)
 
-	got := s.PodsOwnedBy("prod", []types.UID{"rs-web-a"})
+	got := ownedObjects(s, "prod", []types.UID{"rs-web-a"})
 	if len(got) != 2 {
 		t.Fatalf("pods of web-a: %d, want 2", len(got))
 	}
@@ -126,10 +126,10 @@ func TestThePodStoreHoldsPodsByController(t *testing.T) {
 			t.Fatalf("pod %s holds more than drift reads: %+v", p.Name, p)
 		}
 	}
-	if got := s.PodsOwnedBy("prod", []types.UID{"rs-web-a", "rs-web-b"}); len(got) != 3 {
+	if got := ownedObjects(s, "prod", []types.UID{"rs-web-a", "rs-web-b"}); len(got) != 3 {
 		t.Fatalf("pods of web-a and web-b: %d, want 3", len(got))
 	}
-	if got := s.PodsOwnedBy("other", []types.UID{"rs-web-a"}); len(got) != 0 {
+	if got := ownedObjects(s, "other", []types.UID{"rs-web-a"}); len(got) != 0 {
 		t.Fatalf("another namespace's owner UID found pods: %v", got)
 	}
 	p, ok := s.Pod("prod", "web-3")
@@ -197,7 +197,7 @@ func TestThePodStoreTellsOnlyWhatDriftReads(t *testing.T) {
 	}, "prod/web-a", "prod/web-b")
 	step("deleted", func() { source.Delete(fatPod("web-1", "web-b", "")) }, "prod/web-b")
 
-	if got := s.PodsOwnedBy("prod", []types.UID{"rs-web-b"}); len(got) != 0 {
+	if got := ownedObjects(s, "prod", []types.UID{"rs-web-b"}); len(got) != 0 {
 		t.Fatalf("a deleted pod is still held: %v", got)
 	}
 	if q.Len() == 0 {
@@ -246,10 +246,10 @@ func TestThePodStoreForgetsPodsARelistDoesNotName(t *testing.T) {
 		slices.Sort(got)
 		return fmt.Sprint(got) == "[prod/marker prod/web-a prod/web-b]"
 	})
-	if s.Len() != 1 || len(s.PodsOwnedBy("prod", []types.UID{"rs-web-b"})) != 0 {
-		t.Fatalf("after the relist: %d pods, web-b's %v", s.Len(), s.PodsOwnedBy("prod", []types.UID{"rs-web-b"}))
+	if s.Len() != 1 || len(ownedObjects(s, "prod", []types.UID{"rs-web-b"})) != 0 {
+		t.Fatalf("after the relist: %d pods, web-b's %v", s.Len(), ownedObjects(s, "prod", []types.UID{"rs-web-b"}))
 	}
-	if p := s.PodsOwnedBy("prod", []types.UID{"rs-web-a"}); len(p) != 1 || p[0].Spec.NodeName != "node-z" {
+	if p := ownedObjects(s, "prod", []types.UID{"rs-web-a"}); len(p) != 1 || p[0].Spec.NodeName != "node-z" {
 		t.Fatalf("web-a's pods after the relist: %+v", p)
 	}
 }
@@ -365,7 +365,7 @@ func TestPodsThatRunTheSameImagesShareOneBody(t *testing.T) {
 	}
 	ran := func(owner string) string {
 		var out []string
-		for _, p := range s.PodsOwnedBy("prod", []types.UID{types.UID("rs-" + owner)}) {
+		for _, p := range ownedObjects(s, "prod", []types.UID{types.UID("rs-" + owner)}) {
 			out = append(out, p.Name+" "+p.Status.ContainerStatuses[0].ImageID)
 		}
 		slices.Sort(out)
@@ -439,7 +439,7 @@ func TestAStoredPodIsThePodDriftReads(t *testing.T) {
 		}
 	}
 	owned := map[string]corev1.Pod{}
-	for _, p := range s.PodsOwnedBy("prod", []types.UID{"rs-web-a", "rs-train"}) {
+	for _, p := range ownedObjects(s, "prod", []types.UID{"rs-web-a", "rs-train"}) {
 		owned[p.Name] = p
 	}
 	for _, p := range pods {
@@ -517,7 +517,7 @@ func TestAPodIsFoundByNameWhereverItsControllerHoldsIt(t *testing.T) {
 	s := NewPodStore(nil)
 	names := func(owner string) string {
 		var out []string
-		for _, p := range s.PodsOwnedBy("prod", []types.UID{types.UID("rs-" + owner)}) {
+		for _, p := range ownedObjects(s, "prod", []types.UID{types.UID("rs-" + owner)}) {
 			out = append(out, p.Name+"="+string(p.UID))
 		}
 		slices.Sort(out)
@@ -569,4 +569,13 @@ func TestAPodIsFoundByNameWhereverItsControllerHoldsIt(t *testing.T) {
 	if s.Len() != 0 || len(s.owners) != 0 || len(s.spaces) != 0 || len(s.bodies) != 0 {
 		t.Fatalf("the store still holds %d pods in %d groups", s.Len(), len(s.owners))
 	}
+}
+
+// ownedObjects is s.PodsOwnedBy(ns, owners), each pod a whole object.
+func ownedObjects(s *PodStore, ns string, owners []types.UID) []corev1.Pod {
+	var out []corev1.Pod
+	for _, p := range s.PodsOwnedBy(ns, owners) {
+		out = append(out, *p.Object(ns))
+	}
+	return out
 }
