@@ -19,13 +19,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// The manager's cache holds every workload and ReplicaSet of the cluster
-// (pods are held apart, in the PodStore). A typed object costs its Go
-// struct whatever it holds (a Deployment is 1,232 bytes empty), so the
+// The manager's cache holds every workload of the cluster (pods and
+// ReplicaSets are held apart, in the PodStore). A typed object costs its
+// Go struct whatever it holds (a Deployment is 1,232 bytes empty), so the
 // objects of those kinds are held packed: the slimmed object (see
-// CacheOptions) in its protobuf encoding, a few hundred bytes. Every read and every event unpacks a
-// fresh object, which is what the cache's deep copy of each read cost
-// before; nothing outside this file sees a packed object.
+// CacheOptions) in its protobuf encoding, a few hundred bytes. Every read
+// and every event unpacks a fresh object, which is what the cache's deep
+// copy of each read cost before; nothing outside this file sees a packed
+// object.
 
 // protoObject is a typed object with its protobuf encoding: every
 // built-in kind.

@@ -71,7 +71,7 @@ type PodStore struct {
 
 	// The ReplicaSets, by namespace and name, and by controller.
 	sets       map[podKey]*setLink
-	setsOf     map[ownerKey][]*setLink
+	setsOf     map[ownerKey]*setLink
 	setsSynced chan struct{}
 	setsOnce   sync.Once
 }
@@ -170,7 +170,7 @@ func NewPodStore(lw toolscache.ListerWatcher) *PodStore {
 		synced:  make(chan struct{}),
 
 		sets:       map[podKey]*setLink{},
-		setsOf:     map[ownerKey][]*setLink{},
+		setsOf:     map[ownerKey]*setLink{},
 		setsSynced: make(chan struct{}),
 	}
 }
@@ -322,11 +322,17 @@ func (s *PodStore) Resync() error { return nil }
 // Transformer slims what the reflector holds while it streams a list.
 func (s *PodStore) Transformer() toolscache.TransformFunc { return keepWhatDriftReads }
 
-// podChange is a change to the pods of one owner: the owner, and a head
-// that names it (its controller reference), decoded only when told.
+// podChange is a change to the pods of one owner: the owner, its name,
+// and a head of its pods (their owner references, decoded only when told).
 type podChange struct {
 	owner ownerKey
+	name  string
 	raw   string
+}
+
+// changeOf is the change to tell of the pods of g, in state st.
+func (g *podGroup) changeOf(st *podState) podChange {
+	return podChange{owner: g.key, name: g.owner, raw: st.head}
 }
 
 // apply runs change under the lock, then hands the owners whose pods it
@@ -350,14 +356,14 @@ func (s *PodStore) apply(change func() []podChange) {
 type podSubscriber struct {
 	fn   func(client.Object)
 	mu   sync.Mutex
-	due  map[ownerKey]string
+	due  map[ownerKey]podChange
 	wake chan struct{}
 }
 
 func (sub *podSubscriber) add(changed []podChange) {
 	sub.mu.Lock()
 	for _, c := range changed {
-		sub.due[c.owner] = c.raw
+		sub.due[c.owner] = c
 	}
 	sub.mu.Unlock()
 	select {
@@ -376,13 +382,13 @@ func (sub *podSubscriber) run(ctx context.Context) {
 		}
 		sub.mu.Lock()
 		due := sub.due
-		sub.due = map[ownerKey]string{}
+		sub.due = map[ownerKey]podChange{}
 		sub.mu.Unlock()
-		for owner, raw := range due {
+		for _, c := range due {
 			if ctx.Err() != nil {
 				return
 			}
-			sub.fn(standIn(owner.namespace, raw))
+			sub.fn(standIn(c))
 		}
 	}
 }
@@ -431,7 +437,7 @@ func (s *PodStore) put(obj any, added bool) []podChange {
 	if odd {
 		s.oddUIDs[key] = p.UID
 	}
-	return append(changed, podChange{okey, st.head})
+	return append(changed, g.changeOf(st))
 }
 
 // grown is pods with room for one more: a small group (most are a few
@@ -518,7 +524,7 @@ func (s *PodStore) removeAt(g *podGroup, i int) []podChange {
 			delete(s.spaces, ns)
 		}
 	}
-	return []podChange{{g.key, st.head}}
+	return []podChange{g.changeOf(st)}
 }
 
 // removeFirst removes the first v from list, not keeping its order.
@@ -533,14 +539,25 @@ func removeFirst[T comparable](list []T, v T) []T {
 	return list[:last]
 }
 
-// standIn is what a subscriber is told of a change to the pods of the
-// controller the head raw names: a pod with that namespace and controller
-// reference, and nothing else.
-func standIn(ns unique.Handle[string], raw string) client.Object {
+// standIn is what a subscriber is told of change c: a pod of the changed
+// pods' namespace and owner references, and nothing else.
+func standIn(c podChange) client.Object {
 	var m metav1.ObjectMeta
 	// What partsOf encoded decodes; an empty head names no owner.
-	_ = m.Unmarshal([]byte(raw))
-	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Value(), OwnerReferences: m.OwnerReferences}}
+	_ = m.Unmarshal([]byte(c.raw))
+	nameController(m.OwnerReferences, c.name, c.owner.uid)
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: c.owner.namespace.Value(), OwnerReferences: m.OwnerReferences}}
+}
+
+// nameController puts the name and UID of the controller, which a head
+// leaves out (its group holds them), back into its reference.
+func nameController(refs []metav1.OwnerReference, name string, uid compactUID) {
+	for i := range refs {
+		if refs[i].Controller != nil && *refs[i].Controller {
+			refs[i].Name, refs[i].UID = name, uid.UID()
+			return
+		}
+	}
 }
 
 // decode is what the pods in st share, decoded: a pod without its name,
@@ -550,6 +567,7 @@ func (st *podState) decode() *corev1.Pod {
 	// What partsOf encoded decodes; an empty part is a pod that reports
 	// nothing of it.
 	_ = p.ObjectMeta.Unmarshal([]byte(st.head))
+	nameController(p.OwnerReferences, st.group.owner, st.group.key.uid)
 	_ = p.Status.Unmarshal([]byte(st.body.raw))
 	return p
 }
@@ -577,7 +595,11 @@ func partsOf(p *corev1.Pod) (head, body string) {
 	// Of the labels, those that say which template a pod comes from
 	// (Kind.TemplateLabel): the rest (a StatefulSet's pod name, a Job's
 	// completion index) differ from pod to pod, and nothing reads them.
-	m := metav1.ObjectMeta{Labels: templateLabelsOf(sp.Labels), OwnerReferences: sp.OwnerReferences}
+	// The controller's name and UID are its group's: the reference
+	// keeps the rest (apiVersion, kind, blockOwnerDeletion).
+	refs := slices.Clone(sp.OwnerReferences)
+	nameController(refs, "", compactUID{})
+	m := metav1.ObjectMeta{Labels: templateLabelsOf(sp.Labels), OwnerReferences: refs}
 	// Metadata and a status always encode; were they not to, the pod
 	// would still count, as one that runs nothing imagepin can read.
 	h, _ := m.Marshal()
@@ -655,7 +677,7 @@ type PodSource struct {
 // Start subscribes the controller's queue to the store's changes; they
 // are mapped on a goroutine of the source's own until ctx ends.
 func (ps *PodSource) Start(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-	sub := &podSubscriber{due: map[ownerKey]string{}, wake: make(chan struct{}, 1), fn: func(o client.Object) {
+	sub := &podSubscriber{due: map[ownerKey]podChange{}, wake: make(chan struct{}, 1), fn: func(o client.Object) {
 		for _, r := range ps.fn(ctx, o) {
 			q.Add(r)
 		}

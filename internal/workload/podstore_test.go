@@ -499,7 +499,7 @@ func TestAPodChangeIsToldWhenWhatDriftReadsChanges(t *testing.T) {
 			s.put(pod(func(*corev1.Pod) {}), true)
 			var told []string
 			for _, ch := range s.put(pod(c.change), false) {
-				told = append(told, metav1.GetControllerOf(standIn(ch.owner.namespace, ch.raw)).Name)
+				told = append(told, metav1.GetControllerOf(standIn(ch)).Name)
 			}
 			slices.Sort(told)
 			if fmt.Sprint(told) != c.told {

@@ -25,6 +25,8 @@ type setLink struct {
 	// ownerName and ownerKind are the rest of the controller reference.
 	ownerName string
 	ownerKind unique.Handle[ownerKind]
+	// next is the next ReplicaSet of the same controller (setsOf).
+	next *setLink
 }
 
 // ownerKind is a controller reference's apiVersion and kind.
@@ -45,7 +47,7 @@ func (s *PodStore) ReplicaSetsOwnedBy(ns string, owners []types.UID) []types.UID
 	defer s.mu.RUnlock()
 	var out []types.UID
 	for _, uid := range owners {
-		for _, l := range s.setsOf[ownerKey{nsh, compactUIDOf(uid)}] {
+		for l := s.setsOf[ownerKey{nsh, compactUIDOf(uid)}]; l != nil; l = l.next {
 			out = append(out, l.uid.UID())
 		}
 	}
@@ -88,7 +90,7 @@ func (s *PodStore) putSet(obj any) []podChange {
 		l.ownerKind = unique.Make(ownerKind{ref.APIVersion, ref.Kind})
 	}
 	old, had := s.sets[key]
-	if had && *old == *l {
+	if had && old.uid == l.uid && old.owner == l.owner && old.ownerName == l.ownerName && old.ownerKind == l.ownerKind {
 		return nil
 	}
 	if had {
@@ -96,7 +98,8 @@ func (s *PodStore) putSet(obj any) []podChange {
 	}
 	s.sets[key] = l
 	if l.owner.uid != (compactUID{}) {
-		s.setsOf[l.owner] = append(s.setsOf[l.owner], l)
+		l.next = s.setsOf[l.owner]
+		s.setsOf[l.owner] = l
 	}
 	return s.podsOfSet(key.namespace, l)
 }
@@ -116,8 +119,19 @@ func (s *PodStore) unlinkSet(ns unique.Handle[string], l *setLink) {
 	if l.owner.uid == (compactUID{}) {
 		return
 	}
-	if s.setsOf[l.owner] = removeFirst(s.setsOf[l.owner], l); len(s.setsOf[l.owner]) == 0 {
+	head := s.setsOf[l.owner]
+	switch {
+	case head == l && l.next == nil:
 		delete(s.setsOf, l.owner)
+	case head == l:
+		s.setsOf[l.owner] = l.next
+	default:
+		for at := head; at != nil; at = at.next {
+			if at.next == l {
+				at.next = l.next
+				return
+			}
+		}
 	}
 }
 
@@ -128,7 +142,7 @@ func (s *PodStore) podsOfSet(ns unique.Handle[string], l *setLink) []podChange {
 	if g == nil || len(g.states) == 0 {
 		return nil
 	}
-	return []podChange{{g.key, g.states[0].head}}
+	return []podChange{g.changeOf(g.states[0])}
 }
 
 // Add stores a ReplicaSet (the reflector's store).

@@ -1,7 +1,9 @@
 package workload
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 
 	imagesv1alpha1 "github.com/imagepin/imagepin/api/v1alpha1"
 )
@@ -50,39 +52,85 @@ func compactImages(images []imagesv1alpha1.ImageStatus) []imagesv1alpha1.ImageSt
 			wl.Namespace, wl.Container, wl.Template = in.str(wl.Namespace), in.str(wl.Container), in.str(wl.Template)
 			wl.Kind = imagesv1alpha1.WorkloadKind(in.str(string(wl.Kind)))
 			wl.PinnedDigest = in.digest(wl.PinnedDigest)
-			wl.Running = slices.Clone(wl.Running)
-			for r := range wl.Running {
-				run := &wl.Running[r]
-				run.Digest = in.digest(run.Digest)
-				run.Nodes = slices.Clone(run.Nodes)
-				for n := range run.Nodes {
-					run.Nodes[n] = in.str(run.Nodes[n])
-				}
-			}
-			wl.Drift = slices.Clone(wl.Drift)
-			for d := range wl.Drift {
-				wl.Drift[d] = imagesv1alpha1.DriftReason(in.str(string(wl.Drift[d])))
-			}
+			wl.Running = in.running(wl.Running)
+			wl.Drift = in.drift(wl.Drift)
 		}
 	}
 	return images
 }
 
-// interner hands out one copy of each string it is given, within one
-// object.
-type interner map[string]string
+// running is one copy of each list of running digests: the workloads of
+// one rollout run the same digests on the same nodes with as many pods.
+// Lists are shared within one cached object, which every read copies.
+func (in *interner) running(list []imagesv1alpha1.RunningDigest) []imagesv1alpha1.RunningDigest {
+	if len(list) == 0 {
+		return list
+	}
+	var key strings.Builder
+	for _, r := range list {
+		fmt.Fprintf(&key, "%s %d %s\n", r.Digest, r.Pods, strings.Join(r.Nodes, " "))
+	}
+	if held, ok := in.lists[key.String()]; ok {
+		return held.([]imagesv1alpha1.RunningDigest)
+	}
+	list = slices.Clone(list)
+	for r := range list {
+		run := &list[r]
+		run.Digest = in.digest(run.Digest)
+		run.Nodes = slices.Clone(run.Nodes)
+		for n := range run.Nodes {
+			run.Nodes[n] = in.str(run.Nodes[n])
+		}
+	}
+	in.hold(key.String(), list)
+	return list
+}
+
+// drift is one copy of each list of drift reasons.
+func (in *interner) drift(list []imagesv1alpha1.DriftReason) []imagesv1alpha1.DriftReason {
+	if len(list) == 0 {
+		return list
+	}
+	var key strings.Builder
+	for _, d := range list {
+		key.WriteString(string(d) + " ")
+	}
+	if held, ok := in.lists[key.String()]; ok {
+		return held.([]imagesv1alpha1.DriftReason)
+	}
+	list = slices.Clone(list)
+	for d := range list {
+		list[d] = imagesv1alpha1.DriftReason(in.str(string(list[d])))
+	}
+	in.hold(key.String(), list)
+	return list
+}
+
+func (in *interner) hold(key string, list any) {
+	if in.lists == nil {
+		in.lists = map[string]any{}
+	}
+	in.lists[key] = list
+}
+
+// interner hands out one copy of each string, and of each list of
+// running digests and of drift reasons, it is given, within one object.
+type interner struct {
+	strs  map[string]string
+	lists map[string]any
+}
 
 func (in *interner) str(s string) string {
 	if s == "" {
 		return s
 	}
-	if *in == nil {
-		*in = interner{}
+	if in.strs == nil {
+		in.strs = map[string]string{}
 	}
-	if held, ok := (*in)[s]; ok {
+	if held, ok := in.strs[s]; ok {
 		return held
 	}
-	(*in)[s] = s
+	in.strs[s] = s
 	return s
 }
 

@@ -73,6 +73,10 @@ func TestTheCacheHoldsAnImagePinsRepeatedStatusOnce(t *testing.T) {
 	same("the container", ws[0].Container, ws[n-1].Container)
 	same("a node", ws[0].Running[0].Nodes[2], ws[n-1].Running[0].Nodes[2])
 	same("a drift reason", string(ws[0].Drift[0]), string(ws[n-1].Drift[0]))
+	// Equal lists are one list.
+	if &ws[0].Running[0] != &ws[n-1].Running[0] || &ws[0].Drift[0] != &ws[n-1].Drift[0] {
+		t.Error("equal lists of running digests or drift reasons are held twice")
+	}
 	if compactBytes > looseBytes*3/4 {
 		t.Errorf("the compacted status holds %d bytes, not a quarter under the decoded %d", compactBytes, looseBytes)
 	}
