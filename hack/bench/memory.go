@@ -28,6 +28,12 @@ type memResult struct {
 	// PostGC is false when no GC ended while sampling: the figures are
 	// then the smallest seen, garbage included.
 	PostGC bool
+	// Held is the median live heap after a GC the benchmark forced while
+	// no check ran (no reconcile worker active, before and after): what
+	// the manager holds, without a check's working set. HeldSamples
+	// counts those GCs; 0 when it could not force one (no pprof port).
+	Held        float64
+	HeldSamples int
 }
 
 func (m *memResult) String() string {
@@ -35,8 +41,52 @@ func (m *memResult) String() string {
 	if !m.PostGC {
 		how = "no GC seen: minimum of all samples"
 	}
-	return fmt.Sprintf("heap in use %.1f MiB, allocated %.1f MiB, live %.1f MiB (%s of %d scrapes, %d GCs)",
-		m.HeapInuse/mib, m.HeapAlloc/mib, m.HeapLive/mib, how, m.Samples, m.GCs)
+	return fmt.Sprintf("heap in use %.1f MiB, allocated %.1f MiB, live %.1f MiB (%s of %d scrapes, %d GCs); held between checks %.1f MiB (median of %d forced GCs)",
+		m.HeapInuse/mib, m.HeapAlloc/mib, m.HeapLive/mib, how, m.Samples, m.GCs, m.Held/mib, m.HeldSamples)
+}
+
+// metricActiveWorkers is controller-runtime's gauge of reconciles running.
+const metricActiveWorkers = "controller_runtime_active_workers"
+
+// sampleHeld forces a GC in m (its pprof endpoint on port, heap?gc=1)
+// whenever no reconcile runs, n times at least a second apart (within
+// maxDur), and records into res the median live heap each left, counting
+// only GCs with no reconcile running before and after.
+func sampleHeld(ctx context.Context, m *managerProc, port, n int, maxDur time.Duration, res *memResult) error {
+	if port == 0 {
+		return nil
+	}
+	var held []float64
+	deadline := time.Now().Add(maxDur)
+	for len(held) < n && time.Now().Before(deadline) {
+		before, err := m.scrape(ctx)
+		if err != nil {
+			return err
+		}
+		if before.sum(metricActiveWorkers) == 0 {
+			if err := forceGC(ctx, port); err != nil {
+				return err
+			}
+			after, err := m.scrape(ctx)
+			if err != nil {
+				return err
+			}
+			if after.sum(metricActiveWorkers) == 0 && after.sum(metricGCCycles) > before.sum(metricGCCycles) {
+				held = append(held, after.sum(metricHeapLive))
+				if err := sleep(ctx, time.Second); err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	if len(held) > 0 {
+		res.Held, res.HeldSamples = median(held), len(held)
+	}
+	return nil
 }
 
 const mib = 1 << 20
