@@ -86,12 +86,12 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 	}
 	b.baseline, err = sampleMemory(ctx, m0, 20*time.Second, 2*time.Minute, 3)
 	if err == nil {
-		err = sampleHeld(ctx, m0, pprofPort0, 5, time.Minute, b.baseline)
+		err = sampleHeld(ctx, m0, pprofPort0, 8, time.Minute, b.baseline)
 	}
 	if err == nil && b.o.heapProfile {
 		// The profile to diff the converged manager's against
 		// (go tool pprof -diff_base).
-		if err = saveHeapProfile(ctx, pprofPort0, b.o.out+"-baseline-heap.pprof"); err == nil {
+		if err = saveHeapProfile(ctx, m0, pprofPort0, b.o.out+"-baseline-heap.pprof"); err == nil {
 			logf("baseline heap profile: %s-baseline-heap.pprof", b.o.out)
 		}
 	}
@@ -171,12 +171,12 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 	if mem.err != nil {
 		return fmt.Errorf("memory: %w", mem.err)
 	}
-	if err := sampleHeld(ctx, m1, pprofPort, 5, time.Minute, mem.res); err != nil {
+	if err := sampleHeld(ctx, m1, pprofPort, 8, time.Minute, mem.res); err != nil {
 		return fmt.Errorf("memory held: %w", err)
 	}
 	logf("memory with %d Deployments: %s", b.o.deployments, mem.res)
 	if b.o.heapProfile {
-		if err := saveHeapProfile(ctx, pprofPort, b.o.out+"-heap.pprof"); err != nil {
+		if err := saveHeapProfile(ctx, m1, pprofPort, b.o.out+"-heap.pprof"); err != nil {
 			return err
 		}
 		logf("heap profile: %s-heap.pprof", b.o.out)
@@ -416,7 +416,7 @@ func (b *bench) reportMemory(deployments int, m *memResult) {
 	b.rep.info(secMemory, fmt.Sprintf("heap in use per 1,000 cached Deployments with their pods (%s)", what), inuse, "MiB",
 		fmt.Sprintf("%.1f MiB with, %.1f MiB without; one Deployment is %v bytes of JSON", m.HeapInuse/mib, b.baseline.HeapInuse/mib, b.rep.Parameters["deploymentJSONBytes"]))
 	b.rep.Methods["memory"] = "the manager's /metrics scraped every 200 ms; samples taken right after a GC cycle ended (go_gc_cycles_total_gc_cycles_total moved); median heap in use (go_memstats_heap_inuse_bytes) and go_gc_heap_live_bytes of those, minus the same of a manager process with the ImagePins and no Deployments, divided by thousands of Deployments. " +
-		"Held: 5 GCs forced through the manager's pprof endpoint (heap?gc=1) while controller_runtime_active_workers was 0 before and after, median go_gc_heap_live_bytes after them, minus the same of the baseline. " +
+		"Held: 8 GCs forced through the manager's pprof endpoint (heap?gc=1), a second apart, while controller_runtime_active_workers was 0 before and after; the least go_gc_heap_live_bytes after them, minus the same of the baseline. " +
 		"Baseline: " + b.baseline.String() + ". With Deployments: " + m.String()
 }
 
@@ -490,7 +490,7 @@ func (b *bench) memory10k(ctx context.Context, namespaces []string) error {
 		converged.Sub(m.Started).Seconds(), "s", "")
 	res, err := sampleMemory(ctx, m, 30*time.Second, 3*time.Minute, 3)
 	if err == nil {
-		err = sampleHeld(ctx, m, port, 5, time.Minute, res)
+		err = sampleHeld(ctx, m, port, 8, time.Minute, res)
 	}
 	if err != nil {
 		return err
@@ -502,9 +502,22 @@ func (b *bench) memory10k(ctx context.Context, namespaces []string) error {
 	return nil
 }
 
-// saveHeapProfile writes the heap profile a manager serves on port
-// (--pprof-bind-address), taken after a GC, to file.
-func saveHeapProfile(ctx context.Context, port int, file string) error {
+// saveHeapProfile writes the heap profile m serves on port
+// (--pprof-bind-address), taken after a GC, to file, at a moment no
+// reconcile runs (as the held heap is measured; it waits up to a minute).
+func saveHeapProfile(ctx context.Context, m *managerProc, port int, file string) error {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+		ms, err := m.scrape(ctx)
+		if err != nil {
+			return err
+		}
+		if ms.sum(metricActiveWorkers) == 0 {
+			break
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
 	data, err := heapProfile(ctx, port)
 	if err != nil {
 		return err

@@ -28,10 +28,11 @@ type memResult struct {
 	// PostGC is false when no GC ended while sampling: the figures are
 	// then the smallest seen, garbage included.
 	PostGC bool
-	// Held is the median live heap after a GC the benchmark forced while
+	// Held is the least live heap after a GC the benchmark forced while
 	// no check ran (no reconcile worker active, before and after): what
-	// the manager holds, without a check's working set. HeldSamples
-	// counts those GCs; 0 when it could not force one (no pprof port).
+	// the manager holds, without a check's working set (or what a pool
+	// keeps until its second GC). HeldSamples counts those GCs; 0 when it
+	// could not force one (no pprof port).
 	Held        float64
 	HeldSamples int
 }
@@ -41,7 +42,7 @@ func (m *memResult) String() string {
 	if !m.PostGC {
 		how = "no GC seen: minimum of all samples"
 	}
-	return fmt.Sprintf("heap in use %.1f MiB, allocated %.1f MiB, live %.1f MiB (%s of %d scrapes, %d GCs); held between checks %.1f MiB (median of %d forced GCs)",
+	return fmt.Sprintf("heap in use %.1f MiB, allocated %.1f MiB, live %.1f MiB (%s of %d scrapes, %d GCs); held between checks %.1f MiB (least of %d forced GCs)",
 		m.HeapInuse/mib, m.HeapAlloc/mib, m.HeapLive/mib, how, m.Samples, m.GCs, m.Held/mib, m.HeldSamples)
 }
 
@@ -50,7 +51,7 @@ const metricActiveWorkers = "controller_runtime_active_workers"
 
 // sampleHeld forces a GC in m (its pprof endpoint on port, heap?gc=1)
 // whenever no reconcile runs, n times at least a second apart (within
-// maxDur), and records into res the median live heap each left, counting
+// maxDur), and records into res the least live heap one left, counting
 // only GCs with no reconcile running before and after.
 func sampleHeld(ctx context.Context, m *managerProc, port, n int, maxDur time.Duration, res *memResult) error {
 	if port == 0 {
@@ -84,7 +85,7 @@ func sampleHeld(ctx context.Context, m *managerProc, port, n int, maxDur time.Du
 		}
 	}
 	if len(held) > 0 {
-		res.Held, res.HeldSamples = median(held), len(held)
+		res.Held, res.HeldSamples = minimum(held), len(held)
 	}
 	return nil
 }
