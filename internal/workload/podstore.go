@@ -94,6 +94,8 @@ type podGroup struct {
 	owner  string
 	pods   []podRec
 	states []*podState
+	// whole counts the records that hold a whole name ("/" and the name).
+	whole int
 }
 
 // podState is what pods of one group share, how many they are, and the
@@ -143,16 +145,23 @@ func (g *podGroup) nameOf(rec *podRec) string {
 	return g.owner + "-" + rec.end
 }
 
-// find returns the index of the pod name in g, or -1.
+// find returns the index of the pod name in g, or -1. A name is held one
+// way (endOf): a group is looked through only for records held that way.
 func (g *podGroup) find(name string) int {
-	end := name
-	if rest, ok := strings.CutPrefix(name, g.owner); ok && len(rest) > 1 && rest[0] == '-' {
-		end = rest[1:]
-	} else {
-		end = "/" + name
+	rest, ok := strings.CutPrefix(name, g.owner)
+	if ok && len(rest) > 1 && rest[0] == '-' {
+		for i := range g.pods {
+			if g.pods[i].end == rest[1:] {
+				return i
+			}
+		}
+		return -1
+	}
+	if g.whole == 0 {
+		return -1
 	}
 	for i := range g.pods {
-		if g.pods[i].end == end {
+		if e := g.pods[i].end; len(e) == len(name)+1 && e[0] == '/' && e[1:] == name {
 			return i
 		}
 	}
@@ -404,6 +413,9 @@ func (s *PodStore) put(obj any, added bool) []podChange {
 	key := podKey{unique.Make(p.Namespace), p.Name}
 	ref := metav1.GetControllerOf(p)
 	if ref == nil {
+		if added {
+			return nil // new, and no workload's: held nowhere
+		}
 		return s.drop(key, nil) // orphaned: no workload's pod any more
 	}
 	node := unique.Make(p.Spec.NodeName)
@@ -414,13 +426,20 @@ func (s *PodStore) put(obj any, added bool) []podChange {
 	var changed []podChange
 	g := s.owners[okey]
 	if i := g.findIn(p.Name); i >= 0 {
-		old := &g.pods[i]
-		if old.uid == uid && old.node == node && old.state.head == head && old.state.body.raw == body &&
+		rec := &g.pods[i]
+		if rec.uid == uid && rec.node == node && rec.state.head == head && rec.state.body.raw == body &&
 			(!odd || s.oddUIDs[key] == p.UID) {
 			return nil
 		}
-		// Told once, below.
-		_ = s.removeAt(g, i)
+		// Changed in place: the group stays.
+		s.release(g, rec.state)
+		rec.uid, rec.node, rec.state = uid, node, s.hold(g, head, body)
+		if odd {
+			s.oddUIDs[key] = p.UID
+		} else {
+			delete(s.oddUIDs, key)
+		}
+		return []podChange{g.changeOf(rec.state)}
 	} else if !added {
 		// Adopted from another controller, or released and adopted.
 		changed = s.drop(key, g)
@@ -433,6 +452,9 @@ func (s *PodStore) put(obj any, added bool) []podChange {
 	st := s.hold(g, head, body)
 	g.pods = grown(g.pods)
 	g.pods = append(g.pods, podRec{end: g.endOf(p.Name), uid: uid, node: node, state: st})
+	if g.pods[len(g.pods)-1].end[0] == '/' {
+		g.whole++
+	}
 	s.count++
 	if odd {
 		s.oddUIDs[key] = p.UID
@@ -486,6 +508,17 @@ func (s *PodStore) hold(g *podGroup, head, body string) *podState {
 	return st
 }
 
+// release counts one pod fewer in st, a state of g: a state goes with its
+// last pod, and a body with its last state.
+func (s *PodStore) release(g *podGroup, st *podState) {
+	if st.pods--; st.pods == 0 {
+		g.states = removeFirst(g.states, st)
+		if st.body.states--; st.body.states == 0 {
+			delete(s.bodies, st.body.raw)
+		}
+	}
+}
+
 // drop forgets the pod at key wherever in its namespace it is held, but
 // in except (looked in already).
 func (s *PodStore) drop(key podKey, except *podGroup) []podChange {
@@ -506,17 +539,15 @@ func (s *PodStore) removeAt(g *podGroup, i int) []podChange {
 	if rec.uid == (uuid.UUID{}) {
 		delete(s.oddUIDs, podKey{g.key.namespace, g.nameOf(&rec)})
 	}
+	if rec.end[0] == '/' {
+		g.whole--
+	}
 	last := len(g.pods) - 1
 	g.pods[i], g.pods[last] = g.pods[last], podRec{}
 	g.pods = g.pods[:last]
 	s.count--
 	st := rec.state
-	if st.pods--; st.pods == 0 {
-		g.states = removeFirst(g.states, st)
-		if st.body.states--; st.body.states == 0 {
-			delete(s.bodies, st.body.raw)
-		}
-	}
+	s.release(g, st)
 	if len(g.pods) == 0 {
 		delete(s.owners, g.key)
 		ns := g.key.namespace

@@ -524,15 +524,17 @@ func TestAPodIsFoundByNameWhereverItsControllerHoldsIt(t *testing.T) {
 		return fmt.Sprint(out)
 	}
 	x1, x2, odd := fatPod("web-a-x1", "web-a", "reg.io/app@sha256:aaa"), fatPod("web-a-x2", "web-a", "reg.io/app@sha256:aaa"), fatPod("odd", "web-a", "reg.io/app@sha256:aaa")
+	// One UID a UUID, as the API server makes them (held in 16 bytes).
+	x2.UID = "0b6fd9f5-0d3c-4b7e-9b39-3c1a0c3f7a41"
 	for _, p := range []*corev1.Pod{x1, x2, odd} {
 		if err := s.Add(p); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got, want := names("web-a"), "[odd=uid-odd web-a-x1=uid-web-a-x1 web-a-x2=uid-web-a-x2]"; got != want {
+	if got, want := names("web-a"), "[odd=uid-odd web-a-x1=uid-web-a-x1 web-a-x2=0b6fd9f5-0d3c-4b7e-9b39-3c1a0c3f7a41]"; got != want {
 		t.Fatalf("web-a's pods: %s, want %s", got, want)
 	}
-	if p, ok := s.Pod("prod", "web-a-x2"); !ok || p.Name != "web-a-x2" || p.UID != "uid-web-a-x2" {
+	if p, ok := s.Pod("prod", "web-a-x2"); !ok || p.Name != "web-a-x2" || p.UID != x2.UID {
 		t.Fatalf("Pod(prod, web-a-x2) = %+v, %v", p, ok)
 	}
 	if g := s.owners[ownerKey{unique.Make("prod"), compactUIDOf("rs-web-a")}]; len(g.pods) != 3 || cap(g.pods) != 3 {
@@ -544,7 +546,7 @@ func TestAPodIsFoundByNameWhereverItsControllerHoldsIt(t *testing.T) {
 	if err := s.Update(adopted); err != nil {
 		t.Fatal(err)
 	}
-	if a, b := names("web-a"), names("web-b"); a != "[odd=uid-odd web-a-x2=uid-web-a-x2]" || b != "[web-a-x1=uid-web-a-x1]" || s.Len() != 3 {
+	if a, b := names("web-a"), names("web-b"); a != "[odd=uid-odd web-a-x2=0b6fd9f5-0d3c-4b7e-9b39-3c1a0c3f7a41]" || b != "[web-a-x1=uid-web-a-x1]" || s.Len() != 3 {
 		t.Fatalf("after the adoption: web-a %s, web-b %s, %d pods", a, b, s.Len())
 	}
 
@@ -566,8 +568,8 @@ func TestAPodIsFoundByNameWhereverItsControllerHoldsIt(t *testing.T) {
 	if err := s.Update(released); err != nil {
 		t.Fatal(err)
 	}
-	if s.Len() != 0 || len(s.owners) != 0 || len(s.spaces) != 0 || len(s.bodies) != 0 {
-		t.Fatalf("the store still holds %d pods in %d groups", s.Len(), len(s.owners))
+	if s.count != 0 || len(s.owners) != 0 || len(s.spaces) != 0 || len(s.bodies) != 0 || len(s.oddUIDs) != 0 {
+		t.Fatalf("the store still holds %d pods in %d groups, %d UIDs", s.count, len(s.owners), len(s.oddUIDs))
 	}
 }
 

@@ -93,15 +93,19 @@ func (s *PodStore) putSet(obj any) []podChange {
 	if had && old.uid == l.uid && old.owner == l.owner && old.ownerName == l.ownerName && old.ownerKind == l.ownerKind {
 		return nil
 	}
+	var changed []podChange
 	if had {
 		s.unlinkSet(key.namespace, old)
+		if old.owner != l.owner {
+			changed = s.formerOwnerOf(key.namespace, old)
+		}
 	}
 	s.sets[key] = l
 	if l.owner.uid != (compactUID{}) {
 		l.next = s.setsOf[l.owner]
 		s.setsOf[l.owner] = l
 	}
-	return s.podsOfSet(key.namespace, l)
+	return append(changed, s.podsOfSet(key.namespace, l)...)
 }
 
 // dropSet forgets the ReplicaSet at key.
@@ -112,7 +116,21 @@ func (s *PodStore) dropSet(key podKey) []podChange {
 	}
 	delete(s.sets, key)
 	s.unlinkSet(key.namespace, l)
-	return s.podsOfSet(key.namespace, l)
+	return append(s.formerOwnerOf(key.namespace, l), s.podsOfSet(key.namespace, l)...)
+}
+
+// formerOwnerOf is the change to tell the controller l named, when l has
+// pods: they are no longer its workload's.
+func (s *PodStore) formerOwnerOf(ns unique.Handle[string], l *setLink) []podChange {
+	if l.owner.uid == (compactUID{}) || s.owners[ownerKey{ns, l.uid}] == nil {
+		return nil
+	}
+	k := l.ownerKind.Value()
+	// A head whose controller reference is the former owner (standIn
+	// names it).
+	m := metav1.ObjectMeta{OwnerReferences: []metav1.OwnerReference{{APIVersion: k.apiVersion, Kind: k.kind, Controller: new(true)}}}
+	raw, _ := m.Marshal()
+	return []podChange{{owner: l.owner, name: l.ownerName, raw: string(raw)}}
 }
 
 func (s *PodStore) unlinkSet(ns unique.Handle[string], l *setLink) {
