@@ -94,7 +94,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 		// PyTorchJob's Master and Worker) runs several kinds of pod.
 		podsOf := make([][]workload.Pod, len(w.Templates))
 		for _, p := range pods {
-			i := w.TemplateOf(p.Shared)
+			i := w.TemplateOfShare(p.Shared)
 			podsOf[i] = append(podsOf[i], p)
 		}
 		// Templates with the same credentials (nearly always all of

@@ -249,7 +249,7 @@ func roundTrip(t *testing.T, status imagesv1alpha1.ImagePinStatus) imagesv1alpha
 func views(pods ...corev1.Pod) []workload.Pod {
 	out := make([]workload.Pod, len(pods))
 	for i := range pods {
-		out[i] = workload.Pod{Name: pods[i].Name, UID: pods[i].UID, Node: pods[i].Spec.NodeName, Shared: &pods[i]}
+		out[i] = workload.Pod{Name: pods[i].Name, UID: pods[i].UID, Node: pods[i].Spec.NodeName, Shared: workload.ShareOf(&pods[i])}
 	}
 	return out
 }

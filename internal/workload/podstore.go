@@ -3,7 +3,6 @@ package workload
 import (
 	"context"
 	"fmt"
-	appsv1 "k8s.io/api/apps/v1"
 	"maps"
 	"slices"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -593,19 +593,20 @@ func nameController(refs []metav1.OwnerReference, name string, uid compactUID) {
 
 // decode is what the pods in st share, decoded: a pod without its name,
 // namespace, UID and node.
-func (st *podState) decode() *corev1.Pod {
-	p := &corev1.Pod{}
+func (st *podState) decode() *PodShare {
+	var m metav1.ObjectMeta
 	// What partsOf encoded decodes; an empty part is a pod that reports
 	// nothing of it.
-	_ = p.ObjectMeta.Unmarshal([]byte(st.head))
-	nameController(p.OwnerReferences, st.group.owner, st.group.key.uid)
+	_ = m.Unmarshal([]byte(st.head))
+	nameController(m.OwnerReferences, st.group.owner, st.group.key.uid)
+	p := &PodShare{Labels: m.Labels, OwnerReferences: m.OwnerReferences}
 	_ = p.Status.Unmarshal([]byte(st.body.raw))
 	return p
 }
 
 // viewOf is the pod rec of g as a check reads it, sharing shared (rec's
 // state decoded).
-func (s *PodStore) viewOf(g *podGroup, rec *podRec, shared *corev1.Pod) Pod {
+func (s *PodStore) viewOf(g *podGroup, rec *podRec, shared *PodShare) Pod {
 	p := Pod{Name: g.nameOf(rec), Node: rec.node.Value(), Shared: shared}
 	if rec.uid == (uuid.UUID{}) {
 		p.UID = s.oddUIDs[podKey{g.key.namespace, p.Name}]
@@ -646,7 +647,7 @@ func (s *PodStore) PodsOwnedBy(ns string, owners []types.UID) []Pod {
 	nsh := unique.Make(ns)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	decoded := map[*podState]*corev1.Pod{}
+	decoded := map[*podState]*PodShare{}
 	var out []Pod
 	for _, uid := range owners {
 		g := s.owners[ownerKey{nsh, compactUIDOf(uid)}]

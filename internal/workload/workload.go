@@ -48,7 +48,10 @@ func (w Workload) Name() string { return w.Object.GetName() }
 // reports them (the cache keeps no more of a pod): the template with the
 // most container names in common, and then images (tag, digest aside); the
 // first of equals.
-func (w Workload) TemplateOf(p *corev1.Pod) int {
+func (w Workload) TemplateOf(p *corev1.Pod) int { return w.TemplateOfShare(ShareOf(p)) }
+
+// TemplateOfShare is TemplateOf for the pods that share p.
+func (w Workload) TemplateOfShare(p *PodShare) int {
 	if len(w.Templates) < 2 {
 		return 0
 	}
