@@ -69,8 +69,13 @@
 //     Deployments exist) and once after convergence (during the steady-state
 //     window); the difference, per 1,000 Deployments, is reported, and so
 //     is the same difference of go_gc_heap_live_bytes (the heap the last GC
-//     marked live). With --memory-10k, Deployments are added up to 10,000
-//     and a third process is measured the same way.
+//     marked live). Those GCs run mostly while a check is in flight, so
+//     that live heap includes a check's working set; the held heap does
+//     not: 8 GCs forced through the manager's pprof endpoint (heap?gc=1),
+//     a second apart, while controller_runtime_active_workers is 0 before
+//     and after, and the least go_gc_heap_live_bytes after them, minus the
+//     same of the first process. With --memory-10k, Deployments are added
+//     up to 10,000 and a third process is measured the same way.
 //
 //  5. Admission. p50 and p99 of creating a Deployment through the API
 //     server, timed by the client, one at a time, in four cases interleaved
