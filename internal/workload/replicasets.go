@@ -95,7 +95,7 @@ func (s *PodStore) putSet(obj any) []podChange {
 	}
 	var changed []podChange
 	if had {
-		s.unlinkSet(key.namespace, old)
+		s.unlinkSet(old)
 		if old.owner != l.owner {
 			changed = s.formerOwnerOf(key.namespace, old)
 		}
@@ -115,7 +115,7 @@ func (s *PodStore) dropSet(key podKey) []podChange {
 		return nil
 	}
 	delete(s.sets, key)
-	s.unlinkSet(key.namespace, l)
+	s.unlinkSet(l)
 	return append(s.formerOwnerOf(key.namespace, l), s.podsOfSet(key.namespace, l)...)
 }
 
@@ -133,7 +133,7 @@ func (s *PodStore) formerOwnerOf(ns unique.Handle[string], l *setLink) []podChan
 	return []podChange{{owner: l.owner, name: l.ownerName, raw: string(raw)}}
 }
 
-func (s *PodStore) unlinkSet(ns unique.Handle[string], l *setLink) {
+func (s *PodStore) unlinkSet(l *setLink) {
 	if l.owner.uid == (compactUID{}) {
 		return
 	}

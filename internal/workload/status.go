@@ -61,56 +61,52 @@ func compactImages(images []imagesv1alpha1.ImageStatus) []imagesv1alpha1.ImageSt
 
 // running is one copy of each list of running digests: the workloads of
 // one rollout run the same digests on the same nodes with as many pods.
-// Lists are shared within one cached object, which every read copies.
 func (in *interner) running(list []imagesv1alpha1.RunningDigest) []imagesv1alpha1.RunningDigest {
-	if len(list) == 0 {
-		return list
-	}
-	var key strings.Builder
-	for _, r := range list {
-		fmt.Fprintf(&key, "%s %d %s\n", r.Digest, r.Pods, strings.Join(r.Nodes, " "))
-	}
-	if held, ok := in.lists[key.String()]; ok {
-		return held.([]imagesv1alpha1.RunningDigest)
-	}
-	list = slices.Clone(list)
-	for r := range list {
-		run := &list[r]
-		run.Digest = in.digest(run.Digest)
-		run.Nodes = slices.Clone(run.Nodes)
-		for n := range run.Nodes {
-			run.Nodes[n] = in.str(run.Nodes[n])
+	return internList(in, "running", list, func(key *strings.Builder, r imagesv1alpha1.RunningDigest) {
+		fmt.Fprintf(key, "%s %d %s\n", r.Digest, r.Pods, strings.Join(r.Nodes, " "))
+	}, func(r *imagesv1alpha1.RunningDigest) {
+		r.Digest = in.digest(r.Digest)
+		r.Nodes = slices.Clone(r.Nodes)
+		for n := range r.Nodes {
+			r.Nodes[n] = in.str(r.Nodes[n])
 		}
-	}
-	in.hold(key.String(), list)
-	return list
+	})
 }
 
 // drift is one copy of each list of drift reasons.
 func (in *interner) drift(list []imagesv1alpha1.DriftReason) []imagesv1alpha1.DriftReason {
+	return internList(in, "drift", list, func(key *strings.Builder, d imagesv1alpha1.DriftReason) {
+		key.WriteString(string(d) + " ")
+	}, func(d *imagesv1alpha1.DriftReason) {
+		*d = imagesv1alpha1.DriftReason(in.str(string(*d)))
+	})
+}
+
+// internList is one copy of each list of what (a kind of list) equal as
+// key writes its items, within one object: a new one is copied, compact
+// run on each item. Lists are shared within one cached object, which
+// every read copies.
+func internList[T any](in *interner, what string, list []T, key func(*strings.Builder, T), compact func(*T)) []T {
 	if len(list) == 0 {
 		return list
 	}
-	var key strings.Builder
-	for _, d := range list {
-		key.WriteString(string(d) + " ")
+	var k strings.Builder
+	k.WriteString(what + ":")
+	for _, item := range list {
+		key(&k, item)
 	}
-	if held, ok := in.lists[key.String()]; ok {
-		return held.([]imagesv1alpha1.DriftReason)
+	if held, ok := in.lists[k.String()]; ok {
+		return held.([]T)
 	}
 	list = slices.Clone(list)
-	for d := range list {
-		list[d] = imagesv1alpha1.DriftReason(in.str(string(list[d])))
+	for i := range list {
+		compact(&list[i])
 	}
-	in.hold(key.String(), list)
-	return list
-}
-
-func (in *interner) hold(key string, list any) {
 	if in.lists == nil {
 		in.lists = map[string]any{}
 	}
-	in.lists[key] = list
+	in.lists[k.String()] = list
+	return list
 }
 
 // interner hands out one copy of each string, and of each list of
