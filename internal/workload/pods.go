@@ -49,12 +49,10 @@ type PodShare struct {
 func (p Pod) Object(ns string) *corev1.Pod {
 	out := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
 		Name: p.Name, Namespace: ns, UID: p.UID,
-		Labels: p.Shared.Labels, OwnerReferences: p.Shared.OwnerReferences,
+		Labels: maps.Clone(p.Shared.Labels), OwnerReferences: slices.Clone(p.Shared.OwnerReferences),
 	}}
 	out.Spec.NodeName = p.Node
 	p.Shared.Status.DeepCopyInto(&out.Status)
-	out.Labels = maps.Clone(out.Labels)
-	out.OwnerReferences = slices.Clone(out.OwnerReferences)
 	return out
 }
 

@@ -128,11 +128,21 @@ type podRec struct {
 	state *podState
 }
 
+// shortOf is what follows g's controller name and a dash in name, if name
+// starts so: what a record holds of it (endOf).
+func (g *podGroup) shortOf(name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, g.owner)
+	if !ok || len(rest) < 2 || rest[0] != '-' {
+		return "", false
+	}
+	return rest[1:], true
+}
+
 // endOf is what a record of g holds of the pod name: see podRec.
 func (g *podGroup) endOf(name string) string {
-	if rest, ok := strings.CutPrefix(name, g.owner); ok && len(rest) > 1 && rest[0] == '-' {
+	if short, ok := g.shortOf(name); ok {
 		// A copy: the name's own bytes are the decoded pod's.
-		return strings.Clone(rest[1:])
+		return strings.Clone(short)
 	}
 	return "/" + name
 }
@@ -148,10 +158,9 @@ func (g *podGroup) nameOf(rec *podRec) string {
 // find returns the index of the pod name in g, or -1. A name is held one
 // way (endOf): a group is looked through only for records held that way.
 func (g *podGroup) find(name string) int {
-	rest, ok := strings.CutPrefix(name, g.owner)
-	if ok && len(rest) > 1 && rest[0] == '-' {
+	if short, ok := g.shortOf(name); ok {
 		for i := range g.pods {
-			if g.pods[i].end == rest[1:] {
+			if g.pods[i].end == short {
 				return i
 			}
 		}
@@ -168,10 +177,13 @@ func (g *podGroup) find(name string) int {
 	return -1
 }
 
-// NewPodStore returns a store filled from lw once started.
-func NewPodStore(lw toolscache.ListerWatcher) *PodStore {
-	return &PodStore{
+// NewPodStore returns a store of the pods lw lists, and of the
+// ReplicaSets sets lists (nil: none, they are read from the manager's
+// cache), filled once started.
+func NewPodStore(lw, sets toolscache.ListerWatcher) *PodStore {
+	s := &PodStore{
 		lw:      lw,
+		setsLW:  sets,
 		owners:  map[ownerKey]*podGroup{},
 		spaces:  map[unique.Handle[string]][]*podGroup{},
 		bodies:  map[string]*podBody{},
@@ -182,6 +194,10 @@ func NewPodStore(lw toolscache.ListerWatcher) *PodStore {
 		setsOf:     map[ownerKey]*setLink{},
 		setsSynced: make(chan struct{}),
 	}
+	if sets == nil {
+		s.setsOnce.Do(func() { close(s.setsSynced) }) // none to wait for
+	}
+	return s
 }
 
 // NewPodStoreFor returns a store of every pod the API server at cfg
@@ -194,9 +210,10 @@ func NewPodStoreFor(cfg *rest.Config) (*PodStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pod store client: %w", err)
 	}
-	s := NewPodStore(toolscache.NewListWatchFromClient(cs.CoreV1().RESTClient(), "pods", metav1.NamespaceAll, fields.Everything()))
-	s.setsLW = toolscache.NewListWatchFromClient(cs.AppsV1().RESTClient(), "replicasets", metav1.NamespaceAll, fields.Everything())
-	return s, nil
+	return NewPodStore(
+		toolscache.NewListWatchFromClient(cs.CoreV1().RESTClient(), "pods", metav1.NamespaceAll, fields.Everything()),
+		toolscache.NewListWatchFromClient(cs.AppsV1().RESTClient(), "replicasets", metav1.NamespaceAll, fields.Everything()),
+	), nil
 }
 
 // Start runs the store's reflector until ctx ends: a manager runnable.
@@ -204,8 +221,6 @@ func (s *PodStore) Start(ctx context.Context) error {
 	if s.setsLW != nil {
 		sets := toolscache.NewReflectorWithOptions(s.setsLW, &appsv1.ReplicaSet{}, setStore{s}, toolscache.ReflectorOptions{Name: "imagepin pod store: ReplicaSets", TypeDescription: "*v1.ReplicaSet"})
 		go sets.RunWithContext(ctx)
-	} else {
-		s.setsOnce.Do(func() { close(s.setsSynced) })
 	}
 	r := toolscache.NewReflectorWithOptions(s.lw, &corev1.Pod{}, s, toolscache.ReflectorOptions{Name: "imagepin pod store", TypeDescription: "*v1.Pod"})
 	r.RunWithContext(ctx)
@@ -228,16 +243,11 @@ func closed(c chan struct{}) bool {
 
 // HasSynced reports whether the first lists (of pods, and of ReplicaSets
 // when it holds them) have been stored.
-func (s *PodStore) HasSynced() bool {
-	return closed(s.synced) && (!s.holdsReplicaSets() || closed(s.setsSynced))
-}
+func (s *PodStore) HasSynced() bool { return closed(s.synced) && closed(s.setsSynced) }
 
 // WaitForSync waits for the first list, or ctx.
 func (s *PodStore) WaitForSync(ctx context.Context) error {
 	for _, c := range []chan struct{}{s.synced, s.setsSynced} {
-		if c == s.setsSynced && !s.holdsReplicaSets() {
-			continue
-		}
 		select {
 		case <-c:
 		case <-ctx.Done():
@@ -270,16 +280,16 @@ func (s *PodStore) Delete(obj any) error {
 		if !ok {
 			return nil
 		}
-		ns := unique.Make(p.Namespace)
+		key := podKey{unique.Make(p.Namespace), p.Name}
+		var g *podGroup
 		if ref := metav1.GetControllerOf(p); ref != nil {
-			if g := s.owners[ownerKey{ns, compactUIDOf(ref.UID)}]; g != nil {
-				if i := g.find(p.Name); i >= 0 {
-					return s.removeAt(g, i)
-				}
+			g = s.owners[ownerKey{key.namespace, compactUIDOf(ref.UID)}]
+			if i := g.findIn(p.Name); i >= 0 {
+				return s.removeAt(g, i)
 			}
 		}
 		// A tombstone's controller may be out of date.
-		return s.drop(podKey{ns, p.Name}, nil)
+		return s.drop(key, g)
 	})
 	return nil
 }

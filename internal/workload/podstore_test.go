@@ -44,7 +44,7 @@ func fatPod(name, owner, imageID string) *corev1.Pod {
 // first list.
 func startPodStore(t *testing.T, source *fcache.FakeControllerSource) *PodStore {
 	t.Helper()
-	s := NewPodStore(source)
+	s := NewPodStore(source, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { _ = s.Start(ctx) }()
@@ -207,7 +207,7 @@ func TestThePodStoreTellsOnlyWhatDriftReads(t *testing.T) {
 
 func TestThePodStoreForgetsPodsARelistDoesNotName(t *testing.T) {
 	source := fcache.NewFakeControllerSource()
-	s := NewPodStore(source)
+	s := NewPodStore(source, nil)
 	var tt told
 	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
 	defer q.ShutDown()
@@ -270,7 +270,7 @@ func TestAStoredPodCostsLessThanACachedOne(t *testing.T) {
 		}
 	}
 
-	store := NewPodStore(nil)
+	store := NewPodStore(nil, nil)
 	before := liveHeap()
 	podsOf(func(p *corev1.Pod) {
 		if err := store.Add(p); err != nil {
@@ -336,7 +336,7 @@ func shares(t *testing.T, s *PodStore) (bodies, states int) {
 // them, and the pods of one controller one state; a body is let go with
 // the last state that has it, and a state with its last pod.
 func TestPodsThatRunTheSameImagesShareOneBody(t *testing.T) {
-	s := NewPodStore(nil)
+	s := NewPodStore(nil, nil)
 	add := func(p *corev1.Pod) {
 		t.Helper()
 		if err := s.Add(p); err != nil {
@@ -431,7 +431,7 @@ func TestAStoredPodIsThePodDriftReads(t *testing.T) {
 	pending.Labels["training.kubeflow.org/replica-type"] = "master"
 	pending.Spec.NodeName, pending.Status = "", corev1.PodStatus{Phase: corev1.PodPending}
 
-	s := NewPodStore(nil)
+	s := NewPodStore(nil, nil)
 	pods := []*corev1.Pod{plain, uuidNamed, leaving, worker, pending}
 	for _, p := range pods {
 		if err := s.Add(p); err != nil {
@@ -495,7 +495,7 @@ func TestAPodChangeIsToldWhenWhatDriftReadsChanges(t *testing.T) {
 		}, "[web-a web-b]"},
 	} {
 		t.Run(c.what, func(t *testing.T) {
-			s := NewPodStore(nil)
+			s := NewPodStore(nil, nil)
 			s.put(pod(func(*corev1.Pod) {}), true)
 			var told []string
 			for _, ch := range s.put(pod(c.change), false) {
@@ -514,7 +514,7 @@ func TestAPodChangeIsToldWhenWhatDriftReadsChanges(t *testing.T) {
 // otherwise; either is found by name, when it changes controller, in a
 // relist and from a tombstone that names a controller it has left.
 func TestAPodIsFoundByNameWhereverItsControllerHoldsIt(t *testing.T) {
-	s := NewPodStore(nil)
+	s := NewPodStore(nil, nil)
 	names := func(owner string) string {
 		var out []string
 		for _, p := range ownedObjects(s, "prod", []types.UID{types.UID("rs-" + owner)}) {

@@ -36,7 +36,7 @@ type ownerKind struct{ apiVersion, kind string }
 type setStore struct{ s *PodStore }
 
 // holdsReplicaSets reports whether s holds the ReplicaSets (a store made
-// with their ListerWatcher).
+// with their ListerWatcher, as NewPodStoreFor makes it).
 func (s *PodStore) holdsReplicaSets() bool { return s.setsLW != nil }
 
 // ReplicaSetsOwnedBy returns the UIDs of the ReplicaSets in ns whose

@@ -27,8 +27,7 @@ func replicaSetOf(name, owner string) *appsv1.ReplicaSet {
 // NewPodStoreFor makes it, and waits for both first lists.
 func startStoreWithReplicaSets(t *testing.T, pods, sets *fcache.FakeControllerSource) *PodStore {
 	t.Helper()
-	s := NewPodStore(pods)
-	s.setsLW = sets
+	s := NewPodStore(pods, sets)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { _ = s.Start(ctx) }()
@@ -132,21 +131,23 @@ func TestAReplicaSetAfterItsPodsTellsOfThem(t *testing.T) {
 	// A new controller tells the pods' owner (their walk leads to it now)
 	// and the former controller (they are no longer its workload's).
 	sets.Modify(replicaSetOf("web-a", "web2"))
-	got = nil
-	waitFor(t, func() bool {
-		got = append(got, tt.take()...)
-		slices.Sort(got)
-		return fmt.Sprint(got) == "[prod/web prod/web-a]"
-	})
+	waitToldAll(t, &tt, "[prod/web prod/web-a]")
 	if rs, ok := s.ReplicaSet("prod", "web-a"); !ok || metav1.GetControllerOf(rs).Name != "web2" || rs.UID != "rs-web-a" {
 		t.Fatalf("ReplicaSet(prod, web-a) = %+v, %v", rs, ok)
 	}
 	// Deleted: the former controller is told, with the pods' owner.
 	sets.Delete(replicaSetOf("web-a", "web2"))
-	got = nil
+	waitToldAll(t, &tt, "[prod/web-a prod/web2]")
+}
+
+// waitToldAll waits until tt has been told of want (sorted, as printed),
+// gathered over as many takes as it takes.
+func waitToldAll(t *testing.T, tt *told, want string) {
+	t.Helper()
+	var got []string
 	waitFor(t, func() bool {
 		got = append(got, tt.take()...)
 		slices.Sort(got)
-		return fmt.Sprint(got) == "[prod/web-a prod/web2]"
+		return fmt.Sprint(got) == want
 	})
 }
