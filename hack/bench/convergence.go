@@ -506,17 +506,8 @@ func (b *bench) memory10k(ctx context.Context, namespaces []string) error {
 // (--pprof-bind-address), taken after a GC, to file, at a moment no
 // reconcile runs (as the held heap is measured; it waits up to a minute).
 func saveHeapProfile(ctx context.Context, m *managerProc, port int, file string) error {
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
-		ms, err := m.scrape(ctx)
-		if err != nil {
-			return err
-		}
-		if ms.sum(metricActiveWorkers) == 0 {
-			break
-		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
-			return err
-		}
+	if _, _, err := waitQuiet(ctx, m, time.Minute); err != nil {
+		return err
 	}
 	data, err := heapProfile(ctx, port)
 	if err != nil {

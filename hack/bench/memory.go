@@ -60,27 +60,22 @@ func sampleHeld(ctx context.Context, m *managerProc, port, n int, maxDur time.Du
 	var held []float64
 	deadline := time.Now().Add(maxDur)
 	for len(held) < n && time.Now().Before(deadline) {
-		before, err := m.scrape(ctx)
+		before, quiet, err := waitQuiet(ctx, m, time.Until(deadline))
+		if err != nil || !quiet {
+			return err
+		}
+		if err := forceGC(ctx, port); err != nil {
+			return err
+		}
+		after, err := m.scrape(ctx)
 		if err != nil {
 			return err
 		}
-		if before.sum(metricActiveWorkers) == 0 {
-			if err := forceGC(ctx, port); err != nil {
-				return err
-			}
-			after, err := m.scrape(ctx)
-			if err != nil {
-				return err
-			}
-			if after.sum(metricActiveWorkers) == 0 && after.sum(metricGCCycles) > before.sum(metricGCCycles) {
-				held = append(held, after.sum(metricHeapLive))
-				if err := sleep(ctx, time.Second); err != nil {
-					return err
-				}
-				continue
-			}
+		pause := 50 * time.Millisecond
+		if after.sum(metricActiveWorkers) == 0 && after.sum(metricGCCycles) > before.sum(metricGCCycles) {
+			held, pause = append(held, after.sum(metricHeapLive)), time.Second
 		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := sleep(ctx, pause); err != nil {
 			return err
 		}
 	}
@@ -88,6 +83,26 @@ func sampleHeld(ctx context.Context, m *managerProc, port, n int, maxDur time.Du
 		res.Held, res.HeldSamples = minimum(held), len(held)
 	}
 	return nil
+}
+
+// waitQuiet scrapes m until no reconcile runs (at most maxDur), and
+// returns that scrape and whether it came.
+func waitQuiet(ctx context.Context, m *managerProc, maxDur time.Duration) (metrics, bool, error) {
+	for deadline := time.Now().Add(maxDur); ; {
+		ms, err := m.scrape(ctx)
+		if err != nil {
+			return nil, false, err
+		}
+		if ms.sum(metricActiveWorkers) == 0 {
+			return ms, true, nil
+		}
+		if time.Now().After(deadline) {
+			return ms, false, nil
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return nil, false, err
+		}
+	}
 }
 
 const mib = 1 << 20
