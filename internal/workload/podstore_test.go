@@ -44,12 +44,20 @@ func fatPod(name, owner, imageID string) *corev1.Pod {
 // first list.
 func startPodStore(t *testing.T, source *fcache.FakeControllerSource) *PodStore {
 	t.Helper()
-	s := NewPodStore(source, nil)
+	return started(t, NewPodStore(source, nil))
+}
+
+// started runs s's reflectors and waits for their first lists.
+func started(t *testing.T, s *PodStore) *PodStore {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { _ = s.Start(ctx) }()
 	if err := s.WaitForSync(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if !s.HasSynced() {
+		t.Fatal("synced, yet HasSynced is false")
 	}
 	return s
 }

@@ -27,17 +27,7 @@ func replicaSetOf(name, owner string) *appsv1.ReplicaSet {
 // NewPodStoreFor makes it, and waits for both first lists.
 func startStoreWithReplicaSets(t *testing.T, pods, sets *fcache.FakeControllerSource) *PodStore {
 	t.Helper()
-	s := NewPodStore(pods, sets)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go func() { _ = s.Start(ctx) }()
-	if err := s.WaitForSync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if !s.HasSynced() {
-		t.Fatal("synced, yet HasSynced is false")
-	}
-	return s
+	return started(t, NewPodStore(pods, sets))
 }
 
 // The owner walk and Pods read ReplicaSets from the PodStore: a pod's
