@@ -111,3 +111,49 @@ func TestAnswerByWaitsAfterAHint(t *testing.T) {
 		t.Fatalf("after a hint: %+v, %v; want the fresh answer %s, waited for", got, err, second)
 	}
 }
+
+// Issue 19 item 1: with Defer, a caller with no earlier answer at all
+// stops waiting at AnswerBy too: no digest, Behind, Pending closed when
+// the one request ends; the next Resolve answers from that request.
+func TestDeferGivesNoAnswerWhileTheFirstIsUnderWay(t *testing.T) {
+	f := newFixture(t)
+	image := f.reg.image("deferred/app:v1")
+	want := f.reg.push("deferred/app:v1")
+	before := f.reg.count("HEAD manifests")
+	release := make(chan struct{})
+	held := make(chan struct{}, 1)
+	f.reg.setIntercept(func(_ http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/deferred/app/manifests/") {
+			select {
+			case held <- struct{}{}:
+			default:
+			}
+			<-release
+		}
+		return false
+	})
+	req := Request{Image: image, FreshSince: f.clock.Now(), AnswerBy: time.Now().Add(100 * time.Millisecond), Defer: true}
+	got, err := f.resolver.Resolve(context.Background(), req)
+	if err != nil || !got.Behind || got.Digest != "" || got.Pending == nil {
+		t.Fatalf("a first resolution held by the registry: %+v, %v; want no digest, Behind, with Pending", got, err)
+	}
+	<-held
+	// Another caller joins the same request.
+	again, err := f.resolver.Resolve(context.Background(), req)
+	if err != nil || again.Pending != got.Pending {
+		t.Fatalf("a second caller: %+v, %v; want the same Pending", again, err)
+	}
+	close(release)
+	select {
+	case <-got.Pending:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Pending not closed after the registry answered")
+	}
+	res, err := f.resolver.Resolve(context.Background(), req)
+	if err != nil || res.Behind || res.Digest != want {
+		t.Fatalf("after Pending: %+v, %v; want %s", res, err, want)
+	}
+	if n := f.reg.count("HEAD manifests") - before; n != 1 {
+		t.Errorf("%d HEADs, want 1: every caller took the one request's answer", n)
+	}
+}
