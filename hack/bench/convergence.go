@@ -192,11 +192,9 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	ms, err := m1.scrape(ctx)
-	if err != nil {
+	if err := b.crossCheck(ctx, m1); err != nil {
 		return err
 	}
-	b.crossCheck(ms, m1.Started)
 	m1.Stop()
 
 	// 9: two shards versus one.
@@ -343,7 +341,7 @@ func (b *bench) logRepeats(m *managerProc, from, to time.Time) {
 	for _, e := range b.proxy.between(from, to) {
 		if e.kind == kindManifest && e.method == "HEAD" {
 			k := e.repo + ":" + e.ref
-			at[k] = append(at[k], fmt.Sprintf("+%.2fs (%d)", e.at.Sub(from).Seconds(), e.status))
+			at[k] = append(at[k], fmt.Sprintf("+%.2fs (%d, received at +%.2fs on %s)", e.at.Sub(from).Seconds(), e.status, e.began.Sub(from).Seconds(), e.conn))
 		}
 	}
 	var ticks []string
@@ -433,14 +431,49 @@ func (b *bench) firstHEAD(repoTag string, t time.Time) time.Time {
 }
 
 // crossCheck compares the manager's own count of registry requests with
-// the proxy's over the manager's life.
-func (b *bench) crossCheck(ms metrics, started time.Time) {
+// the proxy's over the manager's life. Both are read while no request is
+// in flight (the proxy has answered none for a second before and after
+// the scrape): read during a round, one side counts a request the other
+// has not yet.
+func (b *bench) crossCheck(ctx context.Context, m *managerProc) error {
+	const quiet = time.Second
+	var (
+		ms      metrics
+		seen    regCounts
+		settled bool
+	)
+	for giveUp := time.Now().Add(2 * b.o.interval); ; {
+		before := b.proxy.since(m.Started)
+		var err error
+		if ms, err = m.scrape(ctx); err != nil {
+			return err
+		}
+		after := b.proxy.since(m.Started)
+		seen = count(after)
+		if len(before) == len(after) && (len(after) == 0 || time.Since(after[len(after)-1].at) >= quiet) {
+			settled = true
+			break
+		}
+		if time.Now().After(giveUp) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	own := ms.sum("imagepin_registry_requests_total")
-	seen := count(b.proxy.since(started))
 	heads := ms.sum("imagepin_registry_requests_total", `method="HEAD"`)
+	errs := ms.sum("imagepin_registry_requests_total", `code="error"`)
+	note := ""
+	if !settled {
+		note = "; no quiet second came within two intervals, read anyway"
+	}
 	b.rep.goal(secConvergence, "cross-check: imagepin_registry_requests_total over the manager's life vs the proxy's count",
 		own, "requests", fmt.Sprintf("= %d (proxy)", seen.Total), int(own) == seen.Total,
-		fmt.Sprintf("HEAD %d by the manager, %d manifest HEADs by the proxy", int(heads), seen.ManifestHEADs))
+		fmt.Sprintf("HEAD %d by the manager (%d with no response), %d manifest HEADs by the proxy; read with no request in flight%s", int(heads), int(errs), seen.ManifestHEADs, note))
+	return nil
 }
 
 // memory10k adds Deployments up to 10,000 and measures a fresh manager's

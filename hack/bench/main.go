@@ -182,6 +182,7 @@ type options struct {
 	only              string
 	keep              bool
 	managerFlags      stringList
+	managerEnv        stringList
 }
 
 type stringList []string
@@ -241,6 +242,7 @@ func run() int {
 	flag.StringVar(&o.only, "only", "", "comma-separated benchmarks to run (cluster, admission, cli, writes); all when empty")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs of every process) instead of removing it")
 	flag.Var(&o.managerFlags, "manager-flag", "extra flag for every manager process, e.g. --manager-flag=--registry-qps=50; repeatable")
+	flag.Var(&o.managerEnv, "manager-env", "extra environment variable for every manager process, e.g. --manager-env=GODEBUG=http2debug=1; repeatable")
 	flag.Parse()
 	if err := o.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

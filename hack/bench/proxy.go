@@ -37,6 +37,11 @@ type regEvent struct {
 	status    int
 	// agent is the User-Agent: imagepin's requests carry "imagepin".
 	agent string
+	// began is when the request reached the proxy (at: when it was
+	// answered); conn is the client's address and protocol: two requests
+	// on one connection name the same.
+	began time.Time
+	conn  string
 }
 
 // countingProxy is a TLS reverse proxy in front of the real registry that
@@ -90,9 +95,10 @@ func startProxy(reg *testenv.Registry, dir, name string, keepHost bool) (*counti
 	p.Host = l.Addr().String()
 	p.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			began := time.Now()
 			rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 			rp.ServeHTTP(rec, r)
-			p.record(r, rec.status)
+			p.record(r, rec.status, began)
 		}),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
@@ -123,8 +129,8 @@ func (s *statusRecorder) Flush() {
 	}
 }
 
-func (p *countingProxy) record(r *http.Request, status int) {
-	ev := regEvent{at: time.Now(), method: r.Method, status: status, agent: r.UserAgent()}
+func (p *countingProxy) record(r *http.Request, status int, began time.Time) {
+	ev := regEvent{at: time.Now(), method: r.Method, status: status, agent: r.UserAgent(), began: began, conn: r.Proto + " " + r.RemoteAddr}
 	path := r.URL.Path
 	switch {
 	case path == "/v2/" || path == "/v2":
