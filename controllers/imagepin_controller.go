@@ -96,10 +96,8 @@ type ImagePinReconciler struct {
 	tags   tagIndex
 	hinted chan event.GenericEvent
 	// behind: resolutions a check went on without (imagepin_observe.go's
-	// resolveAll), each watched once until its answer comes; unanswered:
-	// ImagePins whose check waits for a tag's first answer.
-	behind     behindWatch
-	unanswered unansweredChecks
+	// resolveAll), each watched once until its answer comes.
+	behind behindWatch
 	// claims: what each ImagePin wants kept (imagepin_retain.go); pending:
 	// events told once the status is stored.
 	claims  keepClaims
@@ -197,13 +195,6 @@ func (r *ImagePinReconciler) reconcile(ctx context.Context, pin *imagesv1alpha1.
 	obs, err := r.observe(ctx, pin, sel, workloads)
 	if err != nil {
 		return ctrl.Result{}, err
-	}
-	if len(obs.unanswered) > 0 {
-		// A tag asked for the first time waits for its turn in the
-		// registry budget: nothing is written until it has an answer,
-		// and the ImagePin is checked again then.
-		r.unanswered.await(ctx, r, client.ObjectKeyFromObject(pin), obs.unanswered)
-		return ctrl.Result{}, nil
 	}
 	r.tags.set(client.ObjectKeyFromObject(pin), obs.tagRefs())
 	now := r.Clock.Now()

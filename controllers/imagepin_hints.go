@@ -1,7 +1,6 @@
 package controllers
 
 import (
-	"context"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -143,21 +142,6 @@ func (r *ImagePinReconciler) queueCheck(p types.NamespacedName) bool {
 		return true
 	default:
 		return false
-	}
-}
-
-// queueCheckWait queues a check of the ImagePin p, waiting while the
-// queue is full, until ctx ends.
-func (r *ImagePinReconciler) queueCheckWait(ctx context.Context, p types.NamespacedName) {
-	if r.hinted == nil {
-		return // not set up: no controller to tell
-	}
-	obj := &imagesv1alpha1.ImagePin{}
-	obj.SetNamespace(p.Namespace)
-	obj.SetName(p.Name)
-	select {
-	case r.hinted <- event.GenericEvent{Object: obj}:
-	case <-ctx.Done():
 	}
 }
 

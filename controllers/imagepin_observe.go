@@ -75,10 +75,6 @@ type observation struct {
 	// available: what the registry said of the digests a backout needs
 	// (checkAvailability).
 	available availability
-	// unanswered: an ImagePin's check stopped here, before anything was
-	// decided, because these resolutions of tags it has no answer for at
-	// all are still waiting for their turn in the registry budget.
-	unanswered []<-chan struct{}
 }
 
 // observe lists what each selected workload's containers name and run, and
@@ -118,14 +114,7 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 	// went on without: it writes nothing from those.
 	writes := pin.Spec.Mode != imagesv1alpha1.ModeObserve
 	now := r.Clock.Now()
-	w := r.ticks.window(pin, now, sel.Interval)
-	// A ClusterImagePin checks many namespaces in one reconcile, and
-	// waits for what it has never had an answer for.
-	w.deferUnanswered = checkKey(pin).Namespace != ""
-	obs.unanswered = r.resolveAll(ctx, checkKey(pin), writes, obs.containers, w)
-	if len(obs.unanswered) > 0 {
-		return obs, nil
-	}
+	r.resolveAll(ctx, checkKey(pin), writes, obs.containers, r.ticks.window(pin, now, sel.Interval))
 	r.learnNeededPlatforms(ctx, obs.containers, sel.Overrides())
 	r.verifyAll(ctx, pin, sel, &obs)
 	r.ticks.checked(pin, now, sel.Interval)
@@ -226,75 +215,19 @@ const answerWithin = 500 * time.Millisecond
 // resolveAll resolves the tag of every container, a few at a time, with
 // the answers w lets serve (those since the start of the current tick, or
 // of the previous one for an owed check), for the check of pin; writes:
-// that check writes workloads. With w.deferUnanswered, it returns the
-// resolutions still under way past w.answerBy of tags with no earlier
-// answer: the check cannot go on without them.
-func (r *ImagePinReconciler) resolveAll(ctx context.Context, pin types.NamespacedName, writes bool, containers []containerObs, w answerWindow) (unanswered []<-chan struct{}) {
-	var mu sync.Mutex
+// that check writes workloads.
+func (r *ImagePinReconciler) resolveAll(ctx context.Context, pin types.NamespacedName, writes bool, containers []containerObs, w answerWindow) {
 	inParallel(len(containers), func(i int) {
 		c := &containers[i]
 		if !c.hasTag {
 			return
 		}
-		req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: w.freshSince, Interval: w.interval, AnswerBy: w.answerBy, Defer: w.deferUnanswered}
+		req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: w.freshSince, Interval: w.interval, AnswerBy: w.answerBy}
 		c.result, c.err = r.Resolver.Resolve(ctx, req)
-		switch {
-		case c.result.Behind && c.result.Digest == "":
-			mu.Lock()
-			unanswered = append(unanswered, c.result.Pending)
-			mu.Unlock()
-		case c.result.Behind:
+		if c.result.Behind {
 			r.behind.watch(ctx, r, pin, writes, req, c.result)
 		}
 	})
-	return unanswered
-}
-
-// unansweredChecks are the ImagePins whose check stopped for tags with no
-// answer yet (observation.unanswered): each is checked again once, when
-// all of those have answered, however many checks stopped meanwhile.
-type unansweredChecks struct {
-	mu      sync.Mutex
-	waiting map[types.NamespacedName]*[]<-chan struct{}
-}
-
-// await checks pin again when every resolution in pending has ended.
-func (u *unansweredChecks) await(ctx context.Context, r *ImagePinReconciler, pin types.NamespacedName, pending []<-chan struct{}) {
-	u.mu.Lock()
-	if w := u.waiting[pin]; w != nil {
-		*w = append(*w, pending...)
-		u.mu.Unlock()
-		return
-	}
-	if u.waiting == nil {
-		u.waiting = map[types.NamespacedName]*[]<-chan struct{}{}
-	}
-	w := &pending
-	u.waiting[pin] = w
-	u.mu.Unlock()
-	go func() {
-		for {
-			u.mu.Lock()
-			if len(*w) == 0 {
-				delete(u.waiting, pin)
-				u.mu.Unlock()
-				break
-			}
-			next := (*w)[len(*w)-1]
-			*w = (*w)[:len(*w)-1]
-			u.mu.Unlock()
-			// Each ends within the resolver's timeout of its turn.
-			select {
-			case <-next:
-			case <-ctx.Done():
-				u.mu.Lock()
-				delete(u.waiting, pin)
-				u.mu.Unlock()
-				return
-			}
-		}
-		r.queueCheckWait(ctx, pin)
-	}()
 }
 
 // inParallel calls each for 0 … n-1, resolveWorkers at a time (the

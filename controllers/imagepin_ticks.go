@@ -67,9 +67,6 @@ type answerWindow struct {
 	interval   time.Duration
 	// answerBy is half a second after the current tick began.
 	answerBy time.Time
-	// deferUnanswered: past answerBy, a check stops for tags it has no
-	// answer for at all (registry.Request.Defer), instead of waiting.
-	deferUnanswered bool
 }
 
 // window is the answerWindow of a check of pin at now.

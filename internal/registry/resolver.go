@@ -105,13 +105,6 @@ type Request struct {
 	// marked Behind, and the resolution goes on; Pending is closed when it
 	// ends, and a Resolve then answers from it.
 	AnswerBy time.Time
-	// Defer, with AnswerBy, has a caller that holds no answer at all stop
-	// waiting at AnswerBy too: Resolve returns a Result with no Digest,
-	// marked Behind, whose Pending is closed when the resolution ends. A
-	// cold start queues every tag in the registry budget at once, and a
-	// check that waited for its own would hold a worker for most of the
-	// round while other ImagePins' tags were not asked yet.
-	Defer bool
 }
 
 // Result is what a tag points to.
@@ -130,8 +123,7 @@ type Result struct {
 	Stale bool
 	// Behind is true when Digest is the last good answer, served because
 	// the fresh one was not there by Request.AnswerBy; Pending is closed
-	// when the resolution under way ends. Digest is empty when there was
-	// no earlier answer (Request.Defer).
+	// when the resolution under way ends.
 	Behind  bool
 	Pending <-chan struct{}
 }
@@ -295,7 +287,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	var prev Result
 	if !req.AnswerBy.IsZero() {
 		var ok bool
-		if prev, _, ok = r.lastAnswer(key, req); ok || req.Defer {
+		if prev, _, ok = r.lastAnswer(key, req); ok {
 			by := time.NewTimer(time.Until(req.AnswerBy))
 			defer by.Stop()
 			giveUp = by.C
