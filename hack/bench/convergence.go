@@ -122,7 +122,18 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 		return err
 	}
 	defer m1.Stop()
+	cpuDone := make(chan error, 1)
+	if b.o.cpuProfile > 0 {
+		go func() { cpuDone <- saveCPUProfile(ctx, pprofPort, b.o.cpuProfile, b.o.out+"-convergence-cpu.pprof") }()
+	} else {
+		cpuDone <- nil
+	}
 	readyAt, err := b.waitReady(ctx, namespaces, perNS, 5*time.Minute+time.Duration(b.o.deployments)*10*time.Millisecond)
+	if perr := <-cpuDone; perr != nil {
+		return perr
+	} else if b.o.cpuProfile > 0 {
+		logf("convergence: CPU profile of the first %s: %s-convergence-cpu.pprof", b.o.cpuProfile, b.o.out)
+	}
 	if err != nil {
 		if errors.Is(err, errDeadline) {
 			b.rep.failed(secConvergence, "manager start → every ImagePin Ready", "as fast as the request budget allows", err)
@@ -136,6 +147,7 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 		return err
 	}
 	b.reportConvergence(m1, converged)
+	b.logTimeline(m1.Started, converged, readyAt)
 	b.rep.info(secConvergence, "ImagePin status writes until converged", writes1-writes0, "",
 		fmt.Sprintf("%d ImagePins; the API server's apiserver_request_total for imagepins/status", len(namespaces)))
 	if err := b.describeDeployment(ctx, namespaces[0]); err != nil {
@@ -330,6 +342,31 @@ func (b *bench) reportConvergence(m *managerProc, converged time.Time) {
 	}
 	b.logRepeats(m, m.Started, converged.Add(time.Second))
 	b.rep.Methods["convergence"] = fmt.Sprintf("Deployments created before the manager process starts; seconds from exec to the first 100 ms poll that sees every ImagePin Ready=True, observedGeneration current, summary.workloads = its namespace's Deployments; requests counted at the proxy over the same span (%s)", c)
+}
+
+// logTimeline logs, for every tenth of the time to converge, how many
+// registry requests the proxy had seen and how many ImagePins were Ready:
+// whether the checks kept up with the answers.
+func (b *bench) logTimeline(started, converged time.Time, readyAt map[string]time.Time) {
+	evs := b.proxy.between(started, converged.Add(time.Second))
+	step := converged.Sub(started) / 10
+	var line []string
+	for i := 1; i <= 10; i++ {
+		at := started.Add(time.Duration(i) * step)
+		reqs, ready := 0, 0
+		for _, e := range evs {
+			if e.at.Before(at) {
+				reqs++
+			}
+		}
+		for _, t := range readyAt {
+			if !t.After(at) {
+				ready++
+			}
+		}
+		line = append(line, fmt.Sprintf("+%.0fs %d req %d Ready", at.Sub(started).Seconds(), reqs, ready))
+	}
+	logf("convergence timeline: %s", strings.Join(line, "; "))
 }
 
 // logRepeats logs, for every tag asked for more than once between from
@@ -543,6 +580,27 @@ func saveHeapProfile(ctx context.Context, m *managerProc, port int, file string)
 		return err
 	}
 	data, err := heapProfile(ctx, port)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, data, 0o600)
+}
+
+// saveCPUProfile writes the manager's CPU profile over the next d.
+func saveCPUProfile(ctx context.Context, port int, d time.Duration, file string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", port, int(d.Seconds())), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("CPU profile: %s", resp.Status)
+	}
+	data, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return err
 	}

@@ -171,6 +171,7 @@ type options struct {
 	noDetection       bool
 	podsPerDeployment int
 	heapProfile       bool
+	cpuProfile        time.Duration
 	cliLargeDocuments int
 	cliLargeTags      int
 	pushRounds        int
@@ -224,6 +225,7 @@ func run() int {
 	flag.IntVar(&o.repos, "repos", 50, "repositories the tags are spread over (must divide --tags)")
 	flag.DurationVar(&o.interval, "interval", 30*time.Second, "interval of the Observe ImagePins")
 	flag.IntVar(&o.detectTags, "detect-tags", 5, "tags pushed again for the detection figure")
+	flag.DurationVar(&o.cpuProfile, "cpu-profile", 0, "write a CPU profile (pprof) of the manager's first seconds, from its start while it converges, to <out>-convergence-cpu.pprof; read it with `go tool pprof -top`")
 	flag.BoolVar(&o.heapProfile, "heap-profile", false, "write the heap profiles (pprof, after a GC) of the baseline manager to <out>-baseline-heap.pprof and of the converged manager to <out>-heap.pprof at the end of the steady-state window; read it with `go tool pprof -sample_index=inuse_space`")
 	flag.IntVar(&o.podsPerDeployment, "pods-per-deployment", 5, "Running pods (and one ReplicaSet) the benchmark gives each Deployment of 1–4 and 9, as a controller-manager and kubelet would")
 	flag.BoolVar(&o.noDetection, "no-detection", false, "skip 3, detection (it expects every namespace to name every tag): for runs at scale, --namespaces 1000")
