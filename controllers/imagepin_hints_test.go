@@ -47,6 +47,12 @@ func TestTagIndexFindsTheImagePinsNamingATag(t *testing.T) {
 		})
 	}
 
+	// A check that finds the same tags again lists the ImagePin once.
+	x.set(web, []registry.TagRef{ref("nginx"), ref("registry.example.com/team/app:v1")})
+	if got := x.pinsOf(registry.TagRef{Repository: "registry.example.com/team/app"}); !slices.Equal(got, []types.NamespacedName{web}) {
+		t.Errorf("after the same tags again: %v, want [%s] once", got, web)
+	}
+
 	x.set(web, []registry.TagRef{ref("registry.example.com/team/app:v2")})
 	if got := x.pinsOf(ref("registry.example.com/team/app:v1")); len(got) != 0 {
 		t.Errorf("a tag the ImagePin no longer names still finds %v", got)
