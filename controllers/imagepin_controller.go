@@ -331,6 +331,7 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		r.Pods = pods
 	}
+	r.ticks.firstPending = r.firstChecksPendingMemo()
 	workers := r.Workers
 	if workers <= 0 {
 		workers = defaultWorkers
@@ -382,6 +383,51 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.watchWhenServed(ctx, mgr, c, pending)
 		return nil
 	}))
+}
+
+// firstChecksPendingMemo is firstChecksPending, read at most once a
+// second while it says yes, and never again once it has said no: the
+// ImagePins there before the manager began only grow fewer, and once
+// checked stay checked.
+func (r *ImagePinReconciler) firstChecksPendingMemo() func(time.Time) bool {
+	var (
+		mu     sync.Mutex
+		done   bool
+		readAt time.Time
+	)
+	return func(started time.Time) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if done {
+			return false
+		}
+		if !readAt.IsZero() && time.Since(readAt) < time.Second {
+			return true
+		}
+		readAt = time.Now()
+		done = !r.firstChecksPending(context.Background(), started)
+		return !done
+	}
+}
+
+// firstChecksPending says whether an ImagePin this manager reconciles,
+// there before it began checking (started), has not had its first check
+// from it yet: the cold start's round of checks is still under way. It
+// reads the cache without copying, and only in the tick after the one
+// the manager began in (checkTicks.freshSince).
+func (r *ImagePinReconciler) firstChecksPending(ctx context.Context, started time.Time) bool {
+	var pins imagesv1alpha1.ImagePinList
+	if err := r.List(ctx, &pins, client.UnsafeDisableDeepCopy); err != nil {
+		return false
+	}
+	for i := range pins.Items {
+		p := &pins.Items[i]
+		if r.owns(p) && !p.Spec.Suspend && p.DeletionTimestamp.IsZero() && p.CreationTimestamp.Time.Before(started) &&
+			!r.ticks.hasChecked(client.ObjectKeyFromObject(p), p.UID) {
+			return true
+		}
+	}
+	return false
 }
 
 // owns says whether this manager's shard reconciles obj (an ImagePin or a

@@ -16,6 +16,10 @@ type checkTicks struct {
 	mu      sync.Mutex
 	started time.Time
 	last    map[types.NamespacedName]lastCheck
+	// firstPending, if set, says whether an ImagePin that was there when
+	// this manager began checking has not had its first check yet: the
+	// cold start's round of checks is still under way.
+	firstPending func(started time.Time) bool
 }
 
 // lastCheck is the tick an ImagePin's last check counted for; uid tells a
@@ -37,6 +41,12 @@ type lastCheck struct {
 // tick's check asks anew. An ImagePin created since the manager began, or
 // one it comes to later than the tick after its start (moved from another
 // shard, resumed, a ClusterImagePin's new namespace), owes nothing.
+//
+// The same holds for an ImagePin checked in the tick the manager began in,
+// checked again in the next while the cold start's first checks of other
+// ImagePins are still under way (firstPending): the cold round outlasted
+// the tick, and its answers serve this check too. Asking again would send
+// a second request for every tag of the ImagePins checked first.
 func (t *checkTicks) freshSince(pin *imagesv1alpha1.ImagePin, now time.Time, interval time.Duration) (since time.Time, owed bool) {
 	tick := tickStart(now, interval)
 	previous := tick.Add(-interval)
@@ -48,10 +58,12 @@ func (t *checkTicks) freshSince(pin *imagesv1alpha1.ImagePin, now time.Time, int
 	l, ok := t.last[types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}]
 	started := t.started
 	t.mu.Unlock()
+	startedInPrevious := !started.Before(previous) && started.Before(tick)
 	if ok && l.uid == pin.UID {
-		owed = l.tick.Before(previous)
+		owed = l.tick.Before(previous) ||
+			(l.tick.Equal(previous) && startedInPrevious && t.firstPending != nil && t.firstPending(started))
 	} else {
-		owed = !started.Before(previous) && started.Before(tick) && pin.CreationTimestamp.Time.Before(started)
+		owed = startedInPrevious && pin.CreationTimestamp.Time.Before(started)
 	}
 	if owed {
 		return previous, true
@@ -90,6 +102,15 @@ func (t *checkTicks) checked(pin *imagesv1alpha1.ImagePin, now time.Time, interv
 		t.last = map[types.NamespacedName]lastCheck{}
 	}
 	t.last[types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}] = lastCheck{uid: pin.UID, tick: tickStart(now, interval)}
+}
+
+// hasChecked says whether this manager has checked the ImagePin key with
+// uid since it was last forgotten.
+func (t *checkTicks) hasChecked(key types.NamespacedName, uid types.UID) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l, ok := t.last[key]
+	return ok && l.uid == uid
 }
 
 // forget drops what is remembered of an ImagePin that is gone, moved to

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -33,6 +34,9 @@ func TestACheckOwedFromThePreviousTickTakesThatTicksAnswers(t *testing.T) {
 		now     string
 		since   string
 		owed    bool
+		// pending: ImagePins there when the manager began wait for
+		// their first check.
+		pending bool
 	}{
 		{name: "first check, in the tick the manager started in", started: "10:00:05", pin: pin("a", "09:00:00"), now: "10:00:40", since: "10:00:00"},
 		{name: "first check after a tick the manager spent on others: owed", started: "10:00:05", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:00:00", owed: true},
@@ -41,11 +45,19 @@ func TestACheckOwedFromThePreviousTickTakesThatTicksAnswers(t *testing.T) {
 		{name: "checked in the previous tick: this tick's check asks anew", started: "09:00:00", checked: "10:00:30", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:01:00"},
 		{name: "checked in this tick already", started: "09:00:00", checked: "10:01:02", pin: pin("a", "09:00:00"), now: "10:01:40", since: "10:01:00"},
 		{name: "missed the previous tick, waiting behind others: owed", started: "09:00:00", checked: "09:59:50", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:00:00", owed: true},
+		{name: "checked in the tick the manager began in, again while the first checks of others go on: the cold round outlasted the tick", started: "10:00:05", checked: "10:00:30", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:00:00", owed: true, pending: true},
+		{name: "checked in the tick the manager began in, again once every first check is done: asks anew", started: "10:00:05", checked: "10:00:30", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:01:00"},
+		{name: "first checks pending long after the manager began (a resumed ImagePin): asks anew", started: "09:00:00", checked: "10:00:30", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:01:00", pending: true},
 		{name: "recreated: the check of its namesake does not count", started: "09:00:00", checked: "10:00:30", pin: pin("b", "10:00:55"), now: "10:01:10", since: "10:01:00"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ticks := checkTicks{started: at(tc.started)}
+			ticks := checkTicks{started: at(tc.started), firstPending: func(started time.Time) bool {
+				if !started.Equal(at(tc.started)) {
+					t.Errorf("asked about first checks since %s, want %s", started, tc.started)
+				}
+				return tc.pending
+			}}
 			if tc.checked != "" {
 				ticks.checked(pin("a", "09:00:00"), at(tc.checked), interval)
 			}
@@ -81,5 +93,35 @@ func TestAForgottenImagePinIsUncheckedAgain(t *testing.T) {
 	now := start.Add(3 * time.Minute)
 	if since, owed := ticks.freshSince(p, now, time.Minute); owed || !since.Equal(tickStart(now, time.Minute)) {
 		t.Fatalf("after forget: since %s, owed %v", since.Format(time.TimeOnly), owed)
+	}
+}
+
+// The cold round is under way while an ImagePin of this manager's shard,
+// there before it began checking and not suspended, has not been checked
+// by it; others (another shard's, suspended ones) do not hold it open.
+func TestFirstChecksPendingCountsTheShardsUncheckedImagePins(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	const shard = "first-checks"
+	inShard := func(p *imagesv1alpha1.ImagePin) { p.Labels = map[string]string{imagesv1alpha1.ShardLabel: shard} }
+	unchecked := imagePin(ns, "unchecked", selecting("app", "a"), inShard)
+	suspended := imagePin(ns, "suspended", selecting("app", "b"), inShard, func(p *imagesv1alpha1.ImagePin) { p.Spec.Suspend = true })
+	other := imagePin(ns, "other-shard", selecting("app", "c"))
+	other.Labels = map[string]string{imagesv1alpha1.ShardLabel: "elsewhere"}
+	create(t, unchecked, suspended, other)
+	started := time.Now().Add(2 * time.Second) // after their creation timestamps (whole seconds)
+
+	r := &ImagePinReconciler{Client: k8s, Shard: shard}
+	if !r.firstChecksPending(context.Background(), started) {
+		t.Fatal("an unchecked ImagePin of the shard does not hold the cold round open")
+	}
+	r.ticks.checked(unchecked, started.Add(time.Second), time.Minute)
+	if r.firstChecksPending(context.Background(), started) {
+		t.Fatal("once it is checked, a suspended ImagePin or another shard's holds the cold round open")
+	}
+	// A manager that began before they were created owes them no first
+	// check of its cold start.
+	if fresh := (&ImagePinReconciler{Client: k8s, Shard: shard}); fresh.firstChecksPending(context.Background(), started.Add(-time.Hour)) {
+		t.Fatal("ImagePins created after the manager began hold the cold round open")
 	}
 }
