@@ -123,6 +123,16 @@ func digestName(ref name.Digest) string {
 	return ref.Context().Name() + "@" + ref.DigestStr()
 }
 
+// credentialNames says which credentials a list holds, for a log: where
+// each comes from, never its value.
+func credentialNames(creds []credential) []string {
+	out := make([]string, len(creds))
+	for i, c := range creds {
+		out[i] = c.name
+	}
+	return out
+}
+
 // credentialsID names a list of credentials by their identities.
 func credentialsID(creds []credential) string {
 	h := sha256.New()

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/sync/singleflight"
@@ -175,9 +176,11 @@ type call struct {
 	// fresh since later than started do not join. Guarded by Resolver.mu.
 	started time.Time
 	sent    bool
-	done    chan struct{}
-	res     Result
-	err     error
+	// why the cache and the calls in flight did not serve (a debug log).
+	why  string
+	done chan struct{}
+	res  Result
+	err  error
 }
 
 // New returns a Resolver.
@@ -264,6 +267,9 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 		return hit.res, hit.err
 	}
 	if leader {
+		if l := logr.FromContextOrDiscard(ctx).V(1); l.Enabled() {
+			l.Info("asking the registry", "image", tag.String(), "credentials", credentialNames(creds), "why", c.why, "freshSince", req.FreshSince)
+		}
 		go func() {
 			c.res, c.err = r.fetch(tag, creds, key, c)
 			r.mu.Lock()
@@ -349,6 +355,16 @@ func (r *Resolver) lookup(key, host string, req *Request) (c *call, hit *call, l
 		return c, nil, false
 	}
 	c = &call{started: r.clock.Now(), done: make(chan struct{})}
+	switch old := r.calls[key]; {
+	case old != nil:
+		c.why = fmt.Sprintf("the resolution in flight was asked for at %s, before this caller's window", old.started.Format(time.RFC3339Nano))
+	case e == nil:
+		c.why = "no answer yet"
+	case e.checkedAt.Before(hinted):
+		c.why = "a push event since the last answer"
+	default:
+		c.why = fmt.Sprintf("the last answer was asked for at %s, before this caller's window", e.checkedAt.Format(time.RFC3339Nano))
+	}
 	r.calls[key] = c
 	return c, nil, true
 }
