@@ -42,7 +42,7 @@
 //     ImagePin per namespace, interval --interval (30s). The figure is the
 //     seconds from starting the manager process to every ImagePin Ready=True
 //     with observedGeneration current and status.summary.workloads equal
-//     to its namespace's Deployments, polled every 100 ms; then registry
+//     to its namespace's Deployments, seen through a watch; then registry
 //     requests per distinct tag over that time (limit 1.0; manifest GETs 0).
 //     The lower bound the manager's request budget sets
 //     ((requests - burst) / qps) is printed beside it.
@@ -196,7 +196,7 @@ type bench struct {
 	o          options
 	dir        string
 	env        *testenv.Env
-	k8s        client.Client
+	k8s        client.WithWatch
 	kubeconfig string
 	reg        *testenv.Registry
 	proxy      *countingProxy
@@ -392,7 +392,7 @@ func (b *bench) setup(ctx context.Context) error {
 	// the API server and the webhook are what is timed.
 	cfg := rest.CopyConfig(b.env.Config)
 	cfg.QPS, cfg.Burst = 2000, 4000
-	if b.k8s, err = client.New(cfg, client.Options{Scheme: b.env.Scheme}); err != nil {
+	if b.k8s, err = client.NewWithWatch(cfg, client.Options{Scheme: b.env.Scheme}); err != nil {
 		return err
 	}
 
