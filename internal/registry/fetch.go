@@ -40,15 +40,17 @@ func (r *Resolver) fetch(tag name.Tag, creds []credential, key string, c *call) 
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Swept before this answer is stored: a new entry is not stamped yet,
+	// and would be the first dropped.
+	r.fetches++
+	if r.fetches%sweepEvery == 0 || now.Sub(r.lastSweep) >= sweepInterval {
+		r.sweepLocked(now)
+	}
 	e := r.cache[key]
 	if e == nil {
 		e = &entry{}
 		r.cache[key] = e
 		r.addKnownLocked(key, 1)
-	}
-	r.fetches++
-	if r.fetches%sweepEvery == 0 || now.Sub(r.lastSweep) >= sweepInterval {
-		r.sweepLocked(now)
 	}
 	if started.Before(e.checkedAt) {
 		// A resolution asked for later has answered already: it is at

@@ -558,3 +558,26 @@ func TestFreshSinceReusesOnlyResolutionsMadeSinceThen(t *testing.T) {
 		t.Errorf("HEADs on the next tick = %d, want 1", got)
 	}
 }
+
+// Issue 19: the fetch that sweeps idle entries keeps its own answer. The
+// sweep ran after the fetch had made a new entry and before it stamped
+// it, so it dropped that entry as the oldest of all: every 256th tag of a
+// cold start (and one tag in 256 fetches in steady state) was asked again
+// by its next caller within the same tick.
+func TestTheFetchThatSweepsKeepsItsAnswer(t *testing.T) {
+	f := newFixture(t)
+	image := f.reg.image("swept/app:v1")
+	want := f.reg.push("swept/app:v1")
+	before := f.reg.count("HEAD manifests")
+	f.clock.Step(sweepInterval) // the next fetch sweeps
+	req := Request{Image: image, FreshSince: f.clock.Now()}
+	for i := range 2 {
+		got, err := f.resolver.Resolve(context.Background(), req)
+		if err != nil || got.Digest != want {
+			t.Fatalf("resolution %d: %+v, %v; want %s", i+1, got, err, want)
+		}
+	}
+	if n := f.reg.count("HEAD manifests") - before; n != 1 {
+		t.Fatalf("%d HEADs for one tag in one tick, want 1: the sweeping fetch's answer was dropped", n)
+	}
+}
