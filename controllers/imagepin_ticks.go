@@ -18,8 +18,11 @@ type checkTicks struct {
 	last    map[types.NamespacedName]lastCheck
 	// firstPending, if set, says whether an ImagePin that was there when
 	// this manager began checking has not had its first check yet: the
-	// cold start's round of checks is still under way.
+	// cold start's round of checks is still under way. lastFirst is when
+	// the last such first check was made: one made after a tick began
+	// says the round was under way at that tick.
 	firstPending func(started time.Time) bool
+	lastFirst    time.Time
 }
 
 // lastCheck is the tick an ImagePin's last check counted for; uid tells a
@@ -43,9 +46,10 @@ type lastCheck struct {
 // shard, resumed, a ClusterImagePin's new namespace), owes nothing.
 //
 // The same holds for an ImagePin checked in the tick the manager began in,
-// checked again in the next while the cold start's first checks of other
-// ImagePins are still under way (firstPending): the cold round outlasted
-// the tick, and its answers serve this check too. Asking again would send
+// checked again in the next when the cold start's first checks of other
+// ImagePins were still under way as it began (one was made after it,
+// lastFirst, or one is still pending, firstPending): the cold round
+// outlasted the tick, and its answers serve this check too. Asking again would send
 // a second request for every tag of the ImagePins checked first.
 func (t *checkTicks) freshSince(pin *imagesv1alpha1.ImagePin, now time.Time, interval time.Duration) (since time.Time, owed bool) {
 	tick := tickStart(now, interval)
@@ -56,12 +60,13 @@ func (t *checkTicks) freshSince(pin *imagesv1alpha1.ImagePin, now time.Time, int
 		t.started = now
 	}
 	l, ok := t.last[types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}]
-	started := t.started
+	started, lastFirst := t.started, t.lastFirst
 	t.mu.Unlock()
 	startedInPrevious := !started.Before(previous) && started.Before(tick)
 	if ok && l.uid == pin.UID {
 		owed = l.tick.Before(previous) ||
-			(l.tick.Equal(previous) && startedInPrevious && t.firstPending != nil && t.firstPending(started))
+			(l.tick.Equal(previous) && startedInPrevious &&
+				((!lastFirst.IsZero() && !lastFirst.Before(tick)) || (t.firstPending != nil && t.firstPending(started))))
 	} else {
 		owed = startedInPrevious && pin.CreationTimestamp.Time.Before(started)
 	}
@@ -101,7 +106,11 @@ func (t *checkTicks) checked(pin *imagesv1alpha1.ImagePin, now time.Time, interv
 	if t.last == nil {
 		t.last = map[types.NamespacedName]lastCheck{}
 	}
-	t.last[types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}] = lastCheck{uid: pin.UID, tick: tickStart(now, interval)}
+	key := types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}
+	if l, ok := t.last[key]; (!ok || l.uid != pin.UID) && pin.CreationTimestamp.Time.Before(t.started) && (t.lastFirst.IsZero() || now.After(t.lastFirst)) {
+		t.lastFirst = now
+	}
+	t.last[key] = lastCheck{uid: pin.UID, tick: tickStart(now, interval)}
 }
 
 // hasChecked says whether this manager has checked the ImagePin key with

@@ -37,6 +37,8 @@ func TestACheckOwedFromThePreviousTickTakesThatTicksAnswers(t *testing.T) {
 		// pending: ImagePins there when the manager began wait for
 		// their first check.
 		pending bool
+		// firstAfter: another ImagePin's first check, after checked.
+		firstAfter string
 	}{
 		{name: "first check, in the tick the manager started in", started: "10:00:05", pin: pin("a", "09:00:00"), now: "10:00:40", since: "10:00:00"},
 		{name: "first check after a tick the manager spent on others: owed", started: "10:00:05", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:00:00", owed: true},
@@ -47,6 +49,8 @@ func TestACheckOwedFromThePreviousTickTakesThatTicksAnswers(t *testing.T) {
 		{name: "missed the previous tick, waiting behind others: owed", started: "09:00:00", checked: "09:59:50", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:00:00", owed: true},
 		{name: "checked in the tick the manager began in, again while the first checks of others go on: the cold round outlasted the tick", started: "10:00:05", checked: "10:00:30", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:00:00", owed: true, pending: true},
 		{name: "checked in the tick the manager began in, again once every first check is done: asks anew", started: "10:00:05", checked: "10:00:30", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:01:00"},
+		{name: "checked in the tick the manager began in, again after the first checks of others ended, which went on past the tick: the cold round outlasted the tick", started: "10:00:05", checked: "10:00:30", firstAfter: "10:01:20", pin: pin("a", "09:00:00"), now: "10:01:25", since: "10:00:00", owed: true},
+		{name: "checked in the tick the manager began in, again after the first checks of others ended before the tick: asks anew", started: "10:00:05", checked: "10:00:30", firstAfter: "10:00:50", pin: pin("a", "09:00:00"), now: "10:01:25", since: "10:01:00"},
 		{name: "first checks pending long after the manager began (a resumed ImagePin): asks anew", started: "09:00:00", checked: "10:00:30", pin: pin("a", "09:00:00"), now: "10:01:10", since: "10:01:00", pending: true},
 		{name: "recreated: the check of its namesake does not count", started: "09:00:00", checked: "10:00:30", pin: pin("b", "10:00:55"), now: "10:01:10", since: "10:01:00"},
 	}
@@ -60,6 +64,11 @@ func TestACheckOwedFromThePreviousTickTakesThatTicksAnswers(t *testing.T) {
 			}}
 			if tc.checked != "" {
 				ticks.checked(pin("a", "09:00:00"), at(tc.checked), interval)
+			}
+			if tc.firstAfter != "" {
+				other := pin("b", "09:00:00")
+				other.Name = "other"
+				ticks.checked(other, at(tc.firstAfter), interval)
 			}
 			since, owed := ticks.freshSince(tc.pin, at(tc.now), interval)
 			if !since.Equal(at(tc.since)) || owed != tc.owed {
