@@ -546,7 +546,7 @@ func (b *bench) crossCheck(ctx context.Context, m *managerProc) error {
 	}
 	b.rep.goal(secConvergence, "cross-check: imagepin_registry_requests_total over the manager's life vs the proxy's count",
 		own, "requests", fmt.Sprintf("= %d (proxy)", seen.Total), int(own) == seen.Total,
-		fmt.Sprintf("HEAD %d by the manager (%d with no response), %d manifest HEADs by the proxy; read with no request in flight%s", int(heads), int(errs), seen.ManifestHEADs, note))
+		fmt.Sprintf("HEAD %d by the manager (%d with no response), %d manifest HEADs by the proxy; read with no request in flight%s", int(heads), int(errs), seen.ManifestHEADs+seen.DigestHEADs, note))
 	return nil
 }
 

@@ -177,15 +177,18 @@ func (p *countingProxy) Close() {
 
 // regCounts tallies requests by what they were.
 type regCounts struct {
-	Total         int            `json:"total"`
-	Pings         int            `json:"pings"`
-	Tokens        int            `json:"tokens"`
-	ManifestHEADs int            `json:"manifestHEADs"`
-	ManifestGETs  int            `json:"manifestGETs"`
-	Blobs         int            `json:"blobs"`
-	Other         int            `json:"other"`
-	Non2xx        int            `json:"non2xx"`
-	HEADsByTag    map[string]int `json:"-"`
+	Total         int `json:"total"`
+	Pings         int `json:"pings"`
+	Tokens        int `json:"tokens"`
+	ManifestHEADs int `json:"manifestHEADs"`
+	// DigestHEADs are manifest HEADs by digest (digest availability
+	// checks), not counted in ManifestHEADs, which ask for tags.
+	DigestHEADs  int            `json:"digestHEADs"`
+	ManifestGETs int            `json:"manifestGETs"`
+	Blobs        int            `json:"blobs"`
+	Other        int            `json:"other"`
+	Non2xx       int            `json:"non2xx"`
+	HEADsByTag   map[string]int `json:"-"`
 }
 
 func count(evs []regEvent) regCounts {
@@ -203,6 +206,10 @@ func count(evs []regEvent) regCounts {
 		case kindManifest:
 			switch e.method {
 			case http.MethodHead:
+				if strings.Contains(e.ref, ":") {
+					c.DigestHEADs++
+					break
+				}
 				c.ManifestHEADs++
 				c.HEADsByTag[e.repo+":"+e.ref]++
 			case http.MethodGet:
@@ -221,6 +228,6 @@ func count(evs []regEvent) regCounts {
 
 // String says what the counts are made of.
 func (c regCounts) String() string {
-	return fmt.Sprintf("%d requests: %d manifest HEAD, %d manifest GET, %d ping, %d token, %d blob, %d other (%d not 2xx)",
-		c.Total, c.ManifestHEADs, c.ManifestGETs, c.Pings, c.Tokens, c.Blobs, c.Other, c.Non2xx)
+	return fmt.Sprintf("%d requests: %d manifest HEAD by tag, %d by digest, %d manifest GET, %d ping, %d token, %d blob, %d other (%d not 2xx)",
+		c.Total, c.ManifestHEADs, c.DigestHEADs, c.ManifestGETs, c.Pings, c.Tokens, c.Blobs, c.Other, c.Non2xx)
 }
