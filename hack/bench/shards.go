@@ -67,7 +67,7 @@ func (b *bench) shards(ctx context.Context, namespaces []string, perNS map[strin
 		b.rep.info(secShards, fmt.Sprintf("%d shard(s): manager start → %d ImagePins Ready with %d Deployments", shards, len(namespaces), b.o.deployments),
 			converged.Sub(first.Started).Seconds(), "s", fmt.Sprintf("%d manifest HEADs, %d requests in all (%d pings)", c.ManifestHEADs, c.Total, c.Pings))
 		b.rep.info(secShards, fmt.Sprintf("%d shard(s): manifest HEADs per distinct tag", shards), float64(c.ManifestHEADs)/float64(len(b.tags)), "/tag",
-			"each namespace names every tag, so each shard asks for each tag once")
+			"a shard asks once for each tag its own ImagePins name: with the default shape each namespace names every tag, so each shard asks for all")
 		for _, p := range procs {
 			p.Stop()
 		}
