@@ -140,6 +140,7 @@ func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	r.ticks.visit(&pin, r.Clock.Now())
 	if !pin.DeletionTimestamp.IsZero() {
 		// Deleted, held for the keep tags it pushed: nothing else is
 		// done for it.
@@ -386,48 +387,51 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 }
 
 // firstChecksPendingMemo is firstChecksPending, read at most once a
-// second while it says yes, and never again once it has said no: the
-// ImagePins there before the manager began only grow fewer, and once
-// checked stay checked.
-func (r *ImagePinReconciler) firstChecksPendingMemo() func(time.Time) bool {
+// second (real time) while it says yes.
+func (r *ImagePinReconciler) firstChecksPendingMemo() func(time.Time) (pending, known bool) {
 	var (
 		mu     sync.Mutex
-		done   bool
 		readAt time.Time
 	)
-	return func(started time.Time) bool {
+	return func(started time.Time) (bool, bool) {
 		mu.Lock()
 		defer mu.Unlock()
-		if done {
-			return false
-		}
 		if !readAt.IsZero() && time.Since(readAt) < time.Second {
-			return true
+			return true, true
 		}
-		readAt = time.Now()
-		done = !r.firstChecksPending(context.Background(), started)
-		return !done
+		pending, err := r.firstChecksPending(context.Background(), started)
+		if err != nil {
+			return false, false // asks anew; tried again at the next check
+		}
+		if pending {
+			readAt = time.Now()
+		}
+		return pending, true
 	}
 }
 
 // firstChecksPending says whether an ImagePin this manager reconciles,
-// there before it began checking (started), has not had its first check
-// from it yet: the cold start's round of checks is still under way. It
+// there before it began checking (started), has not been come to yet by
+// its reconcile: the cold start's round of checks is still under way. It
 // reads the cache without copying, and only in the tick after the one
 // the manager began in (checkTicks.freshSince).
-func (r *ImagePinReconciler) firstChecksPending(ctx context.Context, started time.Time) bool {
+func (r *ImagePinReconciler) firstChecksPending(ctx context.Context, started time.Time) (bool, error) {
 	var pins imagesv1alpha1.ImagePinList
-	if err := r.List(ctx, &pins, client.UnsafeDisableDeepCopy); err != nil {
-		return false
+	opts := []client.ListOption{client.UnsafeDisableDeepCopy}
+	if r.Shard != "" {
+		opts = append(opts, client.MatchingLabels{imagesv1alpha1.ShardLabel: r.Shard})
 	}
+	if err := r.List(ctx, &pins, opts...); err != nil {
+		return false, err
+	}
+	var before []*imagesv1alpha1.ImagePin
 	for i := range pins.Items {
 		p := &pins.Items[i]
-		if r.owns(p) && !p.Spec.Suspend && p.DeletionTimestamp.IsZero() && p.CreationTimestamp.Time.Before(started) &&
-			!r.ticks.hasChecked(client.ObjectKeyFromObject(p), p.UID) {
-			return true
+		if r.owns(p) && !p.Spec.Suspend && p.DeletionTimestamp.IsZero() && p.CreationTimestamp.Time.Before(started) {
+			before = append(before, p)
 		}
 	}
-	return false
+	return r.ticks.unvisited(before) > 0, nil
 }
 
 // owns says whether this manager's shard reconciles obj (an ImagePin or a

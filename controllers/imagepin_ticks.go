@@ -16,13 +16,18 @@ type checkTicks struct {
 	mu      sync.Mutex
 	started time.Time
 	last    map[types.NamespacedName]lastCheck
-	// firstPending, if set, says whether an ImagePin that was there when
-	// this manager began checking has not had its first check yet: the
-	// cold start's round of checks is still under way. lastFirst is when
-	// the last such first check was made: one made after a tick began
-	// says the round was under way at that tick.
-	firstPending func(started time.Time) bool
+	// The cold round: this manager's first visit of each ImagePin that
+	// was there when it began. visited holds the ImagePins its reconcile
+	// has come to (checked or not: a suspended or invalid one, a failed
+	// read), lastFirst when the last of those first visits was: one
+	// after a tick began says the round was under way at that tick.
+	// firstPending, if set, says whether one still waits for its first
+	// visit (pending), when it could tell (known). coldOver ends the
+	// round, and what is kept of it.
+	visited      map[types.NamespacedName]types.UID
 	lastFirst    time.Time
+	coldOver     bool
+	firstPending func(started time.Time) (pending, known bool)
 }
 
 // lastCheck is the tick an ImagePin's last check counted for; uid tells a
@@ -60,13 +65,18 @@ func (t *checkTicks) freshSince(pin *imagesv1alpha1.ImagePin, now time.Time, int
 		t.started = now
 	}
 	l, ok := t.last[types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}]
-	started, lastFirst := t.started, t.lastFirst
+	started, lastFirst, coldOver := t.started, t.lastFirst, t.coldOver
+	if !coldOver && started.Before(previous) {
+		// Past the tick after the one the manager began in: the cold
+		// round's rule is over, and what it kept goes.
+		t.endColdLocked()
+		coldOver = true
+	}
 	t.mu.Unlock()
 	startedInPrevious := !started.Before(previous) && started.Before(tick)
 	if ok && l.uid == pin.UID {
 		owed = l.tick.Before(previous) ||
-			(l.tick.Equal(previous) && startedInPrevious &&
-				((!lastFirst.IsZero() && !lastFirst.Before(tick)) || (t.firstPending != nil && t.firstPending(started))))
+			(l.tick.Equal(previous) && startedInPrevious && !coldOver && t.coldRoundAt(tick, lastFirst, started))
 	} else {
 		owed = startedInPrevious && pin.CreationTimestamp.Time.Before(started)
 	}
@@ -99,6 +109,66 @@ func (t *checkTicks) window(pin *imagesv1alpha1.ImagePin, now time.Time, interva
 	return w
 }
 
+// coldRoundAt says whether the cold round was under way when tick began:
+// a first visit was made since, or one is still pending. Once nothing is
+// pending, the round is over for good.
+func (t *checkTicks) coldRoundAt(tick, lastFirst, started time.Time) bool {
+	if !lastFirst.IsZero() && !lastFirst.Before(tick) {
+		return true
+	}
+	if t.firstPending == nil {
+		return false
+	}
+	pending, known := t.firstPending(started)
+	if known && !pending {
+		t.mu.Lock()
+		t.endColdLocked()
+		t.mu.Unlock()
+	}
+	return pending
+}
+
+// endColdLocked ends the cold round; t.mu is held.
+func (t *checkTicks) endColdLocked() {
+	t.coldOver, t.visited = true, nil
+}
+
+// visit records that the reconcile came to pin at now, whatever it then
+// does with it: the first visit of an ImagePin that was there when the
+// manager began is part of the cold round.
+func (t *checkTicks) visit(pin *imagesv1alpha1.ImagePin, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.coldOver || (!t.started.IsZero() && !pin.CreationTimestamp.Time.Before(t.started)) {
+		return
+	}
+	key := types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}
+	if uid, ok := t.visited[key]; ok && uid == pin.UID {
+		return
+	}
+	if t.visited == nil {
+		t.visited = map[types.NamespacedName]types.UID{}
+	}
+	t.visited[key] = pin.UID
+	if t.lastFirst.IsZero() || now.After(t.lastFirst) {
+		t.lastFirst = now
+	}
+}
+
+// unvisited returns which of pins (there before the manager began) the
+// reconcile has not come to yet.
+func (t *checkTicks) unvisited(pins []*imagesv1alpha1.ImagePin) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, p := range pins {
+		if uid, ok := t.visited[types.NamespacedName{Namespace: p.Namespace, Name: p.Name}]; !ok || uid != p.UID {
+			n++
+		}
+	}
+	return n
+}
+
 // checked records that pin was checked at now.
 func (t *checkTicks) checked(pin *imagesv1alpha1.ImagePin, now time.Time, interval time.Duration) {
 	t.mu.Lock()
@@ -106,20 +176,7 @@ func (t *checkTicks) checked(pin *imagesv1alpha1.ImagePin, now time.Time, interv
 	if t.last == nil {
 		t.last = map[types.NamespacedName]lastCheck{}
 	}
-	key := types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}
-	if l, ok := t.last[key]; (!ok || l.uid != pin.UID) && pin.CreationTimestamp.Time.Before(t.started) && (t.lastFirst.IsZero() || now.After(t.lastFirst)) {
-		t.lastFirst = now
-	}
-	t.last[key] = lastCheck{uid: pin.UID, tick: tickStart(now, interval)}
-}
-
-// hasChecked says whether this manager has checked the ImagePin key with
-// uid since it was last forgotten.
-func (t *checkTicks) hasChecked(key types.NamespacedName, uid types.UID) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	l, ok := t.last[key]
-	return ok && l.uid == uid
+	t.last[types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}] = lastCheck{uid: pin.UID, tick: tickStart(now, interval)}
 }
 
 // forget drops what is remembered of an ImagePin that is gone, moved to
