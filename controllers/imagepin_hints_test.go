@@ -47,8 +47,12 @@ func TestTagIndexFindsTheImagePinsNamingATag(t *testing.T) {
 		})
 	}
 
-	// A check that finds the same tags again lists the ImagePin once.
+	// A check that finds the same tags again leaves the index as it is.
+	held := x.byPin[web]
 	x.set(web, []registry.TagRef{ref("nginx"), ref("registry.example.com/team/app:v1")})
+	if x.byPin[web] != held {
+		t.Error("the same tags again replaced the ImagePin's record")
+	}
 	if got := x.pinsOf(registry.TagRef{Repository: "registry.example.com/team/app"}); !slices.Equal(got, []types.NamespacedName{web}) {
 		t.Errorf("after the same tags again: %v, want [%s] once", got, web)
 	}
@@ -56,6 +60,10 @@ func TestTagIndexFindsTheImagePinsNamingATag(t *testing.T) {
 	x.set(web, []registry.TagRef{ref("registry.example.com/team/app:v2")})
 	if got := x.pinsOf(ref("registry.example.com/team/app:v1")); len(got) != 0 {
 		t.Errorf("a tag the ImagePin no longer names still finds %v", got)
+	}
+	// The other ImagePin under the tag they shared stays.
+	if got := x.pinsOf(ref("nginx")); !slices.Equal(got, []types.NamespacedName{batch}) {
+		t.Errorf("nginx after web left it: %v, want [%s]", got, batch)
 	}
 	x.forget(batch)
 	x.forget(web)
