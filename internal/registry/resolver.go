@@ -177,7 +177,7 @@ type call struct {
 	started time.Time
 	sent    bool
 	// why the cache and the calls in flight did not serve (a debug log).
-	why  string
+	why  why
 	done chan struct{}
 	res  Result
 	err  error
@@ -261,6 +261,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	}
 	key := cacheKey(tag, creds)
 
+	asked := req.FreshSince
 	c, hit, leader := r.lookup(key, tag.RegistryStr(), &req)
 	if hit != nil {
 		r.metrics.CacheResults.WithLabelValues(resultHit).Inc()
@@ -268,7 +269,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	}
 	if leader {
 		if l := logr.FromContextOrDiscard(ctx).V(1); l.Enabled() {
-			l.Info("asking the registry", "image", tag.String(), "credentials", credentialNames(creds), "why", c.why, "freshSince", req.FreshSince)
+			l.Info("asking the registry", "image", tag.String(), "credentials", credentialNames(creds), "why", c.why.String(), "freshSince", asked, "servedSince", req.FreshSince)
 		}
 		go func() {
 			c.res, c.err = r.fetch(tag, creds, key, c)
@@ -356,17 +357,49 @@ func (r *Resolver) lookup(key, host string, req *Request) (c *call, hit *call, l
 	}
 	c = &call{started: r.clock.Now(), done: make(chan struct{})}
 	switch old := r.calls[key]; {
+	case old != nil && old.started.Before(hinted):
+		c.why = why{what: whyHintedCall, at: old.started}
 	case old != nil:
-		c.why = fmt.Sprintf("the resolution in flight was asked for at %s, before this caller's window", old.started.Format(time.RFC3339Nano))
+		c.why = why{what: whyEarlyCall, at: old.started}
 	case e == nil:
-		c.why = "no answer yet"
+		c.why = why{what: whyNoAnswer}
 	case e.checkedAt.Before(hinted):
-		c.why = "a push event since the last answer"
+		c.why = why{what: whyHinted, at: e.checkedAt}
 	default:
-		c.why = fmt.Sprintf("the last answer was asked for at %s, before this caller's window", e.checkedAt.Format(time.RFC3339Nano))
+		c.why = why{what: whyEarly, at: e.checkedAt}
 	}
 	r.calls[key] = c
 	return c, nil, true
+}
+
+// why says, for a debug log, why a resolution went to the registry.
+type why struct {
+	what int
+	// at: when the answer or the call that did not serve was asked for.
+	at time.Time
+}
+
+const (
+	whyNoAnswer = iota
+	whyEarly
+	whyHinted
+	whyEarlyCall
+	whyHintedCall
+)
+
+func (w why) String() string {
+	at := w.at.Format(time.RFC3339Nano)
+	switch w.what {
+	case whyEarly:
+		return "the last answer was asked for at " + at + ", before the caller's window"
+	case whyHinted:
+		return "a push event came after the last answer was asked for at " + at
+	case whyEarlyCall:
+		return "the request in flight was asked for at " + at + ", before the caller's window"
+	case whyHintedCall:
+		return "a push event came after the request in flight was asked for at " + at
+	}
+	return "no answer yet"
 }
 
 // roundOutlastedTick moves req's FreshSince back by its Interval when
