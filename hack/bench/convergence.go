@@ -311,12 +311,16 @@ func (b *bench) waitReady(ctx context.Context, namespaces []string, want map[str
 			if ev.Type == watch.Error {
 				break // expired: list again
 			}
-			if p, ok := ev.Object.(*imagesv1alpha1.ImagePin); ok && see(p, time.Now()) {
+			if p, ok := ev.Object.(*imagesv1alpha1.ImagePin); ok && ev.Type != watch.Deleted && see(p, time.Now()) {
 				w.Stop()
 				return readyAt, nil
 			}
 		}
 		w.Stop()
+		select { // the watch ended: list again, not in a tight loop
+		case <-wctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	if ctx.Err() != nil {
 		return readyAt, ctx.Err()
@@ -413,7 +417,7 @@ func (b *bench) logTimeline(started, converged time.Time, readyAt map[string]tim
 func (b *bench) logRepeats(m *managerProc, from, to time.Time) {
 	at := map[string][]string{}
 	for _, e := range b.proxy.between(from, to) {
-		if e.kind == kindManifest && e.method == "HEAD" {
+		if e.kind == kindManifest && e.method == "HEAD" && !strings.Contains(e.ref, ":") {
 			k := e.repo + ":" + e.ref
 			at[k] = append(at[k], fmt.Sprintf("+%.2fs (%d, received at +%.2fs on %s)", e.at.Sub(from).Seconds(), e.status, e.began.Sub(from).Seconds(), e.conn))
 		}

@@ -263,6 +263,8 @@ func run() int {
 			"interval": o.interval.String(), "followInterval": o.followInterval.String(),
 			"admissionSamples": o.admissionSamples, "cliDocuments": o.cliDocuments, "pushRounds": o.pushRounds, "pushRoundsPoll": o.pushRoundsPoll, "memory10k": o.memory10k, "memory10kCount": o.memoryLarge, "shape": o.shape, "podsPerDeployment": o.podsPerDeployment,
 			"managerFlags": []string(o.managerFlags),
+			"managerEnv":   []string(o.managerEnv),
+			"cpuProfile":   o.cpuProfile.String(),
 		},
 		Methods: map[string]string{},
 	}}
@@ -327,6 +329,8 @@ func (o *options) validate() error {
 		return errors.New("--deployments, --namespaces, --tags and --repos must be positive")
 	case o.tags%o.repos != 0:
 		return fmt.Errorf("--repos %d must divide --tags %d", o.repos, o.tags)
+	case o.cpuProfile != 0 && o.cpuProfile < time.Second:
+		return fmt.Errorf("--cpu-profile %s: at least a second (pprof takes whole seconds)", o.cpuProfile)
 	case o.deployments < o.namespaces:
 		return errors.New("--deployments must be at least --namespaces")
 	case o.interval < 10*time.Second || o.followInterval < 10*time.Second:
