@@ -142,7 +142,7 @@ func TestFirstChecksPendingCountsTheShardsUnvisitedImagePins(t *testing.T) {
 	eventually(t, func() error { // the cache holds all four
 		var l imagesv1alpha1.ImagePinList
 		if err := cached.List(context.Background(), &l, client.InNamespace(ns)); err != nil || len(l.Items) != 4 {
-			return fmt.Errorf("%d ImagePins cached, %v", len(l.Items), err)
+			return fmt.Errorf("%d ImagePins cached, %w", len(l.Items), err)
 		}
 		return nil
 	})
