@@ -51,11 +51,12 @@ type lastCheck struct {
 // shard, resumed, a ClusterImagePin's new namespace), owes nothing.
 //
 // The same holds for an ImagePin checked in the tick the manager began in,
-// checked again in the next when the cold start's first checks of other
-// ImagePins were still under way as it began (one was made after it,
-// lastFirst, or one is still pending, firstPending): the cold round
-// outlasted the tick, and its answers serve this check too. Asking again would send
-// a second request for every tag of the ImagePins checked first.
+// checked again in the next when the cold start's round was still under
+// way as that tick began: the reconcile came to an ImagePin that was there
+// at the start for the first time after it (lastFirst), or one still
+// waits (firstPending). The round's answers serve this check too; asking
+// again would send a second request for every tag of the ImagePins
+// checked first.
 func (t *checkTicks) freshSince(pin *imagesv1alpha1.ImagePin, now time.Time, interval time.Duration) (since time.Time, owed bool) {
 	tick := tickStart(now, interval)
 	previous := tick.Add(-interval)
@@ -155,7 +156,7 @@ func (t *checkTicks) visit(pin *imagesv1alpha1.ImagePin, now time.Time) {
 	}
 }
 
-// unvisited returns which of pins (there before the manager began) the
+// unvisited returns how many of pins (there before the manager began) the
 // reconcile has not come to yet.
 func (t *checkTicks) unvisited(pins []*imagesv1alpha1.ImagePin) int {
 	t.mu.Lock()
