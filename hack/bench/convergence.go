@@ -417,7 +417,7 @@ func (b *bench) logTimeline(started, converged time.Time, readyAt map[string]tim
 func (b *bench) logRepeats(m *managerProc, from, to time.Time) {
 	at := map[string][]string{}
 	for _, e := range b.proxy.between(from, to) {
-		if e.kind == kindManifest && e.method == "HEAD" && !strings.Contains(e.ref, ":") {
+		if e.tagHEAD() {
 			k := e.repo + ":" + e.ref
 			at[k] = append(at[k], fmt.Sprintf("+%.2fs (%d, received at +%.2fs on %s)", e.at.Sub(from).Seconds(), e.status, e.began.Sub(from).Seconds(), e.conn))
 		}
@@ -501,7 +501,7 @@ func (b *bench) reportMemory(deployments int, m *memResult) {
 func (b *bench) firstHEAD(repoTag string, t time.Time) time.Time {
 	repo, tag, _ := strings.Cut(repoTag, ":")
 	for _, e := range b.proxy.since(t) {
-		if e.kind == kindManifest && e.method == "HEAD" && e.repo == repo && e.ref == tag {
+		if e.tagHEAD() && e.repo == repo && e.ref == tag {
 			return e.at
 		}
 	}
@@ -629,19 +629,7 @@ func saveHeapProfile(ctx context.Context, m *managerProc, port int, file string)
 
 // saveCPUProfile writes the manager's CPU profile over the next d.
 func saveCPUProfile(ctx context.Context, port int, d time.Duration, file string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", port, int(d.Seconds())), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("CPU profile: %s", resp.Status)
-	}
-	data, err := io.ReadAll(resp.Body)
+	data, err := pprofGet(ctx, port, fmt.Sprintf("profile?seconds=%d", int(d.Seconds())))
 	if err != nil {
 		return err
 	}
@@ -656,7 +644,13 @@ func forceGC(ctx context.Context, port int) error {
 }
 
 func heapProfile(ctx context.Context, port int) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap?gc=1", port), nil)
+	return pprofGet(ctx, port, "heap?gc=1")
+}
+
+// pprofGet reads /debug/pprof/<what> from the manager serving pprof on
+// port.
+func pprofGet(ctx context.Context, port int, what string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/%s", port, what), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -666,7 +660,7 @@ func heapProfile(ctx context.Context, port int) ([]byte, error) {
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("heap profile: %s", resp.Status)
+		return nil, fmt.Errorf("pprof %s: %s", what, resp.Status)
 	}
 	return io.ReadAll(resp.Body)
 }

@@ -44,6 +44,12 @@ type regEvent struct {
 	conn  string
 }
 
+// tagHEAD: e asked what a tag points to (a manifest HEAD by tag, not by
+// digest).
+func (e regEvent) tagHEAD() bool {
+	return e.kind == kindManifest && e.method == http.MethodHead && !strings.Contains(e.ref, ":")
+}
+
 // countingProxy is a TLS reverse proxy in front of the real registry that
 // records every request, so that registry traffic is counted at the
 // registry's side of the wire, whatever the client believes it sent.
@@ -206,7 +212,7 @@ func count(evs []regEvent) regCounts {
 		case kindManifest:
 			switch e.method {
 			case http.MethodHead:
-				if strings.Contains(e.ref, ":") {
+				if !e.tagHEAD() {
 					c.DigestHEADs++
 					break
 				}
