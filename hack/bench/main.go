@@ -183,7 +183,6 @@ type options struct {
 	only              string
 	keep              bool
 	managerFlags      stringList
-	managerEnv        stringList
 }
 
 type stringList []string
@@ -244,7 +243,6 @@ func run() int {
 	flag.StringVar(&o.only, "only", "", "comma-separated benchmarks to run (cluster, admission, cli, writes); all when empty")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs of every process) instead of removing it")
 	flag.Var(&o.managerFlags, "manager-flag", "extra flag for every manager process, e.g. --manager-flag=--registry-qps=50; repeatable")
-	flag.Var(&o.managerEnv, "manager-env", "extra environment variable for every manager process, e.g. --manager-env=GODEBUG=http2debug=1; repeatable")
 	flag.Parse()
 	if err := o.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -263,7 +261,6 @@ func run() int {
 			"interval": o.interval.String(), "followInterval": o.followInterval.String(),
 			"admissionSamples": o.admissionSamples, "cliDocuments": o.cliDocuments, "pushRounds": o.pushRounds, "pushRoundsPoll": o.pushRoundsPoll, "memory10k": o.memory10k, "memory10kCount": o.memoryLarge, "shape": o.shape, "podsPerDeployment": o.podsPerDeployment,
 			"managerFlags": []string(o.managerFlags),
-			"managerEnv":   []string(o.managerEnv),
 			"cpuProfile":   o.cpuProfile.String(),
 		},
 		Methods: map[string]string{},

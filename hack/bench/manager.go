@@ -64,7 +64,6 @@ func (b *bench) startManager(ctx context.Context, o managerOpts) (*managerProc, 
 		args = append(args, "--webhook-cert-dir="+o.webhook.CertDir, fmt.Sprintf("--webhook-port=%d", o.webhook.Port))
 		env = []string{"ENABLE_WEBHOOKS=true"}
 	}
-	env = append(env, b.o.managerEnv...)
 	p, err := testenv.StartManagerProcess(ctx, o.name, b.bin, filepath.Join(b.dir, o.name+".log"), append(args, o.extra...), env)
 	if err != nil {
 		return nil, err
