@@ -65,7 +65,8 @@ func (x *tagIndex) set(pin types.NamespacedName, refs []registry.TagRef) {
 		x.byPin = map[types.NamespacedName]*tagPin{}
 		x.pins = map[unique.Handle[registry.TagRef]][]*tagPin{}
 	}
-	p := &tagPin{key: pin, keys: slices.Clip(keys)}
+	// A copy of its own length: keys was made for every tag twice.
+	p := &tagPin{key: pin, keys: slices.Clone(keys)}
 	x.byPin[pin] = p
 	for _, k := range keys {
 		x.pins[k] = append(x.pins[k], p)
