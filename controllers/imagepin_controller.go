@@ -90,6 +90,10 @@ type ImagePinReconciler struct {
 
 	// ticks: the tick each ImagePin's last check counted for.
 	ticks checkTicks
+	// plan: the first round of registry requests after the manager
+	// becomes leader, and the checks held until it answers theirs
+	// (imagepin_plan.go).
+	plan coldPlan
 
 	// tags: which tags each ImagePin names, for push events
 	// (imagepin_hints.go); hinted: ImagePins a push event asks to check.
@@ -125,6 +129,11 @@ type ImagePinReconciler struct {
 // Reconcile computes an ImagePin's status once and patches it once, only
 // when it changed.
 func (r *ImagePinReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	if r.plan.holds(req.NamespacedName) {
+		// Queued again, ahead of the others, once the plan has the
+		// answers its check needs.
+		return ctrl.Result{}, nil
+	}
 	var pin imagesv1alpha1.ImagePin
 	err := r.Get(ctx, req.NamespacedName, &pin)
 	if err != nil || !r.owns(&pin) {
@@ -373,6 +382,13 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b = b.WatchesRawSource(source.Channel(r.recheck, &handler.EnqueueRequestForObject{}))
 	r.hinted = make(chan event.GenericEvent, hintQueue)
 	b = b.WatchesRawSource(source.Channel(r.hinted, &handler.EnqueueRequestForObject{}))
+	// The cold round's plan, run as soon as the manager is leader, before
+	// the pods have synced; its checks queued ahead.
+	r.plan.planned = make(chan struct{})
+	b = b.WatchesRawSource(planSource{plan: &r.plan})
+	if err := mgr.Add(manager.RunnableFunc(r.runColdPlan)); err != nil {
+		return err
+	}
 	c, err := b.Build(r)
 	if err != nil {
 		return err
@@ -417,11 +433,7 @@ func (r *ImagePinReconciler) firstChecksPendingMemo() func(time.Time) (pending, 
 // the manager began in (checkTicks.freshSince).
 func (r *ImagePinReconciler) firstChecksPending(ctx context.Context, started time.Time) (bool, error) {
 	var pins imagesv1alpha1.ImagePinList
-	opts := []client.ListOption{client.UnsafeDisableDeepCopy}
-	if r.Shard != "" {
-		opts = append(opts, client.MatchingLabels{imagesv1alpha1.ShardLabel: r.Shard})
-	}
-	if err := r.List(ctx, &pins, opts...); err != nil {
+	if err := r.List(ctx, &pins, r.shardListOptions()...); err != nil {
 		return false, err
 	}
 	var before []*imagesv1alpha1.ImagePin
@@ -432,6 +444,17 @@ func (r *ImagePinReconciler) firstChecksPending(ctx context.Context, started tim
 		}
 	}
 	return r.ticks.unvisited(before) > 0, nil
+}
+
+// shardListOptions list, from the cache and without copying its
+// objects (they are only read), the ImagePins of this manager's shard,
+// and some others that owns tells apart (without a shard, every one).
+func (r *ImagePinReconciler) shardListOptions() []client.ListOption {
+	opts := []client.ListOption{client.UnsafeDisableDeepCopy}
+	if r.Shard != "" {
+		opts = append(opts, client.MatchingLabels{imagesv1alpha1.ShardLabel: r.Shard})
+	}
+	return opts
 }
 
 // owns says whether this manager's shard reconciles obj (an ImagePin or a

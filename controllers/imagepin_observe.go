@@ -97,17 +97,8 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 			i := w.TemplateOfShare(p.Shared)
 			podsOf[i] = append(podsOf[i], p)
 		}
-		// Templates with the same credentials (nearly always all of
-		// them) share one keychain.
-		keychains := map[string]authn.Keychain{}
-		for ti, t := range w.Templates {
-			key := registry.CredentialsKey(t.Spec)
-			if keychains[key] == nil {
-				if keychains[key], err = r.Keychains.ForPod(ctx, pin.Namespace, t.Spec); err != nil {
-					return obs, err
-				}
-			}
-			obs.addTemplate(sel, w, t, keychains[key], podsOf[ti])
+		if err := r.addWorkload(ctx, &obs, pin.Namespace, sel, w, podsOf); err != nil {
+			return obs, err
 		}
 	}
 	// A check that writes (Pin, Follow) comes back for every answer it
@@ -119,6 +110,30 @@ func (r *ImagePinReconciler) observe(ctx context.Context, pin *imagesv1alpha1.Im
 	r.verifyAll(ctx, pin, sel, &obs)
 	r.ticks.checked(pin, now, sel.Interval)
 	return obs, nil
+}
+
+// addWorkload adds the selected containers of w (in namespace) to obs,
+// each template's with what podsOf holds for it (nil: no pods).
+// Templates with the same credentials (nearly always all of them) share
+// one keychain.
+func (r *ImagePinReconciler) addWorkload(ctx context.Context, obs *observation, namespace string, sel *selection.Selection, w workload.Workload, podsOf [][]workload.Pod) error {
+	keychains := map[string]authn.Keychain{}
+	for ti, t := range w.Templates {
+		key := registry.CredentialsKey(t.Spec)
+		if keychains[key] == nil {
+			kc, err := r.Keychains.ForPod(ctx, namespace, t.Spec)
+			if err != nil {
+				return err
+			}
+			keychains[key] = kc
+		}
+		var pods []workload.Pod
+		if ti < len(podsOf) {
+			pods = podsOf[ti]
+		}
+		obs.addTemplate(sel, w, t, keychains[key], pods)
+	}
+	return nil
 }
 
 // addTemplate adds the selected containers and image volumes of one pod

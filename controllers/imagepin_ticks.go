@@ -30,6 +30,16 @@ type checkTicks struct {
 	firstPending func(started time.Time) (pending, known bool)
 }
 
+// begin records that this manager began checking at now, unless it has
+// already: the cold round's plan begins before the first check.
+func (t *checkTicks) begin(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.started.IsZero() {
+		t.started = now
+	}
+}
+
 // lastCheck is the tick an ImagePin's last check counted for; uid tells a
 // recreated ImagePin from the one checked.
 type lastCheck struct {

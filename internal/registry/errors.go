@@ -190,3 +190,24 @@ func redact(err error, secrets []string) error {
 	}
 	return &redactedError{msg: clean, err: err}
 }
+
+// TagFailed says whether err, a Resolve's, is the tag's or its
+// credential's own (not found, refused) rather than its registry's (no
+// answer, unreachable, rate limiting, a server error, TLS): a caller
+// asking many tags of one registry goes on asking after the first kind.
+func TagFailed(err error) bool {
+	var terr *transport.Error
+	if !errors.As(err, &terr) {
+		return false
+	}
+	switch terr.StatusCode {
+	case http.StatusNotFound, http.StatusUnauthorized, http.StatusForbidden:
+		return true
+	}
+	for _, d := range terr.Errors {
+		if d.Code == transport.ManifestUnknownErrorCode || d.Code == transport.NameUnknownErrorCode {
+			return true
+		}
+	}
+	return false
+}

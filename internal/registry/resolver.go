@@ -242,24 +242,50 @@ func New(o Options) (*Resolver, error) {
 	}, nil
 }
 
+// Key names what a Resolve of req asks the registry for (one tag with one
+// set of credentials: Resolve shares one request among callers of the
+// same key) and the registry host it asks: a caller planning many
+// resolutions asks each key once. It sends nothing; an error is the one
+// Resolve would return before asking.
+func (r *Resolver) Key(ctx context.Context, req Request) (key, host string, err error) {
+	tag, _, key, err := r.prepare(ctx, req)
+	if err != nil {
+		return "", "", err
+	}
+	return key, tag.RegistryStr(), nil
+}
+
+// Burst is the number of requests the resolver sends to one registry host
+// at once before its budget paces them (Options.Burst).
+func (r *Resolver) Burst() int { return r.opts.Burst }
+
+// prepare reads req's tag and credentials, and the cache key they make;
+// an image of a registry that is not allowed is refused.
+func (r *Resolver) prepare(ctx context.Context, req Request) (name.Tag, []credential, string, error) {
+	tag, err := r.parseTag(req.Image)
+	if err != nil {
+		return name.Tag{}, nil, "", err
+	}
+	if err := r.allowed.check(tag.RegistryStr()); err != nil {
+		return name.Tag{}, nil, "", fmt.Errorf("resolve %s: %w", tag, err)
+	}
+	creds, err := credentialsOf(ctx, req.Keychain, tag.Context())
+	if err != nil {
+		return name.Tag{}, nil, "", fmt.Errorf("credentials for %s: %w", tag.Context().RegistryStr(), err)
+	}
+	return tag, creds, cacheKey(tag, creds), nil
+}
+
 // Resolve returns what req.Image's tag points to. With a fresh cache entry
 // it sends nothing; concurrent callers for one tag and credential share one
 // request. When the registry fails, the error says why, and if a digest was
 // confirmed within MaxStale it is returned too, marked Stale. An image of a
 // registry outside AllowedRegistries fails at once, and nothing is sent.
 func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
-	tag, err := r.parseTag(req.Image)
+	tag, creds, key, err := r.prepare(ctx, req)
 	if err != nil {
 		return Result{}, err
 	}
-	if err := r.allowed.check(tag.RegistryStr()); err != nil {
-		return Result{}, fmt.Errorf("resolve %s: %w", tag, err)
-	}
-	creds, err := credentialsOf(ctx, req.Keychain, tag.Context())
-	if err != nil {
-		return Result{}, fmt.Errorf("credentials for %s: %w", tag.Context().RegistryStr(), err)
-	}
-	key := cacheKey(tag, creds)
 
 	asked := req.FreshSince
 	c, hit, leader := r.lookup(key, tag.RegistryStr(), &req)
