@@ -162,58 +162,74 @@ func (planSource) String() string { return "imagepin cold-round plan" }
 // plannedAsk is one resolution the plan makes, and the ImagePins (by
 // index) whose checks wait for it.
 type plannedAsk struct {
-	req  registry.Request
-	host string
-	pins []int
+	req      registry.Request
+	pins     []int
+	answered bool
 }
 
-// coldRound is what the plan asks, in order, and for whom.
+// coldRound is what the plan asks, in order, and for whom. The plan asks
+// as it goes: an ImagePin's tags are asked as soon as it is planned.
 type coldRound struct {
-	asks []plannedAsk
-	pins []types.NamespacedName
+	r  *ImagePinReconciler
+	mu sync.Mutex
+	// asks, by key; an ask's index is its place in its host's line.
+	asks  []*plannedAsk
+	byKey map[string]*plannedAsk
+	pins  []types.NamespacedName
 	// missing: per ImagePin, how many of its asks have not answered.
 	missing []int
+	hosts   map[string]*hostLine
+	workers sync.WaitGroup
+}
+
+// hostLine is one registry host's asks, in order, asked a burst at a
+// time; a host that failed is asked no more by the plan.
+type hostLine struct {
+	asks    []*plannedAsk
+	next    int
+	failed  bool
+	planned bool // no more asks will come
+	wake    *sync.Cond
 }
 
 // runColdPlan plans the cold round (see coldPlan) and works through it;
 // it runs once, when the manager becomes leader.
 func (r *ImagePinReconciler) runColdPlan(ctx context.Context) error {
-	logger := log.FromContext(ctx).WithName("cold-round")
 	// Whatever happens, the controller's workers do not wait for more.
 	defer r.plan.done()
+	logger := log.FromContext(ctx).WithName("cold-round")
 	began := r.Clock.Now()
 	r.ticks.begin(began)
-	round, err := r.planColdRound(ctx, began)
-	if err != nil {
-		// The checks ask for their tags themselves, as they wait.
-		logger.Info("no plan for the first round of registry requests", "error", err.Error())
-		return nil
-	}
-	held := make([]types.NamespacedName, 0, len(round.pins))
-	for i, k := range round.pins {
-		if round.missing[i] > 0 {
-			held = append(held, k)
-		}
-	}
-	r.plan.hold(held)
+	round := &coldRound{r: r, byKey: map[string]*plannedAsk{}, hosts: map[string]*hostLine{}}
 	defer r.plan.releaseAll()
+	listed, err := round.plan(ctx, began)
+	round.planned()
+	// Held ImagePins are held; the rest are checked as they come.
 	r.plan.done()
-	logger.V(1).Info("asking for the tags of the first round", "imagePins", len(round.pins), "held", len(held), "resolutions", len(round.asks))
-	r.askColdRound(ctx, round)
+	if err != nil {
+		// What was planned is asked; the checks of the others ask for
+		// their tags themselves, as they wait.
+		logger.Info("the plan of the first round of registry requests stopped", "error", err.Error())
+	}
+	logger.V(1).Info("planned the first round of registry requests", "imagePins", len(round.pins), "resolutions", len(round.asks),
+		"listedAfter", listed.Sub(began).String(), "plannedAfter", r.Clock.Since(began).String())
+	round.workers.Wait()
+	logger.V(1).Info("the first round of registry requests has answered", "after", r.Clock.Since(began).String())
 	return nil
 }
 
-// planColdRound lists what the ImagePins this manager reconciles name, as
-// the cache holds them now; answers made since the tick of began serve
-// their first checks (checkTicks.freshSince).
-func (r *ImagePinReconciler) planColdRound(ctx context.Context, began time.Time) (*coldRound, error) {
+// plan adds what the ImagePins this manager reconciles name, as the cache
+// holds them now, to the round, one ImagePin after another; answers made
+// since the tick of began serve their first checks
+// (checkTicks.freshSince). It returns when the ImagePins were listed.
+func (c *coldRound) plan(ctx context.Context, began time.Time) (listed time.Time, err error) {
+	r := c.r
 	var pins imagesv1alpha1.ImagePinList
 	// Read only, never kept: no copy of the cache's objects.
 	if err := r.List(ctx, &pins, r.shardListOptions()...); err != nil {
-		return nil, err
+		return listed, err
 	}
-	round := &coldRound{}
-	byKey := map[string]int{}
+	listed = r.Clock.Now()
 	for i := range pins.Items {
 		pin := &pins.Items[i]
 		if !r.owns(pin) || !pin.DeletionTimestamp.IsZero() || pin.Spec.Suspend {
@@ -225,104 +241,133 @@ func (r *ImagePinReconciler) planColdRound(ctx context.Context, began time.Time)
 		}
 		workloads, err := workload.List(ctx, r.Client, pin.Namespace, r.servedKinds(sel.Kinds()), sel.Labels())
 		if err != nil {
-			return nil, err
+			return listed, err
 		}
 		var obs observation
 		for _, w := range workloads {
 			if err := r.addWorkload(ctx, &obs, pin.Namespace, sel, w, nil); err != nil {
-				return nil, err
+				return listed, err
 			}
 		}
-		p := len(round.pins)
-		round.pins = append(round.pins, types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name})
-		round.missing = append(round.missing, 0)
 		since := tickStart(began, sel.Interval)
-		for _, c := range obs.containers {
-			if !c.hasTag {
+		var asks []keyedAsk
+		for _, ct := range obs.containers {
+			if !ct.hasTag {
 				continue
 			}
-			req := registry.Request{Image: c.image, Keychain: c.keychain, FreshSince: since}
+			req := registry.Request{Image: ct.image, Keychain: ct.keychain, FreshSince: since}
 			key, host, err := r.Resolver.Key(ctx, req)
 			if err != nil {
 				continue // nothing to ask: its check says why
 			}
-			a, ok := byKey[key]
-			if !ok {
-				a = len(round.asks)
-				byKey[key] = a
-				round.asks = append(round.asks, plannedAsk{req: req, host: host})
-			}
-			if n := len(round.asks[a].pins); n > 0 && round.asks[a].pins[n-1] == p {
-				continue // this ImagePin names it twice
-			}
-			if since.Before(round.asks[a].req.FreshSince) {
-				round.asks[a].req.FreshSince = since // a longer interval
-			}
-			round.asks[a].pins = append(round.asks[a].pins, p)
-			round.missing[p]++
+			asks = append(asks, keyedAsk{key, host, req})
 		}
+		c.add(ctx, types.NamespacedName{Namespace: pin.Namespace, Name: pin.Name}, asks)
 	}
-	return round, nil
+	return listed, nil
 }
 
-// askColdRound asks round's resolutions, host by host, a burst at a time
-// and in order, and releases each ImagePin's check once its last has
-// answered. A host that fails is asked no more: the ImagePins waiting for
-// it are released, and their checks ask.
-func (r *ImagePinReconciler) askColdRound(ctx context.Context, round *coldRound) {
-	byHost := map[string][]int{}
-	for i, a := range round.asks {
-		byHost[a.host] = append(byHost[a.host], i)
+// keyedAsk is a resolution an ImagePin needs, with what Resolver.Key said
+// of it.
+type keyedAsk struct {
+	key, host string
+	req       registry.Request
+}
+
+// add plans pin: each of its asks not answered yet counts, and a new one
+// joins its host's line. pin is held when one counts.
+func (c *coldRound) add(ctx context.Context, pin types.NamespacedName, asks []keyedAsk) {
+	c.mu.Lock()
+	p := len(c.pins)
+	c.pins = append(c.pins, pin)
+	c.missing = append(c.missing, 0)
+	var fresh []*hostLine
+	for _, k := range asks {
+		a := c.byKey[k.key]
+		if a == nil {
+			a = &plannedAsk{req: k.req}
+			c.byKey[k.key] = a
+			c.asks = append(c.asks, a)
+			h := c.hosts[k.host]
+			if h == nil {
+				h = &hostLine{wake: sync.NewCond(&c.mu)}
+				c.hosts[k.host] = h
+				fresh = append(fresh, h)
+			}
+			h.asks = append(h.asks, a)
+			h.wake.Signal()
+		}
+		if a.answered || (len(a.pins) > 0 && a.pins[len(a.pins)-1] == p) {
+			continue // answered already, or named twice
+		}
+		if k.req.FreshSince.Before(a.req.FreshSince) {
+			a.req.FreshSince = k.req.FreshSince // a longer interval
+		}
+		a.pins = append(a.pins, p)
+		c.missing[p]++
 	}
-	var mu sync.Mutex
-	answered := func(i int) {
-		mu.Lock()
-		var ready []types.NamespacedName
-		for _, p := range round.asks[i].pins {
-			if round.missing[p]--; round.missing[p] == 0 {
-				ready = append(ready, round.pins[p])
+	if c.missing[p] > 0 {
+		c.r.plan.hold([]types.NamespacedName{pin})
+	}
+	c.mu.Unlock()
+	for _, h := range fresh {
+		for range max(1, c.r.Resolver.Burst()) {
+			c.workers.Go(func() { c.ask(ctx, h) })
+		}
+	}
+}
+
+// planned says no more asks will come: the hosts' workers end once their
+// lines are through.
+func (c *coldRound) planned() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, h := range c.hosts {
+		h.planned = true
+		h.wake.Broadcast()
+	}
+}
+
+// ask works through h's line, one ask at a time; when one has answered
+// (well or not), the checks of the ImagePins whose last it was are
+// released. After a failure of the host's own, the rest of its line is
+// released unasked: those checks ask themselves.
+func (c *coldRound) ask(ctx context.Context, h *hostLine) {
+	for {
+		c.mu.Lock()
+		for h.next == len(h.asks) && !h.planned {
+			h.wake.Wait()
+		}
+		if h.next == len(h.asks) {
+			c.mu.Unlock()
+			return
+		}
+		a := h.asks[h.next]
+		h.next++
+		skip := h.failed || ctx.Err() != nil
+		req := a.req
+		c.mu.Unlock()
+		if !skip {
+			if _, err := c.r.Resolver.Resolve(ctx, req); err != nil && !registry.TagFailed(err) {
+				c.mu.Lock()
+				h.failed = true
+				c.mu.Unlock()
 			}
 		}
-		mu.Unlock()
-		r.plan.release(ready...)
+		c.answered(a)
 	}
-	var wg sync.WaitGroup
-	for _, asks := range byHost {
-		var (
-			hostMu sync.Mutex
-			next   int
-			failed bool
-		)
-		take := func() (int, bool) {
-			hostMu.Lock()
-			defer hostMu.Unlock()
-			if next == len(asks) {
-				return 0, false
-			}
-			next++
-			return asks[next-1], true
-		}
-		for range min(len(asks), max(1, r.Resolver.Burst())) {
-			wg.Go(func() {
-				for {
-					i, ok := take()
-					if !ok {
-						return
-					}
-					hostMu.Lock()
-					skip := failed || ctx.Err() != nil
-					hostMu.Unlock()
-					if !skip {
-						if _, err := r.Resolver.Resolve(ctx, round.asks[i].req); err != nil && !registry.TagFailed(err) {
-							hostMu.Lock()
-							failed = true
-							hostMu.Unlock()
-						}
-					}
-					answered(i)
-				}
-			})
+}
+
+// answered releases the checks of the ImagePins whose last ask a was.
+func (c *coldRound) answered(a *plannedAsk) {
+	c.mu.Lock()
+	a.answered = true
+	var ready []types.NamespacedName
+	for _, p := range a.pins {
+		if c.missing[p]--; c.missing[p] == 0 {
+			ready = append(ready, c.pins[p])
 		}
 	}
-	wg.Wait()
+	c.mu.Unlock()
+	c.r.plan.release(ready...)
 }
