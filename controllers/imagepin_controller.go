@@ -386,7 +386,10 @@ func (r *ImagePinReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// the pods have synced; its checks queued ahead.
 	r.plan.planned = make(chan struct{})
 	b = b.WatchesRawSource(planSource{plan: &r.plan})
-	if err := mgr.Add(manager.RunnableFunc(r.runColdPlan)); err != nil {
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		startPlanInformers(ctx, mgr.GetCache())
+		return r.runColdPlan(ctx)
+	})); err != nil {
 		return err
 	}
 	c, err := b.Build(r)

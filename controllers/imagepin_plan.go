@@ -5,9 +5,12 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -64,6 +67,10 @@ func (p *coldPlan) done() {
 		}
 	})
 }
+
+// planWait bounds how long the controller's workers wait for the plan to
+// hold its ImagePins (well within a controller's cache sync timeout, 2 m).
+const planWait = time.Minute
 
 // planPriority puts the checks the plan releases ahead of the queue's
 // others: those were queued by the cache's first lists, and their checks
@@ -192,11 +199,29 @@ type hostLine struct {
 	wake    *sync.Cond
 }
 
+// startPlanInformers starts the cache's informers of what the plan reads
+// besides ImagePins and workloads (whose informers the controller starts
+// with it): the pull secrets and service accounts of the workloads.
+// Started on their first read, they would list only after the workloads
+// had, and the first request would wait for both lists.
+func startPlanInformers(ctx context.Context, c cache.Informers) {
+	for _, obj := range []client.Object{&corev1.Secret{}, &corev1.ServiceAccount{}} {
+		go func() {
+			// Blocks until the informer has synced; an error is met
+			// again, and reported, by the read that needs it.
+			_, _ = c.GetInformer(ctx, obj)
+		}()
+	}
+}
+
 // runColdPlan plans the cold round (see coldPlan) and works through it;
 // it runs once, when the manager becomes leader.
 func (r *ImagePinReconciler) runColdPlan(ctx context.Context) error {
-	// Whatever happens, the controller's workers do not wait for more.
+	// Whatever happens, the controller's workers do not wait for more,
+	// nor longer than planWait.
 	defer r.plan.done()
+	stop := time.AfterFunc(planWait, r.plan.done)
+	defer stop.Stop()
 	logger := log.FromContext(ctx).WithName("cold-round")
 	began := r.Clock.Now()
 	r.ticks.begin(began)
