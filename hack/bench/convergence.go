@@ -163,7 +163,16 @@ func (b *bench) clusterBenchmarks(ctx context.Context) (err error) {
 
 	// 2 and 4: steady state over 3 intervals, and the manager's heap
 	// sampled meanwhile.
-	from, to := converged.Add(b.o.interval/2), converged.Add(b.o.interval*7/2)
+	// Three whole rounds: each tick's round of requests begins at the
+	// tick (the interval's multiples of wall-clock time) and, at the
+	// sizes run, ends within its interval; a window that began or ended
+	// mid-round would count part of one (at 500 tags a round lasts 48 s
+	// of a 60 s interval).
+	from := converged.Add(b.o.interval / 2)
+	if t := from.Truncate(b.o.interval); t.Before(from) {
+		from = t.Add(b.o.interval)
+	}
+	to := from.Add(3 * b.o.interval)
 	logf("steady state: counting registry requests from %s to %s; sampling the manager's heap", from.Format("15:04:05"), to.Format("15:04:05"))
 	type memOut struct {
 		res *memResult
@@ -471,7 +480,7 @@ func (b *bench) reportSteady(from, to time.Time) {
 		fmt.Sprintf("most for one tag: %d in 3 intervals", maxOne))
 	b.rep.goal(secSteady, "manifest GETs per distinct tag per interval", perTag(c.ManifestGETs), "/tag/interval", "0", c.ManifestGETs == 0, "")
 	logf("steady state: %s", c)
-	b.rep.Methods["steady"] = fmt.Sprintf("requests counted at the proxy in [all Ready + interval/2, all Ready + 3.5 intervals] (a fixed window holding three refreshes), divided by tags × 3 (%s)", c)
+	b.rep.Methods["steady"] = fmt.Sprintf("requests counted at the proxy in the three intervals from the first tick (a multiple of the interval in wall-clock time) at least half an interval after all were Ready: three whole rounds, each begun at its tick; divided by tags × 3 (%s)", c)
 }
 
 func (b *bench) reportMemory(deployments int, m *memResult) {

@@ -48,8 +48,9 @@
 //     ((requests - burst) / qps) is printed beside it.
 //
 //  2. Steady state. Registry requests per distinct tag per interval over 3
-//     intervals, counted in the window [ready + interval/2, ready +
-//     3.5 intervals], which holds three refreshes of each tag (limit 1.0).
+//     intervals, counted from the first tick at least half an interval
+//     after ready (ticks are the interval's multiples of wall-clock time),
+//     a window of three whole rounds (limit 1.0).
 //
 //  3. Detection. 5 tags are pushed again with new content; for each, the
 //     seconds from the end of the push until every ImagePin shows the new
