@@ -264,15 +264,23 @@ func (c *coldRound) plan(ctx context.Context, began time.Time) (listed time.Time
 		if err != nil {
 			continue // its check says why
 		}
+		if ctx.Err() != nil {
+			return listed, ctx.Err()
+		}
+		// A read that fails leaves the ImagePin out of the plan: its
+		// check reads again, and reports.
 		workloads, err := workload.List(ctx, r.Client, pin.Namespace, r.servedKinds(sel.Kinds()), sel.Labels())
 		if err != nil {
-			return listed, err
+			continue
 		}
 		var obs observation
 		for _, w := range workloads {
-			if err := r.addWorkload(ctx, &obs, pin.Namespace, sel, w, nil); err != nil {
-				return listed, err
+			if err = r.addWorkload(ctx, &obs, pin.Namespace, sel, w, nil); err != nil {
+				break
 			}
+		}
+		if err != nil {
+			continue
 		}
 		since := tickStart(began, sel.Interval)
 		var asks []keyedAsk
