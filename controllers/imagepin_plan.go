@@ -224,10 +224,9 @@ func (r *ImagePinReconciler) runColdPlan(ctx context.Context) error {
 	defer stop.Stop()
 	logger := log.FromContext(ctx).WithName("cold-round")
 	began := r.Clock.Now()
-	r.ticks.begin(began)
 	round := &coldRound{r: r, byKey: map[string]*plannedAsk{}, hosts: map[string]*hostLine{}}
 	defer r.plan.releaseAll()
-	listed, err := round.plan(ctx, began)
+	listed, err := round.plan(ctx)
 	round.planned()
 	// Held ImagePins are held; the rest are checked as they come.
 	r.plan.done()
@@ -244,10 +243,11 @@ func (r *ImagePinReconciler) runColdPlan(ctx context.Context) error {
 }
 
 // plan adds what the ImagePins this manager reconciles name, as the cache
-// holds them now, to the round, one ImagePin after another; answers made
-// since the tick of began serve their first checks
-// (checkTicks.freshSince). It returns when the ImagePins were listed.
-func (c *coldRound) plan(ctx context.Context, began time.Time) (listed time.Time, err error) {
+// holds them now, to the round, one ImagePin after another. This manager
+// begins checking once they are listed (checkTicks.begin): answers made
+// since that tick serve their first checks (checkTicks.freshSince). It
+// returns when the ImagePins were listed.
+func (c *coldRound) plan(ctx context.Context) (listed time.Time, err error) {
 	r := c.r
 	var pins imagesv1alpha1.ImagePinList
 	// Read only, never kept: no copy of the cache's objects.
@@ -255,6 +255,7 @@ func (c *coldRound) plan(ctx context.Context, began time.Time) (listed time.Time
 		return listed, err
 	}
 	listed = r.Clock.Now()
+	r.ticks.begin(listed)
 	for i := range pins.Items {
 		pin := &pins.Items[i]
 		if !r.owns(pin) || !pin.DeletionTimestamp.IsZero() || pin.Spec.Suspend {
@@ -282,7 +283,7 @@ func (c *coldRound) plan(ctx context.Context, began time.Time) (listed time.Time
 		if err != nil {
 			continue
 		}
-		since := tickStart(began, sel.Interval)
+		since := tickStart(listed, sel.Interval)
 		var asks []keyedAsk
 		for _, ct := range obs.containers {
 			if !ct.hasTag {
@@ -333,8 +334,10 @@ func (c *coldRound) add(ctx context.Context, pin types.NamespacedName, asks []ke
 		if a.answered || (len(a.pins) > 0 && a.pins[len(a.pins)-1] == p) {
 			continue // answered already, or named twice
 		}
-		if k.req.FreshSince.Before(a.req.FreshSince) {
-			a.req.FreshSince = k.req.FreshSince // a longer interval
+		if k.req.FreshSince.After(a.req.FreshSince) {
+			// A shorter interval's tick: an answer since then serves
+			// every ImagePin naming the tag.
+			a.req.FreshSince = k.req.FreshSince
 		}
 		a.pins = append(a.pins, p)
 		c.missing[p]++
@@ -381,7 +384,13 @@ func (c *coldRound) ask(ctx context.Context, h *hostLine) {
 		req := a.req
 		c.mu.Unlock()
 		if !skip {
-			if _, err := c.r.Resolver.Resolve(ctx, req); err != nil && !registry.TagFailed(err) {
+			_, err := c.r.Resolver.Resolve(ctx, req)
+			// Given up on while queued behind others' requests to the
+			// host: the resolution goes on, and is waited for again.
+			for registry.StillWaiting(err) && ctx.Err() == nil {
+				_, err = c.r.Resolver.Resolve(ctx, req)
+			}
+			if err != nil && !registry.TagFailed(err) {
 				c.mu.Lock()
 				h.failed = true
 				c.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -108,8 +109,14 @@ func TestAColdStartChecksEachImagePinWhenItsTagsAnswer(t *testing.T) {
 	ns := namespace(t)
 	deploymentRunning(t, ns, "a-slow", reg.Image("plan-slow/app:v1"))
 	deploymentRunning(t, ns, "b-fast", reg.Image("plan-fast/app:v1"))
-	slow := labelledFor(shard, observePin(ns, "a-slow"))
-	fast := labelledFor(shard, observePin(ns, "b-fast"))
+	// An interval longer than the test: its checks all fall in the tick
+	// the manager began in.
+	hourly := func(p *imagesv1alpha1.ImagePin) *imagesv1alpha1.ImagePin {
+		p.Spec.Interval = &metav1.Duration{Duration: time.Hour}
+		return labelledFor(shard, p)
+	}
+	slow := hourly(observePin(ns, "a-slow"))
+	fast := hourly(observePin(ns, "b-fast"))
 	create(t, slow, fast)
 	// A timeout longer than the test: only the answer ends the wait.
 	startShardManager(t, shard, registry.Options{InsecureRegistries: []string{reg.Host}, Timeout: 5 * time.Minute})

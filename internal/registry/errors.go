@@ -191,14 +191,33 @@ func redact(err error, secrets []string) error {
 	return &redactedError{msg: clean, err: err}
 }
 
+// WaitError says a caller stopped waiting (the resolver's timeout, or
+// Request.Timeout, counted from its call) while the resolution went on:
+// it may still be waiting for its turn in the registry budget, and its
+// answer fills the cache when it comes. Nothing says the registry failed.
+type WaitError struct{ msg string }
+
+func (e *WaitError) Error() string { return e.msg }
+
+// StillWaiting says whether err, a Resolve's, is a WaitError: the caller
+// gave up, not the registry.
+func StillWaiting(err error) bool {
+	var we *WaitError
+	return errors.As(err, &we)
+}
+
 // TagFailed says whether err, a Resolve's, is the tag's or its
-// credential's own (not found, refused) rather than its registry's (no
-// answer, unreachable, rate limiting, a server error, TLS): a caller
-// asking many tags of one registry goes on asking after the first kind.
+// credential's own (the manifest not found, the credential refused)
+// rather than its registry's (no answer, unreachable, rate limiting, a
+// server error, TLS, a ping or token service that fails): a caller asking
+// many tags of one registry goes on asking after the first kind.
 func TagFailed(err error) bool {
 	var terr *transport.Error
 	if !errors.As(err, &terr) {
 		return false
+	}
+	if terr.Request != nil && !strings.Contains(terr.Request.URL.Path, "/manifests/") {
+		return false // the ping's or the token service's answer
 	}
 	switch terr.StatusCode {
 	case http.StatusNotFound, http.StatusUnauthorized, http.StatusForbidden:

@@ -355,7 +355,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (Result, error) {
 	case <-ctx.Done():
 		return r.staleOnly(key), fmt.Errorf("resolve %s: %w", tag, ctx.Err())
 	case <-timer.C:
-		return r.staleOnly(key), fmt.Errorf("resolve %s: no answer from registry %s within %s", tag, tag.RegistryStr(), wait)
+		return r.staleOnly(key), &WaitError{msg: fmt.Sprintf("resolve %s: no answer from registry %s within %s", tag, tag.RegistryStr(), wait)}
 	}
 }
 

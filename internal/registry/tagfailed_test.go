@@ -49,4 +49,26 @@ func TestTagFailedTellsATagsFailureFromItsRegistrys(t *testing.T) {
 			t.Errorf("%s: TagFailed(%v) = %v, want %v", c.image, err, got, c.tags)
 		}
 	}
+
+	// A caller that stops waiting is told so (StillWaiting): the
+	// resolution goes on, and a caller after it joins it and is given its
+	// end, the registry's own failure.
+	tr.resetCounts()
+	req := Request{Image: tr.image("tagfailed/slow:v2"), FreshSince: time.Now()}
+	short := req
+	short.Timeout = 100 * time.Millisecond
+	_, err = r.Resolve(context.Background(), short)
+	if !StillWaiting(err) || TagFailed(err) {
+		t.Fatalf("a caller's own timeout: %v (StillWaiting %v), want a WaitError", err, StillWaiting(err))
+	}
+	// Joined half-way through the resolution's deadline (1 s from its
+	// turn): its end comes well before this caller's own timeout.
+	time.Sleep(400 * time.Millisecond)
+	_, err = r.Resolve(context.Background(), req)
+	if err == nil || StillWaiting(err) || TagFailed(err) {
+		t.Fatalf("the resolution's end: %v, want the registry's failure to answer in time", err)
+	}
+	if n := tr.count("HEAD manifests"); n != 1 {
+		t.Errorf("%d HEADs for the two callers, want 1: the second joins the first's resolution", n)
+	}
 }
