@@ -151,7 +151,7 @@ func run(args []string) error {
 	fs.Var((*registry.AllowedRegistriesFlag)(&o.registry.AllowedRegistries), "allowed-registries", registry.AllowedRegistriesUsage)
 	fs.StringVar(&o.registry.CAFile, "registry-ca-file", "", "PEM file of CA certificates trusted for registries, added to the system roots (SSL_CERT_FILE also works)")
 	fs.BoolVar(&o.cloudKeychains, "cloud-keychains", true, "also resolve with the manager's own ECR, Google and ACR credentials")
-	fs.IntVar(&o.workers, "concurrent-checks", 4, "ImagePins checked at once, so that one slow registry does not delay the others")
+	fs.IntVar(&o.workers, "concurrent-checks", 8, "ImagePins checked at once, so that one slow registry does not delay the others")
 	fs.StringVar(&o.shard, "shard", "", "reconcile only the ImagePins and ClusterImagePins labelled "+imagesv1alpha1.ShardLabel+"=<this value>, with a leader-election Lease of the shard's own; empty reconciles those without the label. The webhook pins for all of them")
 	fs.DurationVar(&o.conflictBackoff, "conflict-backoff", time.Hour, "how long imagepin remembers reverts of its writes and first stops writing a workload reverted 3 times (doubling per block in a row, up to 24h)")
 	fs.Var(&o.workloadKinds, "workload-kind", workload.KindFlagUsage)

@@ -62,7 +62,7 @@ type ImagePinReconciler struct {
 	// ConflictBackoff is how long reverts of imagepin's writes are
 	// remembered and how long a first block lasts; zero means an hour.
 	ConflictBackoff time.Duration
-	// Workers is how many ImagePins are checked at once; zero means 4.
+	// Workers is how many ImagePins are checked at once; zero means 8.
 	Workers int
 	// Shard is the value of the ShardLabel of the ImagePins and
 	// ClusterImagePins this manager reconciles; empty reconciles those
@@ -264,7 +264,7 @@ func nextCheck(now time.Time, interval time.Duration, followDue time.Time) time.
 // move up to two intervals late.)
 
 // defaultWorkers is how many ImagePins are checked at once by default.
-const defaultWorkers = 4
+const defaultWorkers = 8
 
 // conflictRetry is how soon a check whose status write conflicted (it
 // read a cache behind the stored status) runs again.
