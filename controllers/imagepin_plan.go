@@ -235,8 +235,10 @@ func (r *ImagePinReconciler) runColdPlan(ctx context.Context) error {
 		// their tags themselves, as they wait.
 		logger.Info("the plan of the first round of registry requests stopped", "error", err.Error())
 	}
-	logger.V(1).Info("planned the first round of registry requests", "imagePins", len(round.pins), "resolutions", len(round.asks),
-		"listedAfter", listed.Sub(began).String(), "plannedAfter", r.Clock.Since(began).String())
+	if !listed.IsZero() {
+		logger.V(1).Info("planned the first round of registry requests", "imagePins", len(round.pins), "resolutions", len(round.asks),
+			"listedAfter", listed.Sub(began).String(), "plannedAfter", r.Clock.Since(began).String())
+	}
 	round.workers.Wait()
 	logger.V(1).Info("the first round of registry requests has answered", "after", r.Clock.Since(began).String())
 	return nil
