@@ -3,10 +3,51 @@ package controllers
 import (
 	"fmt"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
+
+// heldRepository holds every request for one repository of the test
+// registry until Release (or the request's own end), then serves it.
+type heldRepository struct {
+	// asked counts the requests, waiting those held now; arrived has a
+	// value once one came.
+	asked, waiting atomic.Int32
+	arrived        chan struct{}
+	release        chan struct{}
+	once           sync.Once
+}
+
+// holdRepository holds repo's requests until Release or the test's end.
+func holdRepository(t *testing.T, repo string) *heldRepository {
+	t.Helper()
+	h := &heldRepository{arrived: make(chan struct{}, 1), release: make(chan struct{})}
+	remove := reg.Route(repo, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.asked.Add(1)
+		h.waiting.Add(1)
+		defer h.waiting.Add(-1)
+		select {
+		case h.arrived <- struct{}{}:
+		default:
+		}
+		select {
+		case <-h.release:
+		case <-r.Context().Done():
+			return
+		}
+		reg.Backend().ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		h.Release()
+		remove()
+	})
+	return h
+}
+
+// Release serves the requests held, and every one after.
+func (h *heldRepository) Release() { h.once.Do(func() { close(h.release) }) }
 
 // Issue 19 item 5: a tag whose answer the registry holds back does not
 // hold back the report of another tag that moved. On a tick, the check
@@ -48,21 +89,7 @@ func TestAHeldTagDoesNotHoldBackAnotherTagsMove(t *testing.T) {
 	// Both tags move; the registry then holds every request for b until
 	// released (within the resolver's 3 s timeout).
 	a2, b2 := reg.Push(t, "behind/a:v1"), reg.Push(t, "behind/b:v1")
-	var held atomic.Int32
-	release := make(chan struct{})
-	remove := reg.Route("behind/b", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		held.Add(1)
-		<-release
-		held.Add(-1)
-		reg.Backend().ServeHTTP(w, r)
-	}))
-	defer remove()
-	released := false
-	defer func() {
-		if !released {
-			close(release)
-		}
-	}()
+	held := holdRepository(t, "behind/b")
 
 	// The next tick: a's move is reported while b's request is held.
 	eventually(t, func() error {
@@ -73,7 +100,7 @@ func TestAHeldTagDoesNotHoldBackAnotherTagsMove(t *testing.T) {
 		if a != a2 {
 			return fmt.Errorf("a reported as %s, want %s", a, a2)
 		}
-		if held.Load() == 0 {
+		if held.waiting.Load() == 0 {
 			t.Fatalf("a's move (%s) was reported only once b's request had ended", a2)
 		}
 		if b != b1 {
@@ -82,8 +109,7 @@ func TestAHeldTagDoesNotHoldBackAnotherTagsMove(t *testing.T) {
 		return nil
 	})
 	releasedAt := time.Now()
-	close(release)
-	released = true
+	held.Release()
 
 	// b's answer comes and differs: checked again before the next tick.
 	eventually(t, func() error {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,29 +80,7 @@ func TestAColdStartChecksEachImagePinWhenItsTagsAnswer(t *testing.T) {
 	const shard = "cold-plan"
 	slowDigest := reg.Push(t, "plan-slow/app:v1")
 	fastDigest := reg.Push(t, "plan-fast/app:v1")
-	var asked atomic.Int32
-	arrived := make(chan struct{}, 1)
-	release := make(chan struct{})
-	remove := reg.Route("plan-slow/app", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		asked.Add(1)
-		select {
-		case arrived <- struct{}{}:
-		default:
-		}
-		select {
-		case <-release:
-		case <-r.Context().Done():
-			return
-		}
-		reg.Backend().ServeHTTP(w, r)
-	}))
-	defer remove()
-	released := false
-	defer func() {
-		if !released {
-			close(release)
-		}
-	}()
+	slow := holdRepository(t, "plan-slow/app")
 
 	// Both exist before the manager starts; no pods.
 	ns := namespace(t)
@@ -115,14 +92,14 @@ func TestAColdStartChecksEachImagePinWhenItsTagsAnswer(t *testing.T) {
 		p.Spec.Interval = &metav1.Duration{Duration: time.Hour}
 		return labelledFor(shard, p)
 	}
-	slow := hourly(observePin(ns, "a-slow"))
+	slowPin := hourly(observePin(ns, "a-slow"))
 	fast := hourly(observePin(ns, "b-fast"))
-	create(t, slow, fast)
+	create(t, slowPin, fast)
 	// A timeout longer than the test: only the answer ends the wait.
 	startShardManager(t, shard, registry.Options{InsecureRegistries: []string{reg.Host}, Timeout: 5 * time.Minute})
 
 	select {
-	case <-arrived: // the slow tag is asked, and held
+	case <-slow.arrived: // the slow tag is asked, and held
 	case <-time.After(30 * time.Second):
 		t.Fatal("the slow ImagePin's tag never reached the registry")
 	}
@@ -131,18 +108,17 @@ func TestAColdStartChecksEachImagePinWhenItsTagsAnswer(t *testing.T) {
 	})
 	// Reported while the slow tag was held: and the slow ImagePin was
 	// not reported without its answer.
-	if got, err := getPin(slow); err != nil {
+	if got, err := getPin(slowPin); err != nil {
 		t.Fatal(err)
 	} else if got.Status.LastCheckTime != nil {
 		t.Fatalf("the slow ImagePin was reported before its tag answered: %+v", got.Status)
 	}
 
-	close(release)
-	released = true
-	whenChecked(t, slow, func(got *imagesv1alpha1.ImagePin) error {
+	slow.Release()
+	whenChecked(t, slowPin, func(got *imagesv1alpha1.ImagePin) error {
 		return imageDigestIs(got, slowDigest)
 	})
-	if n := asked.Load(); n != 1 {
+	if n := slow.asked.Load(); n != 1 {
 		t.Fatalf("the held tag was asked %d times, want once: the check takes the plan's answer", n)
 	}
 }
