@@ -179,24 +179,25 @@ type plannedAsk struct {
 type coldRound struct {
 	r  *ImagePinReconciler
 	mu sync.Mutex
-	// asks, by key; an ask's index is its place in its host's line.
-	asks  []*plannedAsk
+	// byKey: every ask, by Resolver.Key; each is in its host's line.
 	byKey map[string]*plannedAsk
 	pins  []types.NamespacedName
 	// missing: per ImagePin, how many of its asks have not answered.
 	missing []int
 	hosts   map[string]*hostLine
+	// planned: no more asks will come; the hosts' workers end once their
+	// lines are through.
+	planned bool
 	workers sync.WaitGroup
 }
 
 // hostLine is one registry host's asks, in order, asked a burst at a
 // time; a host that failed is asked no more by the plan.
 type hostLine struct {
-	asks    []*plannedAsk
-	next    int
-	failed  bool
-	planned bool // no more asks will come
-	wake    *sync.Cond
+	asks   []*plannedAsk
+	next   int
+	failed bool
+	wake   *sync.Cond
 }
 
 // startPlanInformers starts the cache's informers of what the plan reads
@@ -227,7 +228,7 @@ func (r *ImagePinReconciler) runColdPlan(ctx context.Context) error {
 	round := &coldRound{r: r, byKey: map[string]*plannedAsk{}, hosts: map[string]*hostLine{}}
 	defer r.plan.releaseAll()
 	listed, err := round.plan(ctx)
-	round.planned()
+	round.done()
 	// Held ImagePins are held; the rest are checked as they come.
 	r.plan.done()
 	if err != nil {
@@ -236,7 +237,7 @@ func (r *ImagePinReconciler) runColdPlan(ctx context.Context) error {
 		logger.Info("the plan of the first round of registry requests stopped", "error", err.Error())
 	}
 	if !listed.IsZero() {
-		logger.V(1).Info("planned the first round of registry requests", "imagePins", len(round.pins), "resolutions", len(round.asks),
+		logger.V(1).Info("planned the first round of registry requests", "imagePins", len(round.pins), "resolutions", len(round.byKey),
 			"listedAfter", listed.Sub(began).String(), "plannedAfter", r.Clock.Since(began).String())
 	}
 	round.workers.Wait()
@@ -323,7 +324,6 @@ func (c *coldRound) add(ctx context.Context, pin types.NamespacedName, asks []ke
 		if a == nil {
 			a = &plannedAsk{req: k.req}
 			c.byKey[k.key] = a
-			c.asks = append(c.asks, a)
 			h := c.hosts[k.host]
 			if h == nil {
 				h = &hostLine{wake: sync.NewCond(&c.mu)}
@@ -355,13 +355,12 @@ func (c *coldRound) add(ctx context.Context, pin types.NamespacedName, asks []ke
 	}
 }
 
-// planned says no more asks will come: the hosts' workers end once their
-// lines are through.
-func (c *coldRound) planned() {
+// done says no more asks will come.
+func (c *coldRound) done() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.planned = true
 	for _, h := range c.hosts {
-		h.planned = true
 		h.wake.Broadcast()
 	}
 }
@@ -373,7 +372,7 @@ func (c *coldRound) planned() {
 func (c *coldRound) ask(ctx context.Context, h *hostLine) {
 	for {
 		c.mu.Lock()
-		for h.next == len(h.asks) && !h.planned {
+		for h.next == len(h.asks) && !c.planned {
 			h.wake.Wait()
 		}
 		if h.next == len(h.asks) {
