@@ -147,15 +147,9 @@ func explainStatus(a asked, terr *transport.Error, err error) error {
 		return fmt.Errorf("%s: authentication failed for registry %s (check the pull secret): %w", a.what, reg, err)
 	case http.StatusTooManyRequests:
 		return fmt.Errorf("%s: registry %s is rate limiting imagepin: %w", a.what, reg, err)
-	case http.StatusNotFound:
-		if !token {
-			return fmt.Errorf("%s: %s: %w", a.what, a.missing, err)
-		}
 	}
-	for _, d := range terr.Errors {
-		if !token && (d.Code == transport.ManifestUnknownErrorCode || d.Code == transport.NameUnknownErrorCode) {
-			return fmt.Errorf("%s: %s: %w", a.what, a.missing, err)
-		}
+	if !token && saysMissing(terr) {
+		return fmt.Errorf("%s: %s: %w", a.what, a.missing, err)
 	}
 	status := fmt.Sprintf("%d %s", terr.StatusCode, http.StatusText(terr.StatusCode))
 	switch {
@@ -219,8 +213,13 @@ func TagFailed(err error) bool {
 	if terr.Request != nil && !strings.Contains(terr.Request.URL.Path, "/manifests/") {
 		return false // the ping's or the token service's answer
 	}
-	switch terr.StatusCode {
-	case http.StatusNotFound, http.StatusUnauthorized, http.StatusForbidden:
+	return terr.StatusCode == http.StatusUnauthorized || terr.StatusCode == http.StatusForbidden || saysMissing(terr)
+}
+
+// saysMissing: the registry says it has no such manifest or repository
+// (404, MANIFEST_UNKNOWN, NAME_UNKNOWN).
+func saysMissing(terr *transport.Error) bool {
+	if terr.StatusCode == http.StatusNotFound {
 		return true
 	}
 	for _, d := range terr.Errors {
