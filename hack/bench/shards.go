@@ -65,7 +65,7 @@ func (b *bench) shards(ctx context.Context, namespaces []string, perNS map[strin
 		converged := slices.MaxFunc(mapValues(readyAt), func(a, c time.Time) int { return a.Compare(c) })
 		c := count(b.proxy.between(first.Started, converged.Add(time.Second)))
 		b.rep.info(secShards, fmt.Sprintf("%d shard(s): manager start → %d ImagePins Ready with %d Deployments", shards, len(namespaces), b.o.deployments),
-			converged.Sub(first.Started).Seconds(), "s", fmt.Sprintf("%d manifest HEADs by tag, %d requests in all: %s", c.ManifestHEADs, c.Total, c))
+			converged.Sub(first.Started).Seconds(), "s", c.String())
 		b.rep.info(secShards, fmt.Sprintf("%d shard(s): manifest HEADs per distinct tag", shards), float64(c.ManifestHEADs)/float64(len(b.tags)), "/tag",
 			"a shard asks once for each tag its own ImagePins name: with the default shape each namespace names every tag, so each shard asks for all")
 		for _, p := range procs {
